@@ -1,0 +1,71 @@
+"""Shared plumbing of the command-line tools: flags from a dataclass, presets, error exits."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import types
+import typing
+from typing import Any, Callable
+
+from absl import app, flags, logging
+
+from charrnn.config import PRESETS
+from charrnn.errors import CharRNNError
+
+FLAGS = flags.FLAGS
+
+
+def define_dataclass_flags(cls: type) -> None:
+    """Defines one absl flag per field of `cls`, with the field's default and `help` metadata."""
+    hints = typing.get_type_hints(cls)
+    for field in dataclasses.fields(cls):
+        kind = hints[field.name]
+        if typing.get_origin(kind) in (typing.Union, types.UnionType):  # `T | None`
+            kind = next(a for a in typing.get_args(kind) if a is not type(None))
+        define = {int: flags.DEFINE_integer, float: flags.DEFINE_float, str: flags.DEFINE_string,
+                  bool: flags.DEFINE_boolean}[kind]
+        define(field.name, field.default, field.metadata["help"])
+
+
+def define_preset_flag() -> None:
+    flags.DEFINE_enum("preset", None, sorted(PRESETS),
+                      "Named set of settings (seed: the case study's); explicit flags override it.")
+
+
+def flag_value(name: str) -> Any:
+    """The flag's value: explicit on the command line, else from --preset, else its default."""
+    preset = PRESETS.get(FLAGS.preset or "", {})
+    if not FLAGS[name].present and name in preset:
+        return preset[name]
+    return FLAGS[name].value
+
+
+def dataclass_from_flags(cls: type) -> Any:
+    return cls(**{f.name: flag_value(f.name) for f in dataclasses.fields(cls)})
+
+
+def run(main: Callable[[], None]) -> None:
+    """Runs `main` under absl; a CharRNNError becomes a one-line message and exit status 2."""
+    prog = os.path.basename(sys.argv[0])
+    if prog in ("__main__.py", "train.py", "sample.py"):
+        prog = "charrnn"
+
+    def wrapped(argv: list[str]) -> None:
+        if len(argv) > 1:
+            _fail(prog, f"unexpected arguments {' '.join(argv[1:])!r}; all settings are --flags (see --help)")
+        if not FLAGS["verbosity"].present:
+            # TensorFlow logs routine INFO lines (e.g. on every checkpoint save) through absl.
+            logging.set_verbosity(logging.WARNING)
+        try:
+            main()
+        except CharRNNError as e:
+            _fail(prog, str(e))
+
+    app.run(wrapped)
+
+
+def _fail(prog: str, message: str) -> None:
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    sys.exit(2)

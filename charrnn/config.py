@@ -1,0 +1,99 @@
+"""`TrainConfig`: every setting of a training run, validated, with presets.
+
+The command-line flags of `charrnn-train` are generated from this dataclass, so a field's
+`help` metadata is also its flag's help text.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+from charrnn.errors import CharRNNError
+
+
+def _field(default: Any, help: str) -> Any:  # noqa: A002 - mirrors absl's argument name
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Settings of one training run. Defaults are the case study's model and optimiser."""
+
+    data: str = _field("tinyshakespeare", "Path to a UTF-8 text file, or a registered corpus: tinyshakespeare, shakespeare.")
+    run_dir: str = _field("runs/charrnn", "Run directory: config, vocabulary, checkpoints, TensorBoard logs.")
+    epochs: int = _field(20, "Epochs to train, counted from the start of the run (a resume does not restart the count).")
+    max_steps: int | None = _field(None, "Stop after this many steps in total, counted from the start of the run.")
+    batch_size: int = _field(64, "Sequences per batch.")
+    seq_length: int = _field(100, "Characters per training sequence (windows are seq_length + 1 long).")
+    embedding_dim: int = _field(256, "Embedding size.")
+    rnn_units: int = _field(1024, "LSTM units per layer.")
+    num_layers: int = _field(1, "Stacked LSTM layers.")
+    dropout: float = _field(0.0, "Dropout rate after each LSTM layer during training (0 disables).")
+    learning_rate: float = _field(0.001, "Adam learning rate.")
+    grad_clip: float | None = _field(None, "Clip gradients to this global norm (unset: no clipping).")
+    val_fraction: float = _field(0.1, "Fraction of the text, taken from its end, held out for validation (0 disables).")
+    shuffle_buffer: int = _field(10000, "Shuffle buffer in windows (as in the case study).")
+    checkpoint_every: int = _field(250, "Save a checkpoint every this many steps (and at every epoch end).")
+    max_to_keep: int = _field(5, "Checkpoints to keep.")
+    log_every: int = _field(50, "Log a progress line every this many steps when not on a terminal.")
+    seed: int = _field(0, "Seed for initialisation, data order and dropout.")
+    device: str = _field("auto", "Device: auto (first GPU, else CPU) or a TensorFlow device name such as /GPU:1.")
+
+    # Settings a resume must share with the run it continues: the model's shape, and
+    # what decides the order of the training data.
+    MODEL_FIELDS = ("embedding_dim", "rnn_units", "num_layers")
+    DATA_FIELDS = ("batch_size", "seq_length", "val_fraction", "shuffle_buffer", "seed")
+
+    def __post_init__(self) -> None:
+        positive = ["epochs", "batch_size", "seq_length", "embedding_dim", "rnn_units", "num_layers",
+                    "checkpoint_every", "max_to_keep", "log_every", "shuffle_buffer"]
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise CharRNNError(f"--{name} must be at least 1, got {getattr(self, name)}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise CharRNNError(f"--max_steps must be at least 1, got {self.max_steps} (leave it unset for no limit)")
+        if not self.learning_rate > 0:
+            raise CharRNNError(f"--learning_rate must be positive, got {self.learning_rate}")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise CharRNNError(f"--grad_clip must be positive, got {self.grad_clip} (leave it unset for no clipping)")
+        if not 0 <= self.dropout < 1:
+            raise CharRNNError(f"--dropout must be in [0, 1), got {self.dropout}")
+        if not 0 <= self.val_fraction < 1:
+            raise CharRNNError(f"--val_fraction must be in [0, 1), got {self.val_fraction} (0 disables validation)")
+        if not self.data:
+            raise CharRNNError("--data is empty; pass a text file or a registered corpus name")
+        if not self.run_dir:
+            raise CharRNNError("--run_dir is empty; pass a directory for checkpoints and logs")
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, payload: str) -> TrainConfig:
+        values = json.loads(payload)
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+    def mismatches(self, saved: TrainConfig) -> list[str]:
+        """The resume-critical settings in which this config differs from `saved`."""
+        return [
+            f"{name}={getattr(saved, name)!r} in the run, {getattr(self, name)!r} requested"
+            for name in self.MODEL_FIELDS + self.DATA_FIELDS
+            if getattr(self, name) != getattr(saved, name)
+        ]
+
+
+# Named sets of flag values; flags given explicitly on the command line override them.
+PRESETS: dict[str, dict[str, Any]] = {
+    # The case study exactly: its corpus, 20 epochs, Embedding(256) -> LSTM(1024), seq 100,
+    # batch 64; sampling 500 characters at temperature 0.5.
+    "seed": {
+        "data": "shakespeare", "epochs": 20, "embedding_dim": 256, "rnn_units": 1024, "num_layers": 1,
+        "seq_length": 100, "batch_size": 64, "num_chars": 500, "temperature": 0.5,
+    },
+}

@@ -1,0 +1,110 @@
+"""`CharRNN`: Embedding -> LSTM x num_layers -> Dense, with the recurrent state passed explicitly.
+
+No layer is stateful: a caller that wants to continue a sequence passes the state the
+previous call returned. That makes the same model serve training (full sequences, zero
+state), sampling (one character at a time, state as loop variables) and any batch size.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+# Per layer, the LSTM's (h, c); the whole state is one such pair per layer.
+LayerState = tuple[tf.Tensor, tf.Tensor]
+State = tuple[LayerState, ...]
+
+
+class CharRNN(keras.Model):
+    """Character-level LSTM language model.
+
+    `seed` fixes the initial weights. `logits, state = model(ids, state=None, training=False, seed=None)` maps int ids of
+    shape [batch, time] to logits [batch, time, vocab_size] and the state after the last
+    step. `seed` (int64 [2]) drives dropout, which is stateless so that a training run can
+    be reproduced and resumed exactly; it is required when training with dropout > 0.
+    """
+
+    def __init__(self, vocab_size: int, embedding_dim: int = 256, rnn_units: int = 1024,
+                 num_layers: int = 1, dropout: float = 0.0, seed: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+
+        def init(kind: str, index: int) -> keras.initializers.Initializer:
+            # A distinct, fixed seed per weight makes initialisation a function of `seed`
+            # without touching global random state.
+            weight_seed = None if seed is None else seed * 1000 + index
+            if kind == "uniform":  # keras.layers.Embedding's default
+                return keras.initializers.RandomUniform(-0.05, 0.05, seed=weight_seed)
+            return keras.initializers.GlorotUniform(seed=weight_seed)
+
+        self.vocab_size = vocab_size
+        self.rnn_units = rnn_units
+        self.dropout_rate = dropout
+        self.embedding = keras.layers.Embedding(vocab_size, embedding_dim, embeddings_initializer=init("uniform", 0),
+                                                name="embedding")
+        # One attribute per layer: tf.train.Checkpoint does not track layers held in a plain
+        # list on a Keras 3 model, so a model-only restore (the Sampler's) would miss them.
+        self.num_layers = num_layers
+        for i in range(num_layers):
+            # glorot_uniform as in the case study (Keras defaults to orthogonal).
+            setattr(self, f"lstm_{i}", keras.layers.LSTM(
+                rnn_units, return_sequences=True, return_state=True, kernel_initializer=init("glorot", 2 * i + 1),
+                recurrent_initializer=init("glorot", 2 * i + 2), name=f"lstm_{i}"))
+        self.dense = keras.layers.Dense(vocab_size, kernel_initializer=init("glorot", 2 * num_layers + 1), name="logits")
+
+    @property
+    def rnns(self) -> list[keras.layers.LSTM]:
+        return [getattr(self, f"lstm_{i}") for i in range(self.num_layers)]
+
+    def initial_state(self, batch_size: int | tf.Tensor) -> State:
+        """The zero state for `batch_size` sequences."""
+        zeros = tf.zeros([batch_size, self.rnn_units])
+        return tuple((zeros, zeros) for _ in self.rnns)
+
+    def call(self, ids: tf.Tensor, state: State | None = None, training: bool = False,
+             seed: tf.Tensor | None = None) -> tuple[tf.Tensor, State]:
+        if state is None:
+            state = self.initial_state(tf.shape(ids)[0])
+        x = self.embedding(ids)
+        new_state = []
+        for i, (layer, (h, c)) in enumerate(zip(self.rnns, state)):
+            x, h, c = layer(x, initial_state=[h, c], training=training)
+            new_state.append((h, c))
+            x = self._dropout(x, training, seed, i)
+        return self.dense(x), tuple(new_state)
+
+    def step(self, ids: tf.Tensor, state: State) -> tuple[tf.Tensor, State]:
+        """One time step for ids of shape [batch]: logits [batch, vocab] and the new state.
+
+        Runs the LSTM cells directly (same weights as `call`), which avoids the per-call
+        loop machinery of a whole LSTM layer when sampling one character at a time.
+        """
+        x = self.embedding(ids)
+        new_state = []
+        for layer, (h, c) in zip(self.rnns, state):
+            x, (h, c) = layer.cell(x, [h, c], training=False)
+            new_state.append((h, c))
+        return self.dense(x), tuple(new_state)
+
+    def _dropout(self, x: tf.Tensor, training: bool, seed: tf.Tensor | None, layer: int) -> tf.Tensor:
+        if not training or self.dropout_rate == 0:
+            return x
+        if seed is None:
+            raise ValueError("CharRNN: training with dropout needs a seed (int64 [2]) for reproducible masks")
+        layer_seed = tf.random.experimental.stateless_fold_in(seed, layer)
+        return tf.nn.experimental.stateless_dropout(x, self.dropout_rate, seed=layer_seed)
+
+    def build_for_vocab(self) -> None:
+        """Creates all variables by running one character through the model."""
+        self(tf.zeros([1, 1], tf.int32))
+
+    def summary_table(self, batch_size: int | None = None) -> str:
+        """Each layer's output shape and parameter count, and the total, as text."""
+        b = "None" if batch_size is None else str(batch_size)
+        rows = [("embedding (Embedding)", f"({b}, None, {self.embedding.output_dim})", self.embedding.count_params())]
+        rows += [(f"{layer.name} (LSTM)", f"({b}, None, {self.rnn_units})", layer.count_params()) for layer in self.rnns]
+        rows.append(("logits (Dense)", f"({b}, None, {self.vocab_size})", self.dense.count_params()))
+        width = max(len(r[0]) for r in rows) + 2
+        lines = [f"{'Layer':<{width}}{'Output shape':<24}{'Params':>12}"]
+        lines += [f"{name:<{width}}{shape:<24}{params:>12,}" for name, shape, params in rows]
+        lines.append(f"{'Total':<{width}}{'':<24}{self.count_params():>12,}")
+        return "\n".join(lines)

@@ -1,0 +1,40 @@
+"""charrnn-sample: generate text from the latest checkpoint of a training run."""
+
+from __future__ import annotations
+
+from absl import flags
+
+from charrnn import _cli
+from charrnn.sampler import Sampler
+
+flags.DEFINE_string("run_dir", "runs/charrnn", "Run directory written by charrnn-train.")
+flags.DEFINE_string("prime", None, "Text to start from (default: a newline if the vocabulary has one, "
+                    "else its first character).")
+flags.DEFINE_integer("num_chars", 500, "Characters to generate after the prime.")
+flags.DEFINE_float("temperature", 0.5, "Sampling temperature (> 0): lower is more conservative.")
+flags.DEFINE_integer("num_samples", 1, "Samples to generate in parallel.")
+flags.DEFINE_integer("seed", None, "Seed; the same seed and settings reproduce the same text (default: random).")
+flags.DEFINE_string("device", "auto", "Device: auto (first GPU, else CPU) or a TensorFlow device name such as /GPU:1.")
+_cli.define_preset_flag()
+
+
+def main() -> None:
+    sampler = Sampler.from_checkpoint(_cli.flag_value("run_dir"), device=_cli.flag_value("device"))
+    prime = _cli.flag_value("prime")
+    if prime is None:
+        prime = "\n" if "\n" in sampler.vocab.chars else sampler.vocab.chars[0]
+    texts = sampler.generate(prime, num_chars=_cli.flag_value("num_chars"), temperature=_cli.flag_value("temperature"),
+                             num_samples=_cli.flag_value("num_samples"), seed=_cli.flag_value("seed"))
+    if isinstance(texts, str):
+        print(texts)
+    else:
+        for i, text in enumerate(texts):
+            print(f"--- sample {i + 1} ---\n{text}")
+
+
+def run() -> None:
+    _cli.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,32 @@
+"""charrnn-train: train a character-level LSTM; run it again to resume.
+
+Every TrainConfig field is a flag (see --help); --preset=seed gives the case study's
+settings and --flagfile reads flags from a file.
+"""
+
+from __future__ import annotations
+
+from charrnn import _cli
+from charrnn.config import TrainConfig
+from charrnn.trainer import Trainer
+
+_cli.define_dataclass_flags(TrainConfig)
+_cli.define_preset_flag()
+
+
+def main() -> None:
+    config = _cli.dataclass_from_flags(TrainConfig)
+    trainer = Trainer(config)
+    print(f"Corpus {config.data}: {len(trainer.vocab)} distinct characters, "
+          f"{trainer.steps_per_epoch} steps per epoch, {trainer.total_steps} steps in all; device {trainer.device}")
+    print(trainer.model.summary_table(config.batch_size))
+    trainer.fit()
+    print(f"Done at step {int(trainer.step.numpy())}. Sample with: charrnn-sample --run_dir={config.run_dir}")
+
+
+def run() -> None:
+    _cli.run(main)
+
+
+if __name__ == "__main__":
+    run()

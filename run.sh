@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# One entry point that sets itself up: creates .venv, installs charrnn with its test
+# extra, then runs the requested job.
+#   ./run.sh demo   train briefly on the default corpus (tinyshakespeare), then print a sample
+#   ./run.sh test   run the test suite
+set -euo pipefail
+cd "$(dirname "$0")"
+
+PYTHON=${PYTHON:-python3}
+if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 10))' 2>/dev/null; then
+  echo "run.sh: error: charrnn needs Python 3.10 or newer; set PYTHON=/path/to/python3.x" >&2
+  exit 2
+fi
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[test]"
+
+case "${1:-}" in
+  demo)
+    # Small enough to train in a couple of minutes on a laptop CPU; run it again and it
+    # resumes (or, once finished, goes straight to sampling).
+    .venv/bin/charrnn-train --run_dir=runs/demo --embedding_dim=64 --rnn_units=256 \
+      --learning_rate=0.003 --max_steps=400 --checkpoint_every=100
+    .venv/bin/charrnn-sample --run_dir=runs/demo --prime="ROMEO: " --num_chars=500 --temperature=0.5 --seed=0
+    ;;
+  test)
+    .venv/bin/python -m pytest -q tests
+    ;;
+  *)
+    echo "usage: ./run.sh demo|test" >&2
+    exit 2
+    ;;
+esac

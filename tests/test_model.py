@@ -1,0 +1,66 @@
+"""The model: case-study size, explicit state, one-step path, loss."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from charrnn import CharRNN
+from charrnn.trainer import sequence_loss
+
+
+def test_case_study_model_has_5326398_parameters_for_62_characters():
+    model = CharRNN(62)
+    model.build_for_vocab()
+    assert model.count_params() == 5_326_398
+    table = model.summary_table(64)
+    assert "(64, None, 1024)" in table and "5,246,976" in table and "5,326,398" in table
+
+
+def test_state_is_explicit_and_continues_a_sequence():
+    model = CharRNN(11, embedding_dim=4, rnn_units=8, num_layers=2)
+    ids = tf.constant(np.random.default_rng(0).integers(0, 11, size=(3, 12)), tf.int32)
+    logits, state = model(ids)
+    assert logits.shape == (3, 12, 11)
+    assert len(state) == 2 and all(h.shape == c.shape == (3, 8) for h, c in state)
+    # Two halves with the state handed over equal one call on the whole sequence.
+    first, mid_state = model(ids[:, :5])
+    second, end_state = model(ids[:, 5:], state=mid_state)
+    np.testing.assert_allclose(tf.concat([first, second], 1), logits, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(end_state[1][1], state[1][1], rtol=1e-5, atol=1e-6)
+    zeros = model.initial_state(3)
+    np.testing.assert_allclose(model(ids, state=zeros)[0], logits, rtol=1e-6)
+
+
+def test_step_matches_a_one_character_call():
+    model = CharRNN(11, embedding_dim=4, rnn_units=8, num_layers=2)
+    ids = tf.constant([[1, 2, 3], [4, 5, 6]], tf.int32)
+    _, state = model(ids)
+    nxt = tf.constant([7, 8], tf.int32)
+    full_logits, full_state = model(nxt[:, None], state=state)
+    step_logits, step_state = model.step(nxt, state)
+    np.testing.assert_allclose(step_logits, full_logits[:, 0], rtol=1e-5, atol=1e-6)
+    for (h1, c1), (h2, c2) in zip(step_state, full_state):
+        np.testing.assert_allclose(h1, h2, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(c1, c2, rtol=1e-5, atol=1e-6)
+
+
+def test_dropout_is_reproducible_from_its_seed_and_off_at_inference():
+    model = CharRNN(11, embedding_dim=4, rnn_units=8, dropout=0.5)
+    ids = tf.constant([[1, 2, 3, 4]], tf.int32)
+    seed = tf.constant([3, 4], tf.int64)
+    a, _ = model(ids, training=True, seed=seed)
+    b, _ = model(ids, training=True, seed=seed)
+    c, _ = model(ids, training=True, seed=tf.constant([5, 6], tf.int64))
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, c)
+    np.testing.assert_array_equal(model(ids)[0], model(ids)[0])
+
+
+def test_loss_equals_keras_sparse_categorical_crossentropy():
+    rng = np.random.default_rng(1)
+    logits = tf.constant(rng.normal(size=(4, 7, 13)), tf.float32)
+    targets = tf.constant(rng.integers(0, 13, size=(4, 7)), tf.int32)
+    keras_loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)(targets, logits)
+    np.testing.assert_allclose(tf.reduce_mean(sequence_loss(targets, logits)), keras_loss, rtol=1e-6)

@@ -1,0 +1,104 @@
+"""The training loop: learning, history, checkpoints, exact resume, run-directory checks."""
+
+from __future__ import annotations
+
+import glob
+import math
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorflow.core.util import event_pb2
+
+from charrnn import CharRNNError, Sampler, Trainer
+from conftest import tiny_config
+
+
+def test_learns_a_repetitive_text_and_reproduces_it(tmp_path):
+    path = tmp_path / "rep.txt"
+    path.write_text("hello world! " * 300)
+    config = tiny_config(path, tmp_path / "run", rnn_units=64, embedding_dim=16, batch_size=8, seq_length=26,
+                         learning_rate=0.01, epochs=20, val_fraction=0.1)
+    history = Trainer(config).fit()
+    assert history[-1].train_loss < 0.1
+    assert history[-1].val_loss < 0.1
+    sampler = Sampler.from_checkpoint(str(tmp_path / "run"))
+    text = sampler.generate("hello", num_chars=52, temperature=0.01, seed=0)
+    assert text == ("hello world! " * 5)[:57]
+
+
+def test_history_has_one_entry_per_epoch(small_text, tmp_path):
+    trainer = Trainer(tiny_config(small_text, tmp_path / "run", epochs=2))
+    history = trainer.fit()
+    assert [h.epoch for h in history] == [1, 2]
+    assert [h.step for h in history] == [trainer.steps_per_epoch, 2 * trainer.steps_per_epoch]
+    for h in history:
+        assert math.isfinite(h.train_loss) and h.steps_per_sec > 0
+        assert h.val_bpc == pytest.approx(h.val_loss / math.log(2))
+    assert int(trainer.epoch.numpy()) == 2
+    assert Trainer(tiny_config(small_text, tmp_path / "run", epochs=2)).fit() == []  # already complete
+
+
+def _all_state(trainer: Trainer) -> list[np.ndarray]:
+    # model.variables also holds the Keras LSTM cells' unused dropout seed generators.
+    tensors = list(trainer.model.trainable_variables) + list(trainer.optimizer.variables)
+    tensors += [trainer.step, trainer.epoch, trainer.rng.state]
+    return [np.array(t.numpy()) for t in tensors]
+
+
+def test_resume_restores_every_variable_and_continues_the_run(small_text, tmp_path):
+    first = Trainer(tiny_config(small_text, tmp_path / "run", max_steps=5, dropout=0.2))
+    first.fit()
+    saved = _all_state(first)
+    resumed = Trainer(tiny_config(small_text, tmp_path / "run", max_steps=12, dropout=0.2))
+    assert resumed.restored_from.endswith("ckpt-5")
+    assert len(resumed.optimizer.variables) == len(first.optimizer.variables) > 3  # Adam moments are there
+    for before, after in zip(saved, _all_state(resumed)):
+        np.testing.assert_array_equal(before, after)
+    assert int(resumed.optimizer.iterations.numpy()) == 5
+    resumed.fit()
+    assert int(resumed.step.numpy()) == 12
+
+    straight = Trainer(tiny_config(small_text, tmp_path / "straight", max_steps=12, dropout=0.2))
+    straight.fit()
+    for a, b in zip(straight.model.trainable_variables, resumed.model.trainable_variables):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_checkpoints_every_n_steps_and_at_epoch_end(small_text, tmp_path):
+    trainer = Trainer(tiny_config(small_text, tmp_path / "run", checkpoint_every=3, max_to_keep=100))
+    trainer.fit()
+    steps = sorted(int(p.split("-")[-1].split(".")[0]) for p in glob.glob(str(tmp_path / "run/ckpt/ckpt-*.index")))
+    spe = trainer.steps_per_epoch
+    assert steps == sorted(set(list(range(3, spe, 3)) + [spe]))
+
+
+def test_writes_tensorboard_scalars(small_text, tmp_path):
+    Trainer(tiny_config(small_text, tmp_path / "run", log_every=2)).fit()
+    tags = set()
+    for path in glob.glob(str(tmp_path / "run/logs/events.*")):
+        for record in tf.data.TFRecordDataset(path):
+            tags |= {v.tag for v in event_pb2.Event.FromString(record.numpy()).summary.value}
+    assert {"loss", "val_loss", "val_bpc", "learning_rate", "steps_per_sec"} <= tags
+
+
+def test_incompatible_resume_is_refused_and_touches_nothing(small_text, tmp_path):
+    run = tmp_path / "run"
+    Trainer(tiny_config(small_text, run, max_steps=2)).fit()
+    before = {p: open(p, "rb").read() for p in glob.glob(str(run / "**"), recursive=True) if os.path.isfile(p)}
+    with pytest.raises(CharRNNError, match="rnn_units=32 in the run, 16 requested"):
+        Trainer(tiny_config(small_text, run, rnn_units=16))
+    other = tmp_path / "other.txt"
+    other.write_text("zzzz yyyy " * 2000)
+    with pytest.raises(CharRNNError, match="vocabulary of"):
+        Trainer(tiny_config(other, run))
+    after = {p: open(p, "rb").read() for p in glob.glob(str(run / "**"), recursive=True) if os.path.isfile(p)}
+    assert after == before
+
+
+def test_too_short_corpus_says_how_much_is_needed(tmp_path):
+    path = tmp_path / "short.txt"
+    path.write_text("abcdefghij" * 5)
+    with pytest.raises(CharRNNError, match=r"needs 84 for training .*smaller --batch_size/--seq_length"):
+        Trainer(tiny_config(path, tmp_path / "run", val_fraction=0.0))
