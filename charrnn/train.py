@@ -19,7 +19,7 @@ def main() -> None:
     trainer = Trainer(config)
     print(f"Corpus {config.data}: {len(trainer.vocab)} distinct characters, "
           f"{trainer.steps_per_epoch} steps per epoch, {trainer.total_steps} steps in all; device {trainer.device}")
-    print(trainer.model.summary_table(config.batch_size))
+    print(trainer.model.summary_table(config.batch_size), flush=True)
     trainer.fit()
     print(f"Done at step {int(trainer.step.numpy())}. Sample with: charrnn-sample --run_dir={config.run_dir}")
 

@@ -89,7 +89,8 @@ class Trainer:
             checkpoint.restore(self._checkpoint, self.restored_from)
 
         spec = tf.TensorSpec([None, None], tf.int32)
-        self._train_step = tf.function(self._train_step_fn, input_signature=[spec, spec])
+        # train_step(inputs, targets) -> loss: one compiled optimisation step on a batch.
+        self.train_step = tf.function(self._train_step_fn, input_signature=[spec, spec])
         self._eval_step = tf.function(self._eval_step_fn, input_signature=[spec, spec])
         self._sampler: Sampler | None = None
 
@@ -148,7 +149,8 @@ class Trainer:
 
     # -- loop -------------------------------------------------------------------------------
 
-    def _train_dataset(self, epoch: int) -> tf.data.Dataset:
+    def train_dataset(self, epoch: int) -> tf.data.Dataset:
+        """The batches of `epoch` in their order, which depends only on the seed and the epoch."""
         c = self.config
         # A different, reproducible order each epoch: the seed mixes run seed and epoch.
         return make_dataset(self._train_ids, c.seq_length, c.batch_size, shuffle_buffer=c.shuffle_buffer,
@@ -188,11 +190,11 @@ class Trainer:
                 raise CharRNNError(f"checkpoint step {step} and epoch {epoch} do not fit {self.steps_per_epoch} "
                                    "steps per epoch; the run directory belongs to other data, use a new --run_dir")
             epoch_end = min((epoch + 1) * self.steps_per_epoch, self.total_steps)
-            dataset = self._train_dataset(epoch).skip(offset).take(epoch_end - step)
+            dataset = self.train_dataset(epoch).skip(offset).take(epoch_end - step)
             losses = []
             start, start_step = time.perf_counter(), step
             for inputs, targets in dataset:
-                losses.append(self._train_step(inputs, targets))
+                losses.append(self.train_step(inputs, targets))
                 step += 1
                 if progress.due(step):
                     rate = (step - start_step) / (time.perf_counter() - start)
