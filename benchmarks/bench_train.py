@@ -46,7 +46,7 @@ def main(argv: list[str]) -> None:
         for i in range(FLAGS.warmup + FLAGS.steps):
             inputs, targets = next(batches)
             start = time.perf_counter()
-            float(trainer.train_step(inputs, targets))  # float() waits for the result
+            float(trainer.train_step(inputs, targets)[0])  # float() waits for the result
             (warmup_times if i < FLAGS.warmup else times).append(time.perf_counter() - start)
     step_s = statistics.median(times)
     result = {

@@ -13,6 +13,7 @@ from absl import app, flags, logging
 
 from charrnn.config import PRESETS
 from charrnn.errors import CharRNNError
+from charrnn.preemption import EXIT_PREEMPTED, Preempted
 
 FLAGS = flags.FLAGS
 
@@ -47,7 +48,10 @@ def dataclass_from_flags(cls: type) -> Any:
 
 
 def run(main: Callable[[], None]) -> None:
-    """Runs `main` under absl; a CharRNNError becomes a one-line message and exit status 2."""
+    """Runs `main` under absl; a CharRNNError becomes a one-line message and exit status 2.
+
+    A preempted training run (SIGTERM, Ctrl-C) exits with EXIT_PREEMPTED after its message.
+    """
     prog = os.path.basename(sys.argv[0])
     if prog in ("__main__.py", "train.py", "sample.py"):
         prog = "charrnn"
@@ -60,6 +64,9 @@ def run(main: Callable[[], None]) -> None:
             logging.set_verbosity(logging.WARNING)
         try:
             main()
+        except Preempted as e:
+            print(f"{prog}: {e}", file=sys.stderr)
+            sys.exit(EXIT_PREEMPTED)
         except CharRNNError as e:
             _fail(prog, str(e))
 
@@ -68,4 +75,7 @@ def run(main: Callable[[], None]) -> None:
 
 def _fail(prog: str, message: str) -> None:
     print(f"{prog}: error: {message}", file=sys.stderr)
+    # Objects torn down at exit (e.g. a half-restored checkpoint) may log warnings that would
+    # bury the one line that matters.
+    logging.set_verbosity(logging.ERROR)
     sys.exit(2)

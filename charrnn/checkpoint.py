@@ -3,12 +3,17 @@
     <run_dir>/config.json   the TrainConfig of the run (written atomically)
     <run_dir>/vocab.json    the vocabulary, so sampling never needs the corpus
     <run_dir>/ckpt/         tf.train.CheckpointManager files: checkpoint, ckpt-<step>.*
+    <run_dir>/metrics.jsonl training and validation losses by step, one JSON object a line
     <run_dir>/logs/         TensorBoard summaries
 """
 
 from __future__ import annotations
 
+import glob
+import json
 import os
+import re
+import sys
 import tempfile
 
 import tensorflow as tf
@@ -21,6 +26,7 @@ CONFIG_FILE = "config.json"
 VOCAB_FILE = "vocab.json"
 CKPT_DIR = "ckpt"
 LOG_DIR = "logs"
+METRICS_FILE = "metrics.jsonl"
 
 
 def write_atomic(path: str, text: str) -> None:
@@ -77,17 +83,88 @@ def checkpoint_manager(checkpoint: tf.train.Checkpoint, run_dir: str, max_to_kee
                                       checkpoint_name="ckpt")
 
 
-def latest_checkpoint(run_dir: str) -> str | None:
-    return tf.train.latest_checkpoint(os.path.join(run_dir, CKPT_DIR))
+def checkpoint_paths(run_dir: str) -> list[str]:
+    """Every checkpoint prefix of `run_dir`, newest (highest step) first.
 
-
-def restore(checkpoint: tf.train.Checkpoint, path: str, *, partial: bool = False) -> None:
-    """Restores `checkpoint` from `path`, checking that every object it holds was found.
-
-    With `partial`, the file may hold more than `checkpoint` (a sampler reads only the model
-    out of a training checkpoint).
+    Both the `checkpoint` state file and the directory listing are consulted, so a
+    checkpoint whose index is missing, or a lost state file, still shows up here.
     """
-    status = checkpoint.restore(path)
-    if partial:
-        status.expect_partial()
-    status.assert_existing_objects_matched()
+    directory = os.path.join(run_dir, CKPT_DIR)
+    paths = set()
+    state = tf.train.get_checkpoint_state(directory) if os.path.isdir(directory) else None
+    if state is not None:
+        paths.update(os.path.join(directory, os.path.basename(p)) for p in state.all_model_checkpoint_paths)
+    for name in glob.glob(os.path.join(directory, "ckpt-*.index")) + glob.glob(os.path.join(directory, "ckpt-*.data-*")):
+        paths.add(re.sub(r"\.(index|data-\d+-of-\d+)$", "", name))
+    return sorted(paths, key=_step_of, reverse=True)
+
+
+def _step_of(path: str) -> int:
+    match = re.search(r"ckpt-(\d+)$", path)
+    return int(match.group(1)) if match else -1
+
+
+def restore_newest_readable(checkpoint: tf.train.Checkpoint, run_dir: str, *, partial: bool = False) -> str | None:
+    """Restores the newest checkpoint of `run_dir` that can be read in full; returns its path.
+
+    An unreadable one (truncated or corrupted data, missing index, other variables) is
+    reported on stderr and the next older one is tried; every checkpoint holds every
+    variable, so a later success overwrites whatever a failed attempt assigned. Returns
+    None if the run has no checkpoint; raises CharRNNError if none is readable. With
+    `partial`, the file may hold more than `checkpoint` (a sampler reads only the model).
+    """
+    paths = checkpoint_paths(run_dir)
+    reasons = []
+    for path in paths:
+        try:
+            status = checkpoint.restore(path)
+            if partial:
+                status.expect_partial()
+            status.assert_existing_objects_matched()
+            return path
+        except Exception as e:  # noqa: BLE001 - a damaged file surfaces as OpError, IndexError,
+            # ValueError, AssertionError... depending on where the reader trips; all mean "unreadable".
+            reasons.append(str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__)
+            print(f"charrnn: skipping unreadable checkpoint {path} ({reasons[-1]})", file=sys.stderr)
+    if paths:
+        raise CharRNNError(f"no readable checkpoint in {os.path.join(run_dir, CKPT_DIR)} ({len(paths)} tried, newest: "
+                           f"{reasons[0]}); if config.json was edited, undo that; else train into a new --run_dir")
+    return None
+
+
+class MetricsLog:
+    """Appends one JSON object per line to `<run_dir>/metrics.jsonl`, flushed at once.
+
+    Opening it for a run resumed at `resumed_step` first drops the lines of later steps:
+    those steps are trained again, and a step must appear once, with the value of the run
+    that continues.
+    """
+
+    def __init__(self, run_dir: str, resumed_step: int):
+        path = os.path.join(run_dir, METRICS_FILE)
+        old = _read(path)
+        if old:
+            kept = [line for line in old.splitlines(keepends=True) if _line_step(line) <= resumed_step]
+            if len(kept) != len(old.splitlines()):
+                write_atomic(path, "".join(kept))
+        self._file = open(path, "a", encoding="utf-8")
+
+    def write(self, **values: float | int | None) -> None:
+        self._file.write(json.dumps(values) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def _line_step(line: str) -> int:
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return 1 << 62  # a torn last line (crash mid-write) is dropped
+
+
+def read_metrics(run_dir: str) -> list[dict]:
+    """The lines of `<run_dir>/metrics.jsonl` as dictionaries."""
+    text = _read(os.path.join(run_dir, METRICS_FILE)) or ""
+    return [json.loads(line) for line in text.splitlines() if line.strip()]

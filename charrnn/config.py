@@ -39,6 +39,7 @@ class TrainConfig:
     max_to_keep: int = _field(5, "Checkpoints to keep.")
     log_every: int = _field(50, "Log a progress line every this many steps when not on a terminal.")
     seed: int = _field(0, "Seed for initialisation, data order and dropout.")
+    deterministic: bool = _field(False, "Enable TensorFlow op determinism: a run, interrupted or not, is reproducible bit for bit.")
     device: str = _field("auto", "Device: auto (first GPU, else CPU) or a TensorFlow device name such as /GPU:1.")
 
     # Settings a resume must share with the run it continues: the model's shape, and

@@ -47,15 +47,16 @@ class Sampler:
         """Loads the model of `run_dir`'s latest checkpoint; only the run directory is needed."""
         if not os.path.isdir(run_dir):
             raise CharRNNError(f"run directory {run_dir} does not exist; pass the --run_dir of a training run")
+        no_checkpoint = f"run directory {run_dir} holds no checkpoint; train first with charrnn-train --run_dir={run_dir}"
         files = checkpoint.load_run_files(run_dir)
-        path = checkpoint.latest_checkpoint(run_dir)
-        if files is None or path is None:
-            raise CharRNNError(f"run directory {run_dir} holds no checkpoint; train first with charrnn-train --run_dir={run_dir}")
+        if files is None:
+            raise CharRNNError(no_checkpoint)
         config, vocab = files
         with tf.device(resolve_device(device)):
             model = CharRNN(len(vocab), config.embedding_dim, config.rnn_units, config.num_layers)
             model.build_for_vocab()
-            checkpoint.restore(tf.train.Checkpoint(model=model), path, partial=True)
+            if checkpoint.restore_newest_readable(tf.train.Checkpoint(model=model), run_dir, partial=True) is None:
+                raise CharRNNError(no_checkpoint)
         return cls(model, vocab, device)
 
     def generate(self, prime: str, num_chars: int = 500, temperature: float = 0.5, num_samples: int = 1,

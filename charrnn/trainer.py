@@ -9,19 +9,20 @@ within the epoch's data order, which is a pure function of the seed and the epoc
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
 import sys
 import time
+from typing import Callable
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from tensorflow.core.framework import summary_pb2
 
-from charrnn import checkpoint
+from charrnn import checkpoint, preemption
 from charrnn.config import TrainConfig
 from charrnn.data import Vocabulary, make_dataset, num_windows, read_text, resolve_corpus, split_ids
 from charrnn.devices import resolve_device
@@ -57,15 +58,18 @@ class Trainer:
 
     def __init__(self, config: TrainConfig):
         self.config = config
+        if config.deterministic:
+            # Process-wide and irreversible: every op then picks a deterministic kernel.
+            tf.config.experimental.enable_op_determinism()
         self.device = resolve_device(config.device)
         text = read_text(resolve_corpus(config.data))
         saved = checkpoint.load_run_files(config.run_dir)
         self.vocab = Vocabulary.from_text(text)
-        if saved is not None:
-            self._check_resumable(*saved)
         ids = self.vocab.encode(text)
         self._train_ids, self._val_ids = split_ids(ids, config.val_fraction)
         self._check_sizes(len(ids))
+        if saved is not None:
+            self._check_resumable(*saved)
         self.steps_per_epoch = num_windows(len(self._train_ids), config.seq_length) // config.batch_size
         self.total_steps = config.epochs * self.steps_per_epoch
         if config.max_steps is not None:
@@ -81,15 +85,21 @@ class Trainer:
             self.optimizer.build(self.model.trainable_variables)
             self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
             self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+            # Sum of this epoch's step losses, checkpointed so that an epoch's mean train
+            # loss is the same whether or not the epoch was interrupted.
+            self.epoch_loss_sum = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="epoch_loss_sum")
+            # The step at which an epoch (or the run's last, partial one) was last evaluated
+            # and logged; a step equal to it needs no finalising again after a resume.
+            self.finalized_step = tf.Variable(-1, dtype=tf.int64, trainable=False, name="finalized_step")
             self.rng = tf.random.Generator.from_seed(config.seed)
             self._checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer, step=self.step,
-                                                   epoch=self.epoch, rng=self.rng)
-        self.restored_from = checkpoint.latest_checkpoint(config.run_dir)
-        if self.restored_from is not None:
-            checkpoint.restore(self._checkpoint, self.restored_from)
+                                                   epoch=self.epoch, epoch_loss_sum=self.epoch_loss_sum,
+                                                   finalized_step=self.finalized_step, rng=self.rng)
+        self.restored_from = checkpoint.restore_newest_readable(self._checkpoint, config.run_dir)
 
         spec = tf.TensorSpec([None, None], tf.int32)
-        # train_step(inputs, targets) -> loss: one compiled optimisation step on a batch.
+        # train_step(inputs, targets) -> (loss, finite): one compiled optimisation step on a
+        # batch. When the loss or the gradients are not finite nothing is updated.
         self.train_step = tf.function(self._train_step_fn, input_signature=[spec, spec])
         self._eval_step = tf.function(self._eval_step_fn, input_signature=[spec, spec])
         self._sampler: Sampler | None = None
@@ -135,11 +145,19 @@ class Trainer:
             loss = tf.nn.compute_average_loss(sequence_loss(targets, logits), global_batch_size=self.config.batch_size)
         variables = self.model.trainable_variables
         grads = tape.gradient(loss, variables)
+        norm = tf.linalg.global_norm(grads)
         if self.config.grad_clip is not None:
-            grads, _ = tf.clip_by_global_norm(grads, self.config.grad_clip)
-        self.optimizer.apply_gradients(zip(grads, variables))
-        self.step.assign_add(1)
-        return loss
+            grads, _ = tf.clip_by_global_norm(grads, self.config.grad_clip, use_norm=norm)
+        finite = tf.math.is_finite(loss) & tf.math.is_finite(norm)
+
+        def apply() -> tf.Tensor:
+            self.optimizer.apply_gradients(zip(grads, variables))
+            self.step.assign_add(1)
+            self.epoch_loss_sum.assign_add(tf.cast(loss, tf.float64))
+            return tf.constant(True)
+
+        # Checked inside the step so that NaN or Inf never reaches the weights (or a checkpoint).
+        return loss, tf.cond(finite, apply, lambda: tf.constant(False))
 
     def _eval_step_fn(self, inputs: tf.Tensor, targets: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         with tf.device(self.device):
@@ -156,69 +174,115 @@ class Trainer:
         return make_dataset(self._train_ids, c.seq_length, c.batch_size, shuffle_buffer=c.shuffle_buffer,
                             seed=c.seed * 1_000_003 + epoch)
 
-    def evaluate(self) -> float | None:
-        """Mean validation loss in nats per character, or None without a validation split."""
+    def evaluate(self, should_stop: Callable[[], bool] = lambda: False) -> float | None:
+        """Mean validation loss in nats per character, or None without a validation split.
+
+        `should_stop` is polled between batches; if it returns True, raises `_Stopped`.
+        """
         if len(self._val_ids) == 0:
             return None
         c = self.config
         total, count = 0.0, 0.0
         for inputs, targets in make_dataset(self._val_ids, c.seq_length, c.batch_size, drop_remainder=False):
+            if should_stop():
+                raise _Stopped
             batch_total, batch_count = self._eval_step(inputs, targets)
             total += float(batch_total)
             count += float(batch_count)
         return total / count
 
-    def fit(self) -> list[EpochStats]:
+    def fit(self, handle_signals: bool = True) -> list[EpochStats]:
         """Trains until `epochs` (or `max_steps`) is reached; returns per-epoch statistics.
 
-        Saves a checkpoint every `checkpoint_every` steps and at each epoch end. Returns at
-        once (an empty list) if the run is already complete.
+        Saves a checkpoint every `checkpoint_every` steps and at each epoch end, and returns
+        at once (an empty list) if the run is already complete. With `handle_signals` (and
+        in the main thread), SIGTERM or SIGINT saves a checkpoint at the next step boundary
+        and raises `Preempted`. A non-finite loss or gradient stops training with a
+        CharRNNError; that step is not applied and no checkpoint is written for it.
         """
         c = self.config
         checkpoint.save_run_files(c.run_dir, c, self.vocab)
-        manager = checkpoint.checkpoint_manager(self._checkpoint, c.run_dir, c.max_to_keep)
-        writer = tf.summary.create_file_writer(os.path.join(c.run_dir, checkpoint.LOG_DIR))
-        progress = _Progress(self.total_steps, c.log_every)
-        history: list[EpochStats] = []
-        step = int(self.step.numpy())
+        run = _Run(
+            manager=checkpoint.checkpoint_manager(self._checkpoint, c.run_dir, c.max_to_keep),
+            writer=tf.summary.create_file_writer(os.path.join(c.run_dir, checkpoint.LOG_DIR)),
+            metrics=checkpoint.MetricsLog(c.run_dir, resumed_step=int(self.step.numpy())),
+            progress=_Progress(self.total_steps, c.log_every),
+            stop=preemption.StopRequest() if handle_signals else None,
+        )
         if self.restored_from is not None:
-            print(f"Resumed from {self.restored_from} at step {step}, epoch {int(self.epoch.numpy()) + 1}")
-        while step < self.total_steps:
-            epoch = int(self.epoch.numpy())
-            offset = step - epoch * self.steps_per_epoch
-            if not 0 <= offset < self.steps_per_epoch:
-                raise CharRNNError(f"checkpoint step {step} and epoch {epoch} do not fit {self.steps_per_epoch} "
-                                   "steps per epoch; the run directory belongs to other data, use a new --run_dir")
-            epoch_end = min((epoch + 1) * self.steps_per_epoch, self.total_steps)
-            dataset = self.train_dataset(epoch).skip(offset).take(epoch_end - step)
-            losses = []
-            start, start_step = time.perf_counter(), step
-            for inputs, targets in dataset:
-                losses.append(self.train_step(inputs, targets))
-                step += 1
-                if progress.due(step):
-                    rate = (step - start_step) / (time.perf_counter() - start)
-                    loss = float(losses[-1])
-                    progress.show(epoch, c.epochs, step, loss, rate)
-                    _write_scalars(writer, step, loss=loss, learning_rate=c.learning_rate, steps_per_sec=rate)
-                if step % c.checkpoint_every == 0 and step < epoch_end:
-                    manager.save(checkpoint_number=step)
-            steps_per_sec = (step - start_step) / max(time.perf_counter() - start, 1e-9)
-            if step == (epoch + 1) * self.steps_per_epoch:
-                self.epoch.assign(epoch + 1)
-            manager.save(checkpoint_number=step)
-            val_loss = self.evaluate()
-            stats = EpochStats(
-                epoch=epoch + 1, step=step, train_loss=float(np.mean([float(x) for x in losses])),
-                val_loss=val_loss, val_bpc=None if val_loss is None else val_loss / math.log(2),
-                steps_per_sec=steps_per_sec,
-            )
-            history.append(stats)
-            progress.end_epoch(stats, c.epochs)
-            if val_loss is not None:
-                _write_scalars(writer, step, val_loss=val_loss, val_bpc=stats.val_bpc)
-        writer.flush()
+            print(f"Resumed from {self.restored_from} at step {int(self.step.numpy())}, "
+                  f"epoch {int(self.epoch.numpy()) + 1}", flush=True)
+        history: list[EpochStats] = []
+        try:
+            with run.stop or contextlib.nullcontext():
+                while not self._finished():
+                    history.append(self._run_epoch(run))
+        except _Stopped:
+            path = run.manager.save(checkpoint_number=int(self.step.numpy()))
+            raise preemption.Preempted(
+                f"stopped by {run.stop.requested} at step {int(self.step.numpy())}; checkpoint saved to {path}; "
+                "run the same command again to continue", path) from None
+        finally:
+            run.metrics.close()
+            run.writer.flush()
         return history
+
+    def _finished(self) -> bool:
+        """Whether every step is trained and the last (possibly partial) epoch finalised."""
+        step = int(self.step.numpy())
+        return step >= self.total_steps and int(self.finalized_step.numpy()) == step
+
+    def _run_epoch(self, run: _Run) -> EpochStats:
+        """Trains from the current step to the end of its epoch (or of the run), then finalises it.
+
+        Finalising (evaluate, log, checkpoint) comes last and is marked done in the
+        checkpoint, so a crash or stop before that checkpoint resumes into a state that
+        redoes it: an earlier step, or this step not yet marked finalised.
+        """
+        c = self.config
+        step, epoch = int(self.step.numpy()), int(self.epoch.numpy())
+        if step == (epoch + 1) * self.steps_per_epoch and int(self.finalized_step.numpy()) == step:
+            epoch += 1
+            self.epoch.assign(epoch)
+        offset = step - epoch * self.steps_per_epoch
+        if not 0 <= offset <= self.steps_per_epoch:
+            raise CharRNNError(f"checkpoint step {step} and epoch {epoch} do not fit {self.steps_per_epoch} "
+                               "steps per epoch; the run directory belongs to other data, use a new --run_dir")
+        if offset == 0:
+            self.epoch_loss_sum.assign(0.0)
+        epoch_end = min((epoch + 1) * self.steps_per_epoch, self.total_steps)
+        start, start_step = time.perf_counter(), step
+        for inputs, targets in self.train_dataset(epoch).skip(offset).take(max(epoch_end - step, 0)):
+            loss, finite = self.train_step(inputs, targets)
+            if not bool(finite):
+                raise CharRNNError(
+                    f"loss or gradients not finite at step {step + 1} (loss {float(loss)}); the step was not applied "
+                    f"and the last checkpoint ({run.manager.latest_checkpoint or 'none'}) is kept; "
+                    "lower --learning_rate or set --grad_clip, then run again")
+            step += 1
+            if run.progress.due(step):
+                rate = (step - start_step) / (time.perf_counter() - start)
+                run.progress.show(epoch, c.epochs, step, float(loss), rate)
+                _write_scalars(run.writer, step, loss=float(loss), learning_rate=c.learning_rate, steps_per_sec=rate)
+            if step % c.log_every == 0:
+                run.metrics.write(step=step, loss=float(loss))
+            if step % c.checkpoint_every == 0 and step < epoch_end:
+                run.manager.save(checkpoint_number=step)
+            if run.stop_requested():
+                raise _Stopped
+        steps_per_sec = (step - start_step) / max(time.perf_counter() - start, 1e-9)
+
+        val_loss = self.evaluate(run.stop_requested)
+        train_loss = float(self.epoch_loss_sum.numpy()) / (step - epoch * self.steps_per_epoch)
+        stats = EpochStats(epoch=epoch + 1, step=step, train_loss=train_loss, val_loss=val_loss,
+                           val_bpc=None if val_loss is None else val_loss / math.log(2), steps_per_sec=steps_per_sec)
+        run.progress.end_epoch(stats, c.epochs)
+        run.metrics.write(step=step, epoch=epoch + 1, train_loss=train_loss, val_loss=val_loss, val_bpc=stats.val_bpc)
+        if val_loss is not None:
+            _write_scalars(run.writer, step, val_loss=val_loss, val_bpc=stats.val_bpc)
+        self.finalized_step.assign(step)
+        run.manager.save(checkpoint_number=step)
+        return stats
 
     def generate(self, prime: str, num_chars: int = 500, temperature: float = 0.5, num_samples: int = 1,
                  seed: int | None = None) -> str | list[str]:
@@ -240,6 +304,24 @@ def _write_scalars(writer: tf.summary.SummaryWriter, step: int, **values: float)
     with writer.as_default(step=step):
         for name, value in values.items():
             tf.summary.write(name, tf.constant(value, tf.float32), metadata=_SCALAR_METADATA)
+
+
+class _Stopped(Exception):
+    """A stop was requested (signal); unwinds to fit(), which saves and raises Preempted."""
+
+
+@dataclasses.dataclass
+class _Run:
+    """What one fit() call writes to and listens to."""
+
+    manager: tf.train.CheckpointManager
+    writer: tf.summary.SummaryWriter
+    metrics: checkpoint.MetricsLog
+    progress: _Progress
+    stop: preemption.StopRequest | None
+
+    def stop_requested(self) -> bool:
+        return self.stop is not None and self.stop.requested is not None
 
 
 class _Progress:

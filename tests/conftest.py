@@ -53,3 +53,19 @@ def run_cli(tool: str, *args: str, env: dict | None = None, cwd: Path | None = N
     full_env = dict(os.environ, **(env or {}))
     return subprocess.run([sys.executable, "-m", f"charrnn.{tool}", *args], capture_output=True, text=True,
                           env=full_env, cwd=cwd, timeout=300)
+
+
+TINY_FLAGS = ["--embedding_dim=8", "--rnn_units=16", "--batch_size=4", "--seq_length=20", "--device=/CPU:0"]
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory) -> Path:
+    """A run directory trained for 3 steps through the CLI."""
+    base = tmp_path_factory.mktemp("cli")
+    text = base / "text.txt"
+    text.write_text("The quick brown fox jumps over the lazy dog.\n" * 40)
+    run = base / "run"
+    proc = run_cli("train", f"--data={text}", f"--run_dir={run}", "--max_steps=3", *TINY_FLAGS)
+    assert proc.returncode == 0, proc.stderr
+    assert "Total" in proc.stdout and "logits (Dense)" in proc.stdout  # the model summary
+    return run
