@@ -1,22 +1,40 @@
-"""Training-step speed of charrnn's compiled train step.
+"""Training speed: the case study's Keras `model.fit` against charrnn's compiled train step.
 
-Builds a `Trainer` on tiny-shakespeare (from $CHARRNN_DATA_DIR or the cache; pass --data
-for another text), runs --warmup steps (tracing included, reported separately), then
-times --steps steps one by one and reports the median: steps/s and characters/s. Prints a
-table, then one JSON line.
+In one process, on the same batches (tiny-shakespeare from $CHARRNN_DATA_DIR or the cache,
+or --data), the same model size, batch and sequence length:
 
-    python benchmarks/bench_train.py                       # the case-study model
-    python benchmarks/bench_train.py --rnn_units=64 --steps=3 --warmup=1   # smoke test
+  (a) the case study ported to Keras 3: Sequential([Input(batch_shape=(B, None)),
+      Embedding, LSTM(stateful=True, return_sequences=True), Dense]), compile(adam,
+      sparse CE from logits), model.fit;
+  (b) charrnn's Trainer step (fused LSTM on CPUs, cuDNN on GPUs), `--steps_per_loop` steps
+      per compiled call.
+
+Warm-up steps (tracing included) are timed apart; then --steps steps are timed and the
+median step reported. FLOPs per step = 3 x 2*B*T*(4H*(E+H) + H*V) (forward; the backward
+pass costs about twice the forward). The peak is the best `tf.matmul` rate at the step's
+own matrix shapes, measured in this run; the "matmul floor" is the time those matmuls alone
+take at their measured rates. Peak resident memory (VmHWM) of each variant is measured in a
+fresh subprocess of this script that builds it and runs --warmup + 2 steps, so neither
+variant is charged for the other's allocations. Prints a table, then one JSON line.
+
+    python benchmarks/bench_train.py                    # the case-study model
+    python benchmarks/bench_train.py --rnn_units=32 --embedding_dim=8 --batch_size=8 \\
+        --seq_length=16 --steps=2 --warmup=1            # smoke test
 """
 
 from __future__ import annotations
 
 import json
 import platform
+import re
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 
+import keras
+import tensorflow as tf
 from absl import app, flags
 
 import charrnn
@@ -26,41 +44,166 @@ flags.DEFINE_integer("batch_size", 64, "Batch size.")
 flags.DEFINE_integer("seq_length", 100, "Sequence length.")
 flags.DEFINE_integer("embedding_dim", 256, "Embedding size.")
 flags.DEFINE_integer("rnn_units", 1024, "LSTM units.")
-flags.DEFINE_integer("num_layers", 1, "LSTM layers.")
-flags.DEFINE_integer("steps", 10, "Timed steps.")
-flags.DEFINE_integer("warmup", 2, "Untimed steps before timing (the first one traces).")
+flags.DEFINE_integer("steps", 10, "Timed steps per variant.")
+flags.DEFINE_integer("warmup", 2, "Untimed steps first (the first one traces).")
+flags.DEFINE_integer("steps_per_loop", 1, "charrnn: steps per compiled call.")
+flags.DEFINE_boolean("jit_compile", False, "charrnn: XLA-compile the train step.")
+flags.DEFINE_string("mixed_precision", "float32", "Precision policy for both variants.")
+flags.DEFINE_string("lstm_impl", "auto", "charrnn: auto, fused or keras.")
+flags.DEFINE_boolean("baseline", True, "Also run the Keras model.fit baseline.")
 flags.DEFINE_string("device", "auto", "Device.")
+flags.DEFINE_enum("memory_of", None, ["keras_fit", "charrnn"], "Internal: run only this variant briefly and "
+                  "print its peak resident memory.")
 FLAGS = flags.FLAGS
+
+
+def _peak_rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        return int(re.search(r"VmHWM:\s+(\d+)", f.read()).group(1)) / 1024
+
+
+def _peak_rss_of(variant: str) -> float:
+    """Peak RSS in MB of a fresh process that builds `variant` and trains a few steps."""
+    args = [a for a in sys.argv[1:] if not a.startswith(("--steps=", "--memory_of"))]
+    proc = subprocess.run([sys.executable, sys.argv[0], *args, f"--memory_of={variant}", "--steps=2"],
+                          capture_output=True, text=True, check=True)
+    return float(re.search(r"peak_rss_mb=([\d.]+)", proc.stdout).group(1))
+
+
+def _time_matmul(m: int, k: int, n: int, transpose_a: bool = False, transpose_b: bool = False) -> float:
+    """GFLOP/s of tf.matmul for an [m, k] x [k, n] product laid out as the step lays it out."""
+    a = tf.random.normal([k, m] if transpose_a else [m, k])
+    b = tf.random.normal([n, k] if transpose_b else [k, n])
+    matmul = tf.function(lambda: tf.matmul(a, b, transpose_a=transpose_a, transpose_b=transpose_b))
+    matmul()
+    reps = max(3, min(1000, int(1e10 / (2 * m * k * n))))  # about 0.05 s of work at 200 GFLOP/s
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        for _ in range(reps):
+            out = matmul()
+        out.numpy()
+        best = min(best, (time.perf_counter() - start) / reps)
+    return 2 * m * k * n / best / 1e9
+
+
+def _uses_cudnn(trainer: charrnn.Trainer) -> bool:
+    """Whether the compiled train step contains a cuDNN RNN kernel (it can only on a GPU)."""
+    graph = trainer.train_step.get_concrete_function().graph.as_graph_def()
+    ops = {n.op for n in graph.node} | {n.op for f in graph.library.function for n in f.node_def}
+    return any(op.startswith("CudnnRNN") for op in ops)
+
+
+def _matmul_inventory(b: int, t: int, e: int, h: int, v: int) -> list[tuple[str, int, tuple]]:
+    """(name, FLOPs per step, matmul shape) of the matmuls in one fused-LSTM train step."""
+    bt = b * t
+    return [
+        ("input projection [BT,E]x[E,4H]", 2 * bt * e * 4 * h, (bt, e, 4 * h)),
+        ("recurrence fwd T x [B,H]x[H,4H]", 2 * bt * h * 4 * h, (b, h, 4 * h)),
+        ("recurrence bwd T x [B,4H]x[4H,H]", 2 * bt * 4 * h * h, (b, 4 * h, h)),
+        ("input grad [BT,4H]x[E,4H]^T", 2 * bt * 4 * h * e, (bt, 4 * h, e, False, True)),
+        ("kernel grad [BT,E]^T x [BT,4H]", 2 * bt * e * 4 * h, (e, bt, 4 * h, True)),
+        ("recurrent grad [BT,H]^T x [BT,4H]", 2 * bt * h * 4 * h, (h, bt, 4 * h, True)),
+        ("logits fwd+bwd 3 x [BT,H]x[H,V]", 3 * 2 * bt * h * v, (bt, h, v)),
+    ]
+
+
+class _BatchTimer(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.times: list[float] = []
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.times.append(time.perf_counter() - self._start)
+
+
+def _keras_fit(dataset: tf.data.Dataset, vocab_size: int) -> dict:
+    """The case study's approach: a stateful Keras model trained with compile/fit."""
+    b = FLAGS.batch_size
+    model = keras.Sequential([
+        keras.Input(batch_shape=(b, None)),
+        keras.layers.Embedding(vocab_size, FLAGS.embedding_dim, dtype=FLAGS.mixed_precision),
+        keras.layers.LSTM(FLAGS.rnn_units, return_sequences=True, stateful=True,
+                          recurrent_initializer="glorot_uniform", dtype=FLAGS.mixed_precision),
+        keras.layers.Dense(vocab_size, dtype=FLAGS.mixed_precision),
+    ])
+    model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    warm, timed = _BatchTimer(), _BatchTimer()
+    model.fit(dataset.take(FLAGS.warmup), epochs=1, verbose=0, shuffle=False, callbacks=[warm])
+    model.fit(dataset.take(FLAGS.steps), epochs=1, verbose=0, shuffle=False, callbacks=[timed])
+    return {"first_step_s": warm.times[0], "median_step_s": statistics.median(timed.times)}
+
+
+def _charrnn(trainer: charrnn.Trainer) -> dict:
+    batches = iter(trainer.train_dataset(0).repeat())
+    spl = FLAGS.steps_per_loop
+    calls = []
+    for i in range(max(1, FLAGS.warmup) + max(1, FLAGS.steps // spl)):
+        start = time.perf_counter()
+        losses, _ = trainer._train_loop(batches, tf.constant(spl))  # noqa: SLF001 - fit()'s own loop call
+        losses.numpy()
+        calls.append(time.perf_counter() - start)
+    warm = max(1, FLAGS.warmup)
+    return {"first_step_s": calls[0], "median_step_s": statistics.median(calls[warm:]) / spl}
 
 
 def main(argv: list[str]) -> None:
     del argv
+    b, t, e, h = FLAGS.batch_size, FLAGS.seq_length, FLAGS.embedding_dim, FLAGS.rnn_units
     with tempfile.TemporaryDirectory() as run_dir:
         config = charrnn.TrainConfig(
-            data=FLAGS.data, run_dir=run_dir, batch_size=FLAGS.batch_size, seq_length=FLAGS.seq_length,
-            embedding_dim=FLAGS.embedding_dim, rnn_units=FLAGS.rnn_units, num_layers=FLAGS.num_layers,
-            val_fraction=0.0, device=FLAGS.device)
+            data=FLAGS.data, run_dir=run_dir, batch_size=b, seq_length=t, embedding_dim=e, rnn_units=h,
+            val_fraction=0.0, device=FLAGS.device, steps_per_loop=FLAGS.steps_per_loop,
+            jit_compile=FLAGS.jit_compile, mixed_precision=FLAGS.mixed_precision, lstm_impl=FLAGS.lstm_impl)
         trainer = charrnn.Trainer(config)
-        batches = iter(trainer.train_dataset(0).repeat())
-        warmup_times, times = [], []
-        for i in range(FLAGS.warmup + FLAGS.steps):
-            inputs, targets = next(batches)
-            start = time.perf_counter()
-            float(trainer.train_step(inputs, targets)[0])  # float() waits for the result
-            (warmup_times if i < FLAGS.warmup else times).append(time.perf_counter() - start)
-    step_s = statistics.median(times)
-    result = {
-        "benchmark": "train_step", "machine": platform.machine(), "device": trainer.device,
-        "batch_size": FLAGS.batch_size, "seq_length": FLAGS.seq_length, "embedding_dim": FLAGS.embedding_dim,
-        "rnn_units": FLAGS.rnn_units, "num_layers": FLAGS.num_layers, "params": trainer.model.count_params(),
-        "first_step_s": warmup_times[0] if warmup_times else None, "median_step_s": step_s,
-        "steps_per_s": 1 / step_s, "chars_per_s": FLAGS.batch_size * FLAGS.seq_length / step_s,
-        "timed_steps": FLAGS.steps,
-    }
-    print(f"{'model':<34}{'params':>12}{'step (s)':>12}{'steps/s':>10}{'chars/s':>12}")
-    shape = f"E{FLAGS.embedding_dim} LSTM{FLAGS.rnn_units}x{FLAGS.num_layers} b{FLAGS.batch_size} s{FLAGS.seq_length}"
-    print(f"{shape:<34}{result['params']:>12,}{step_s:>12.3f}{result['steps_per_s']:>10.3f}{result['chars_per_s']:>12,.0f}")
-    print(json.dumps(result))
+        v = len(trainer.vocab)
+        dataset = trainer.train_dataset(0).repeat()
+        with tf.device(trainer.device):
+            if FLAGS.memory_of:
+                if FLAGS.memory_of == "keras_fit":
+                    _keras_fit(dataset, v)
+                else:
+                    _charrnn(trainer)
+                print(f"peak_rss_mb={_peak_rss_mb():.1f}")
+                return
+            results = {"keras_fit": _keras_fit(dataset, v)} if FLAGS.baseline else {}
+            results["charrnn"] = _charrnn(trainer)
+            inventory = _matmul_inventory(b, t, e, h, v)
+            rates = {name: _time_matmul(*shape) for name, _, shape in inventory}
+
+    cudnn = _uses_cudnn(trainer)
+    flops = 3 * 2 * b * t * (4 * h * (e + h) + h * v)
+    peak = max(rates.values())
+    floor_s = sum(f / (rates[name] * 1e9) for name, f, _ in inventory)
+    for name, r in results.items():
+        r["peak_rss_mb"] = _peak_rss_of(name)
+        r["steps_per_s"] = 1 / r["median_step_s"]
+        r["gflops_per_s"] = flops / r["median_step_s"] / 1e9
+        r["fraction_of_peak"] = r["gflops_per_s"] / peak
+        r["floor_over_step"] = floor_s / r["median_step_s"]
+    print(f"FLOPs per step = 3 x 2*B*T*(4H*(E+H) + H*V) = {flops / 1e9:.1f} GFLOP "
+          f"(B={b} T={t} E={e} H={h} V={v})")
+    print("tf.matmul at the step's shapes (GFLOP/s): " + "; ".join(f"{k} {r:.0f}" for k, r in rates.items()))
+    print(f"peak {peak:.0f} GFLOP/s; matmul floor {floor_s:.3f} s/step; cuDNN RNN in charrnn's step: {cudnn}")
+    print(f"{'variant':<12}{'first (s)':>10}{'step (s)':>10}{'steps/s':>9}{'GFLOP/s':>9}{'of peak':>9}"
+          f"{'floor/step':>11}{'peak RSS MB':>12}")
+    for name, r in results.items():
+        print(f"{name:<12}{r['first_step_s']:>10.2f}{r['median_step_s']:>10.3f}{r['steps_per_s']:>9.3f}"
+              f"{r['gflops_per_s']:>9.1f}{r['fraction_of_peak']:>9.0%}{r['floor_over_step']:>11.0%}"
+              f"{r['peak_rss_mb']:>12.0f}")
+    ratio = results["keras_fit"]["median_step_s"] / results["charrnn"]["median_step_s"] if FLAGS.baseline else None
+    if ratio is not None:
+        print(f"charrnn / keras fit speed: {ratio:.2f}x")
+    print(json.dumps({
+        "benchmark": "train", "machine": platform.machine(), "device": trainer.device, "batch_size": b,
+        "seq_length": t, "embedding_dim": e, "rnn_units": h, "vocab_size": v, "steps_per_loop": FLAGS.steps_per_loop,
+        "jit_compile": FLAGS.jit_compile, "mixed_precision": FLAGS.mixed_precision, "lstm_impl": FLAGS.lstm_impl,
+        "flops_per_step": flops, "matmul_gflops": rates, "peak_gflops": peak, "matmul_floor_s": floor_s,
+        "results": results, "speedup_vs_fit": ratio, "timed_steps": FLAGS.steps, "cudnn_in_step": cudnn,
+    }))
 
 
 if __name__ == "__main__":

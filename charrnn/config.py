@@ -39,6 +39,10 @@ class TrainConfig:
     max_to_keep: int = _field(5, "Checkpoints to keep.")
     log_every: int = _field(50, "Log a progress line every this many steps when not on a terminal.")
     seed: int = _field(0, "Seed for initialisation, data order and dropout.")
+    steps_per_loop: int = _field(1, "Train steps per compiled call: fewer Python round trips (helps small models and GPUs).")
+    jit_compile: bool = _field(False, "Compile the train step with XLA.")
+    mixed_precision: str = _field("float32", "Precision policy: float32, mixed_float16 (with loss scaling) or mixed_bfloat16.")
+    lstm_impl: str = _field("auto", "LSTM implementation: auto (keras/cuDNN on a GPU, fused elsewhere), fused, keras.")
     deterministic: bool = _field(False, "Enable TensorFlow op determinism: a run, interrupted or not, is reproducible bit for bit.")
     device: str = _field("auto", "Device: auto (first GPU, else CPU) or a TensorFlow device name such as /GPU:1.")
 
@@ -49,7 +53,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         positive = ["epochs", "batch_size", "seq_length", "embedding_dim", "rnn_units", "num_layers",
-                    "checkpoint_every", "max_to_keep", "log_every", "shuffle_buffer"]
+                    "checkpoint_every", "max_to_keep", "log_every", "shuffle_buffer", "steps_per_loop"]
         for name in positive:
             if getattr(self, name) < 1:
                 raise CharRNNError(f"--{name} must be at least 1, got {getattr(self, name)}")
@@ -63,6 +67,11 @@ class TrainConfig:
             raise CharRNNError(f"--dropout must be in [0, 1), got {self.dropout}")
         if not 0 <= self.val_fraction < 1:
             raise CharRNNError(f"--val_fraction must be in [0, 1), got {self.val_fraction} (0 disables validation)")
+        if self.mixed_precision not in ("float32", "mixed_float16", "mixed_bfloat16"):
+            raise CharRNNError(f"--mixed_precision must be float32, mixed_float16 or mixed_bfloat16, "
+                               f"got {self.mixed_precision!r}")
+        if self.lstm_impl not in ("auto", "fused", "keras"):
+            raise CharRNNError(f"--lstm_impl must be auto, fused or keras, got {self.lstm_impl!r}")
         if not self.data:
             raise CharRNNError("--data is empty; pass a text file or a registered corpus name")
         if not self.run_dir:

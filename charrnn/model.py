@@ -10,6 +10,10 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from charrnn.lstm import fused_lstm
+
+LSTM_IMPLS = ("auto", "fused", "keras")
+
 # Per layer, the LSTM's (h, c); the whole state is one such pair per layer.
 LayerState = tuple[tf.Tensor, tf.Tensor]
 State = tuple[LayerState, ...]
@@ -18,15 +22,25 @@ State = tuple[LayerState, ...]
 class CharRNN(keras.Model):
     """Character-level LSTM language model.
 
-    `seed` fixes the initial weights. `logits, state = model(ids, state=None, training=False, seed=None)` maps int ids of
+    `seed` fixes the initial weights. `lstm_impl` picks how full sequences run: `keras`
+    (keras.layers.LSTM, which uses cuDNN on a GPU), `fused` (charrnn.lstm, faster on CPUs),
+    or `auto`: Keras on a GPU, fused elsewhere. Both use the same weights. `precision` is
+    a Keras dtype policy (float32, mixed_float16, mixed_bfloat16); logits are float32.
+    `logits, state = model(ids, state=None, training=False, seed=None)` maps int ids of
     shape [batch, time] to logits [batch, time, vocab_size] and the state after the last
     step. `seed` (int64 [2]) drives dropout, which is stateless so that a training run can
     be reproduced and resumed exactly; it is required when training with dropout > 0.
     """
 
     def __init__(self, vocab_size: int, embedding_dim: int = 256, rnn_units: int = 1024,
-                 num_layers: int = 1, dropout: float = 0.0, seed: int | None = None, **kwargs):
+                 num_layers: int = 1, dropout: float = 0.0, seed: int | None = None, lstm_impl: str = "auto",
+                 precision: str = "float32", **kwargs):
         super().__init__(**kwargs)
+        if lstm_impl not in LSTM_IMPLS:
+            raise ValueError(f"lstm_impl must be one of {LSTM_IMPLS}, got {lstm_impl!r}")
+        self.lstm_impl = lstm_impl
+        # Weights stay float32 under every policy; a mixed policy computes in 16 bits.
+        self.state_dtype = keras.DTypePolicy(precision).compute_dtype
 
         def init(kind: str, index: int) -> keras.initializers.Initializer:
             # A distinct, fixed seed per weight makes initialisation a function of `seed`
@@ -40,7 +54,7 @@ class CharRNN(keras.Model):
         self.rnn_units = rnn_units
         self.dropout_rate = dropout
         self.embedding = keras.layers.Embedding(vocab_size, embedding_dim, embeddings_initializer=init("uniform", 0),
-                                                name="embedding")
+                                                dtype=precision, name="embedding")
         # One attribute per layer: tf.train.Checkpoint does not track layers held in a plain
         # list on a Keras 3 model, so a model-only restore (the Sampler's) would miss them.
         self.num_layers = num_layers
@@ -48,8 +62,9 @@ class CharRNN(keras.Model):
             # glorot_uniform as in the case study (Keras defaults to orthogonal).
             setattr(self, f"lstm_{i}", keras.layers.LSTM(
                 rnn_units, return_sequences=True, return_state=True, kernel_initializer=init("glorot", 2 * i + 1),
-                recurrent_initializer=init("glorot", 2 * i + 2), name=f"lstm_{i}"))
-        self.dense = keras.layers.Dense(vocab_size, kernel_initializer=init("glorot", 2 * num_layers + 1), name="logits")
+                recurrent_initializer=init("glorot", 2 * i + 2), dtype=precision, name=f"lstm_{i}"))
+        self.dense = keras.layers.Dense(vocab_size, kernel_initializer=init("glorot", 2 * num_layers + 1),
+                                        dtype=precision, name="logits")
 
     @property
     def rnns(self) -> list[keras.layers.LSTM]:
@@ -57,7 +72,7 @@ class CharRNN(keras.Model):
 
     def initial_state(self, batch_size: int | tf.Tensor) -> State:
         """The zero state for `batch_size` sequences."""
-        zeros = tf.zeros([batch_size, self.rnn_units])
+        zeros = tf.zeros([batch_size, self.rnn_units], self.state_dtype)
         return tuple((zeros, zeros) for _ in self.rnns)
 
     def call(self, ids: tf.Tensor, state: State | None = None, training: bool = False,
@@ -65,12 +80,30 @@ class CharRNN(keras.Model):
         if state is None:
             state = self.initial_state(tf.shape(ids)[0])
         x = self.embedding(ids)
+        fused = self._use_fused(x)
         new_state = []
         for i, (layer, (h, c)) in enumerate(zip(self.rnns, state)):
-            x, h, c = layer(x, initial_state=[h, c], training=training)
+            if fused:
+                if not layer.built:
+                    layer.build(x.shape)
+                cell = layer.cell
+                weights = [tf.cast(w.value, x.dtype) for w in (cell.kernel, cell.recurrent_kernel, cell.bias)]
+                x, h, c = fused_lstm(x, h, c, *weights)
+            else:
+                x, h, c = layer(x, initial_state=[h, c], training=training)
             new_state.append((h, c))
             x = self._dropout(x, training, seed, i)
-        return self.dense(x), tuple(new_state)
+        # float32 logits keep the softmax and the loss accurate under a mixed policy.
+        return tf.cast(self.dense(x), tf.float32), tuple(new_state)
+
+    def _use_fused(self, x: tf.Tensor) -> bool:
+        if self.lstm_impl != "auto":
+            return self.lstm_impl == "fused"
+        # Where the op was placed (charrnn's compiled functions set a device scope; eager
+        # tensors know theirs); unplaced graph ops go to a GPU whenever there is one.
+        if x.device:
+            return "GPU" not in x.device.upper()
+        return not tf.config.list_logical_devices("GPU")
 
     def step(self, ids: tf.Tensor, state: State) -> tuple[tf.Tensor, State]:
         """One time step for ids of shape [batch]: logits [batch, vocab] and the new state.
@@ -83,7 +116,7 @@ class CharRNN(keras.Model):
         for layer, (h, c) in zip(self.rnns, state):
             x, (h, c) = layer.cell(x, [h, c], training=False)
             new_state.append((h, c))
-        return self.dense(x), tuple(new_state)
+        return tf.cast(self.dense(x), tf.float32), tuple(new_state)
 
     def _dropout(self, x: tf.Tensor, training: bool, seed: tf.Tensor | None, layer: int) -> tf.Tensor:
         if not training or self.dropout_rate == 0:

@@ -53,7 +53,8 @@ class Sampler:
             raise CharRNNError(no_checkpoint)
         config, vocab = files
         with tf.device(resolve_device(device)):
-            model = CharRNN(len(vocab), config.embedding_dim, config.rnn_units, config.num_layers)
+            model = CharRNN(len(vocab), config.embedding_dim, config.rnn_units, config.num_layers,
+                            precision=config.mixed_precision)
             model.build_for_vocab()
             if checkpoint.restore_newest_readable(tf.train.Checkpoint(model=model), run_dir, partial=True) is None:
                 raise CharRNNError(no_checkpoint)

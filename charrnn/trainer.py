@@ -78,9 +78,13 @@ class Trainer:
         self.strategy = tf.distribute.get_strategy()
         with self.strategy.scope(), tf.device(self.device):
             self.model = CharRNN(len(self.vocab), config.embedding_dim, config.rnn_units, config.num_layers,
-                                 config.dropout, seed=config.seed)
+                                 config.dropout, seed=config.seed, lstm_impl=config.lstm_impl,
+                                 precision=config.mixed_precision)
             self.model.build_for_vocab()
             self.optimizer = keras.optimizers.Adam(learning_rate=config.learning_rate)
+            if config.mixed_precision == "mixed_float16":
+                # float16 gradients underflow without loss scaling (bfloat16 has float32's range).
+                self.optimizer = keras.optimizers.LossScaleOptimizer(self.optimizer)
             # Keras 3 creates Adam's moments lazily; build them now or a restore drops them.
             self.optimizer.build(self.model.trainable_variables)
             self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
@@ -99,8 +103,13 @@ class Trainer:
 
         spec = tf.TensorSpec([None, None], tf.int32)
         # train_step(inputs, targets) -> (loss, finite): one compiled optimisation step on a
-        # batch. When the loss or the gradients are not finite nothing is updated.
-        self.train_step = tf.function(self._train_step_fn, input_signature=[spec, spec])
+        # batch. When the loss (or, without loss scaling, the gradients) is not finite,
+        # nothing is updated. With jit_compile the step is one XLA cluster.
+        self.train_step = tf.function(self._train_step_fn, input_signature=[spec, spec],
+                                      jit_compile=config.jit_compile or None)
+        # Up to steps_per_loop steps in one call (Orbit's steps_per_loop), pulling batches
+        # from a tf.data iterator inside the function; see _train_loop_fn.
+        self._train_loop = tf.function(self._train_loop_fn)
         self._eval_step = tf.function(self._eval_step_fn, input_signature=[spec, spec])
         self._sampler: Sampler | None = None
 
@@ -140,15 +149,21 @@ class Trainer:
 
     def _train_step_body(self, inputs: tf.Tensor, targets: tf.Tensor) -> tf.Tensor:
         dropout_seed = self.rng.make_seeds(1)[:, 0]
+        scaling = isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer)
         with tf.GradientTape() as tape:
             logits, _ = self.model(inputs, training=True, seed=dropout_seed)
             loss = tf.nn.compute_average_loss(sequence_loss(targets, logits), global_batch_size=self.config.batch_size)
+            scaled_loss = self.optimizer.scale_loss(loss) if scaling else loss
         variables = self.model.trainable_variables
-        grads = tape.gradient(loss, variables)
+        # With loss scaling the gradients stay scaled: the loss-scale optimizer unscales them,
+        # and skips (lowering the scale) a step whose gradients overflowed, which is routine
+        # in float16 and no reason to stop.
+        grads = tape.gradient(scaled_loss, variables)
         norm = tf.linalg.global_norm(grads)
         if self.config.grad_clip is not None:
-            grads, _ = tf.clip_by_global_norm(grads, self.config.grad_clip, use_norm=norm)
-        finite = tf.math.is_finite(loss) & tf.math.is_finite(norm)
+            scale = self.optimizer.dynamic_scale if scaling else 1.0
+            grads, _ = tf.clip_by_global_norm(grads, self.config.grad_clip * scale, use_norm=norm)
+        finite = tf.math.is_finite(loss) & (scaling | tf.math.is_finite(norm))
 
         def apply() -> tf.Tensor:
             self.optimizer.apply_gradients(zip(grads, variables))
@@ -158,6 +173,23 @@ class Trainer:
 
         # Checked inside the step so that NaN or Inf never reaches the weights (or a checkpoint).
         return loss, tf.cond(finite, apply, lambda: tf.constant(False))
+
+    def _train_loop_fn(self, iterator: tf.data.Iterator, num_steps: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """Runs up to `num_steps` steps on batches from `iterator`; stops early at a bad step.
+
+        Returns the losses of the steps run and whether the last one was applied (finite).
+        """
+        losses = tf.TensorArray(tf.float32, size=num_steps)
+        finite = tf.constant(True)
+        count = tf.constant(0)
+        for i in tf.range(num_steps):
+            inputs, targets = next(iterator)
+            loss, finite = self.train_step(inputs, targets)
+            losses = losses.write(i, tf.cast(loss, tf.float32))
+            count = i + 1
+            if not finite:
+                break
+        return losses.stack()[:count], finite
 
     def _eval_step_fn(self, inputs: tf.Tensor, targets: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         with tf.device(self.device):
@@ -252,20 +284,27 @@ class Trainer:
             self.epoch_loss_sum.assign(0.0)
         epoch_end = min((epoch + 1) * self.steps_per_epoch, self.total_steps)
         start, start_step = time.perf_counter(), step
-        for inputs, targets in self.train_dataset(epoch).skip(offset).take(max(epoch_end - step, 0)):
-            loss, finite = self.train_step(inputs, targets)
+        batches = iter(self.train_dataset(epoch).skip(offset).take(max(epoch_end - step, 0)))
+        while step < epoch_end:
+            # A chunk never crosses a checkpoint boundary, so checkpoints land on the same
+            # steps whatever steps_per_loop is.
+            chunk = min(c.steps_per_loop, epoch_end - step, c.checkpoint_every - step % c.checkpoint_every)
+            losses, finite = self._train_loop(batches, tf.constant(chunk))
+            losses = losses.numpy()
             if not bool(finite):
                 raise CharRNNError(
-                    f"loss or gradients not finite at step {step + 1} (loss {float(loss)}); the step was not applied "
-                    f"and the last checkpoint ({run.manager.latest_checkpoint or 'none'}) is kept; "
+                    f"loss or gradients not finite at step {step + len(losses)} (loss {losses[-1]}); the step was not "
+                    f"applied and the last checkpoint ({run.manager.latest_checkpoint or 'none'}) is kept; "
                     "lower --learning_rate or set --grad_clip, then run again")
-            step += 1
-            if run.progress.due(step):
+            previous, step = step, step + len(losses)
+            for s, loss in enumerate(losses, start=previous + 1):
+                if s % c.log_every == 0:
+                    run.metrics.write(step=s, loss=float(loss))
+            if run.progress.due(previous, step):
                 rate = (step - start_step) / (time.perf_counter() - start)
-                run.progress.show(epoch, c.epochs, step, float(loss), rate)
-                _write_scalars(run.writer, step, loss=float(loss), learning_rate=c.learning_rate, steps_per_sec=rate)
-            if step % c.log_every == 0:
-                run.metrics.write(step=step, loss=float(loss))
+                run.progress.show(epoch, c.epochs, step, float(losses[-1]), rate)
+                _write_scalars(run.writer, step, loss=float(losses[-1]), learning_rate=c.learning_rate,
+                               steps_per_sec=rate)
             if step % c.checkpoint_every == 0 and step < epoch_end:
                 run.manager.save(checkpoint_number=step)
             if run.stop_requested():
@@ -333,10 +372,11 @@ class _Progress:
         self.live = sys.stdout.isatty()
         self._last_draw = 0.0
 
-    def due(self, step: int) -> bool:
+    def due(self, previous: int, step: int) -> bool:
+        """Whether to show progress after advancing from step `previous` to `step`."""
         if self.live:
             return time.monotonic() - self._last_draw > 0.5 or step == self.total_steps
-        return step % self.log_every == 0
+        return step // self.log_every > previous // self.log_every
 
     def show(self, epoch: int, epochs: int, step: int, loss: float, rate: float) -> None:
         eta = (self.total_steps - step) / rate if rate > 0 else float("inf")

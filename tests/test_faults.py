@@ -32,6 +32,14 @@ def _snapshot(directory: Path) -> dict[str, bytes]:
     return {str(p): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
 
 
+def _assert_one_line_error(proc: subprocess.CompletedProcess, message: str) -> None:
+    """Exit status 2, no traceback, and the last line of stderr is our error naming `message`."""
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("charrnn: error: ") and message in last, proc.stderr
+
+
 def _checkpoint_values(run: Path) -> dict[str, np.ndarray]:
     path = tf.train.latest_checkpoint(str(run / "ckpt"))
     reader = tf.train.load_checkpoint(path)
@@ -238,10 +246,7 @@ def test_train_bad_input(trained_run, bad_files, args, message):
     base = [f for f in TINY_FLAGS if f.split("=")[0] not in overridden]
     before = _snapshot(trained_run)
     proc = run_cli("train", *base, *args, f"--run_dir={trained_run}")
-    assert proc.returncode == 2, proc.stdout + proc.stderr
-    assert "Traceback" not in proc.stderr
-    last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("charrnn: error: ") and message in last, proc.stderr
+    _assert_one_line_error(proc, message)
     assert _snapshot(trained_run) == before
 
 
@@ -264,10 +269,7 @@ def test_sample_bad_input(tmp_path, trained_run, args, message):
         args.append(f"--run_dir={trained_run}")
     before = _snapshot(trained_run)
     proc = run_cli("sample", *args)
-    assert proc.returncode == 2, proc.stdout + proc.stderr
-    assert "Traceback" not in proc.stderr
-    last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("charrnn: error: ") and message in last, proc.stderr
+    _assert_one_line_error(proc, message)
     assert _snapshot(trained_run) == before
 
 

@@ -12,6 +12,7 @@ import tensorflow as tf
 from tensorflow.core.util import event_pb2
 
 from charrnn import CharRNNError, Sampler, Trainer
+from charrnn.checkpoint import read_metrics
 from conftest import tiny_config
 
 
@@ -102,3 +103,40 @@ def test_too_short_corpus_says_how_much_is_needed(tmp_path):
     path.write_text("abcdefghij" * 5)
     with pytest.raises(CharRNNError, match=r"needs 84 for training .*smaller --batch_size/--seq_length"):
         Trainer(tiny_config(path, tmp_path / "run", val_fraction=0.0))
+
+
+def test_steps_per_loop_gives_the_same_run(small_text, tmp_path):
+    """Several steps per compiled call change nothing but speed: same weights, same checkpoints."""
+    runs = {}
+    for spl in (1, 3):
+        trainer = Trainer(tiny_config(small_text, tmp_path / f"spl{spl}", max_steps=11, checkpoint_every=4,
+                                      log_every=1, steps_per_loop=spl, dropout=0.1))
+        trainer.fit()
+        runs[spl] = trainer
+    for a, b in zip(runs[1].model.trainable_variables, runs[3].model.trainable_variables):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    for spl in (1, 3):
+        names = sorted(p.name for p in (tmp_path / f"spl{spl}" / "ckpt").glob("*.index"))
+        assert names == ["ckpt-11.index", "ckpt-4.index", "ckpt-8.index"]
+    assert read_metrics(str(tmp_path / "spl1")) == read_metrics(str(tmp_path / "spl3"))
+
+
+@pytest.mark.parametrize("precision", ["mixed_bfloat16", "mixed_float16"])
+def test_mixed_precision_trains_and_samples(small_text, tmp_path, precision):
+    trainer = Trainer(tiny_config(small_text, tmp_path / "run", max_steps=4, mixed_precision=precision))
+    history = trainer.fit()
+    assert math.isfinite(history[-1].train_loss) and math.isfinite(history[-1].val_loss)
+    logits, state = trainer.model(tf.constant([[1, 2, 3]]))
+    assert logits.dtype == tf.float32 and state[0][0].dtype == trainer.model.state_dtype
+    assert all(v.dtype == tf.float32 for v in trainer.model.trainable_variables)
+    text = Sampler.from_checkpoint(str(tmp_path / "run"), device="/CPU:0").generate("The ", 40, seed=1)
+    assert len(text) == 44 and text == trainer.generate("The ", 40, seed=1)
+
+
+def test_jit_compiled_step_matches_the_plain_one(small_text, tmp_path):
+    losses = {}
+    for jit in (False, True):
+        trainer = Trainer(tiny_config(small_text, tmp_path / f"jit{jit}", max_steps=3, log_every=1, jit_compile=jit))
+        trainer.fit()
+        losses[jit] = [m["loss"] for m in read_metrics(str(tmp_path / f"jit{jit}")) if "loss" in m]
+    np.testing.assert_allclose(losses[True], losses[False], rtol=1e-4)

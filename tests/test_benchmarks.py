@@ -1,0 +1,33 @@
+"""Smoke runs of the benchmark scripts: they run on tiny models and end with valid JSON.
+
+No timing is asserted here; speed is what the scripts themselves report.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+TINY = ["--rnn_units=16", "--embedding_dim=8"]
+
+
+@pytest.mark.parametrize("script, args", [
+    ("bench_train.py", [*TINY, "--batch_size=4", "--seq_length=12", "--steps=2", "--warmup=1", "--steps_per_loop=2"]),
+    ("bench_sample.py", [*TINY, "--num_chars=10", "--baseline_chars=5", "--repeats=1"]),
+])
+def test_benchmark_smoke(script, args, small_text):
+    data = [f"--data={small_text}"] if script == "bench_train.py" else []
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), *args, *data],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    if script == "bench_train.py":
+        assert result["results"]["charrnn"]["steps_per_s"] > 0 and result["speedup_vs_fit"] > 0
+        assert result["flops_per_step"] == 3 * 2 * 4 * 12 * (4 * 16 * (8 + 16) + 16 * result["vocab_size"])
+    else:
+        assert [r["num_samples"] for r in result["charrnn"]] == [1, 64] and result["eager_chars_per_s"] > 0
