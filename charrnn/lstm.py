@@ -3,11 +3,12 @@
 Same maths and weight layout as `keras.layers.LSTM` (gates i, f, c, o; kernel [E, 4H],
 recurrent kernel [H, 4H], bias [4H]), arranged for large matrix products:
 
-- forward: the input projection of all time steps is one [B*T, E] x [E, 4H] matmul before
-  the recurrence, so each step only multiplies by the recurrent kernel;
-- backward (`tf.custom_gradient`): the recurrence runs backwards producing the gate
-  gradients of every step; then the kernel and recurrent-kernel gradients are one
-  [E or H, T*B] x [T*B, 4H] matmul each, instead of T small accumulations inside the loop.
+- forward: each step computes all four gates with one [B, E+H] x [E+H, 4H] matmul of the
+  concatenated input and state;
+- backward (`tf.custom_gradient`): the recurrence runs backwards, one [B, 4H] x [4H, E+H]
+  matmul a step giving the gradients of both the step's input and the previous state;
+  every 25 steps, the weight gradient of those steps is one [E+H, 25*B] x [25*B, 4H]
+  matmul, instead of one small accumulation per step (as autodiff through the loop does).
 """
 
 from __future__ import annotations
@@ -24,31 +25,36 @@ def fused_lstm(inputs: tf.Tensor, h0: tf.Tensor, c0: tf.Tensor, kernel: tf.Tenso
     return _fused_lstm(inputs, h0, c0, kernel, recurrent_kernel, bias)
 
 
+# Time steps per weight-gradient matmul in the backward pass: large enough that the
+# matmuls ([E+H, K*B] x [K*B, 4H]) run near peak, small enough that the gate gradients
+# waiting for them are a fraction of the activations. A Python constant, so every chunk
+# but one has a static size and the loop compiles under XLA.
+_CHUNK = 25
+
+
 @tf.custom_gradient
 def _fused_lstm(inputs, h0, c0, kernel, recurrent_kernel, bias):
     steps = tf.shape(inputs)[1]
-    features, units = tf.shape(kernel)[0], tf.shape(recurrent_kernel)[0]
-    # Everything runs time-major ([T, B, ...]): the rows of the big matmuls below are then
-    # (t, b) pairs in the loop's own order and no [T, B, 4H] array is ever transposed.
-    flat_inputs = tf.reshape(tf.transpose(inputs, [1, 0, 2]), [-1, features])
-    # The bias is added per step: added here it would cost a second [T, B, 4H] array.
-    projected = tf.reshape(tf.matmul(flat_inputs, kernel), [steps, -1, 4 * units])
+    features, units = kernel.shape[0], recurrent_kernel.shape[0]  # weights have static shapes
+    inputs_tm = tf.transpose(inputs, [1, 0, 2])  # time-major [T, B, E]
+    # One [B, E+H] x [E+H, 4H] matmul per step computes all four gates from input and state.
+    weights = tf.concat([kernel, recurrent_kernel], 0)
 
-    def forward_step(t, h, c, gates_ta, c_prev_ta, h_prev_ta, hs_ta):
-        z = projected[t] + bias + tf.matmul(h, recurrent_kernel)
-        i, f, g, o = tf.split(z, 4, axis=1)
+    def forward_step(t, h, c, gates_ta, c_prev_ta, xh_ta, hs_ta):
+        xh = tf.concat([inputs_tm[t], h], 1)
+        i, f, g, o = tf.split(tf.matmul(xh, weights) + bias, 4, axis=1)
         i, f, g, o = tf.sigmoid(i), tf.sigmoid(f), tf.tanh(g), tf.sigmoid(o)
-        c_prev_ta, h_prev_ta = c_prev_ta.write(t, c), h_prev_ta.write(t, h)
+        c_prev_ta, xh_ta = c_prev_ta.write(t, c), xh_ta.write(t, xh)
         c = f * c + i * g
         h = o * tf.tanh(c)
-        return t + 1, h, c, gates_ta.write(t, tf.concat([i, f, g, o], 1)), c_prev_ta, h_prev_ta, hs_ta.write(t, h)
+        return t + 1, h, c, gates_ta.write(t, tf.concat([i, f, g, o], 1)), c_prev_ta, xh_ta, hs_ta.write(t, h)
 
-    def ta():
-        return tf.TensorArray(inputs.dtype, size=steps)
+    def ta(size=steps):
+        return tf.TensorArray(inputs.dtype, size=size)
 
-    # The per-step gates and states stay in their TensorArrays for the backward pass:
-    # stacking them would briefly hold two copies of the largest arrays of the step.
-    _, h_last, c_last, gates_ta, c_prev_ta, h_prev_ta, hs_ta = tf.while_loop(
+    # The per-step values stay in their TensorArrays for the backward pass: stacking them
+    # would briefly hold two copies of the largest arrays of the step.
+    _, h_last, c_last, gates_ta, c_prev_ta, xh_ta, hs_ta = tf.while_loop(
         lambda t, *_: t < steps, forward_step, (0, h0, c0, ta(), ta(), ta(), ta()))
     outputs = tf.transpose(hs_ta.stack(), [1, 0, 2])
 
@@ -58,11 +64,10 @@ def _fused_lstm(inputs, h0, c0, kernel, recurrent_kernel, bias):
         d_h_last = tf.zeros_like(h_last) if d_h_last is None else d_h_last
         d_c_last = tf.zeros_like(c_last) if d_c_last is None else d_c_last
         d_hs = tf.transpose(d_outputs, [1, 0, 2])
-        flat_h_prev = tf.reshape(h_prev_ta.stack(), [-1, units])
         # Transposed once: a matmul with transpose_b is ~3x slower (oneDNN on CPU).
-        recurrent_t, kernel_t = tf.transpose(recurrent_kernel), tf.transpose(kernel)
+        weights_t = tf.transpose(weights)
 
-        def backward_step(t, dh_next, dc_next, dz_ta):
+        def backward_step(t, first, dh_next, dc_next, dz_ta, dx_ta):
             i, f, g, o = tf.split(gates_ta.read(t), 4, axis=1)
             c_prev = c_prev_ta.read(t)
             tanh_c = tf.tanh(f * c_prev + i * g)  # c_t, recomputed rather than stored
@@ -70,14 +75,34 @@ def _fused_lstm(inputs, h0, c0, kernel, recurrent_kernel, bias):
             dc = dc_next + dh * o * (1.0 - tanh_c * tanh_c)
             dz = tf.concat([dc * g * i * (1.0 - i), dc * c_prev * f * (1.0 - f),
                             dc * i * (1.0 - g * g), dh * tanh_c * o * (1.0 - o)], 1)
-            return t - 1, tf.matmul(dz, recurrent_t), dc * f, dz_ta.write(t, dz)
+            d_xh = tf.matmul(dz, weights_t)  # gradients of this step's input and previous h at once
+            return (t - 1, first, d_xh[:, features:], dc * f, dz_ta.write(t - first, dz),
+                    dx_ta.write(t, d_xh[:, :features]))
 
-        _, dh0, dc0, dz_ta = tf.while_loop(
-            lambda t, *_: t >= 0, backward_step, (steps - 1, d_h_last, d_c_last, ta()))
-        dz = tf.reshape(dz_ta.stack(), [-1, 4 * units])  # rows (t, b), as flat_inputs and flat_h_prev
-        d_inputs = tf.transpose(tf.reshape(tf.matmul(dz, kernel_t), [steps, -1, features]), [1, 0, 2])
-        d_kernel = tf.matmul(flat_inputs, dz, transpose_a=True)
-        d_recurrent = tf.matmul(flat_h_prev, dz, transpose_a=True)
-        return d_inputs, dh0, dc0, d_kernel, d_recurrent, tf.reduce_sum(dz, 0)
+        def backward_chunk(first, size, dh, dc, d_weights, d_bias, dx_ta):
+            """Steps [first, first + size) backwards, then their weight gradient in one matmul."""
+            _, _, dh, dc, dz_ta, dx_ta = tf.while_loop(
+                lambda t, *_: t >= first, backward_step, (first + size - 1, first, dh, dc, ta(size), dx_ta))
+            dz = tf.reshape(dz_ta.stack(), [-1, 4 * units])
+            # gather, not slice: XLA checks a slice's static size against the array even in a
+            # loop that never runs (sequences shorter than one chunk).
+            xh = tf.reshape(tf.gather(xh_ta_stacked, first + tf.range(size)), [-1, features + units])
+            return dh, dc, d_weights + tf.matmul(xh, dz, transpose_a=True), d_bias + tf.reduce_sum(dz, 0), dx_ta
+
+        xh_ta_stacked = xh_ta.stack()  # [T, B, E+H]
+        full = steps // _CHUNK
+        head = steps - full * _CHUNK  # the first steps in time, done last
+
+        def full_chunk(j, dh, dc, d_weights, d_bias, dx_ta):
+            return (j + 1, *backward_chunk(steps - (j + 1) * _CHUNK, _CHUNK, dh, dc, d_weights, d_bias, dx_ta))
+
+        _, dh, dc, d_weights, d_bias, dx_ta = tf.while_loop(
+            lambda j, *_: j < full, full_chunk,
+            (0, d_h_last, d_c_last, tf.zeros_like(weights), tf.zeros_like(bias), ta()))
+        dh0, dc0, d_weights, d_bias, dx_ta = tf.cond(
+            head > 0, lambda: backward_chunk(0, head, dh, dc, d_weights, d_bias, dx_ta),
+            lambda: (dh, dc, d_weights, d_bias, dx_ta))
+        d_inputs = tf.transpose(dx_ta.stack(), [1, 0, 2])
+        return d_inputs, dh0, dc0, d_weights[:features], d_weights[features:], d_bias
 
     return (outputs, h_last, c_last), grad

@@ -22,7 +22,7 @@ def _reference_and_inputs(batch=3, steps=7, features=5, units=6, seed=0):
 
 
 @pytest.mark.parametrize("use_final_state", [False, True])
-@pytest.mark.parametrize("steps", [7, 53])  # one, and several uneven, weight-gradient chunks
+@pytest.mark.parametrize("steps", [7, 50, 53])  # one partial, two full, and uneven weight-gradient chunks
 def test_fused_lstm_matches_keras_outputs_and_gradients(use_final_state, steps):
     layer, x, h0, c0 = _reference_and_inputs(steps=steps)
     cell = layer.cell
