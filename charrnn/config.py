@@ -32,6 +32,11 @@ class TrainConfig:
     num_layers: int = _field(1, "Stacked LSTM layers.")
     dropout: float = _field(0.0, "Dropout rate after each LSTM layer during training (0 disables).")
     learning_rate: float = _field(0.001, "Adam learning rate.")
+    lr_schedule: str = _field("constant", "Learning-rate schedule after warm-up: constant, cosine (to 0 at the last "
+                              "step) or exponential (times lr_decay each epoch, as char-rnn).")
+    warmup_steps: int = _field(0, "Steps of linear learning-rate warm-up from 0.")
+    lr_decay: float = _field(0.97, "Per-epoch factor of the exponential schedule.")
+    weight_decay: float = _field(0.0, "Decoupled weight decay (AdamW) when > 0; plain Adam when 0.")
     grad_clip: float | None = _field(None, "Clip gradients to this global norm (unset: no clipping).")
     val_fraction: float = _field(0.1, "Fraction of the text, taken from its end, held out for validation (0 disables).")
     shuffle_buffer: int = _field(10000, "Shuffle buffer in windows (as in the case study).")
@@ -67,6 +72,14 @@ class TrainConfig:
             raise CharRNNError(f"--dropout must be in [0, 1), got {self.dropout}")
         if not 0 <= self.val_fraction < 1:
             raise CharRNNError(f"--val_fraction must be in [0, 1), got {self.val_fraction} (0 disables validation)")
+        if self.lr_schedule not in ("constant", "cosine", "exponential"):
+            raise CharRNNError(f"--lr_schedule must be constant, cosine or exponential, got {self.lr_schedule!r}")
+        if self.warmup_steps < 0:
+            raise CharRNNError(f"--warmup_steps must be >= 0, got {self.warmup_steps}")
+        if not 0 < self.lr_decay <= 1:
+            raise CharRNNError(f"--lr_decay must be in (0, 1], got {self.lr_decay}")
+        if self.weight_decay < 0:
+            raise CharRNNError(f"--weight_decay must be >= 0, got {self.weight_decay}")
         if self.mixed_precision not in ("float32", "mixed_float16", "mixed_bfloat16"):
             raise CharRNNError(f"--mixed_precision must be float32, mixed_float16 or mixed_bfloat16, "
                                f"got {self.mixed_precision!r}")

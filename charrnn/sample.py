@@ -13,6 +13,10 @@ flags.DEFINE_string("prime", None, "Text to start from (default: a newline if th
 flags.DEFINE_integer("num_chars", 500, "Characters to generate after the prime.")
 flags.DEFINE_float("temperature", 0.5, "Sampling temperature (> 0): lower is more conservative.")
 flags.DEFINE_integer("num_samples", 1, "Samples to generate in parallel.")
+flags.DEFINE_integer("top_k", 0, "Sample only from the k most likely characters (0: all).")
+flags.DEFINE_float("top_p", 1.0, "Sample only from the smallest set of characters whose probability reaches p (1: all).")
+flags.DEFINE_boolean("greedy", False, "Always take the most likely character (no sampling).")
+flags.DEFINE_string("stop_at", None, "End a sample just before this text first appears in what it generated.")
 flags.DEFINE_integer("seed", None, "Seed; the same seed and settings reproduce the same text (default: random).")
 flags.DEFINE_string("device", "auto", "Device: auto (first GPU, else CPU) or a TensorFlow device name such as /GPU:1.")
 _cli.define_preset_flag()
@@ -24,7 +28,9 @@ def main() -> None:
     if prime is None:
         prime = "\n" if "\n" in sampler.vocab.chars else sampler.vocab.chars[0]
     texts = sampler.generate(prime, num_chars=_cli.flag_value("num_chars"), temperature=_cli.flag_value("temperature"),
-                             num_samples=_cli.flag_value("num_samples"), seed=_cli.flag_value("seed"))
+                             num_samples=_cli.flag_value("num_samples"), seed=_cli.flag_value("seed"),
+                             top_k=_cli.flag_value("top_k"), top_p=_cli.flag_value("top_p"),
+                             greedy=_cli.flag_value("greedy"), stop_at=_cli.flag_value("stop_at"))
     if isinstance(texts, str):
         print(texts)
     else:

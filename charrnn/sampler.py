@@ -8,9 +8,11 @@ sequences are generated in parallel as one batch, and a seed reproduces the outp
 
 from __future__ import annotations
 
+import functools
 import os
 import secrets
 
+import numpy as np
 import tensorflow as tf
 
 from charrnn import checkpoint
@@ -32,15 +34,26 @@ class Sampler:
         self.model = model
         self.vocab = vocab
         self.device = resolve_device(device)
-        self._generate_ids = tf.function(
-            self._generate_ids_fn,
-            input_signature=[
-                tf.TensorSpec([None, None], tf.int32),  # prime ids, one row per sample
-                tf.TensorSpec([], tf.int32),  # number of characters to generate (>= 1)
-                tf.TensorSpec([], tf.float32),  # temperature
-                tf.TensorSpec([2], tf.int64),  # stateless seed
-            ],
-        )
+        # One compiled loop per combination of (filtering, stopping): the per-step ops of an
+        # option that is off are then absent, not skipped at run time.
+        self._compiled: dict[tuple[bool, bool], tf.types.experimental.GenericFunction] = {}
+
+    def _generate_ids(self, *args: tf.Tensor, filtering: bool, stopping: bool) -> tf.Tensor:
+        key = (filtering, stopping)
+        if key not in self._compiled:
+            self._compiled[key] = tf.function(
+                functools.partial(self._generate_ids_fn, filtering=filtering, stopping=stopping),
+                input_signature=[
+                    tf.TensorSpec([None, None], tf.int32),  # prime ids, one row per sample
+                    tf.TensorSpec([], tf.int32),  # number of characters to generate (>= 1)
+                    tf.TensorSpec([], tf.float32),  # temperature
+                    tf.TensorSpec([2], tf.int64),  # stateless seed
+                    tf.TensorSpec([], tf.int32),  # top_k (0: all)
+                    tf.TensorSpec([], tf.float32),  # top_p (1: all)
+                    tf.TensorSpec([], tf.bool),  # greedy
+                    tf.TensorSpec([None], tf.int32),  # stop_at ids
+                ])
+        return self._compiled[key](*args)
 
     @classmethod
     def from_checkpoint(cls, run_dir: str, device: str = "auto") -> Sampler:
@@ -61,10 +74,16 @@ class Sampler:
         return cls(model, vocab, device)
 
     def generate(self, prime: str, num_chars: int = 500, temperature: float = 0.5, num_samples: int = 1,
-                 seed: int | None = None) -> str | list[str]:
-        """Returns `prime` followed by `num_chars` sampled characters (a list if num_samples > 1).
+                 seed: int | None = None, *, top_k: int = 0, top_p: float = 1.0, greedy: bool = False,
+                 stop_at: str | None = None) -> str | list[str]:
+        """Returns `prime` followed by up to `num_chars` sampled characters (a list if num_samples > 1).
 
-        The same `seed` and arguments give the same text; without one a random seed is drawn.
+        Each next character is drawn from softmax(logits / temperature), restricted to the
+        `top_k` most likely characters (0: all) and to the smallest set whose probability
+        reaches `top_p` (1: all); `greedy` takes the most likely one instead. A sample ends
+        just before the first occurrence of `stop_at` in its generated text, and generation
+        stops once every sample has reached it. The same `seed` and arguments give the same
+        text; without one a random seed is drawn.
         """
         if not prime:
             raise CharRNNError("the prime is empty; pass at least one character to start from")
@@ -74,6 +93,13 @@ class Sampler:
             raise CharRNNError(f"num_chars must be between 0 and {MAX_NUM_CHARS:,}, got {num_chars}")
         if not 1 <= num_samples <= MAX_NUM_SAMPLES:
             raise CharRNNError(f"num_samples must be between 1 and {MAX_NUM_SAMPLES}, got {num_samples}")
+        if top_k < 0:
+            raise CharRNNError(f"top_k must be >= 0 (0 keeps every character), got {top_k}")
+        if not 0 < top_p <= 1:
+            raise CharRNNError(f"top_p must be in (0, 1] (1 keeps every character), got {top_p}")
+        if stop_at == "":
+            raise CharRNNError("stop_at is empty; pass the text that should end a sample, or leave it unset")
+        stop_ids = self.vocab.encode(stop_at) if stop_at else np.zeros([0], np.int32)
         prime_ids = self.vocab.encode(prime)
         if num_chars == 0:
             texts = [prime] * num_samples
@@ -82,27 +108,69 @@ class Sampler:
                 seed = secrets.randbits(63)
             batch = tf.tile(tf.constant(prime_ids[None, :]), [num_samples, 1])
             ids = self._generate_ids(batch, tf.constant(num_chars, tf.int32), tf.constant(temperature, tf.float32),
-                                     tf.constant([seed, 0], tf.int64))
-            texts = [prime + self.vocab.decode(row) for row in ids.numpy()]
+                                     tf.constant([seed, 0], tf.int64), tf.constant(top_k, tf.int32),
+                                     tf.constant(top_p, tf.float32), tf.constant(greedy), tf.constant(stop_ids),
+                                     filtering=top_k > 0 or top_p < 1, stopping=bool(stop_at))
+            texts = [self.vocab.decode(row) for row in ids.numpy()]
+            if stop_at:
+                texts = [text.split(stop_at, 1)[0] for text in texts]
+            texts = [prime + text for text in texts]
         return texts if num_samples > 1 else texts[0]
 
-    def _generate_ids_fn(self, prime_ids: tf.Tensor, num_chars: tf.Tensor, temperature: tf.Tensor,
-                         seed: tf.Tensor) -> tf.Tensor:
+    def _generate_ids_fn(self, prime_ids: tf.Tensor, num_chars: tf.Tensor, temperature: tf.Tensor, seed: tf.Tensor,
+                         top_k: tf.Tensor, top_p: tf.Tensor, greedy: tf.Tensor, stop_ids: tf.Tensor, *,
+                         filtering: bool, stopping: bool) -> tf.Tensor:
         with tf.device(self.device):
-            return self._generate_ids_body(prime_ids, num_chars, temperature, seed)
+            return self._generate_ids_body(prime_ids, num_chars, temperature, seed, top_k, top_p, greedy, stop_ids,
+                                           filtering, stopping)
 
-    def _generate_ids_body(self, prime_ids: tf.Tensor, num_chars: tf.Tensor, temperature: tf.Tensor,
-                           seed: tf.Tensor) -> tf.Tensor:
+    def _generate_ids_body(self, prime_ids, num_chars, temperature, seed, top_k, top_p, greedy, stop_ids,
+                           filtering: bool, stopping: bool):
         logits, state = self.model(prime_ids)
+        batch = tf.shape(prime_ids)[0]
+        stop_len = tf.shape(stop_ids)[0]
 
         def sample(step_logits: tf.Tensor, i: tf.Tensor) -> tf.Tensor:
+            step_logits = step_logits / temperature
+            if filtering:
+                step_logits = filter_logits(step_logits, top_k, top_p)
             step_seed = tf.random.experimental.stateless_fold_in(seed, i)
-            return tf.random.stateless_categorical(step_logits / temperature, 1, seed=step_seed)[:, 0]
+            drawn = tf.random.stateless_categorical(step_logits, 1, seed=step_seed)[:, 0]
+            return tf.cast(tf.where(greedy, tf.argmax(step_logits, -1), drawn), tf.int32)
 
-        next_ids = tf.cast(sample(logits[:, -1, :], 0), tf.int32)
-        out = tf.TensorArray(tf.int32, size=num_chars).write(0, next_ids)
+        # The last len(stop_at) ids of each sample, to notice when it has produced stop_at.
+        recent = tf.fill([batch, stop_len], -1)
+        done = tf.zeros([batch], tf.bool)
+
+        def advance(next_ids: tf.Tensor, recent: tf.Tensor, done: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            if not stopping:
+                return recent, done
+            recent = tf.concat([recent, next_ids[:, None]], 1)[:, 1:]
+            return recent, done | tf.reduce_all(tf.equal(recent, stop_ids), axis=1)
+
+        next_ids = sample(logits[:, -1, :], 0)
+        recent, done = advance(next_ids, recent, done)
+        # Grows as it is written, so that stopping early leaves no unwritten rows.
+        out = tf.TensorArray(tf.int32, size=0, dynamic_size=True).write(0, next_ids)
         for i in tf.range(1, num_chars):
+            if stopping and tf.reduce_all(done):
+                break
             step_logits, state = self.model.step(next_ids, state)
-            next_ids = tf.cast(sample(step_logits, i), tf.int32)
+            next_ids = sample(step_logits, i)
+            recent, done = advance(next_ids, recent, done)
             out = out.write(i, next_ids)
         return tf.transpose(out.stack())
+
+
+def filter_logits(logits: tf.Tensor, top_k: tf.Tensor, top_p: tf.Tensor) -> tf.Tensor:
+    """Sets to -inf the logits outside the `top_k` largest (0: none dropped) and outside the
+    smallest set of largest ones whose softmax probability sums to at least `top_p`."""
+    vocab = tf.shape(logits)[-1]
+    k = tf.where(top_k > 0, tf.minimum(top_k, vocab), vocab)
+    sorted_logits = tf.sort(logits, direction="DESCENDING", axis=-1)
+    # Nucleus: keep a character while the probability of the more likely ones is below p;
+    # the most likely one is always kept.
+    before = tf.math.cumsum(tf.nn.softmax(sorted_logits), axis=-1, exclusive=True)
+    keep = tf.minimum(k, tf.reduce_sum(tf.cast(before < top_p, tf.int32), axis=-1, keepdims=True))
+    threshold = tf.gather(sorted_logits, tf.maximum(keep, 1) - 1, batch_dims=1)
+    return tf.where(logits < threshold, tf.constant(-float("inf"), logits.dtype), logits)

@@ -43,6 +43,34 @@ class EpochStats:
     steps_per_sec: float
 
 
+class LearningRate(keras.optimizers.schedules.LearningRateSchedule):
+    """`config.learning_rate` after `warmup_steps` of linear warm-up, shaped by `lr_schedule`.
+
+    A function of the optimizer's step alone, so a resumed run continues the same curve.
+    """
+
+    def __init__(self, config: TrainConfig, steps_per_epoch: int, total_steps: int):
+        self.base, self.kind, self.decay = config.learning_rate, config.lr_schedule, config.lr_decay
+        self.warmup, self.steps_per_epoch, self.total_steps = config.warmup_steps, steps_per_epoch, total_steps
+
+    def __call__(self, step: tf.Tensor) -> tf.Tensor:
+        step = tf.cast(step, tf.float32)
+        warm = tf.minimum(1.0, (step + 1.0) / self.warmup) if self.warmup else 1.0
+        if self.kind == "cosine":
+            span = max(self.total_steps - self.warmup, 1)
+            progress = tf.clip_by_value((step - self.warmup) / span, 0.0, 1.0)
+            shape = 0.5 * (1.0 + tf.cos(math.pi * progress))
+        elif self.kind == "exponential":
+            shape = self.decay ** tf.floor(step / self.steps_per_epoch)
+        else:
+            shape = 1.0
+        return self.base * warm * shape
+
+    def get_config(self) -> dict:
+        return {"base": self.base, "kind": self.kind, "decay": self.decay, "warmup": self.warmup,
+                "steps_per_epoch": self.steps_per_epoch, "total_steps": self.total_steps}
+
+
 def sequence_loss(targets: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
     """Per-sequence mean sparse cross-entropy from logits, shape [batch]."""
     return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(targets, logits), axis=-1)
@@ -81,7 +109,11 @@ class Trainer:
                                  config.dropout, seed=config.seed, lstm_impl=config.lstm_impl,
                                  precision=config.mixed_precision)
             self.model.build_for_vocab()
-            self.optimizer = keras.optimizers.Adam(learning_rate=config.learning_rate)
+            schedule = LearningRate(config, self.steps_per_epoch, self.total_steps)
+            if config.weight_decay > 0:
+                self.optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=config.weight_decay)
+            else:
+                self.optimizer = keras.optimizers.Adam(learning_rate=schedule)
             if config.mixed_precision == "mixed_float16":
                 # float16 gradients underflow without loss scaling (bfloat16 has float32's range).
                 self.optimizer = keras.optimizers.LossScaleOptimizer(self.optimizer)
@@ -303,8 +335,8 @@ class Trainer:
             if run.progress.due(previous, step):
                 rate = (step - start_step) / (time.perf_counter() - start)
                 run.progress.show(epoch, c.epochs, step, float(losses[-1]), rate)
-                _write_scalars(run.writer, step, loss=float(losses[-1]), learning_rate=c.learning_rate,
-                               steps_per_sec=rate)
+                _write_scalars(run.writer, step, loss=float(losses[-1]),
+                               learning_rate=float(self.optimizer.learning_rate), steps_per_sec=rate)
             if step % c.checkpoint_every == 0 and step < epoch_end:
                 run.manager.save(checkpoint_number=step)
             if run.stop_requested():
@@ -324,11 +356,11 @@ class Trainer:
         return stats
 
     def generate(self, prime: str, num_chars: int = 500, temperature: float = 0.5, num_samples: int = 1,
-                 seed: int | None = None) -> str | list[str]:
-        """Samples from the model as it is now; see `Sampler.generate`."""
+                 seed: int | None = None, **options) -> str | list[str]:
+        """Samples from the model as it is now; see `Sampler.generate` (and its options)."""
         if self._sampler is None:
             self._sampler = Sampler(self.model, self.vocab, self.config.device)
-        return self._sampler.generate(prime, num_chars, temperature, num_samples, seed)
+        return self._sampler.generate(prime, num_chars, temperature, num_samples, seed, **options)
 
 
 # TensorBoard's scalar plugin reads summaries tagged with this metadata. Writing them with

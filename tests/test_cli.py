@@ -39,3 +39,23 @@ def test_preset_values_yield_to_explicit_flags_and_flagfile_works(tmp_path, smal
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["data"] == str(small_text) and config["rnn_units"] == 16  # explicit
     assert config["epochs"] == 20 and config["embedding_dim"] == 256 and config["seq_length"] == 100  # preset
+
+
+def test_sample_options_on_the_command_line(trained_run):
+    base = (f"--run_dir={trained_run}", "--prime=The ", "--num_chars=80")
+    greedy = [run_cli("sample", *base, "--greedy", f"--seed={s}") for s in (1, 2)]
+    assert greedy[0].returncode == 0, greedy[0].stderr
+    assert greedy[0].stdout == greedy[1].stdout
+    stopped = run_cli("sample", *base, "--seed=3", "--top_k=5", "--top_p=0.9", "--stop_at=o")
+    assert stopped.returncode == 0, stopped.stderr
+    assert stopped.stdout.startswith("The ") and "o" not in stopped.stdout[4:]
+
+
+def test_readme_documents_every_training_flag():
+    import dataclasses
+
+    from charrnn import TrainConfig
+    from conftest import REPO
+
+    readme = (REPO / "README.md").read_text()
+    assert [f.name for f in dataclasses.fields(TrainConfig) if f"`--{f.name}`" not in readme] == []

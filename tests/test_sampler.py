@@ -68,3 +68,46 @@ def test_from_checkpoint_errors(tmp_path):
         Sampler.from_checkpoint(str(tmp_path / "nope"))
     with pytest.raises(CharRNNError, match="holds no checkpoint"):
         Sampler.from_checkpoint(str(tmp_path))
+
+
+def test_top_k_1_equals_greedy(sampler):
+    greedy = sampler.generate("ab", num_chars=60, temperature=1.0, greedy=True, seed=1)
+    assert sampler.generate("ab", num_chars=60, temperature=1.0, top_k=1, seed=2) == greedy
+    assert greedy == sampler.generate("ab", num_chars=60, temperature=3.0, greedy=True, seed=9)  # no randomness
+
+
+def test_filter_logits_top_p_keeps_the_smallest_set_reaching_p():
+    import numpy as np
+    import tensorflow as tf
+
+    from charrnn.sampler import filter_logits
+
+    probs = np.array([[0.5, 0.05, 0.3, 0.15]], np.float32)  # sorted: 0.5, 0.3, 0.15, 0.05
+    logits = tf.constant(np.log(probs))
+    kept = lambda p, k=0: np.isfinite(filter_logits(logits, tf.constant(k), tf.constant(p)).numpy()[0]).tolist()
+    assert kept(0.5) == [True, False, False, False]  # 0.5 alone reaches 0.5
+    assert kept(0.51) == [True, False, True, False]  # needs 0.5 + 0.3
+    assert kept(0.8) == [True, False, True, False]
+    assert kept(0.81) == [True, False, True, True]
+    assert kept(1.0) == [True, True, True, True]
+    assert kept(1.0, k=2) == [True, False, True, False]
+    assert kept(0.9, k=1) == [True, False, False, False]
+
+
+def test_filtered_sampling_is_reproducible_and_stays_in_the_allowed_set(sampler):
+    a = sampler.generate("ab", num_chars=80, temperature=1.5, top_k=3, top_p=0.9, num_samples=4, seed=11)
+    assert a == sampler.generate("ab", num_chars=80, temperature=1.5, top_k=3, top_p=0.9, num_samples=4, seed=11)
+    assert a != sampler.generate("ab", num_chars=80, temperature=1.5, top_k=3, top_p=0.9, num_samples=4, seed=12)
+
+
+def test_stop_at_ends_each_sample_before_the_stop_text(sampler):
+    full = sampler.generate("a", num_chars=300, temperature=1.0, num_samples=3, seed=4)
+    stopped = sampler.generate("a", num_chars=300, temperature=1.0, num_samples=3, seed=4, stop_at="e")
+    for whole, cut in zip(full, stopped):
+        assert cut == "a" + whole[1:].split("e", 1)[0]
+    with pytest.raises(CharRNNError, match="not in the model's vocabulary"):
+        sampler.generate("a", num_chars=5, stop_at="z")
+    with pytest.raises(CharRNNError, match="top_p must be in"):
+        sampler.generate("a", num_chars=5, top_p=0)
+    with pytest.raises(CharRNNError, match="top_k must be >= 0"):
+        sampler.generate("a", num_chars=5, top_k=-1)

@@ -140,3 +140,36 @@ def test_jit_compiled_step_matches_the_plain_one(small_text, tmp_path):
         trainer.fit()
         losses[jit] = [m["loss"] for m in read_metrics(str(tmp_path / f"jit{jit}")) if "loss" in m]
     np.testing.assert_allclose(losses[True], losses[False], rtol=1e-4)
+
+
+def test_learning_rate_schedules():
+    from charrnn import TrainConfig
+    from charrnn.trainer import LearningRate
+
+    def lr(step, **kw):
+        return float(LearningRate(TrainConfig(learning_rate=0.01, **kw), steps_per_epoch=10, total_steps=110)(step))
+
+    assert lr(0) == lr(57) == pytest.approx(0.01)
+    assert lr(0, warmup_steps=10) == pytest.approx(0.001) and lr(4, warmup_steps=10) == pytest.approx(0.005)
+    assert lr(10, warmup_steps=10) == pytest.approx(0.01)
+    assert lr(10, lr_schedule="cosine", warmup_steps=10) == pytest.approx(0.01)
+    assert lr(60, lr_schedule="cosine", warmup_steps=10) == pytest.approx(0.005)
+    assert lr(110, lr_schedule="cosine", warmup_steps=10) == pytest.approx(0.0, abs=1e-9)
+    assert lr(9, lr_schedule="exponential", lr_decay=0.5) == pytest.approx(0.01)
+    assert lr(25, lr_schedule="exponential", lr_decay=0.5) == pytest.approx(0.0025)
+
+
+def test_weight_decay_uses_adamw_and_schedule_survives_resume(small_text, tmp_path):
+    import keras
+
+    config = tiny_config(small_text, tmp_path / "run", max_steps=3, weight_decay=0.1, lr_schedule="cosine",
+                         warmup_steps=2)
+    trainer = Trainer(config)
+    assert isinstance(trainer.optimizer, keras.optimizers.AdamW)
+    trainer.fit()
+    resumed = Trainer(config.replace(max_steps=6))
+    from charrnn.trainer import LearningRate
+    expected = LearningRate(resumed.config, resumed.steps_per_epoch, 6)(3)  # the curve continues at the restored step
+    assert float(resumed.optimizer.learning_rate) == pytest.approx(float(expected))
+    resumed.fit()
+    assert int(resumed.optimizer.iterations.numpy()) == 6
