@@ -25,6 +25,8 @@ class TrainConfig:
     run_dir: str = _field("runs/charrnn", "Run directory: config, vocabulary, checkpoints, TensorBoard logs.")
     epochs: int = _field(20, "Epochs to train, counted from the start of the run (a resume does not restart the count).")
     max_steps: int | None = _field(None, "Stop after this many steps in total, counted from the start of the run.")
+    time_budget: float | None = _field(None, "Stop after this many seconds of training in this invocation (start-up, "
+                                       "tracing and evaluation not counted); running again continues the run.")
     batch_size: int = _field(64, "Sequences per batch.")
     seq_length: int = _field(100, "Characters per training sequence (windows are seq_length + 1 long).")
     embedding_dim: int = _field(256, "Embedding size.")
@@ -64,6 +66,8 @@ class TrainConfig:
                 raise CharRNNError(f"--{name} must be at least 1, got {getattr(self, name)}")
         if self.max_steps is not None and self.max_steps < 1:
             raise CharRNNError(f"--max_steps must be at least 1, got {self.max_steps} (leave it unset for no limit)")
+        if self.time_budget is not None and not self.time_budget > 0:
+            raise CharRNNError(f"--time_budget must be positive, got {self.time_budget} (leave it unset for no limit)")
         if not self.learning_rate > 0:
             raise CharRNNError(f"--learning_rate must be positive, got {self.learning_rate}")
         if self.grad_clip is not None and not self.grad_clip > 0:

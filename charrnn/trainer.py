@@ -272,6 +272,7 @@ class Trainer:
             metrics=checkpoint.MetricsLog(c.run_dir, resumed_step=int(self.step.numpy())),
             progress=_Progress(self.total_steps, c.log_every),
             stop=preemption.StopRequest() if handle_signals else None,
+            time_budget=c.time_budget,
         )
         if self.restored_from is not None:
             print(f"Resumed from {self.restored_from} at step {int(self.step.numpy())}, "
@@ -279,8 +280,11 @@ class Trainer:
         history: list[EpochStats] = []
         try:
             with run.stop or contextlib.nullcontext():
-                while not self._finished():
+                while not self._finished() and not run.out_of_time():
                     history.append(self._run_epoch(run))
+            if run.out_of_time():
+                print(f"Time budget of {c.time_budget:g} s reached at step {int(self.step.numpy())}; "
+                      "run the same command again to continue", flush=True)
         except _Stopped:
             path = run.manager.save(checkpoint_number=int(self.step.numpy()))
             raise preemption.Preempted(
@@ -317,12 +321,14 @@ class Trainer:
         epoch_end = min((epoch + 1) * self.steps_per_epoch, self.total_steps)
         start, start_step = time.perf_counter(), step
         batches = iter(self.train_dataset(epoch).skip(offset).take(max(epoch_end - step, 0)))
-        while step < epoch_end:
+        while step < epoch_end and not run.out_of_time():
             # A chunk never crosses a checkpoint boundary, so checkpoints land on the same
             # steps whatever steps_per_loop is.
             chunk = min(c.steps_per_loop, epoch_end - step, c.checkpoint_every - step % c.checkpoint_every)
+            chunk_start = time.perf_counter()
             losses, finite = self._train_loop(batches, tf.constant(chunk))
             losses = losses.numpy()
+            run.count_training_time(time.perf_counter() - chunk_start)
             if not bool(finite):
                 raise CharRNNError(
                     f"loss or gradients not finite at step {step + len(losses)} (loss {losses[-1]}); the step was not "
@@ -390,9 +396,21 @@ class _Run:
     metrics: checkpoint.MetricsLog
     progress: _Progress
     stop: preemption.StopRequest | None
+    time_budget: float | None
+    train_seconds: float = 0.0
+    traced: bool = False
 
     def stop_requested(self) -> bool:
         return self.stop is not None and self.stop.requested is not None
+
+    def count_training_time(self, seconds: float) -> None:
+        # The first call of the process traces the step; that is start-up, not training.
+        if self.traced:
+            self.train_seconds += seconds
+        self.traced = True
+
+    def out_of_time(self) -> bool:
+        return self.time_budget is not None and self.train_seconds >= self.time_budget
 
 
 class _Progress:

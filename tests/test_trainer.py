@@ -173,3 +173,16 @@ def test_weight_decay_uses_adamw_and_schedule_survives_resume(small_text, tmp_pa
     assert float(resumed.optimizer.learning_rate) == pytest.approx(float(expected))
     resumed.fit()
     assert int(resumed.optimizer.iterations.numpy()) == 6
+
+
+def test_time_budget_stops_after_a_partial_epoch_and_the_run_continues(small_text, tmp_path):
+    config = tiny_config(small_text, tmp_path / "run", time_budget=0.3, epochs=3)
+    trainer = Trainer(config)
+    history = trainer.fit()
+    stopped_at = int(trainer.step.numpy())
+    assert 1 < stopped_at < 3 * trainer.steps_per_epoch  # stopped by the budget, not by the end of the run
+    assert history[-1].step == stopped_at and history[-1].val_loss is not None  # the partial epoch was evaluated
+    assert tf.train.latest_checkpoint(str(tmp_path / "run" / "ckpt")).endswith(f"ckpt-{stopped_at}")
+    resumed = Trainer(config.replace(time_budget=None))
+    resumed.fit()
+    assert int(resumed.step.numpy()) == 3 * resumed.steps_per_epoch
