@@ -19,7 +19,6 @@ from typing import Callable
 
 import keras
 import tensorflow as tf
-
 from tensorflow.core.framework import summary_pb2
 
 from charrnn import checkpoint, preemption
@@ -33,7 +32,8 @@ from charrnn.sampler import Sampler
 
 @dataclasses.dataclass(frozen=True)
 class EpochStats:
-    """What one epoch (or the part of it run in this process) achieved."""
+    """One finalised epoch (or the partial last one): `train_loss` is the mean over all its
+    steps, across resumes; `steps_per_sec` covers the part run in this process."""
 
     epoch: int
     step: int
