@@ -12,6 +12,8 @@ from typing import Any
 
 from charrnn.errors import CharRNNError
 
+LSTM_IMPLS = ("auto", "fused", "keras")
+
 
 def _field(default: Any, help: str) -> Any:  # noqa: A002 - mirrors absl's argument name
     return dataclasses.field(default=default, metadata={"help": help})
@@ -87,7 +89,7 @@ class TrainConfig:
         if self.mixed_precision not in ("float32", "mixed_float16", "mixed_bfloat16"):
             raise CharRNNError(f"--mixed_precision must be float32, mixed_float16 or mixed_bfloat16, "
                                f"got {self.mixed_precision!r}")
-        if self.lstm_impl not in ("auto", "fused", "keras"):
+        if self.lstm_impl not in LSTM_IMPLS:
             raise CharRNNError(f"--lstm_impl must be auto, fused or keras, got {self.lstm_impl!r}")
         if not self.data:
             raise CharRNNError("--data is empty; pass a text file or a registered corpus name")

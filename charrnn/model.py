@@ -10,9 +10,8 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from charrnn.config import LSTM_IMPLS
 from charrnn.lstm import fused_lstm
-
-LSTM_IMPLS = ("auto", "fused", "keras")
 
 # Per layer, the LSTM's (h, c); the whole state is one such pair per layer.
 LayerState = tuple[tf.Tensor, tf.Tensor]
