@@ -32,7 +32,8 @@ def define_dataclass_flags(cls: type) -> None:
 
 def define_preset_flag() -> None:
     flags.DEFINE_enum("preset", None, sorted(PRESETS),
-                      "Named set of settings (seed: the case study's); explicit flags override it.")
+                      "Named set of settings (seed: the case study; cpu_small, gpu: the quality benchmark's recipes); "
+                      "explicit flags override it.")
 
 
 def flag_value(name: str) -> Any:
@@ -53,7 +54,7 @@ def run(main: Callable[[], None]) -> None:
     A preempted training run (SIGTERM, Ctrl-C) exits with EXIT_PREEMPTED after its message.
     """
     prog = os.path.basename(sys.argv[0])
-    if prog in ("__main__.py", "train.py", "sample.py"):
+    if prog in ("__main__.py", "train.py", "sample.py", "eval.py"):
         prog = "charrnn"
 
     def wrapped(argv: list[str]) -> None:

@@ -3,6 +3,7 @@
     <run_dir>/config.json   the TrainConfig of the run (written atomically)
     <run_dir>/vocab.json    the vocabulary, so sampling never needs the corpus
     <run_dir>/ckpt/         tf.train.CheckpointManager files: checkpoint, ckpt-<step>.*
+    <run_dir>/best/         the checkpoint with the lowest validation loss so far, ckpt-<step>.*
     <run_dir>/metrics.jsonl training and validation losses by step, one JSON object a line
     <run_dir>/logs/         TensorBoard summaries
 """
@@ -21,10 +22,14 @@ import tensorflow as tf
 from charrnn.config import TrainConfig
 from charrnn.data import Vocabulary
 from charrnn.errors import CharRNNError
+from charrnn.model import CharRNN
 
 CONFIG_FILE = "config.json"
 VOCAB_FILE = "vocab.json"
 CKPT_DIR = "ckpt"
+BEST_DIR = "best"
+# Which checkpoint of a run to read: the best by validation loss, or the newest.
+WHICH = ("best", "latest")
 LOG_DIR = "logs"
 METRICS_FILE = "metrics.jsonl"
 
@@ -78,18 +83,24 @@ def save_run_files(run_dir: str, config: TrainConfig, vocab: Vocabulary) -> None
         raise CharRNNError(f"cannot write to run directory {run_dir} ({e.strerror}); pass a writable --run_dir") from None
 
 
-def checkpoint_manager(checkpoint: tf.train.Checkpoint, run_dir: str, max_to_keep: int) -> tf.train.CheckpointManager:
-    return tf.train.CheckpointManager(checkpoint, os.path.join(run_dir, CKPT_DIR), max_to_keep=max_to_keep,
+def _directory(run_dir: str, which: str) -> str:
+    return os.path.join(run_dir, BEST_DIR if which == "best" else CKPT_DIR)
+
+
+def checkpoint_manager(checkpoint: tf.train.Checkpoint, run_dir: str, max_to_keep: int,
+                       which: str = "latest") -> tf.train.CheckpointManager:
+    """The manager of the rolling checkpoints (`latest`) or of the best one (`best`)."""
+    return tf.train.CheckpointManager(checkpoint, _directory(run_dir, which), max_to_keep=max_to_keep,
                                       checkpoint_name="ckpt")
 
 
-def checkpoint_paths(run_dir: str) -> list[str]:
-    """Every checkpoint prefix of `run_dir`, newest (highest step) first.
+def checkpoint_paths(run_dir: str, which: str = "latest") -> list[str]:
+    """Every checkpoint prefix of `run_dir` (rolling, or best), newest (highest step) first.
 
     Both the `checkpoint` state file and the directory listing are consulted, so a
     checkpoint whose index is missing, or a lost state file, still shows up here.
     """
-    directory = os.path.join(run_dir, CKPT_DIR)
+    directory = _directory(run_dir, which)
     paths = set()
     state = tf.train.get_checkpoint_state(directory) if os.path.isdir(directory) else None
     if state is not None:
@@ -99,13 +110,27 @@ def checkpoint_paths(run_dir: str) -> list[str]:
     return sorted(paths, key=_step_of, reverse=True)
 
 
+def resolve_which(run_dir: str, which: str | None) -> str:
+    """`best` or `latest` as asked, checked; None: `best` if the run has one, else `latest`."""
+    has_best = bool(checkpoint_paths(run_dir, "best"))
+    if which is None:
+        return "best" if has_best else "latest"
+    if which not in WHICH:
+        raise CharRNNError(f"--which must be best or latest, got {which!r}")
+    if which == "best" and not has_best:
+        raise CharRNNError(f"run directory {run_dir} has no best checkpoint (one is kept once a validation "
+                           "loss has been measured); use --which=latest")
+    return which
+
+
 def _step_of(path: str) -> int:
     match = re.search(r"ckpt-(\d+)$", path)
     return int(match.group(1)) if match else -1
 
 
-def restore_newest_readable(checkpoint: tf.train.Checkpoint, run_dir: str, *, partial: bool = False) -> str | None:
-    """Restores the newest checkpoint of `run_dir` that can be read in full; returns its path.
+def restore_newest_readable(checkpoint: tf.train.Checkpoint, run_dir: str, *, partial: bool = False,
+                            which: str = "latest") -> str | None:
+    """Restores the newest checkpoint of `run_dir` (of `which` kind) that can be read in full; returns its path.
 
     An unreadable one (truncated or corrupted data, missing index, other variables) is
     reported on stderr and the next older one is tried; every checkpoint holds every
@@ -113,7 +138,7 @@ def restore_newest_readable(checkpoint: tf.train.Checkpoint, run_dir: str, *, pa
     None if the run has no checkpoint; raises CharRNNError if none is readable. With
     `partial`, the file may hold more than `checkpoint` (a sampler reads only the model).
     """
-    paths = checkpoint_paths(run_dir)
+    paths = checkpoint_paths(run_dir, which)
     reasons = []
     for path in paths:
         try:
@@ -127,9 +152,30 @@ def restore_newest_readable(checkpoint: tf.train.Checkpoint, run_dir: str, *, pa
             reasons.append(str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__)
             print(f"charrnn: skipping unreadable checkpoint {path} ({reasons[-1]})", file=sys.stderr)
     if paths:
-        raise CharRNNError(f"no readable checkpoint in {os.path.join(run_dir, CKPT_DIR)} ({len(paths)} tried, newest: "
+        raise CharRNNError(f"no readable checkpoint in {_directory(run_dir, which)} ({len(paths)} tried, newest: "
                            f"{reasons[0]}); if config.json was edited, undo that; else train into a new --run_dir")
     return None
+
+
+def load_model(run_dir: str, which: str | None = None, device: str = "/CPU:0") -> tuple[CharRNN, TrainConfig, Vocabulary, str]:
+    """The trained model of `run_dir` from its `which` checkpoint (see `resolve_which`),
+    placed on `device`, with the run's config and vocabulary and the checkpoint's path."""
+    if not os.path.isdir(run_dir):
+        raise CharRNNError(f"run directory {run_dir} does not exist; pass the --run_dir of a training run")
+    no_checkpoint = f"run directory {run_dir} holds no checkpoint; train first with charrnn-train --run_dir={run_dir}"
+    files = load_run_files(run_dir)
+    if files is None:
+        raise CharRNNError(no_checkpoint)
+    config, vocab = files
+    which = resolve_which(run_dir, which)
+    with tf.device(device):
+        model = CharRNN(len(vocab), config.embedding_dim, config.rnn_units, config.num_layers,
+                        precision=config.mixed_precision, cell=config.cell)
+        model.build_for_vocab()
+        path = restore_newest_readable(tf.train.Checkpoint(model=model), run_dir, partial=True, which=which)
+    if path is None:
+        raise CharRNNError(no_checkpoint)
+    return model, config, vocab, path
 
 
 class MetricsLog:

@@ -13,6 +13,7 @@ from typing import Any
 from charrnn.errors import CharRNNError
 
 LSTM_IMPLS = ("auto", "fused", "keras")
+CELLS = ("lstm", "gru")
 
 
 def _field(default: Any, help: str) -> Any:  # noqa: A002 - mirrors absl's argument name
@@ -32,9 +33,10 @@ class TrainConfig:
     batch_size: int = _field(64, "Sequences per batch.")
     seq_length: int = _field(100, "Characters per training sequence (windows are seq_length + 1 long).")
     embedding_dim: int = _field(256, "Embedding size.")
-    rnn_units: int = _field(1024, "LSTM units per layer.")
-    num_layers: int = _field(1, "Stacked LSTM layers.")
-    dropout: float = _field(0.0, "Dropout rate after each LSTM layer during training (0 disables).")
+    rnn_units: int = _field(1024, "Units per recurrent layer.")
+    num_layers: int = _field(1, "Stacked recurrent layers.")
+    cell: str = _field("lstm", "Recurrent cell: lstm or gru.")
+    dropout: float = _field(0.0, "Dropout rate after each recurrent layer during training (0 disables).")
     learning_rate: float = _field(0.001, "Adam learning rate.")
     lr_schedule: str = _field("constant", "Learning-rate schedule after warm-up: constant, cosine (to 0 at the last "
                               "step) or exponential (times lr_decay each epoch, as char-rnn).")
@@ -43,6 +45,12 @@ class TrainConfig:
     weight_decay: float = _field(0.0, "Decoupled weight decay (AdamW) when > 0; plain Adam when 0.")
     grad_clip: float | None = _field(None, "Clip gradients to this global norm (unset: no clipping).")
     val_fraction: float = _field(0.1, "Fraction of the text, taken from its end, held out for validation (0 disables).")
+    eval_every: int | None = _field(None, "Also evaluate on the validation split every this many steps "
+                                    "(unset: at epoch ends only); the best checkpoint is kept in <run_dir>/best.")
+    patience: int | None = _field(None, "Stop early after this many evaluations without a new best validation "
+                                  "loss (unset: never).")
+    carry_state: bool = _field(False, "Stateful truncated BPTT: lay the text out as batch_size contiguous streams "
+                               "and carry each batch's final state into the next (no shuffling).")
     shuffle_buffer: int = _field(10000, "Shuffle buffer in windows (as in the case study).")
     checkpoint_every: int = _field(250, "Save a checkpoint every this many steps (and at every epoch end).")
     max_to_keep: int = _field(5, "Checkpoints to keep.")
@@ -57,8 +65,8 @@ class TrainConfig:
 
     # Settings a resume must share with the run it continues: the model's shape, and
     # what decides the order of the training data.
-    MODEL_FIELDS = ("embedding_dim", "rnn_units", "num_layers")
-    DATA_FIELDS = ("batch_size", "seq_length", "val_fraction", "shuffle_buffer", "seed")
+    MODEL_FIELDS = ("embedding_dim", "rnn_units", "num_layers", "cell")
+    DATA_FIELDS = ("batch_size", "seq_length", "val_fraction", "shuffle_buffer", "seed", "carry_state")
 
     def __post_init__(self) -> None:
         positive = ["epochs", "batch_size", "seq_length", "embedding_dim", "rnn_units", "num_layers",
@@ -68,6 +76,11 @@ class TrainConfig:
                 raise CharRNNError(f"--{name} must be at least 1, got {getattr(self, name)}")
         if self.max_steps is not None and self.max_steps < 1:
             raise CharRNNError(f"--max_steps must be at least 1, got {self.max_steps} (leave it unset for no limit)")
+        for name in ("eval_every", "patience"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise CharRNNError(f"--{name} must be at least 1, got {getattr(self, name)} (leave it unset to disable)")
+            if getattr(self, name) is not None and self.val_fraction == 0:
+                raise CharRNNError(f"--{name} needs a validation split; set --val_fraction above 0")
         if self.time_budget is not None and not self.time_budget > 0:
             raise CharRNNError(f"--time_budget must be positive, got {self.time_budget} (leave it unset for no limit)")
         if not self.learning_rate > 0:
@@ -89,6 +102,8 @@ class TrainConfig:
         if self.mixed_precision not in ("float32", "mixed_float16", "mixed_bfloat16"):
             raise CharRNNError(f"--mixed_precision must be float32, mixed_float16 or mixed_bfloat16, "
                                f"got {self.mixed_precision!r}")
+        if self.cell not in CELLS:
+            raise CharRNNError(f"--cell must be lstm or gru, got {self.cell!r}")
         if self.lstm_impl not in LSTM_IMPLS:
             raise CharRNNError(f"--lstm_impl must be auto, fused or keras, got {self.lstm_impl!r}")
         if not self.data:
@@ -124,5 +139,20 @@ PRESETS: dict[str, dict[str, Any]] = {
     "seed": {
         "data": "shakespeare", "epochs": 20, "embedding_dim": 256, "rnn_units": 1024, "num_layers": 1,
         "seq_length": 100, "batch_size": 64, "num_chars": 500, "temperature": 0.5,
+    },
+    # Best validation loss on tiny-shakespeare in 3 minutes of training on a 2-core CPU
+    # (benchmarks/bench_quality.py; measurements in benchmarks/RESULTS.md).
+    "cpu_small": {
+        "data": "tinyshakespeare", "val_fraction": 0.1, "time_budget": 180.0, "epochs": 1000,
+        "embedding_dim": 64, "rnn_units": 384, "num_layers": 1, "batch_size": 64, "seq_length": 100,
+        "learning_rate": 0.003, "grad_clip": 1.0, "carry_state": True, "eval_every": 250, "checkpoint_every": 1000,
+        "steps_per_loop": 10, "log_every": 100,
+    },
+    # The same on one modern GPU in 10 minutes (cuDNN LSTMs, float16 with loss scaling).
+    "gpu": {
+        "data": "tinyshakespeare", "val_fraction": 0.1, "time_budget": 600.0, "epochs": 1000,
+        "embedding_dim": 256, "rnn_units": 1024, "num_layers": 2, "dropout": 0.25, "batch_size": 128,
+        "seq_length": 200, "learning_rate": 0.002, "grad_clip": 1.0, "carry_state": True, "eval_every": 500,
+        "checkpoint_every": 1000, "steps_per_loop": 50, "mixed_precision": "mixed_float16", "log_every": 200,
     },
 }

@@ -164,9 +164,13 @@ class Vocabulary:
 
 
 def split_ids(ids: np.ndarray, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
-    """Splits off the last `val_fraction` of the ids for validation (karpathy/char-rnn, nanoGPT)."""
-    num_val = int(len(ids) * val_fraction)
-    return ids[: len(ids) - num_val], ids[len(ids) - num_val :]
+    """The first `1 - val_fraction` of the ids for training, the rest for validation.
+
+    The cut is nanoGPT's, `int(n * 0.9)` training ids for val_fraction=0.1, so that
+    validation losses are measured on the same characters.
+    """
+    cut = int(len(ids) * (1 - val_fraction))
+    return ids[:cut], ids[cut:]
 
 
 def num_windows(num_ids: int, seq_length: int) -> int:
@@ -199,3 +203,34 @@ def make_dataset(
         ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=False)
     ds = ds.map(lambda w: (w[:-1], w[1:]), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
+
+
+def num_stream_batches(num_ids: int, seq_length: int, batch_size: int) -> int:
+    """How many full batches `stream_batches` makes of `num_ids` ids."""
+    return max(num_ids // batch_size - 1, 0) // seq_length
+
+
+def stream_batches(ids: np.ndarray, seq_length: int, batch_size: int, *,
+                   drop_remainder: bool = True) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(inputs, targets) batches of shape [batch_size, seq_length] for stateful training.
+
+    The ids are cut into `batch_size` contiguous streams, as karpathy/char-rnn's loader
+    does, so that row j of batch i continues row j of batch i - 1 and a state carried from
+    one batch to the next belongs to the text that precedes it. A trailing part of each
+    stream shorter than `seq_length` is dropped, or with `drop_remainder=False` kept as a
+    last batch that is shorter in time (for evaluation).
+    """
+    length = len(ids) // batch_size
+    streams = np.asarray(ids[: length * batch_size], dtype=np.int32).reshape(batch_size, length)
+    last = length - 1  # an input needs the id after it as its target
+    stop = last if not drop_remainder else num_stream_batches(len(ids), seq_length, batch_size) * seq_length
+    return [(streams[:, i : min(i + seq_length, last)], streams[:, i + 1 : min(i + seq_length, last) + 1])
+            for i in range(0, stop, seq_length)]
+
+
+def make_stream_dataset(ids: np.ndarray, seq_length: int, batch_size: int) -> tf.data.Dataset:
+    """The batches of `stream_batches` in order, as a dataset (no shuffling: order is the point)."""
+    batches = stream_batches(ids, seq_length, batch_size)
+    inputs = np.stack([b[0] for b in batches]) if batches else np.zeros([0, batch_size, seq_length], np.int32)
+    targets = np.stack([b[1] for b in batches]) if batches else inputs
+    return tf.data.Dataset.from_tensor_slices((inputs, targets)).prefetch(tf.data.AUTOTUNE)

@@ -1,4 +1,4 @@
-"""`CharRNN`: Embedding -> LSTM x num_layers -> Dense, with the recurrent state passed explicitly.
+"""`CharRNN`: Embedding -> LSTM (or GRU) x num_layers -> Dense, with the recurrent state passed explicitly.
 
 No layer is stateful: a caller that wants to continue a sequence passes the state the
 previous call returned. That makes the same model serve training (full sequences, zero
@@ -10,18 +10,19 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from charrnn.config import LSTM_IMPLS
+from charrnn.config import CELLS, LSTM_IMPLS
 from charrnn.lstm import fused_lstm
 
-# Per layer, the LSTM's (h, c); the whole state is one such pair per layer.
-LayerState = tuple[tf.Tensor, tf.Tensor]
+# Per layer, an LSTM's (h, c) or a GRU's (h,); the whole state is one such tuple per layer.
+LayerState = tuple[tf.Tensor, ...]
 State = tuple[LayerState, ...]
 
 
 class CharRNN(keras.Model):
-    """Character-level LSTM language model.
+    """Character-level recurrent language model.
 
-    `seed` fixes the initial weights. `lstm_impl` picks how full sequences run: `keras`
+    `cell` is `lstm` or `gru` (keras.layers.GRU, reset_after as cuDNN wants). `seed` fixes
+    the initial weights. For LSTMs, `lstm_impl` picks how full sequences run: `keras`
     (keras.layers.LSTM, which uses cuDNN on a GPU), `fused` (charrnn.lstm, faster on CPUs),
     or `auto`: Keras on a GPU, fused elsewhere. Both use the same weights. `precision` is
     a Keras dtype policy (float32, mixed_float16, mixed_bfloat16); logits are float32.
@@ -33,11 +34,15 @@ class CharRNN(keras.Model):
 
     def __init__(self, vocab_size: int, embedding_dim: int = 256, rnn_units: int = 1024,
                  num_layers: int = 1, dropout: float = 0.0, seed: int | None = None, lstm_impl: str = "auto",
-                 precision: str = "float32", **kwargs):
-        super().__init__(**kwargs)
+                 precision: str = "float32", cell: str = "lstm", **kwargs):
+        # No autocast: Keras would cast a bfloat16/float16 state passed to call() to float32.
+        super().__init__(autocast=False, **kwargs)
         if lstm_impl not in LSTM_IMPLS:
             raise ValueError(f"lstm_impl must be one of {LSTM_IMPLS}, got {lstm_impl!r}")
+        if cell not in CELLS:
+            raise ValueError(f"cell must be one of {CELLS}, got {cell!r}")
         self.lstm_impl = lstm_impl
+        self.cell = cell
         # Weights stay float32 under every policy; a mixed policy computes in 16 bits.
         self.state_dtype = keras.DTypePolicy(precision).compute_dtype
 
@@ -57,22 +62,28 @@ class CharRNN(keras.Model):
         # One attribute per layer: tf.train.Checkpoint does not track layers held in a plain
         # list on a Keras 3 model, so a model-only restore (the Sampler's) would miss them.
         self.num_layers = num_layers
+        layer_class = keras.layers.LSTM if cell == "lstm" else keras.layers.GRU
         for i in range(num_layers):
             # glorot_uniform as in the case study (Keras defaults to orthogonal).
-            setattr(self, f"lstm_{i}", keras.layers.LSTM(
+            setattr(self, f"{cell}_{i}", layer_class(
                 rnn_units, return_sequences=True, return_state=True, kernel_initializer=init("glorot", 2 * i + 1),
-                recurrent_initializer=init("glorot", 2 * i + 2), dtype=precision, name=f"lstm_{i}"))
+                recurrent_initializer=init("glorot", 2 * i + 2), dtype=precision, name=f"{cell}_{i}"))
         self.dense = keras.layers.Dense(vocab_size, kernel_initializer=init("glorot", 2 * num_layers + 1),
                                         dtype=precision, name="logits")
 
     @property
-    def rnns(self) -> list[keras.layers.LSTM]:
-        return [getattr(self, f"lstm_{i}") for i in range(self.num_layers)]
+    def rnns(self) -> list[keras.layers.RNN]:
+        return [getattr(self, f"{self.cell}_{i}") for i in range(self.num_layers)]
+
+    @property
+    def state_size(self) -> int:
+        """Tensors of shape [batch, rnn_units] per layer in a state: 2 for an LSTM, 1 for a GRU."""
+        return 2 if self.cell == "lstm" else 1
 
     def initial_state(self, batch_size: int | tf.Tensor) -> State:
         """The zero state for `batch_size` sequences."""
         zeros = tf.zeros([batch_size, self.rnn_units], self.state_dtype)
-        return tuple((zeros, zeros) for _ in self.rnns)
+        return tuple((zeros,) * self.state_size for _ in self.rnns)
 
     def call(self, ids: tf.Tensor, state: State | None = None, training: bool = False,
              seed: tf.Tensor | None = None) -> tuple[tf.Tensor, State]:
@@ -81,21 +92,23 @@ class CharRNN(keras.Model):
         x = self.embedding(ids)
         fused = self._use_fused(x)
         new_state = []
-        for i, (layer, (h, c)) in enumerate(zip(self.rnns, state)):
+        for i, (layer, layer_state) in enumerate(zip(self.rnns, state)):
             if fused:
                 if not layer.built:
                     layer.build(x.shape)
                 cell = layer.cell
                 weights = [tf.cast(w.value, x.dtype) for w in (cell.kernel, cell.recurrent_kernel, cell.bias)]
-                x, h, c = fused_lstm(x, h, c, *weights)
+                x, *layer_state = fused_lstm(x, *layer_state, *weights)
             else:
-                x, h, c = layer(x, initial_state=[h, c], training=training)
-            new_state.append((h, c))
+                x, *layer_state = layer(x, initial_state=list(layer_state), training=training)
+            new_state.append(tuple(layer_state))
             x = self._dropout(x, training, seed, i)
         # float32 logits keep the softmax and the loss accurate under a mixed policy.
         return tf.cast(self.dense(x), tf.float32), tuple(new_state)
 
     def _use_fused(self, x: tf.Tensor) -> bool:
+        if self.cell != "lstm":
+            return False
         if self.lstm_impl != "auto":
             return self.lstm_impl == "fused"
         # Where the op was placed (charrnn's compiled functions set a device scope; eager
@@ -107,14 +120,14 @@ class CharRNN(keras.Model):
     def step(self, ids: tf.Tensor, state: State) -> tuple[tf.Tensor, State]:
         """One time step for ids of shape [batch]: logits [batch, vocab] and the new state.
 
-        Runs the LSTM cells directly (same weights as `call`), which avoids the per-call
-        loop machinery of a whole LSTM layer when sampling one character at a time.
+        Runs the recurrent cells directly (same weights as `call`), which avoids the per-call
+        loop machinery of a whole layer when sampling one character at a time.
         """
         x = self.embedding(ids)
         new_state = []
-        for layer, (h, c) in zip(self.rnns, state):
-            x, (h, c) = layer.cell(x, [h, c], training=False)
-            new_state.append((h, c))
+        for layer, layer_state in zip(self.rnns, state):
+            x, layer_state = layer.cell(x, list(layer_state), training=False)
+            new_state.append(tuple(layer_state))
         return tf.cast(self.dense(x), tf.float32), tuple(new_state)
 
     def _dropout(self, x: tf.Tensor, training: bool, seed: tf.Tensor | None, layer: int) -> tf.Tensor:
@@ -133,7 +146,8 @@ class CharRNN(keras.Model):
         """Each layer's output shape and parameter count, and the total, as text."""
         b = "None" if batch_size is None else str(batch_size)
         rows = [("embedding (Embedding)", f"({b}, None, {self.embedding.output_dim})", self.embedding.count_params())]
-        rows += [(f"{layer.name} (LSTM)", f"({b}, None, {self.rnn_units})", layer.count_params()) for layer in self.rnns]
+        rows += [(f"{layer.name} ({type(layer).__name__})", f"({b}, None, {self.rnn_units})", layer.count_params())
+                 for layer in self.rnns]
         rows.append(("logits (Dense)", f"({b}, None, {self.vocab_size})", self.dense.count_params()))
         width = max(len(r[0]) for r in rows) + 2
         lines = [f"{'Layer':<{width}}{'Output shape':<24}{'Params':>12}"]

@@ -55,3 +55,8 @@ class StopRequest:
     def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+
+
+class Stopped(Exception):
+    """A stop was requested (signal) between steps or evaluation batches; unwinds to the
+    caller that owns the checkpoint, which saves it and raises `Preempted`."""

@@ -1,10 +1,10 @@
-"""charrnn-sample: generate text from the latest checkpoint of a training run."""
+"""charrnn-sample: generate text from a training run's best (or latest) checkpoint."""
 
 from __future__ import annotations
 
 from absl import flags
 
-from charrnn import _cli
+from charrnn import _cli, checkpoint
 from charrnn.sampler import Sampler
 
 flags.DEFINE_string("run_dir", "runs/charrnn", "Run directory written by charrnn-train.")
@@ -18,12 +18,15 @@ flags.DEFINE_float("top_p", 1.0, "Sample only from the smallest set of character
 flags.DEFINE_boolean("greedy", False, "Always take the most likely character (no sampling).")
 flags.DEFINE_string("stop_at", None, "End a sample just before this text first appears in what it generated.")
 flags.DEFINE_integer("seed", None, "Seed; the same seed and settings reproduce the same text (default: random).")
+flags.DEFINE_enum("which", None, list(checkpoint.WHICH), "Checkpoint: best (lowest validation loss) or latest "
+                  "(default: best when the run has one).")
 flags.DEFINE_string("device", "auto", "Device: auto (first GPU, else CPU) or a TensorFlow device name such as /GPU:1.")
 _cli.define_preset_flag()
 
 
 def main() -> None:
-    sampler = Sampler.from_checkpoint(_cli.flag_value("run_dir"), device=_cli.flag_value("device"))
+    sampler = Sampler.from_checkpoint(_cli.flag_value("run_dir"), device=_cli.flag_value("device"),
+                                      which=_cli.flag_value("which"))
     prime = _cli.flag_value("prime")
     if prime is None:
         prime = "\n" if "\n" in sampler.vocab.chars else sampler.vocab.chars[0]

@@ -9,7 +9,6 @@ sequences are generated in parallel as one batch, and a seed reproduces the outp
 from __future__ import annotations
 
 import functools
-import os
 import secrets
 
 import numpy as np
@@ -56,21 +55,12 @@ class Sampler:
         return self._compiled[key](*args)
 
     @classmethod
-    def from_checkpoint(cls, run_dir: str, device: str = "auto") -> Sampler:
-        """Loads the model of `run_dir`'s latest checkpoint; only the run directory is needed."""
-        if not os.path.isdir(run_dir):
-            raise CharRNNError(f"run directory {run_dir} does not exist; pass the --run_dir of a training run")
-        no_checkpoint = f"run directory {run_dir} holds no checkpoint; train first with charrnn-train --run_dir={run_dir}"
-        files = checkpoint.load_run_files(run_dir)
-        if files is None:
-            raise CharRNNError(no_checkpoint)
-        config, vocab = files
-        with tf.device(resolve_device(device)):
-            model = CharRNN(len(vocab), config.embedding_dim, config.rnn_units, config.num_layers,
-                            precision=config.mixed_precision)
-            model.build_for_vocab()
-            if checkpoint.restore_newest_readable(tf.train.Checkpoint(model=model), run_dir, partial=True) is None:
-                raise CharRNNError(no_checkpoint)
+    def from_checkpoint(cls, run_dir: str, device: str = "auto", which: str | None = None) -> Sampler:
+        """Loads the model of `run_dir`; only the run directory is needed.
+
+        `which` is `best` (lowest validation loss), `latest`, or None: best when the run has one.
+        """
+        model, _, vocab, _ = checkpoint.load_model(run_dir, which, resolve_device(device))
         return cls(model, vocab, device)
 
     def generate(self, prime: str, num_chars: int = 500, temperature: float = 0.5, num_samples: int = 1,

@@ -23,10 +23,13 @@ from tensorflow.core.framework import summary_pb2
 
 from charrnn import checkpoint, preemption
 from charrnn.config import TrainConfig
-from charrnn.data import Vocabulary, make_dataset, num_windows, read_text, resolve_corpus, split_ids
+from charrnn.data import (Vocabulary, make_dataset, make_stream_dataset, num_stream_batches, num_windows, read_text,
+                          resolve_corpus, split_ids)
 from charrnn.devices import resolve_device
 from charrnn.errors import CharRNNError
+from charrnn.evaluator import Evaluator
 from charrnn.model import CharRNN
+from charrnn.preemption import Stopped
 from charrnn.sampler import Sampler
 
 
@@ -71,6 +74,19 @@ class LearningRate(keras.optimizers.schedules.LearningRateSchedule):
                 "steps_per_epoch": self.steps_per_epoch, "total_steps": self.total_steps}
 
 
+class Validation(tf.Module):
+    """The checkpointed record of validation: the last evaluation and the best one."""
+
+    def __init__(self) -> None:
+        super().__init__(name="validation")
+        self.last_step = tf.Variable(-1, dtype=tf.int64, trainable=False, name="last_step")
+        self.last_loss = tf.Variable(math.nan, dtype=tf.float64, trainable=False, name="last_loss")
+        self.best_loss = tf.Variable(math.inf, dtype=tf.float64, trainable=False, name="best_loss")
+        self.best_step = tf.Variable(-1, dtype=tf.int64, trainable=False, name="best_step")
+        # Evaluations since the best one, for early stopping (--patience).
+        self.since_best = tf.Variable(0, dtype=tf.int64, trainable=False, name="since_best")
+
+
 def sequence_loss(targets: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
     """Per-sequence mean sparse cross-entropy from logits, shape [batch]."""
     return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(targets, logits), axis=-1)
@@ -98,7 +114,10 @@ class Trainer:
         self._check_sizes(len(ids))
         if saved is not None:
             self._check_resumable(*saved)
-        self.steps_per_epoch = num_windows(len(self._train_ids), config.seq_length) // config.batch_size
+        if config.carry_state:
+            self.steps_per_epoch = num_stream_batches(len(self._train_ids), config.seq_length, config.batch_size)
+        else:
+            self.steps_per_epoch = num_windows(len(self._train_ids), config.seq_length) // config.batch_size
         self.total_steps = config.epochs * self.steps_per_epoch
         if config.max_steps is not None:
             self.total_steps = min(self.total_steps, config.max_steps)
@@ -107,7 +126,7 @@ class Trainer:
         with self.strategy.scope(), tf.device(self.device):
             self.model = CharRNN(len(self.vocab), config.embedding_dim, config.rnn_units, config.num_layers,
                                  config.dropout, seed=config.seed, lstm_impl=config.lstm_impl,
-                                 precision=config.mixed_precision)
+                                 precision=config.mixed_precision, cell=config.cell)
             self.model.build_for_vocab()
             schedule = LearningRate(config, self.steps_per_epoch, self.total_steps)
             if config.weight_decay > 0:
@@ -128,9 +147,17 @@ class Trainer:
             # and logged; a step equal to it needs no finalising again after a resume.
             self.finalized_step = tf.Variable(-1, dtype=tf.int64, trainable=False, name="finalized_step")
             self.rng = tf.random.Generator.from_seed(config.seed)
+            self.validation = Validation()
+            # With carry_state, the state the last step ended with, flattened: the initial
+            # state of the next step. Zero at each epoch's start.
+            self.carried_state = [
+                tf.Variable(tf.zeros([config.batch_size, config.rnn_units], self.model.state_dtype), trainable=False,
+                            name=f"carried_state_{i}")
+                for i in range(config.num_layers * self.model.state_size if config.carry_state else 0)]
             self._checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer, step=self.step,
                                                    epoch=self.epoch, epoch_loss_sum=self.epoch_loss_sum,
-                                                   finalized_step=self.finalized_step, rng=self.rng)
+                                                   finalized_step=self.finalized_step, rng=self.rng,
+                                                   validation=self.validation, carried_state=self.carried_state)
         self.restored_from = checkpoint.restore_newest_readable(self._checkpoint, config.run_dir)
 
         spec = tf.TensorSpec([None, None], tf.int32)
@@ -142,8 +169,11 @@ class Trainer:
         # Up to steps_per_loop steps in one call (Orbit's steps_per_loop), pulling batches
         # from a tf.data iterator inside the function; see _train_loop_fn.
         self._train_loop = tf.function(self._train_loop_fn)
-        self._eval_step = tf.function(self._eval_step_fn, input_signature=[spec, spec])
+        self._evaluator = Evaluator(self.model, config.seq_length, config.batch_size, carry_state=config.carry_state,
+                                    device=self.device)
         self._sampler: Sampler | None = None
+        # Seconds spent training (tracing excluded) and evaluating in the last fit() call.
+        self.train_seconds = self.eval_seconds = 0.0
 
     # -- checks ---------------------------------------------------------------------------
 
@@ -182,8 +212,11 @@ class Trainer:
     def _train_step_body(self, inputs: tf.Tensor, targets: tf.Tensor) -> tf.Tensor:
         dropout_seed = self.rng.make_seeds(1)[:, 0]
         scaling = isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer)
+        # Carried state enters as a constant (the tape does not watch non-trainable
+        # variables): gradients stop at the batch boundary, as truncated BPTT wants.
+        state = self._carried() if self.config.carry_state else None
         with tf.GradientTape() as tape:
-            logits, _ = self.model(inputs, training=True, seed=dropout_seed)
+            logits, final_state = self.model(inputs, state=state, training=True, seed=dropout_seed)
             loss = tf.nn.compute_average_loss(sequence_loss(targets, logits), global_batch_size=self.config.batch_size)
             scaled_loss = self.optimizer.scale_loss(loss) if scaling else loss
         variables = self.model.trainable_variables
@@ -201,6 +234,8 @@ class Trainer:
             self.optimizer.apply_gradients(zip(grads, variables))
             self.step.assign_add(1)
             self.epoch_loss_sum.assign_add(tf.cast(loss, tf.float64))
+            for variable, value in zip(self.carried_state, tf.nest.flatten(final_state)):
+                variable.assign(value)
             return tf.constant(True)
 
         # Checked inside the step so that NaN or Inf never reaches the weights (or a checkpoint).
@@ -223,17 +258,18 @@ class Trainer:
                 break
         return losses.stack()[:count], finite
 
-    def _eval_step_fn(self, inputs: tf.Tensor, targets: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        with tf.device(self.device):
-            logits, _ = self.model(inputs)
-            losses = tf.nn.sparse_softmax_cross_entropy_with_logits(targets, logits)
-            return tf.reduce_sum(losses), tf.cast(tf.size(losses), tf.float32)
+    def _carried(self) -> tuple:
+        size = self.model.state_size
+        return tuple(tuple(self.carried_state[i * size:(i + 1) * size]) for i in range(self.config.num_layers))
 
     # -- loop -------------------------------------------------------------------------------
 
     def train_dataset(self, epoch: int) -> tf.data.Dataset:
-        """The batches of `epoch` in their order, which depends only on the seed and the epoch."""
+        """The batches of `epoch` in their order, which depends only on the seed and the epoch
+        (with carry_state, the same contiguous streams every epoch)."""
         c = self.config
+        if c.carry_state:
+            return make_stream_dataset(self._train_ids, c.seq_length, c.batch_size)
         # A different, reproducible order each epoch: the seed mixes run seed and epoch.
         return make_dataset(self._train_ids, c.seq_length, c.batch_size, shuffle_buffer=c.shuffle_buffer,
                             seed=c.seed * 1_000_003 + epoch)
@@ -241,19 +277,17 @@ class Trainer:
     def evaluate(self, should_stop: Callable[[], bool] = lambda: False) -> float | None:
         """Mean validation loss in nats per character, or None without a validation split.
 
-        `should_stop` is polled between batches; if it returns True, raises `_Stopped`.
+        `should_stop` is polled between batches; if it returns True, raises `Stopped`.
         """
         if len(self._val_ids) == 0:
             return None
-        c = self.config
-        total, count = 0.0, 0.0
-        for inputs, targets in make_dataset(self._val_ids, c.seq_length, c.batch_size, drop_remainder=False):
-            if should_stop():
-                raise _Stopped
-            batch_total, batch_count = self._eval_step(inputs, targets)
-            total += float(batch_total)
-            count += float(batch_count)
-        return total / count
+        return self._evaluator.loss(self._val_ids, should_stop)
+
+    @property
+    def best_val_loss(self) -> float | None:
+        """The lowest validation loss measured in this run (None before any)."""
+        best = float(self.validation.best_loss.numpy())
+        return best if math.isfinite(best) else None
 
     def fit(self, handle_signals: bool = True) -> list[EpochStats]:
         """Trains until `epochs` (or `max_steps`) is reached; returns per-epoch statistics.
@@ -268,6 +302,7 @@ class Trainer:
         checkpoint.save_run_files(c.run_dir, c, self.vocab)
         run = _Run(
             manager=checkpoint.checkpoint_manager(self._checkpoint, c.run_dir, c.max_to_keep),
+            best=checkpoint.checkpoint_manager(self._checkpoint, c.run_dir, 1, which="best"),
             writer=tf.summary.create_file_writer(os.path.join(c.run_dir, checkpoint.LOG_DIR)),
             metrics=checkpoint.MetricsLog(c.run_dir, resumed_step=int(self.step.numpy())),
             progress=_Progress(self.total_steps, c.log_every),
@@ -282,10 +317,14 @@ class Trainer:
             with run.stop or contextlib.nullcontext():
                 while not self._finished() and not run.out_of_time():
                     history.append(self._run_epoch(run))
-            if run.out_of_time():
+            if self._patience_exhausted():
+                print(f"Stopped early at step {int(self.step.numpy())}: no lower validation loss in {c.patience} "
+                      f"evaluations; the best, {self.best_val_loss:.4f} at step "
+                      f"{int(self.validation.best_step.numpy())}, is in {run.best.latest_checkpoint}", flush=True)
+            elif run.out_of_time():
                 print(f"Time budget of {c.time_budget:g} s reached at step {int(self.step.numpy())}; "
                       "run the same command again to continue", flush=True)
-        except _Stopped:
+        except Stopped:
             path = run.manager.save(checkpoint_number=int(self.step.numpy()))
             raise preemption.Preempted(
                 f"stopped by {run.stop.requested} at step {int(self.step.numpy())}; checkpoint saved to {path}; "
@@ -293,12 +332,48 @@ class Trainer:
         finally:
             run.metrics.close()
             run.writer.flush()
+            self.train_seconds, self.eval_seconds = run.train_seconds, run.eval_seconds
         return history
 
     def _finished(self) -> bool:
-        """Whether every step is trained and the last (possibly partial) epoch finalised."""
+        """Whether every step is trained (or patience ran out) and the last epoch is finalised."""
         step = int(self.step.numpy())
-        return step >= self.total_steps and int(self.finalized_step.numpy()) == step
+        return (step >= self.total_steps or self._patience_exhausted()) and int(self.finalized_step.numpy()) == step
+
+    def _patience_exhausted(self) -> bool:
+        patience = self.config.patience
+        return patience is not None and int(self.validation.since_best.numpy()) >= patience
+
+    def _validate(self, run: _Run, step: int) -> float | None:
+        """Evaluates at `step`, records it, and keeps the checkpoint if it is the best so far.
+
+        Returns the validation loss, or None without a validation split.
+        """
+        start = time.perf_counter()
+        val_loss = self.evaluate(run.stop_requested)
+        run.eval_seconds += time.perf_counter() - start
+        if val_loss is None:
+            return None
+        v = self.validation
+        v.last_step.assign(step)
+        v.last_loss.assign(val_loss)
+        improved = val_loss < float(v.best_loss.numpy())
+        if improved:
+            v.best_loss.assign(val_loss)
+            v.best_step.assign(step)
+            v.since_best.assign(0)
+            run.best.save(checkpoint_number=step)
+        else:
+            v.since_best.assign_add(1)
+        _write_scalars(run.writer, step, val_loss=val_loss, val_bpc=val_loss / math.log(2))
+        return val_loss
+
+    def _evaluation_due(self, step: int, epoch_end: int) -> bool:
+        """Whether `step` is an --eval_every point inside the epoch not yet evaluated (epoch
+        ends are evaluated when the epoch is finalised)."""
+        every = self.config.eval_every
+        return (every is not None and 0 < step < epoch_end and step % every == 0
+                and int(self.validation.last_step.numpy()) != step)
 
     def _run_epoch(self, run: _Run) -> EpochStats:
         """Trains from the current step to the end of its epoch (or of the run), then finalises it.
@@ -318,13 +393,31 @@ class Trainer:
                                "steps per epoch; the run directory belongs to other data, use a new --run_dir")
         if offset == 0:
             self.epoch_loss_sum.assign(0.0)
+            for variable in self.carried_state:
+                variable.assign(tf.zeros_like(variable))
         epoch_end = min((epoch + 1) * self.steps_per_epoch, self.total_steps)
         start, start_step = time.perf_counter(), step
         batches = iter(self.train_dataset(epoch).skip(offset).take(max(epoch_end - step, 0)))
-        while step < epoch_end and not run.out_of_time():
-            # A chunk never crosses a checkpoint boundary, so checkpoints land on the same
-            # steps whatever steps_per_loop is.
+        while True:
+            # Evaluate, then checkpoint: a checkpoint taken at an evaluation point holds that
+            # evaluation's record, so a resume from it neither repeats the evaluation nor
+            # logs it twice; a run stopped during an evaluation (checkpointed without it)
+            # does it first when resumed.
+            if self._evaluation_due(step, epoch_end):
+                val_loss = self._validate(run, step)
+                run.metrics.write(step=step, val_loss=val_loss, val_bpc=val_loss / math.log(2))
+                run.progress.validation(step, val_loss, self.validation)
+            if step != start_step and step % c.checkpoint_every == 0 and step < epoch_end:
+                run.manager.save(checkpoint_number=step)
+            if run.stop_requested():
+                raise Stopped
+            if step >= epoch_end or run.out_of_time() or self._patience_exhausted():
+                break
+            # A chunk never crosses a checkpoint or evaluation boundary, so both land on the
+            # same steps whatever steps_per_loop is.
             chunk = min(c.steps_per_loop, epoch_end - step, c.checkpoint_every - step % c.checkpoint_every)
+            if c.eval_every is not None:
+                chunk = min(chunk, c.eval_every - step % c.eval_every)
             chunk_start = time.perf_counter()
             losses, finite = self._train_loop(batches, tf.constant(chunk))
             losses = losses.numpy()
@@ -343,20 +436,17 @@ class Trainer:
                 run.progress.show(epoch, c.epochs, step, float(losses[-1]), rate)
                 _write_scalars(run.writer, step, loss=float(losses[-1]),
                                learning_rate=float(self.optimizer.learning_rate), steps_per_sec=rate)
-            if step % c.checkpoint_every == 0 and step < epoch_end:
-                run.manager.save(checkpoint_number=step)
-            if run.stop_requested():
-                raise _Stopped
         steps_per_sec = (step - start_step) / max(time.perf_counter() - start, 1e-9)
 
-        val_loss = self.evaluate(run.stop_requested)
+        if int(self.validation.last_step.numpy()) == step:  # evaluated mid-epoch, then stopped early
+            val_loss = float(self.validation.last_loss.numpy())
+        else:
+            val_loss = self._validate(run, step)
         train_loss = float(self.epoch_loss_sum.numpy()) / (step - epoch * self.steps_per_epoch)
         stats = EpochStats(epoch=epoch + 1, step=step, train_loss=train_loss, val_loss=val_loss,
                            val_bpc=None if val_loss is None else val_loss / math.log(2), steps_per_sec=steps_per_sec)
         run.progress.end_epoch(stats, c.epochs)
         run.metrics.write(step=step, epoch=epoch + 1, train_loss=train_loss, val_loss=val_loss, val_bpc=stats.val_bpc)
-        if val_loss is not None:
-            _write_scalars(run.writer, step, val_loss=val_loss, val_bpc=stats.val_bpc)
         self.finalized_step.assign(step)
         run.manager.save(checkpoint_number=step)
         return stats
@@ -383,21 +473,19 @@ def _write_scalars(writer: tf.summary.SummaryWriter, step: int, **values: float)
             tf.summary.write(name, tf.constant(value, tf.float32), metadata=_SCALAR_METADATA)
 
 
-class _Stopped(Exception):
-    """A stop was requested (signal); unwinds to fit(), which saves and raises Preempted."""
-
-
 @dataclasses.dataclass
 class _Run:
     """What one fit() call writes to and listens to."""
 
     manager: tf.train.CheckpointManager
+    best: tf.train.CheckpointManager
     writer: tf.summary.SummaryWriter
     metrics: checkpoint.MetricsLog
     progress: _Progress
     stop: preemption.StopRequest | None
     time_budget: float | None
     train_seconds: float = 0.0
+    eval_seconds: float = 0.0
     traced: bool = False
 
     def stop_requested(self) -> bool:
@@ -438,6 +526,12 @@ class _Progress:
         else:
             sys.stdout.write(line + "\n")
         sys.stdout.flush()
+
+    def validation(self, step: int, val_loss: float, record: Validation) -> None:
+        best = " (best)" if int(record.best_step.numpy()) == step else ""
+        prefix = "\r" if self.live else ""
+        print(f"{prefix}step {step} val_loss {val_loss:.4f} val_bpc {val_loss / math.log(2):.3f}{best}"
+              + ("\033[K" if self.live else ""), flush=True)
 
     def end_epoch(self, stats: EpochStats, epochs: int) -> None:
         val = "" if stats.val_loss is None else f" val_loss {stats.val_loss:.4f} val_bpc {stats.val_bpc:.3f}"

@@ -6,6 +6,7 @@ No timing is asserted here; speed is what the scripts themselves report.
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 
@@ -19,9 +20,10 @@ TINY = ["--rnn_units=16", "--embedding_dim=8"]
 @pytest.mark.parametrize("script, args", [
     ("bench_train.py", [*TINY, "--batch_size=4", "--seq_length=12", "--steps=2", "--warmup=1", "--steps_per_loop=2"]),
     ("bench_sample.py", [*TINY, "--num_chars=10", "--baseline_chars=5", "--repeats=1"]),
+    ("bench_quality.py", [*TINY, "--batch_size=4", "--seq_length=12", "--time_budget=1", "--eval_every=50"]),
 ])
 def test_benchmark_smoke(script, args, small_text):
-    data = [f"--data={small_text}"] if script == "bench_train.py" else []
+    data = [f"--data={small_text}"] if script != "bench_sample.py" else []
     proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), *args, *data],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -29,5 +31,9 @@ def test_benchmark_smoke(script, args, small_text):
     if script == "bench_train.py":
         assert result["results"]["charrnn"]["steps_per_s"] > 0 and result["speedup_vs_fit"] > 0
         assert result["flops_per_step"] == 3 * 2 * 4 * 12 * (4 * 16 * (8 + 16) + 16 * result["vocab_size"])
-    else:
+    elif script == "bench_sample.py":
         assert [r["num_samples"] for r in result["charrnn"]] == [1, 64] and result["eager_chars_per_s"] > 0
+    else:
+        assert result["preset"] == "cpu_small" and result["steps"] > 0 and math.isfinite(result["best_val_loss"])
+        assert result["chars_seen"] == result["steps"] * 4 * 12 and result["train_seconds"] >= 1
+        assert "sample from the best checkpoint" in proc.stdout

@@ -56,6 +56,25 @@ def test_split_takes_validation_from_the_end():
     np.testing.assert_array_equal(train, np.arange(90))
     train, val = data.split_ids(np.arange(100), 0.0)
     assert len(train) == 100 and len(val) == 0
+    # nanoGPT's cut, int(n * 0.9), on tiny-shakespeare's length: 1,003,854 training characters.
+    train, val = data.split_ids(np.arange(1_115_394), 0.1)
+    assert len(train) == 1_003_854 and len(val) == 111_540
+
+
+def test_stream_batches_continue_each_row_from_the_previous_batch():
+    ids = np.arange(2 * 23)  # two streams of 23 ids
+    batches = data.stream_batches(ids, seq_length=5, batch_size=2)
+    assert len(batches) == data.num_stream_batches(len(ids), 5, 2) == 4  # (23 - 1) // 5
+    for inputs, targets in batches:
+        np.testing.assert_array_equal(targets, inputs + 1)
+    rows = np.concatenate([inputs for inputs, _ in batches], axis=1)
+    np.testing.assert_array_equal(rows, [np.arange(20), 23 + np.arange(20)])  # row j is stream j, in order
+    # For evaluation, a shorter last batch covers each stream to its end.
+    kept = data.stream_batches(ids, seq_length=5, batch_size=2, drop_remainder=False)
+    assert [b[0].shape[1] for b in kept] == [5, 5, 5, 5, 2]
+    np.testing.assert_array_equal(np.concatenate([t for _, t in kept], axis=1)[1], 23 + np.arange(1, 23))
+    inputs, targets = next(iter(data.make_stream_dataset(ids, 5, 2)))
+    np.testing.assert_array_equal(inputs, batches[0][0])
 
 
 def test_read_text_drops_bom_and_keeps_line_endings(tmp_path):

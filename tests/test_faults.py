@@ -40,8 +40,8 @@ def _assert_one_line_error(proc: subprocess.CompletedProcess, message: str) -> N
     assert last.startswith("charrnn: error: ") and message in last, proc.stderr
 
 
-def _checkpoint_values(run: Path) -> dict[str, np.ndarray]:
-    path = tf.train.latest_checkpoint(str(run / "ckpt"))
+def _checkpoint_values(run: Path, directory: str = "ckpt") -> dict[str, np.ndarray]:
+    path = tf.train.latest_checkpoint(str(run / directory))
     reader = tf.train.load_checkpoint(path)
     # save_counter counts saves, which a killed run makes more of; everything else must match.
     return {name: reader.get_tensor(name) for name, _ in tf.train.list_variables(path)
@@ -62,9 +62,10 @@ def _train_until(args: list[str], step: int, sig: int = signal.SIGKILL) -> subpr
     return proc
 
 
-def test_sigkill_at_random_steps_then_resume_is_bit_identical(small_text, tmp_path):
+@pytest.mark.parametrize("extra", [["--eval_every=10"], ["--carry_state", "--eval_every=7"]], ids=["shuffled", "carry_state"])
+def test_sigkill_at_random_steps_then_resume_is_bit_identical(small_text, tmp_path, extra):
     total = 300
-    args = [f"--data={small_text}", f"--max_steps={total}", *KILL_FLAGS]
+    args = [f"--data={small_text}", f"--max_steps={total}", *KILL_FLAGS, *extra]
     reference = run_cli("train", *args, f"--run_dir={tmp_path / 'ref'}")
     assert reference.returncode == 0, reference.stderr
 
@@ -87,6 +88,12 @@ def test_sigkill_at_random_steps_then_resume_is_bit_identical(small_text, tmp_pa
     assert any(k.startswith("optimizer/") for k in want) and any(k.startswith("rng/") for k in want)
     for name in want:
         np.testing.assert_array_equal(got[name], want[name], err_msg=f"{name}, {context}")
+    # The best checkpoint (by validation loss) is the same one, with the same values.
+    assert sorted(os.listdir(run / "best")) == sorted(os.listdir(tmp_path / "ref" / "best"))
+    want, got = _checkpoint_values(tmp_path / "ref", "best"), _checkpoint_values(run, "best")
+    assert want.keys() == got.keys() and any(k.startswith("validation/") for k in want)
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name], err_msg=f"best: {name}, {context}")
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
@@ -110,7 +117,7 @@ def test_signal_saves_a_checkpoint_and_exits_with_preempted_status(small_text, t
 def test_a_stop_during_evaluation_is_prompt_and_the_evaluation_is_redone(small_text, tmp_path):
     config = tiny_config(small_text, tmp_path / "run", max_steps=10)
     trainer = Trainer(config)
-    real_eval_step = trainer._eval_step
+    real_eval_step = trainer._evaluator._step
     calls = []
 
     def eval_step_then_signal(*args):
@@ -118,7 +125,7 @@ def test_a_stop_during_evaluation_is_prompt_and_the_evaluation_is_redone(small_t
         os.kill(os.getpid(), signal.SIGTERM)  # handled by fit()'s StopRequest before the next batch
         return real_eval_step(*args)
 
-    trainer._eval_step = eval_step_then_signal
+    trainer._evaluator._step = eval_step_then_signal
     with pytest.raises(Preempted, match="stopped by SIGTERM at step 10") as info:
         trainer.fit()
     assert len(calls) == 1  # the evaluation stopped after one batch

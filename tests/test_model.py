@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from charrnn import CharRNN
@@ -18,32 +19,43 @@ def test_case_study_model_has_5326398_parameters_for_62_characters():
     assert "(64, None, 1024)" in table and "5,246,976" in table and "5,326,398" in table
 
 
-def test_state_is_explicit_and_continues_a_sequence():
-    model = CharRNN(11, embedding_dim=4, rnn_units=8, num_layers=2)
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_state_is_explicit_and_continues_a_sequence(cell):
+    model = CharRNN(11, embedding_dim=4, rnn_units=8, num_layers=2, cell=cell)
     ids = tf.constant(np.random.default_rng(0).integers(0, 11, size=(3, 12)), tf.int32)
     logits, state = model(ids)
     assert logits.shape == (3, 12, 11)
-    assert len(state) == 2 and all(h.shape == c.shape == (3, 8) for h, c in state)
+    assert len(state) == 2 and all(len(s) == model.state_size and s[0].shape == (3, 8) for s in state)
     # Two halves with the state handed over equal one call on the whole sequence.
     first, mid_state = model(ids[:, :5])
     second, end_state = model(ids[:, 5:], state=mid_state)
     np.testing.assert_allclose(tf.concat([first, second], 1), logits, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(end_state[1][1], state[1][1], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(end_state[1][-1], state[1][-1], rtol=1e-5, atol=1e-6)
     zeros = model.initial_state(3)
     np.testing.assert_allclose(model(ids, state=zeros)[0], logits, rtol=1e-6)
 
 
-def test_step_matches_a_one_character_call():
-    model = CharRNN(11, embedding_dim=4, rnn_units=8, num_layers=2)
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_step_matches_a_one_character_call(cell):
+    model = CharRNN(11, embedding_dim=4, rnn_units=8, num_layers=2, cell=cell)
     ids = tf.constant([[1, 2, 3], [4, 5, 6]], tf.int32)
     _, state = model(ids)
     nxt = tf.constant([7, 8], tf.int32)
     full_logits, full_state = model(nxt[:, None], state=state)
     step_logits, step_state = model.step(nxt, state)
     np.testing.assert_allclose(step_logits, full_logits[:, 0], rtol=1e-5, atol=1e-6)
-    for (h1, c1), (h2, c2) in zip(step_state, full_state):
-        np.testing.assert_allclose(h1, h2, rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(c1, c2, rtol=1e-5, atol=1e-6)
+    for a, b in zip(tf.nest.flatten(step_state), tf.nest.flatten(full_state)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_gru_model_has_gru_layers_and_a_one_tensor_state():
+    model = CharRNN(11, embedding_dim=4, rnn_units=8, num_layers=2, cell="gru")
+    model.build_for_vocab()
+    assert [type(layer).__name__ for layer in model.rnns] == ["GRU", "GRU"]
+    assert "gru_1 (GRU)" in model.summary_table()
+    assert model.state_size == 1 and len(model.initial_state(2)[0]) == 1
+    # reset_after GRU: 3 * 8 * (4 + 8 + 2) parameters in the first layer.
+    assert model.rnns[0].count_params() == 3 * 8 * (4 + 8 + 2)
 
 
 def test_dropout_is_reproducible_from_its_seed_and_off_at_inference():

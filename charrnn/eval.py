@@ -1,0 +1,48 @@
+"""charrnn-eval: the loss of a trained run's checkpoint on any text, in nats and bits per character."""
+
+from __future__ import annotations
+
+import math
+
+from absl import flags
+
+from charrnn import _cli, checkpoint
+from charrnn.data import read_text, resolve_corpus, split_ids
+from charrnn.devices import resolve_device
+from charrnn.errors import CharRNNError
+from charrnn.evaluator import Evaluator
+
+flags.DEFINE_string("run_dir", "runs/charrnn", "Run directory written by charrnn-train.")
+flags.DEFINE_string("data", None, "Text file or registered corpus to evaluate on (default: the run's --data).")
+flags.DEFINE_enum("split", "all", ["all", "val"], "all: the whole text; val: its last val_fraction, exactly the "
+                  "training run's validation split.")
+flags.DEFINE_enum("which", None, list(checkpoint.WHICH), "Checkpoint: best (lowest validation loss) or latest "
+                  "(default: best when the run has one).")
+flags.DEFINE_integer("batch_size", None, "Sequences per batch (default: the run's); does not change the loss.")
+flags.DEFINE_string("device", "auto", "Device: auto (first GPU, else CPU) or a TensorFlow device name such as /GPU:1.")
+FLAGS = flags.FLAGS
+
+
+def main() -> None:
+    device = resolve_device(FLAGS.device)
+    model, config, vocab, path = checkpoint.load_model(FLAGS.run_dir, FLAGS.which, device)
+    data = FLAGS.data or config.data
+    ids = vocab.encode(read_text(resolve_corpus(data)))
+    what = "all"
+    if FLAGS.split == "val":
+        ids = split_ids(ids, config.val_fraction)[1]
+        what = f"the validation split (last {config.val_fraction:g})"
+    batch_size = FLAGS.batch_size or config.batch_size
+    if batch_size < 1:
+        raise CharRNNError(f"--batch_size must be at least 1, got {batch_size}")
+    loss = Evaluator(model, config.seq_length, batch_size, carry_state=config.carry_state, device=device).loss(ids)
+    print(f"loss {loss:.4f} nats/char, {loss / math.log(2):.4f} bits/char on {len(ids):,} characters "
+          f"({what} of {data}); checkpoint {path}")
+
+
+def run() -> None:
+    _cli.run(main)
+
+
+if __name__ == "__main__":
+    run()

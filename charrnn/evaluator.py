@@ -1,0 +1,66 @@
+"""`Evaluator`: a model's loss on a text, in nats per character.
+
+Holds the compiled evaluation step and the loop over the text that both validation during
+training and `charrnn-eval` use, so the two measure exactly the same thing.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import tensorflow as tf
+
+from charrnn.data import make_dataset, stream_batches
+from charrnn.errors import CharRNNError
+from charrnn.model import CharRNN
+from charrnn.preemption import Stopped
+
+
+class Evaluator:
+    """Mean cross-entropy of `model`'s next-character predictions over a text.
+
+    Without `carry_state` the text is cut into windows of `seq_length + 1` characters,
+    each predicted from a zero state, as training sees them. With `carry_state` it is laid
+    out as up to `batch_size` contiguous streams and the state is carried from one batch to
+    the next, as a stateful training run sees its text.
+    """
+
+    def __init__(self, model: CharRNN, seq_length: int, batch_size: int, *, carry_state: bool = False,
+                 device: str = "/CPU:0"):
+        self.model, self.seq_length, self.batch_size = model, seq_length, batch_size
+        self.carry_state, self.device = carry_state, device
+        ids = tf.TensorSpec([None, None], tf.int32)
+        layer = tuple(tf.TensorSpec([None, model.rnn_units], model.state_dtype) for _ in range(model.state_size))
+        self._step = tf.function(self._step_fn, input_signature=[ids, ids, (layer,) * model.num_layers])
+
+    def _step_fn(self, inputs: tf.Tensor, targets: tf.Tensor, state: tuple) -> tuple[tf.Tensor, tf.Tensor, tuple]:
+        with tf.device(self.device):
+            logits, state = self.model(inputs, state=state)
+            losses = tf.nn.sparse_softmax_cross_entropy_with_logits(targets, logits)
+            return tf.reduce_sum(tf.cast(losses, tf.float64)), tf.size(losses), state
+
+    def loss(self, ids: np.ndarray, should_stop: Callable[[], bool] = lambda: False) -> float:
+        """Mean loss per predicted character of `ids`, in nats.
+
+        `should_stop` is polled between batches; when it returns True, raises `Stopped`.
+        """
+        window = self.seq_length + 1
+        if len(ids) < window:
+            raise CharRNNError(f"text too short to evaluate: {len(ids)} characters, one window of "
+                               f"seq_length+1 needs {window}")
+        if self.carry_state:
+            streams = max(1, min(self.batch_size, len(ids) // window))
+            batches = stream_batches(ids, self.seq_length, streams, drop_remainder=False)
+        else:
+            batches = make_dataset(ids, self.seq_length, self.batch_size, drop_remainder=False)
+        total, count, state = 0.0, 0, None
+        for inputs, targets in batches:
+            if should_stop():
+                raise Stopped
+            if state is None or not self.carry_state:
+                state = self.model.initial_state(tf.shape(inputs)[0])
+            batch_total, batch_count, state = self._step(inputs, targets, state)
+            total += float(batch_total)
+            count += int(batch_count)
+        return total / count

@@ -1,0 +1,81 @@
+"""--carry_state: contiguous streams, the state handed from step to step, and what it buys."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from charrnn import Trainer
+from charrnn.trainer import sequence_loss
+from conftest import tiny_config
+
+
+def test_each_step_starts_from_the_state_the_previous_one_ended_with(small_text, tmp_path):
+    config = tiny_config(small_text, tmp_path / "run", carry_state=True, max_steps=3)
+    trainer = Trainer(config)
+    assert trainer.steps_per_epoch == (len(trainer._train_ids) // 4 - 1) // 20
+    assert all(not v.numpy().any() for v in trainer.carried_state)  # an epoch starts from zeros
+    for i, (inputs, targets) in enumerate(trainer.train_dataset(0).take(3)):
+        # What the step must do, computed with the weights and carried state before it.
+        logits, end_state = trainer.model(inputs, state=trainer._carried())
+        expected_loss = tf.reduce_mean(sequence_loss(targets, logits))
+        loss, finite = trainer.train_step(inputs, targets)
+        assert bool(finite)
+        np.testing.assert_allclose(loss, expected_loss, rtol=1e-5)
+        if i > 0:  # from a zero state the loss would be another one
+            assert not np.isclose(float(loss), float(tf.reduce_mean(sequence_loss(targets, trainer.model(inputs)[0]))))
+        for variable, value in zip(trainer.carried_state, tf.nest.flatten(end_state)):
+            np.testing.assert_allclose(variable.numpy(), value.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_the_carried_state_is_checkpointed_and_reset_each_epoch(small_text, tmp_path):
+    config = tiny_config(small_text, tmp_path / "run", carry_state=True, cell="gru", num_layers=2, epochs=2,
+                         max_steps=5)
+    first = Trainer(config)
+    first.fit()
+    saved = [v.numpy() for v in first.carried_state]
+    assert len(saved) == 2 and all(v.any() for v in saved)  # a GRU layer carries one tensor
+    resumed = Trainer(config.replace(max_steps=first.steps_per_epoch))
+    for before, after in zip(saved, resumed.carried_state):
+        np.testing.assert_array_equal(before, after.numpy())
+    resumed.fit()  # to the end of epoch 1
+
+    # The first step of epoch 2 starts from zeros, not from where epoch 1 ended.
+    last = Trainer(config.replace(max_steps=first.steps_per_epoch + 1))
+    assert all(v.numpy().any() for v in last.carried_state)
+    _, end_state = last.model(next(iter(last.train_dataset(1)))[0])
+    last.fit()
+    assert int(last.epoch.numpy()) == 1
+    for variable, value in zip(last.carried_state, tf.nest.flatten(end_state)):
+        np.testing.assert_allclose(variable.numpy(), value.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def _keyed_text(rng: np.random.Generator, units: int) -> tuple[str, np.ndarray]:
+    """Units of 20 characters: a random key, a copy of it 6 characters later and another 15
+    characters after the key, "=" announcing each copy: "B....=B.......=B----"."""
+    keys = rng.choice(list("ABCD"), units)
+    return "".join(k + "." * 4 + "=" + k + "." * 7 + "=" + k + "-" * 4 for k in keys), keys
+
+
+@pytest.mark.parametrize("carry_state", [True, False])
+def test_carrying_state_learns_a_dependency_longer_than_seq_length(tmp_path, carry_state):
+    # The second copy depends on the key 15 characters back, beyond seq_length=10: a
+    # shuffled window never holds both, and with carry_state no gradient spans them either.
+    # The state carried over the window boundary is what can remember the key: the first
+    # copy (inside a window) teaches the model to store it, carrying makes it last.
+    path = tmp_path / "keys.txt"
+    path.write_text(_keyed_text(np.random.default_rng(0), 6400)[0])
+    config = tiny_config(path, tmp_path / "run", embedding_dim=8, rnn_units=64, batch_size=16, seq_length=10,
+                         epochs=4, learning_rate=0.003, val_fraction=0, carry_state=carry_state)
+    trainer = Trainer(config)
+    trainer.fit()
+
+    text, keys = _keyed_text(np.random.default_rng(1), 200)
+    logits, _ = trainer.model(tf.constant(trainer.vocab.encode(text)[None, :]))
+    predicted = np.array(trainer.vocab.chars)[tf.argmax(logits[0], -1).numpy()]
+    accuracy = np.mean(predicted[np.arange(200) * 20 + 14] == keys)  # the '=' before the far copy
+    if carry_state:
+        assert accuracy > 0.9
+    else:
+        assert accuracy < 0.45  # chance is 0.25

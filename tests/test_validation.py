@@ -1,0 +1,119 @@
+"""Validation-driven training: periodic evaluation, the best checkpoint, early stopping, charrnn-eval."""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+
+import numpy as np
+import pytest
+
+from charrnn import CharRNNError, Sampler, TrainConfig, Trainer
+from charrnn.checkpoint import load_model, read_metrics
+from conftest import TINY_FLAGS, run_cli, tiny_config
+
+
+@pytest.fixture
+def diverging_text(tmp_path):
+    """Training text cycles a->b->c; the validation tail runs backwards (c->b->a), so the more
+    the model learns, the worse its validation loss gets: the best checkpoint is an early one."""
+    path = tmp_path / "abc.txt"
+    path.write_text("abc" * 900 + "cba" * 100)
+    return path
+
+
+def _config(text, run_dir, **overrides) -> TrainConfig:
+    values = dict(max_steps=20, epochs=100, eval_every=5, checkpoint_every=5, max_to_keep=1, learning_rate=0.02)
+    values.update(overrides)
+    return tiny_config(text, run_dir, **values)
+
+
+def test_eval_every_logs_validation_and_keeps_the_best_checkpoint_apart(diverging_text, tmp_path):
+    run = tmp_path / "run"
+    trainer = Trainer(_config(diverging_text, run))
+    history = trainer.fit()
+    evals = {m["step"]: m["val_loss"] for m in read_metrics(run) if m.get("val_loss") is not None}
+    assert sorted(evals) == [5, 10, 15, 20]
+    assert all(m["val_bpc"] == pytest.approx(m["val_loss"] / math.log(2)) for m in read_metrics(run) if "val_bpc" in m)
+    assert history[-1].val_loss == evals[20]
+    best_step = min(evals, key=evals.get)
+    assert best_step == 5 and evals[20] > evals[5]  # the fixture's point: validation gets worse
+    assert trainer.best_val_loss == pytest.approx(evals[5])
+    # max_to_keep=1 keeps only the newest rolling checkpoint; the best one is kept apart.
+    assert sorted(os.listdir(run / "ckpt")) == ["checkpoint", "ckpt-20.data-00000-of-00001", "ckpt-20.index"]
+    assert sorted(os.listdir(run / "best")) == ["checkpoint", "ckpt-5.data-00000-of-00001", "ckpt-5.index"]
+
+    assert load_model(str(run))[3].endswith(os.path.join("best", "ckpt-5"))  # best is the default
+    assert load_model(str(run), "latest")[3].endswith(os.path.join("ckpt", "ckpt-20"))
+    weights = {which: Sampler.from_checkpoint(str(run), which=which).model.dense.kernel.numpy()
+               for which in ("best", "latest", None)}
+    np.testing.assert_array_equal(weights[None], weights["best"])
+    np.testing.assert_array_equal(weights["latest"], trainer.model.dense.kernel.numpy())
+    assert not np.allclose(weights["best"], weights["latest"])
+
+
+def test_patience_stops_early_and_a_rerun_stays_stopped(diverging_text, tmp_path, capsys):
+    config = _config(diverging_text, tmp_path / "run", max_steps=100, patience=2)
+    trainer = Trainer(config)
+    history = trainer.fit()
+    # Evaluations at 5 (best), 10 and 15 (no better): patience 2 runs out at step 15.
+    assert int(trainer.step.numpy()) == 15 and history[-1].step == 15
+    assert "Stopped early at step 15: no lower validation loss in 2 evaluations" in capsys.readouterr().out
+    val_steps = [m["step"] for m in read_metrics(tmp_path / "run") if m.get("val_loss") is not None]
+    assert val_steps == [5, 10, 15, 15]  # the early stop's epoch line reuses the evaluation at 15
+    assert Trainer(config).fit() == []
+    # More patience on the same run continues it from where it stopped.
+    more = Trainer(config.replace(patience=4))
+    more.fit()
+    assert int(more.step.numpy()) == 25
+
+
+def test_new_options_are_validated(small_text, tmp_path):
+    for overrides, message in [
+        (dict(eval_every=0), "--eval_every must be at least 1"),
+        (dict(patience=0), "--patience must be at least 1"),
+        (dict(patience=3, val_fraction=0), "--patience needs a validation split"),
+        (dict(eval_every=3, val_fraction=0), "--eval_every needs a validation split"),
+        (dict(cell="rnn"), "--cell must be lstm or gru"),
+    ]:
+        with pytest.raises(CharRNNError, match=message):
+            tiny_config(small_text, tmp_path / "run", **overrides)
+
+
+def test_charrnn_eval_reproduces_the_validation_loss_and_reads_any_text(diverging_text, tmp_path):
+    run = tmp_path / "run"
+    Trainer(_config(diverging_text, run)).fit()
+    evals = {m["step"]: m["val_loss"] for m in read_metrics(run) if m.get("val_loss") is not None}
+
+    for which, step in (("best", 5), ("latest", 20)):
+        proc = run_cli("eval", f"--run_dir={run}", "--split=val", f"--which={which}")
+        assert proc.returncode == 0, proc.stderr
+        match = re.match(r"loss (\S+) nats/char, (\S+) bits/char on 300 characters", proc.stdout)
+        assert match, proc.stdout
+        assert float(match.group(1)) == pytest.approx(evals[step], abs=1e-4)
+        assert float(match.group(2)) == pytest.approx(evals[step] / math.log(2), abs=1e-4)
+        assert proc.stdout.strip().endswith(f"ckpt-{step}")
+
+    other = tmp_path / "other.txt"
+    other.write_text("abc" * 50)
+    proc = run_cli("eval", f"--run_dir={run}", f"--data={other}", "--which=latest")
+    assert proc.returncode == 0 and "on 150 characters (all of" in proc.stdout, proc.stderr
+    assert float(proc.stdout.split()[1]) < evals[20]  # the trained direction is the easy one
+
+    bad = tmp_path / "bad.txt"
+    bad.write_text("abcxyz" * 20)
+    proc = run_cli("eval", f"--run_dir={run}", f"--data={bad}")
+    assert proc.returncode == 2 and "not in the model's vocabulary: 'x', 'y', 'z'" in proc.stderr
+
+
+def test_which_best_without_a_best_checkpoint_is_a_clear_error(small_text, tmp_path):
+    run = tmp_path / "run"
+    Trainer(tiny_config(small_text, run, max_steps=2, val_fraction=0)).fit()
+    assert load_model(str(run))[3].endswith("ckpt-2")  # no best: the default falls back to latest
+    with pytest.raises(CharRNNError, match="has no best checkpoint .*; use --which=latest"):
+        Sampler.from_checkpoint(str(run), which="best")
+    proc = run_cli("sample", f"--run_dir={run}", "--which=best")
+    assert proc.returncode == 2 and "has no best checkpoint" in proc.stderr.strip().splitlines()[-1]
+    proc = run_cli("eval", f"--run_dir={tmp_path / 'missing'}", *TINY_FLAGS[-1:])
+    assert proc.returncode == 2 and "does not exist" in proc.stderr
