@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from absl import app, flags
+from absl import app, flags, logging
 
 from charrnn import _cli
 from charrnn.config import TrainConfig
@@ -54,6 +54,7 @@ def _config() -> TrainConfig:
 
 def main(argv: list[str]) -> None:
     del argv
+    logging.set_verbosity(logging.WARNING)  # TensorFlow logs each checkpoint save at INFO
     if "CHARRNN_DATA_DIR" not in os.environ and (SHARED / "tinyshakespeare.txt").exists():
         os.environ["CHARRNN_DATA_DIR"] = str(SHARED)
     config = _config()

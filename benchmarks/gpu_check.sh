@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# One prepared GPU check, meant to finish within 8 minutes on one modern GPU: both
+# One prepared GPU check, meant to finish within 9 minutes on one modern GPU: both
 # benchmarks at the case-study size, the train benchmark at batch 256 and 1024, with
-# steps_per_loop and with mixed precision; a short table last.
+# steps_per_loop and with mixed precision, a short mirrored-strategy training; a short
+# table last. (The quality benchmark, `bench_quality.py --preset=gpu`, takes 10 minutes
+# by itself and is not part of this check.)
 #
 # Needs TensorFlow with GPU support importable by the python3 it runs (set PYTHON to
 # choose one). Usage: bash benchmarks/gpu_check.sh   (from the repository root)
@@ -32,6 +34,9 @@ run train_b64_fp16 90 benchmarks/bench_train.py --mixed_precision=mixed_float16 
 run train_b256 90 benchmarks/bench_train.py --batch_size=256 --steps=20 --steps_per_loop=10
 run train_b1024 90 benchmarks/bench_train.py --batch_size=1024 --steps=10 --steps_per_loop=5
 run sample 60 benchmarks/bench_sample.py --baseline_chars=100
+# A short training under tf.distribute's MirroredStrategy over every GPU of the machine.
+run mirrored 120 -m charrnn.train --strategy=mirrored --run_dir="$OUT/mirrored_run" --max_steps=40 \
+  --steps_per_loop=10 --log_every=10 --eval_every=40
 
 echo "== summary (s/step: keras fit | charrnn; speed-up; cuDNN in charrnn's step)"
 for f in "$OUT"/train_*.out; do

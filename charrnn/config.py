@@ -13,6 +13,8 @@ from typing import Any
 from charrnn.errors import CharRNNError
 
 LSTM_IMPLS = ("auto", "fused", "keras")
+# The tf.distribute strategies of --strategy (charrnn.distribute builds them).
+STRATEGIES = ("default", "one_device", "mirrored", "multi_worker", "tpu")
 CELLS = ("lstm", "gru")
 
 
@@ -62,6 +64,14 @@ class TrainConfig:
     lstm_impl: str = _field("auto", "LSTM implementation: auto (keras/cuDNN on a GPU, fused elsewhere), fused, keras.")
     deterministic: bool = _field(False, "Enable TensorFlow op determinism: a run, interrupted or not, is reproducible bit for bit.")
     device: str = _field("auto", "Device: auto (first GPU, else CPU) or a TensorFlow device name such as /GPU:1.")
+    strategy: str = _field("default", "tf.distribute strategy: default (one device, --device), one_device, mirrored "
+                           "(all GPUs or --devices of this machine), multi_worker (TF_CONFIG), tpu.")
+    devices: str | None = _field(None, "Comma-separated devices for --strategy=one_device or mirrored "
+                                 "(default: the first GPU; all GPUs, else all CPU devices).")
+    tpu: str | None = _field(None, "TPU address for --strategy=tpu (default: the local or Cloud TPU found by "
+                             "TPUClusterResolver).")
+    num_cpu_devices: int | None = _field(None, "Split the host CPU into this many logical devices before "
+                                         "TensorFlow starts (to try mirrored without GPUs).")
 
     # Settings a resume must share with the run it continues: the model's shape, and
     # what decides the order of the training data.
@@ -102,6 +112,12 @@ class TrainConfig:
         if self.mixed_precision not in ("float32", "mixed_float16", "mixed_bfloat16"):
             raise CharRNNError(f"--mixed_precision must be float32, mixed_float16 or mixed_bfloat16, "
                                f"got {self.mixed_precision!r}")
+        if self.strategy not in STRATEGIES:
+            raise CharRNNError(f"--strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
+        if self.num_cpu_devices is not None and self.num_cpu_devices < 1:
+            raise CharRNNError(f"--num_cpu_devices must be at least 1, got {self.num_cpu_devices}")
+        if self.devices is not None and self.strategy not in ("one_device", "mirrored"):
+            raise CharRNNError("--devices applies to --strategy=one_device or mirrored; use --device otherwise")
         if self.cell not in CELLS:
             raise CharRNNError(f"--cell must be lstm or gru, got {self.cell!r}")
         if self.lstm_impl not in LSTM_IMPLS:
@@ -141,12 +157,13 @@ PRESETS: dict[str, dict[str, Any]] = {
         "seq_length": 100, "batch_size": 64, "num_chars": 500, "temperature": 0.5,
     },
     # Best validation loss on tiny-shakespeare in 3 minutes of training on a 2-core CPU
-    # (benchmarks/bench_quality.py; measurements in benchmarks/RESULTS.md).
+    # (benchmarks/bench_quality.py; tuning runs in benchmarks/RESULTS.md). bfloat16 pays
+    # on CPUs with AVX512_BF16 or AMX; elsewhere pass --mixed_precision=float32.
     "cpu_small": {
         "data": "tinyshakespeare", "val_fraction": 0.1, "time_budget": 180.0, "epochs": 1000,
         "embedding_dim": 64, "rnn_units": 384, "num_layers": 1, "batch_size": 64, "seq_length": 100,
-        "learning_rate": 0.003, "grad_clip": 1.0, "carry_state": True, "eval_every": 250, "checkpoint_every": 1000,
-        "steps_per_loop": 10, "log_every": 100,
+        "learning_rate": 0.005, "grad_clip": 1.0, "carry_state": True, "eval_every": 250, "checkpoint_every": 1000,
+        "steps_per_loop": 10, "log_every": 100, "mixed_precision": "mixed_bfloat16",
     },
     # The same on one modern GPU in 10 minutes (cuDNN LSTMs, float16 with loss scaling).
     "gpu": {

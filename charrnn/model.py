@@ -30,6 +30,9 @@ class CharRNN(keras.Model):
     shape [batch, time] to logits [batch, time, vocab_size] and the state after the last
     step. `seed` (int64 [2]) drives dropout, which is stateless so that a training run can
     be reproduced and resumed exactly; it is required when training with dropout > 0.
+    `rows=(first, total)` says that `ids` are rows first.. of a global batch of `total`
+    rows (a replica's share): the dropout masks are then those of the global batch, so
+    that training does not depend on the number of replicas.
     """
 
     def __init__(self, vocab_size: int, embedding_dim: int = 256, rnn_units: int = 1024,
@@ -86,7 +89,7 @@ class CharRNN(keras.Model):
         return tuple((zeros,) * self.state_size for _ in self.rnns)
 
     def call(self, ids: tf.Tensor, state: State | None = None, training: bool = False,
-             seed: tf.Tensor | None = None) -> tuple[tf.Tensor, State]:
+             seed: tf.Tensor | None = None, rows: tuple[tf.Tensor, tf.Tensor] | None = None) -> tuple[tf.Tensor, State]:
         if state is None:
             state = self.initial_state(tf.shape(ids)[0])
         x = self.embedding(ids)
@@ -102,7 +105,7 @@ class CharRNN(keras.Model):
             else:
                 x, *layer_state = layer(x, initial_state=list(layer_state), training=training)
             new_state.append(tuple(layer_state))
-            x = self._dropout(x, training, seed, i)
+            x = self._dropout(x, training, seed, i, rows)
         # float32 logits keep the softmax and the loss accurate under a mixed policy.
         return tf.cast(self.dense(x), tf.float32), tuple(new_state)
 
@@ -130,13 +133,17 @@ class CharRNN(keras.Model):
             new_state.append(tuple(layer_state))
         return tf.cast(self.dense(x), tf.float32), tuple(new_state)
 
-    def _dropout(self, x: tf.Tensor, training: bool, seed: tf.Tensor | None, layer: int) -> tf.Tensor:
+    def _dropout(self, x: tf.Tensor, training: bool, seed: tf.Tensor | None, layer: int,
+                 rows: tuple[tf.Tensor, tf.Tensor] | None) -> tf.Tensor:
         if not training or self.dropout_rate == 0:
             return x
         if seed is None:
             raise ValueError("CharRNN: training with dropout needs a seed (int64 [2]) for reproducible masks")
         layer_seed = tf.random.experimental.stateless_fold_in(seed, layer)
-        return tf.nn.experimental.stateless_dropout(x, self.dropout_rate, seed=layer_seed)
+        first, total = rows if rows is not None else (0, tf.shape(x)[0])
+        noise = tf.random.stateless_uniform(tf.concat([[total], tf.shape(x)[1:]], 0), layer_seed)
+        keep = noise[first:first + tf.shape(x)[0]] >= self.dropout_rate
+        return tf.where(keep, x / tf.cast(1 - self.dropout_rate, x.dtype), tf.zeros_like(x))
 
     def build_for_vocab(self) -> None:
         """Creates all variables by running one character through the model."""

@@ -13,7 +13,9 @@ import contextlib
 import dataclasses
 import math
 import os
+import shutil
 import sys
+import tempfile
 import time
 from typing import Callable
 
@@ -21,7 +23,7 @@ import keras
 import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 
-from charrnn import checkpoint, preemption
+from charrnn import checkpoint, distribute, preemption
 from charrnn.config import TrainConfig
 from charrnn.data import (Vocabulary, make_dataset, make_stream_dataset, num_stream_batches, num_windows, read_text,
                           resolve_corpus, split_ids)
@@ -105,7 +107,21 @@ class Trainer:
         if config.deterministic:
             # Process-wide and irreversible: every op then picks a deterministic kernel.
             tf.config.experimental.enable_op_determinism()
-        self.device = resolve_device(config.device)
+        if config.num_cpu_devices is not None:
+            distribute.configure_cpu_devices(config.num_cpu_devices)
+        if config.strategy == "default":
+            # No strategy of ours: the caller's scope, if any, else one device.
+            self.strategy = tf.distribute.get_strategy()
+            self.device = resolve_device(config.device)
+        else:
+            self.strategy = distribute.make_strategy(config.strategy, config.devices, config.tpu)
+            # Evaluation and sampling run on one device: the first of the strategy's.
+            self.device = self.strategy.extended.worker_devices[0]
+        self.num_replicas = self.strategy.num_replicas_in_sync
+        if config.batch_size % self.num_replicas:
+            raise CharRNNError(f"--batch_size={config.batch_size} is the global batch and must divide evenly among "
+                               f"the strategy's {self.num_replicas} replicas; use a multiple of {self.num_replicas}")
+        self.is_chief = distribute.is_chief(self.strategy)
         text = read_text(resolve_corpus(config.data))
         saved = checkpoint.load_run_files(config.run_dir)
         self.vocab = Vocabulary.from_text(text)
@@ -122,8 +138,7 @@ class Trainer:
         if config.max_steps is not None:
             self.total_steps = min(self.total_steps, config.max_steps)
 
-        self.strategy = tf.distribute.get_strategy()
-        with self.strategy.scope(), tf.device(self.device):
+        with self.strategy.scope(), self._placement():
             self.model = CharRNN(len(self.vocab), config.embedding_dim, config.rnn_units, config.num_layers,
                                  config.dropout, seed=config.seed, lstm_impl=config.lstm_impl,
                                  precision=config.mixed_precision, cell=config.cell)
@@ -138,6 +153,7 @@ class Trainer:
                 self.optimizer = keras.optimizers.LossScaleOptimizer(self.optimizer)
             # Keras 3 creates Adam's moments lazily; build them now or a restore drops them.
             self.optimizer.build(self.model.trainable_variables)
+            self._loss_scaling = isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer)
             self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
             self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
             # Sum of this epoch's step losses, checkpointed so that an epoch's mean train
@@ -162,10 +178,13 @@ class Trainer:
 
         spec = tf.TensorSpec([None, None], tf.int32)
         # train_step(inputs, targets) -> (loss, finite): one compiled optimisation step on a
-        # batch. When the loss (or, without loss scaling, the gradients) is not finite,
-        # nothing is updated. With jit_compile the step is one XLA cluster.
-        self.train_step = tf.function(self._train_step_fn, input_signature=[spec, spec],
-                                      jit_compile=config.jit_compile or None)
+        # batch (with the default strategy; under others, batches come from fit()'s
+        # distributed dataset). When the loss (or, without loss scaling, the gradients) is
+        # not finite, nothing is updated.
+        self.train_step = tf.function(self._train_step_fn, input_signature=[spec, spec])
+        # Each replica's forward and backward pass; with jit_compile one XLA cluster.
+        self._replica_step = (tf.function(self._replica_step_fn, jit_compile=True) if config.jit_compile
+                              else self._replica_step_fn)
         # Up to steps_per_loop steps in one call (Orbit's steps_per_loop), pulling batches
         # from a tf.data iterator inside the function; see _train_loop_fn.
         self._train_loop = tf.function(self._train_loop_fn)
@@ -205,25 +224,50 @@ class Trainer:
 
     # -- compiled steps ---------------------------------------------------------------------
 
-    def _train_step_fn(self, inputs: tf.Tensor, targets: tf.Tensor) -> tf.Tensor:
-        with tf.device(self.device):
+    def _placement(self) -> contextlib.AbstractContextManager:
+        """The device scope for the default strategy; other strategies place ops themselves."""
+        return tf.device(self.device) if self.config.strategy == "default" else contextlib.nullcontext()
+
+    def _train_step_fn(self, inputs: tf.Tensor, targets: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        with self._placement():
             return self._train_step_body(inputs, targets)
 
-    def _train_step_body(self, inputs: tf.Tensor, targets: tf.Tensor) -> tf.Tensor:
+    def _replica_step_fn(self, inputs: tf.Tensor, targets: tf.Tensor, seed: tf.Tensor,
+                         state: tuple) -> tuple[tf.Tensor, list[tf.Tensor], tuple]:
+        """One replica's share of a step: its loss (already divided by the global batch) and gradients."""
+        replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+        # This replica's rows of the global batch: their carried state, and their part of
+        # the global batch's dropout masks.
+        first = replica * tf.shape(inputs)[0]
+        state = tf.nest.map_structure(lambda s: s[first:first + tf.shape(inputs)[0]], state)
+        with tf.GradientTape() as tape:
+            logits, final_state = self.model(inputs, state=state or None, training=True, seed=seed,
+                                             rows=(first, tf.constant(self.config.batch_size)))
+            loss = tf.nn.compute_average_loss(sequence_loss(targets, logits), global_batch_size=self.config.batch_size)
+            scaled_loss = self.optimizer.scale_loss(loss) if self._loss_scaling else loss
+        # Embedding gradients come as IndexedSlices; dense ones sum across replicas plainly.
+        grads = [tf.convert_to_tensor(g) for g in tape.gradient(scaled_loss, self.model.trainable_variables)]
+        return loss, grads, final_state if state else ()
+
+    def _train_step_body(self, inputs: tf.Tensor, targets: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        # Drawn once per step in cross-replica context, so the RNG advances the same way
+        # whatever the number of replicas (a run may resume under another strategy).
         dropout_seed = self.rng.make_seeds(1)[:, 0]
-        scaling = isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer)
         # Carried state enters as a constant (the tape does not watch non-trainable
         # variables): gradients stop at the batch boundary, as truncated BPTT wants.
-        state = self._carried() if self.config.carry_state else None
-        with tf.GradientTape() as tape:
-            logits, final_state = self.model(inputs, state=state, training=True, seed=dropout_seed)
-            loss = tf.nn.compute_average_loss(sequence_loss(targets, logits), global_batch_size=self.config.batch_size)
-            scaled_loss = self.optimizer.scale_loss(loss) if scaling else loss
+        state = self._carried() if self.config.carry_state else ()
+        loss, grads, final_state = self.strategy.run(self._replica_step, args=(inputs, targets, dropout_seed, state))
+        # The replicas' losses and gradients are shares of the global batch's: their sum
+        # is the global mean, whatever the number of replicas.
+        loss = self.strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None)
+        grads = [self.strategy.reduce(tf.distribute.ReduceOp.SUM, g, axis=None) for g in grads]
+        if self.config.carry_state:
+            final_state = tf.nest.map_structure(lambda s: self.strategy.gather(s, axis=0), final_state)
         variables = self.model.trainable_variables
+        scaling = self._loss_scaling
         # With loss scaling the gradients stay scaled: the loss-scale optimizer unscales them,
         # and skips (lowering the scale) a step whose gradients overflowed, which is routine
         # in float16 and no reason to stop.
-        grads = tape.gradient(scaled_loss, variables)
         norm = tf.linalg.global_norm(grads)
         if self.config.grad_clip is not None:
             scale = self.optimizer.dynamic_scale if scaling else 1.0
@@ -251,7 +295,8 @@ class Trainer:
         count = tf.constant(0)
         for i in tf.range(num_steps):
             inputs, targets = next(iterator)
-            loss, finite = self.train_step(inputs, targets)
+            with self._placement():
+                loss, finite = self._train_step_body(inputs, targets)
             losses = losses.write(i, tf.cast(loss, tf.float32))
             count = i + 1
             if not finite:
@@ -299,12 +344,16 @@ class Trainer:
         CharRNNError; that step is not applied and no checkpoint is written for it.
         """
         c = self.config
-        checkpoint.save_run_files(c.run_dir, c, self.vocab)
+        # Every worker of a multi-worker run takes part in each save, but only the chief's
+        # files are the run's; the others write to a temporary directory, removed at the end
+        # (as TensorFlow's multi-worker guide prescribes).
+        write_dir = c.run_dir if self.is_chief else tempfile.mkdtemp(prefix="charrnn_worker_")
+        checkpoint.save_run_files(write_dir, c, self.vocab)
         run = _Run(
-            manager=checkpoint.checkpoint_manager(self._checkpoint, c.run_dir, c.max_to_keep),
-            best=checkpoint.checkpoint_manager(self._checkpoint, c.run_dir, 1, which="best"),
-            writer=tf.summary.create_file_writer(os.path.join(c.run_dir, checkpoint.LOG_DIR)),
-            metrics=checkpoint.MetricsLog(c.run_dir, resumed_step=int(self.step.numpy())),
+            manager=checkpoint.checkpoint_manager(self._checkpoint, write_dir, c.max_to_keep),
+            best=checkpoint.checkpoint_manager(self._checkpoint, write_dir, 1, which="best"),
+            writer=tf.summary.create_file_writer(os.path.join(write_dir, checkpoint.LOG_DIR)),
+            metrics=checkpoint.MetricsLog(write_dir, resumed_step=int(self.step.numpy())),
             progress=_Progress(self.total_steps, c.log_every),
             stop=preemption.StopRequest() if handle_signals else None,
             time_budget=c.time_budget,
@@ -332,6 +381,8 @@ class Trainer:
         finally:
             run.metrics.close()
             run.writer.flush()
+            if not self.is_chief:
+                shutil.rmtree(write_dir, ignore_errors=True)
             self.train_seconds, self.eval_seconds = run.train_seconds, run.eval_seconds
         return history
 
@@ -397,7 +448,13 @@ class Trainer:
                 variable.assign(tf.zeros_like(variable))
         epoch_end = min((epoch + 1) * self.steps_per_epoch, self.total_steps)
         start, start_step = time.perf_counter(), step
-        batches = iter(self.train_dataset(epoch).skip(offset).take(max(epoch_end - step, 0)))
+        batches = self.train_dataset(epoch).skip(offset).take(max(epoch_end - step, 0))
+        if c.strategy != "default":
+            # Global batches, split among the replicas (and, across workers, by data).
+            options = tf.data.Options()
+            options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+            batches = self.strategy.experimental_distribute_dataset(batches.with_options(options))
+        batches = iter(batches)
         while True:
             # Evaluate, then checkpoint: a checkpoint taken at an evaluation point holds that
             # evaluation's record, so a resume from it neither repeats the evaluation nor
@@ -433,7 +490,8 @@ class Trainer:
                     run.metrics.write(step=s, loss=float(loss))
             if run.progress.due(previous, step):
                 rate = (step - start_step) / (time.perf_counter() - start)
-                run.progress.show(epoch, c.epochs, step, float(losses[-1]), rate)
+                budget_left = None if c.time_budget is None else c.time_budget - run.train_seconds
+                run.progress.show(epoch, c.epochs, step, float(losses[-1]), rate, budget_left)
                 _write_scalars(run.writer, step, loss=float(losses[-1]),
                                learning_rate=float(self.optimizer.learning_rate), steps_per_sec=rate)
         steps_per_sec = (step - start_step) / max(time.perf_counter() - start, 1e-9)
@@ -516,8 +574,11 @@ class _Progress:
             return time.monotonic() - self._last_draw > 0.5 or step == self.total_steps
         return step // self.log_every > previous // self.log_every
 
-    def show(self, epoch: int, epochs: int, step: int, loss: float, rate: float) -> None:
+    def show(self, epoch: int, epochs: int, step: int, loss: float, rate: float,
+             budget_left: float | None = None) -> None:
         eta = (self.total_steps - step) / rate if rate > 0 else float("inf")
+        if budget_left is not None:  # a --time_budget ends the run first
+            eta = min(eta, max(budget_left, 0.0))
         line = (f"epoch {epoch + 1}/{epochs} step {step}/{self.total_steps} loss {loss:.4f} "
                 f"{rate:.2f} steps/s ETA {_hms(eta)}")
         if self.live:
