@@ -54,7 +54,7 @@ def run(main: Callable[[], None]) -> None:
     A preempted training run (SIGTERM, Ctrl-C) exits with EXIT_PREEMPTED after its message.
     """
     prog = os.path.basename(sys.argv[0])
-    if prog in ("__main__.py", "train.py", "sample.py", "eval.py"):
+    if prog in ("__main__.py", "train.py", "sample.py", "eval.py", "export_cli.py"):
         prog = "charrnn"
 
     def wrapped(argv: list[str]) -> None:

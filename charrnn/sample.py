@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import sys
+from typing import Iterator
+
 from absl import flags
 
 from charrnn import _cli, checkpoint
+from charrnn.errors import CharRNNError
 from charrnn.sampler import Sampler
 
 flags.DEFINE_string("run_dir", "runs/charrnn", "Run directory written by charrnn-train.")
@@ -20,6 +24,10 @@ flags.DEFINE_string("stop_at", None, "End a sample just before this text first a
 flags.DEFINE_integer("seed", None, "Seed; the same seed and settings reproduce the same text (default: random).")
 flags.DEFINE_enum("which", None, list(checkpoint.WHICH), "Checkpoint: best (lowest validation loss) or latest "
                   "(default: best when the run has one).")
+flags.DEFINE_boolean("stream", False, "Print characters as they are produced (compiled chunks of 32 steps); "
+                     "the same text as without it.")
+flags.DEFINE_boolean("interactive", False, "Read a prime per line from standard input and answer each with a "
+                     "streamed sample, until end of input.")
 flags.DEFINE_string("device", "auto", "Device: auto (first GPU, else CPU) or a TensorFlow device name such as /GPU:1.")
 _cli.define_preset_flag()
 
@@ -27,18 +35,45 @@ _cli.define_preset_flag()
 def main() -> None:
     sampler = Sampler.from_checkpoint(_cli.flag_value("run_dir"), device=_cli.flag_value("device"),
                                       which=_cli.flag_value("which"))
+    options = dict(num_chars=_cli.flag_value("num_chars"), temperature=_cli.flag_value("temperature"),
+                   seed=_cli.flag_value("seed"), top_k=_cli.flag_value("top_k"), top_p=_cli.flag_value("top_p"),
+                   greedy=_cli.flag_value("greedy"), stop_at=_cli.flag_value("stop_at"))
+    num_samples = _cli.flag_value("num_samples")
+    if (_cli.flag_value("stream") or _cli.flag_value("interactive")) and num_samples != 1:
+        raise CharRNNError("--stream and --interactive print one sample at a time; leave --num_samples at 1")
+    if _cli.flag_value("interactive"):
+        for line in sys.stdin:
+            prime = line.rstrip("\n")
+            if not prime:
+                continue
+            try:
+                _print_stream(prime, sampler.stream(prime, **options))
+            except CharRNNError as e:  # a bad prime does not end the session
+                print(f"error: {e}", file=sys.stderr, flush=True)
+        return
     prime = _cli.flag_value("prime")
     if prime is None:
         prime = "\n" if "\n" in sampler.vocab.chars else sampler.vocab.chars[0]
-    texts = sampler.generate(prime, num_chars=_cli.flag_value("num_chars"), temperature=_cli.flag_value("temperature"),
-                             num_samples=_cli.flag_value("num_samples"), seed=_cli.flag_value("seed"),
-                             top_k=_cli.flag_value("top_k"), top_p=_cli.flag_value("top_p"),
-                             greedy=_cli.flag_value("greedy"), stop_at=_cli.flag_value("stop_at"))
+    if _cli.flag_value("stream"):
+        _print_stream(prime, sampler.stream(prime, **options))
+        return
+    texts = sampler.generate(prime, num_samples=num_samples, **options)
     if isinstance(texts, str):
         print(texts)
     else:
         for i, text in enumerate(texts):
             print(f"--- sample {i + 1} ---\n{text}")
+
+
+def _print_stream(prime: str, pieces: Iterator[str]) -> None:
+    first = next(pieces, "")  # checks the prime and options before anything is printed
+    sys.stdout.write(prime + first)
+    sys.stdout.flush()
+    for piece in pieces:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    sys.stdout.flush()
 
 
 def run() -> None:

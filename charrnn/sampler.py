@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import secrets
+from typing import Iterator
 
 import numpy as np
 import tensorflow as tf
@@ -24,6 +25,24 @@ MAX_NUM_CHARS = 1_000_000
 MAX_NUM_SAMPLES = 4096
 
 
+def _check_options(prime: str, num_chars: int, temperature: float, num_samples: int, top_k: int, top_p: float,
+                   stop_at: str | None) -> None:
+    if not prime:
+        raise CharRNNError("the prime is empty; pass at least one character to start from")
+    if not temperature > 0:
+        raise CharRNNError(f"temperature must be > 0, got {temperature}")
+    if not 0 <= num_chars <= MAX_NUM_CHARS:
+        raise CharRNNError(f"num_chars must be between 0 and {MAX_NUM_CHARS:,}, got {num_chars}")
+    if not 1 <= num_samples <= MAX_NUM_SAMPLES:
+        raise CharRNNError(f"num_samples must be between 1 and {MAX_NUM_SAMPLES}, got {num_samples}")
+    if top_k < 0:
+        raise CharRNNError(f"top_k must be >= 0 (0 keeps every character), got {top_k}")
+    if not 0 < top_p <= 1:
+        raise CharRNNError(f"top_p must be in (0, 1] (1 keeps every character), got {top_p}")
+    if stop_at == "":
+        raise CharRNNError("stop_at is empty; pass the text that should end a sample, or leave it unset")
+
+
 class Sampler:
     """Generates text from a `CharRNN` and its vocabulary."""
 
@@ -36,6 +55,7 @@ class Sampler:
         # One compiled loop per combination of (filtering, stopping): the per-step ops of an
         # option that is off are then absent, not skipped at run time.
         self._compiled: dict[tuple[bool, bool], tf.types.experimental.GenericFunction] = {}
+        self._streaming: dict[bool, tuple] = {}
 
     def _generate_ids(self, *args: tf.Tensor, filtering: bool, stopping: bool) -> tf.Tensor:
         key = (filtering, stopping)
@@ -75,20 +95,7 @@ class Sampler:
         stops once every sample has reached it. The same `seed` and arguments give the same
         text; without one a random seed is drawn.
         """
-        if not prime:
-            raise CharRNNError("the prime is empty; pass at least one character to start from")
-        if not temperature > 0:
-            raise CharRNNError(f"temperature must be > 0, got {temperature}")
-        if not 0 <= num_chars <= MAX_NUM_CHARS:
-            raise CharRNNError(f"num_chars must be between 0 and {MAX_NUM_CHARS:,}, got {num_chars}")
-        if not 1 <= num_samples <= MAX_NUM_SAMPLES:
-            raise CharRNNError(f"num_samples must be between 1 and {MAX_NUM_SAMPLES}, got {num_samples}")
-        if top_k < 0:
-            raise CharRNNError(f"top_k must be >= 0 (0 keeps every character), got {top_k}")
-        if not 0 < top_p <= 1:
-            raise CharRNNError(f"top_p must be in (0, 1] (1 keeps every character), got {top_p}")
-        if stop_at == "":
-            raise CharRNNError("stop_at is empty; pass the text that should end a sample, or leave it unset")
+        _check_options(prime, num_chars, temperature, num_samples, top_k, top_p, stop_at)
         stop_ids = self.vocab.encode(stop_at) if stop_at else np.zeros([0], np.int32)
         prime_ids = self.vocab.encode(prime)
         if num_chars == 0:
@@ -107,26 +114,89 @@ class Sampler:
             texts = [prime + text for text in texts]
         return texts if num_samples > 1 else texts[0]
 
+    def stream(self, prime: str, num_chars: int = 500, temperature: float = 0.5, seed: int | None = None, *,
+               top_k: int = 0, top_p: float = 1.0, greedy: bool = False, stop_at: str | None = None,
+               chunk: int = 32) -> Iterator[str]:
+        """Yields the text that `generate(prime, ...)` returns after the prime, piece by piece
+        as it is produced: compiled chunks of `chunk` steps, the state carried between them.
+        The same seed and options give exactly `generate`'s text (one sample)."""
+        _check_options(prime, num_chars, temperature, 1, top_k, top_p, stop_at)
+        if chunk < 1:
+            raise CharRNNError(f"chunk must be at least 1, got {chunk}")
+        if num_chars == 0:
+            return
+        filtering = top_k > 0 or top_p < 1
+        if filtering not in self._streaming:
+            self._streaming[filtering] = self._compile_stream(filtering)
+        first_fn, continue_fn = self._streaming[filtering]
+        options = (tf.constant(temperature, tf.float32), tf.constant([secrets.randbits(63) if seed is None else seed, 0],
+                   tf.int64), tf.constant(top_k, tf.int32), tf.constant(top_p, tf.float32), tf.constant(greedy))
+        ids, state = first_fn(tf.constant(self.vocab.encode(prime)[None, :]), *options)
+        text, emitted, produced = self.vocab.decode(ids.numpy()), 0, 1
+        # Held back: the end of the text that could be the start of stop_at.
+        hold = len(stop_at) - 1 if stop_at else 0
+        while True:
+            if stop_at and stop_at in text:
+                yield text[emitted:text.index(stop_at)]
+                return
+            if produced == num_chars:
+                yield text[emitted:]
+                return
+            if len(text) - hold > emitted:
+                yield text[emitted:len(text) - hold]
+                emitted = len(text) - hold
+            count = min(chunk, num_chars - produced)
+            chunk_ids, ids, state = continue_fn(ids, state, tf.constant(produced), tf.constant(count), *options)
+            text += self.vocab.decode(chunk_ids.numpy()[0])
+            produced += count
+
+    def _compile_stream(self, filtering: bool) -> tuple:
+        """The two compiled halves of `stream`: the prime and first character, then chunks."""
+        option_specs = [tf.TensorSpec([], tf.float32), tf.TensorSpec([2], tf.int64), tf.TensorSpec([], tf.int32),
+                        tf.TensorSpec([], tf.float32), tf.TensorSpec([], tf.bool)]
+        layer = tuple(tf.TensorSpec([None, self.model.rnn_units], self.model.state_dtype)
+                      for _ in range(self.model.state_size))
+
+        def first(prime_ids, temperature, seed, top_k, top_p, greedy):
+            with tf.device(self.device):
+                logits, state = self.model(prime_ids)
+                return _draw(logits[:, -1, :], 0, temperature, seed, top_k, top_p, greedy, filtering), state
+
+        def continue_(ids, state, start, count, temperature, seed, top_k, top_p, greedy):
+            with tf.device(self.device):
+                out = tf.TensorArray(tf.int32, size=count)
+                for i in tf.range(count):
+                    logits, state = self.model.step(ids, state)
+                    ids = _draw(logits, start + i, temperature, seed, top_k, top_p, greedy, filtering)
+                    out = out.write(i, ids)
+                return tf.transpose(out.stack()), ids, state
+
+        return (tf.function(first, input_signature=[tf.TensorSpec([None, None], tf.int32), *option_specs]),
+                tf.function(continue_, input_signature=[tf.TensorSpec([None], tf.int32),
+                                                        (layer,) * self.model.num_layers, tf.TensorSpec([], tf.int32),
+                                                        tf.TensorSpec([], tf.int32), *option_specs]))
+
     def _generate_ids_fn(self, prime_ids: tf.Tensor, num_chars: tf.Tensor, temperature: tf.Tensor, seed: tf.Tensor,
                          top_k: tf.Tensor, top_p: tf.Tensor, greedy: tf.Tensor, stop_ids: tf.Tensor, *,
                          filtering: bool, stopping: bool) -> tf.Tensor:
         with tf.device(self.device):
-            return self._generate_ids_body(prime_ids, num_chars, temperature, seed, top_k, top_p, greedy, stop_ids,
-                                           filtering, stopping)
+            return self.sample_ids(prime_ids, num_chars, temperature, seed, top_k, top_p, greedy, stop_ids,
+                                   filtering=filtering, stopping=stopping)
 
-    def _generate_ids_body(self, prime_ids, num_chars, temperature, seed, top_k, top_p, greedy, stop_ids,
-                           filtering: bool, stopping: bool):
+    def sample_ids(self, prime_ids: tf.Tensor, num_chars: tf.Tensor, temperature: tf.Tensor, seed: tf.Tensor,
+                   top_k: tf.Tensor | int = 0, top_p: tf.Tensor | float = 1.0, greedy: tf.Tensor | bool = False,
+                   stop_ids: tf.Tensor | None = None, *, filtering: bool = False, stopping: bool = False) -> tf.Tensor:
+        """The sampling loop itself, for callers that compile it into their own function (the
+        SavedModel export): ids [batch, num_chars] generated after `prime_ids` [batch, length]
+        (>= 1 id each). `generate` runs exactly this, so the same seed gives the same ids."""
+        if stop_ids is None:
+            stop_ids = tf.zeros([0], tf.int32)
         logits, state = self.model(prime_ids)
         batch = tf.shape(prime_ids)[0]
         stop_len = tf.shape(stop_ids)[0]
 
         def sample(step_logits: tf.Tensor, i: tf.Tensor) -> tf.Tensor:
-            step_logits = step_logits / temperature
-            if filtering:
-                step_logits = filter_logits(step_logits, top_k, top_p)
-            step_seed = tf.random.experimental.stateless_fold_in(seed, i)
-            drawn = tf.random.stateless_categorical(step_logits, 1, seed=step_seed)[:, 0]
-            return tf.cast(tf.where(greedy, tf.argmax(step_logits, -1), drawn), tf.int32)
+            return _draw(step_logits, i, temperature, seed, top_k, top_p, greedy, filtering)
 
         # The last len(stop_at) ids of each sample, to notice when it has produced stop_at.
         recent = tf.fill([batch, stop_len], -1)
@@ -150,6 +220,16 @@ class Sampler:
             recent, done = advance(next_ids, recent, done)
             out = out.write(i, next_ids)
         return tf.transpose(out.stack())
+
+
+def _draw(logits: tf.Tensor, i: tf.Tensor, temperature: tf.Tensor, seed: tf.Tensor, top_k: tf.Tensor,
+          top_p: tf.Tensor, greedy: tf.Tensor, filtering: bool) -> tf.Tensor:
+    """The ids drawn from `logits` [batch, vocab] as the `i`-th generated characters."""
+    logits = logits / temperature
+    if filtering:
+        logits = filter_logits(logits, top_k, top_p)
+    drawn = tf.random.stateless_categorical(logits, 1, seed=tf.random.experimental.stateless_fold_in(seed, i))[:, 0]
+    return tf.cast(tf.where(greedy, tf.argmax(logits, -1), drawn), tf.int32)
 
 
 def filter_logits(logits: tf.Tensor, top_k: tf.Tensor, top_p: tf.Tensor) -> tf.Tensor:

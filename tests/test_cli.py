@@ -27,7 +27,7 @@ def test_sample_prints_numbered_parallel_samples(trained_run):
 
 def test_console_scripts_are_installed():
     scripts = Path(sys.executable).parent
-    for tool in ("charrnn-train", "charrnn-sample"):
+    for tool in ("charrnn-train", "charrnn-sample", "charrnn-eval", "charrnn-export"):
         assert (scripts / tool).exists(), f"{tool} not installed next to {sys.executable}"
 
 

@@ -1,0 +1,99 @@
+"""`export`: a trained run as a SavedModel that generates text without charrnn installed.
+
+The SavedModel holds the weights, the vocabulary (as TensorFlow tables and constants) and
+two compiled functions:
+
+    generate(prompt: string [batch], num_chars: int32, temperature: float32, seed: int64)
+        -> {"text": string [batch]}: each prompt followed by its sample; the same loop as
+        `Sampler.generate`, so the same seed gives the same text. Also `serving_default`.
+    step(ids: int32 [batch], state: [layers * state_size, batch, units])
+        -> {"logits": float32 [batch, vocab], "state": same as the input state}: one
+        character, for clients that stream; the zero state starts a sequence.
+"""
+
+from __future__ import annotations
+
+import os
+
+import keras
+import tensorflow as tf
+
+from charrnn import checkpoint
+from charrnn.data import Vocabulary
+from charrnn.errors import CharRNNError
+from charrnn.model import CharRNN
+from charrnn.sampler import Sampler
+
+
+class _Generator(tf.Module):
+    def __init__(self, model: CharRNN, vocab: Vocabulary):
+        super().__init__(name="charrnn")
+        self.model = model
+        self._sampler = Sampler(model, vocab, "/CPU:0")
+        chars = vocab.chars
+        self.chars = tf.constant(chars)
+        codepoints = tf.constant([ord(c) for c in chars], tf.int32)
+        self.table = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(codepoints, tf.range(len(chars), dtype=tf.int32)), default_value=-1)
+        size = model.num_layers * model.state_size
+        self.state_shape = [size, None, model.rnn_units]
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="prompt"),
+                                      tf.TensorSpec([], tf.int32, name="num_chars"),
+                                      tf.TensorSpec([], tf.float32, name="temperature"),
+                                      tf.TensorSpec([], tf.int64, name="seed")])
+        def generate(prompt, num_chars, temperature, seed):
+            codepoints = tf.strings.unicode_decode(prompt, "UTF-8")
+            ids = tf.ragged.map_flat_values(self.table.lookup, codepoints)
+            unknown, _ = tf.unique(tf.boolean_mask(codepoints.flat_values, ids.flat_values < 0))
+            lengths = ids.row_lengths()
+            checks = [
+                tf.debugging.Assert(tf.size(unknown) == 0, ["characters not in the vocabulary of the model:",
+                                                            tf.strings.unicode_encode(unknown, "UTF-8")]),
+                tf.debugging.Assert(tf.reduce_all(lengths > 0), ["every prompt needs at least one character"]),
+                tf.debugging.Assert(tf.reduce_all(lengths == lengths[0]),
+                                    ["the prompts of one call must have the same length; lengths:", lengths]),
+                tf.debugging.Assert(num_chars >= 1, ["num_chars must be >= 1, got", num_chars]),
+                tf.debugging.Assert(temperature > 0, ["temperature must be > 0, got", temperature]),
+            ]
+            with tf.control_dependencies(checks):
+                prime_ids = ids.to_tensor()
+            sampled = self._sampler.sample_ids(prime_ids, num_chars, temperature, tf.stack([seed, 0]))
+            return {"text": prompt + tf.strings.reduce_join(tf.gather(self.chars, sampled), axis=-1)}
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.int32, name="ids"),
+                                      tf.TensorSpec(self.state_shape, model.state_dtype, name="state")])
+        def step(ids, state):
+            nested = tuple(tuple(state[i * model.state_size + j] for j in range(model.state_size))
+                           for i in range(model.num_layers))
+            logits, new_state = model.step(ids, nested)
+            return {"logits": logits, "state": tf.stack(tf.nest.flatten(new_state))}
+
+        self.generate = generate
+        self.step = step
+
+
+def export(run_dir: str, export_dir: str, which: str | None = None) -> str:
+    """Writes run_dir's `which` checkpoint (best by default, else latest) as a SavedModel
+    in `export_dir` (which must not exist yet, or be empty); returns the checkpoint used."""
+    if os.path.isdir(export_dir) and os.listdir(export_dir):
+        raise CharRNNError(f"export directory {export_dir} is not empty; pass a new --export_dir")
+    with tf.device("/CPU:0"):
+        model, _, vocab, path = checkpoint.load_model(run_dir, which, "/CPU:0")
+        module = _Generator(model, vocab)
+        # Keras' ExportArchive names the variables so that TensorFlow 1-style loaders (TF
+        # Serving, saved_model_cli) find them; a plain tf.saved_model.save of a Keras 3
+        # model does not.
+        archive = keras.export.ExportArchive()
+        archive.track(model)
+        archive.track(module)  # the lookup table and constants
+        archive.add_endpoint("serving_default", module.generate)
+        archive.add_endpoint("generate", module.generate)
+        archive.add_endpoint("step", module.step)
+        try:
+            # The export is for inference: the fused LSTM's hand-written gradient stays behind.
+            archive.write_out(export_dir, options=tf.saved_model.SaveOptions(experimental_custom_gradients=False),
+                              verbose=False)
+        except OSError as e:
+            raise CharRNNError(f"cannot write the SavedModel to {export_dir} ({e}); pass a writable --export_dir") from None
+    return path

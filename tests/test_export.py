@@ -1,0 +1,111 @@
+"""The SavedModel export (used without charrnn) and streamed sampling."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import charrnn
+from charrnn import CharRNNError, Sampler
+from conftest import run_cli
+
+# Runs in a process where importing charrnn fails: the SavedModel must stand on its own.
+LOAD_WITHOUT_CHARRNN = r"""
+import json, sys
+
+class _Block:
+    def find_spec(self, name, path=None, target=None):
+        if name == "charrnn" or name.startswith("charrnn."):
+            raise ImportError("charrnn is blocked in this process")
+
+sys.meta_path.insert(0, _Block())
+try:
+    import charrnn
+    raise SystemExit("charrnn could be imported")
+except ImportError:
+    pass
+import tensorflow as tf
+
+model = tf.saved_model.load(sys.argv[1])
+out = model.signatures["generate"](prompt=tf.constant(["The ", "The "]), num_chars=tf.constant(60),
+                                   temperature=tf.constant(0.7), seed=tf.constant(11, tf.int64))
+step = model.signatures["step"](ids=tf.constant([1, 2, 3]), state=tf.zeros([2, 3, 16]))
+try:
+    model.generate(tf.constant(["The ~ {"]), tf.constant(5), tf.constant(1.0), tf.constant(1, tf.int64))
+    error = None
+except tf.errors.InvalidArgumentError as e:
+    error = e.message
+print(json.dumps({"text": [t.decode() for t in out["text"].numpy()], "logits": step["logits"].shape.as_list(),
+                  "state": step["state"].shape.as_list(), "error": error}))
+"""
+
+
+@pytest.fixture(scope="module")
+def exported(trained_run, tmp_path_factory) -> Path:
+    export_dir = tmp_path_factory.mktemp("export") / "model"
+    proc = run_cli("export_cli", f"--run_dir={trained_run}", f"--export_dir={export_dir}")
+    assert proc.returncode == 0, proc.stderr
+    assert "Exported" in proc.stdout and (export_dir / "saved_model.pb").exists()
+    return export_dir
+
+
+def test_exported_generate_equals_the_sampler_without_charrnn(trained_run, exported):
+    proc = subprocess.run([sys.executable, "-c", LOAD_WITHOUT_CHARRNN, str(exported)], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    expected = Sampler.from_checkpoint(str(trained_run)).generate("The ", 60, 0.7, num_samples=2, seed=11)
+    assert result["text"] == expected
+    vocab_size = len(Sampler.from_checkpoint(str(trained_run)).vocab)
+    assert result["logits"] == [3, vocab_size] and result["state"] == [2, 3, 16]  # (h, c) of one LSTM layer
+    assert "characters not in the vocabulary of the model:] [~{]" in result["error"]
+
+
+def test_serving_default_runs_through_saved_model_cli(trained_run, exported):
+    cli = Path(sys.executable).parent / "saved_model_cli"
+    if not cli.exists():
+        pytest.skip("saved_model_cli is not installed next to this Python")
+    proc = subprocess.run([str(cli), "run", "--dir", str(exported), "--tag_set", "serve", "--signature_def",
+                           "serving_default", "--input_exprs", 'prompt=["The "];num_chars=30;temperature=0.5;seed=4'],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    expected = Sampler.from_checkpoint(str(trained_run)).generate("The ", 30, 0.5, seed=4)
+    assert "Result for output key text:" in proc.stdout
+    assert repr(expected.encode()) in proc.stdout
+
+
+def test_export_refuses_a_non_empty_directory(trained_run, tmp_path):
+    (tmp_path / "keep.txt").write_text("mine")
+    with pytest.raises(CharRNNError, match="is not empty"):
+        charrnn.export(str(trained_run), str(tmp_path))
+    assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
+    proc = run_cli("export_cli", f"--run_dir={trained_run}", f"--export_dir={tmp_path}")
+    assert proc.returncode == 2 and "is not empty" in proc.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("options", [{}, {"top_k": 3}, {"top_p": 0.8}, {"greedy": True}, {"stop_at": "o"}])
+@pytest.mark.parametrize("chunk", [1, 7, 32])
+def test_stream_yields_exactly_the_generated_text(trained_run, options, chunk):
+    sampler = Sampler.from_checkpoint(str(trained_run))
+    pieces = list(sampler.stream("The ", 50, 0.9, seed=5, chunk=chunk, **options))
+    assert "The " + "".join(pieces) == sampler.generate("The ", 50, 0.9, seed=5, **options)
+    if chunk == 7 and not options:
+        assert len(pieces) > 5  # text arrives in pieces, not at the end
+
+
+def test_stream_and_interactive_on_the_command_line(trained_run):
+    args = [f"--run_dir={trained_run}", "--prime=The ", "--num_chars=80", "--seed=9"]
+    plain, streamed = run_cli("sample", *args), run_cli("sample", *args, "--stream")
+    assert plain.returncode == streamed.returncode == 0, streamed.stderr
+    assert streamed.stdout == plain.stdout
+    proc = subprocess.run([sys.executable, "-m", "charrnn.sample", f"--run_dir={trained_run}", "--num_chars=20",
+                           "--seed=9", "--interactive"], input="The \nbad ~\n\nquick\n", capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    sampler = Sampler.from_checkpoint(str(trained_run))
+    assert proc.stdout == "".join(sampler.generate(p, 20, 0.5, seed=9) + "\n" for p in ("The ", "quick"))
+    assert "error: 1 character(s) not in the model's vocabulary: '~'" in proc.stderr
