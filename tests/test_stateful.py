@@ -52,16 +52,18 @@ def test_the_carried_state_is_checkpointed_and_reset_each_epoch(small_text, tmp_
 
 
 def _keyed_text(rng: np.random.Generator, units: int) -> tuple[str, np.ndarray]:
-    """Units of 20 characters: a random key, a copy of it 6 characters later and another 15
-    characters after the key, "=" announcing each copy: "B....=B.......=B----"."""
+    """Units of 20 characters: a random key, a copy of it 4 characters later and another 16
+    characters after the key (12 after the first copy), "=" announcing each copy:
+    "B..=B..........=B---"."""
     keys = rng.choice(list("ABCD"), units)
-    return "".join(k + "." * 4 + "=" + k + "." * 7 + "=" + k + "-" * 4 for k in keys), keys
+    return "".join(k + "." * 2 + "=" + k + "." * 10 + "=" + k + "-" * 3 for k in keys), keys
 
 
 @pytest.mark.parametrize("carry_state", [True, False])
 def test_carrying_state_learns_a_dependency_longer_than_seq_length(tmp_path, carry_state):
-    # The second copy depends on the key 15 characters back, beyond seq_length=10: a
-    # shuffled window never holds both, and with carry_state no gradient spans them either.
+    # The second copy depends on the key 16 characters back and on its first copy 12 back,
+    # both beyond seq_length=10: no shuffled window holds the second copy and an earlier
+    # occurrence of its key, and with carry_state no gradient spans them either.
     # The state carried over the window boundary is what can remember the key: the first
     # copy (inside a window) teaches the model to store it, carrying makes it last.
     path = tmp_path / "keys.txt"
@@ -82,7 +84,7 @@ def test_carrying_state_learns_a_dependency_longer_than_seq_length(tmp_path, car
         windows = ids[: len(ids) // 11 * 11].reshape(-1, 11)
         logits = trainer.model(tf.constant(windows[:, :-1]))[0]
         predicted[: windows.size].reshape(-1, 11)[:, 1:] = tf.argmax(logits, -1).numpy()
-    far_copies = np.arange(200) * 20 + 15
+    far_copies = np.arange(200) * 20 + 16
     accuracy = np.mean(predicted[far_copies] == trainer.vocab.encode("".join(keys)))
     print(f"carry_state={carry_state}: far-copy accuracy {accuracy:.3f}")
     if carry_state:
