@@ -14,6 +14,7 @@ import dataclasses
 import math
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -355,9 +356,18 @@ class Trainer:
             writer=tf.summary.create_file_writer(os.path.join(write_dir, checkpoint.LOG_DIR)),
             metrics=checkpoint.MetricsLog(write_dir, resumed_step=int(self.step.numpy())),
             progress=_Progress(self.total_steps, c.log_every),
-            stop=preemption.StopRequest() if handle_signals else None,
+            # Under multi_worker, SIGTERM belongs to TensorFlow's preemption handler (below).
+            stop=(preemption.StopRequest((signal.SIGINT,) if c.strategy == "multi_worker" else
+                                         (signal.SIGTERM, signal.SIGINT)) if handle_signals else None),
             time_budget=c.time_budget,
         )
+        if c.strategy == "multi_worker" and handle_signals:
+            # A worker that gets SIGTERM (a preempted machine) tells the others; all of them
+            # save a checkpoint at the same step and exit with EXIT_PREEMPTED.
+            run.preemption = tf.distribute.experimental.PreemptionCheckpointHandler(
+                self.strategy.cluster_resolver, run.manager,
+                termination_config=tf.distribute.experimental.TerminationConfig(
+                    exit_fn=lambda: self._exit_preempted(run), grace_period=0))
         if self.restored_from is not None:
             print(f"Resumed from {self.restored_from} at step {int(self.step.numpy())}, "
                   f"epoch {int(self.epoch.numpy()) + 1}", flush=True)
@@ -385,6 +395,15 @@ class Trainer:
                 shutil.rmtree(write_dir, ignore_errors=True)
             self.train_seconds, self.eval_seconds = run.train_seconds, run.eval_seconds
         return history
+
+    def _exit_preempted(self, run: _Run) -> None:
+        """Called by TensorFlow's preemption handler once every worker has saved."""
+        run.metrics.close()
+        run.writer.flush()
+        print(f"charrnn: stopped by the preemption of a worker at step {int(self.step.numpy())}; checkpoint saved to "
+              f"{run.manager.latest_checkpoint}; run the same command again on every worker to continue",
+              file=sys.stderr, flush=True)
+        sys.exit(preemption.EXIT_PREEMPTED)
 
     def _finished(self) -> bool:
         """Whether every step is trained (or patience ran out) and the last epoch is finalised."""
@@ -479,6 +498,8 @@ class Trainer:
             losses, finite = self._train_loop(batches, tf.constant(chunk))
             losses = losses.numpy()
             run.count_training_time(time.perf_counter() - chunk_start)
+            if run.preemption is not None:
+                run.preemption.save_checkpoint_if_preempted(checkpoint_number=step + len(losses))
             if not bool(finite):
                 raise CharRNNError(
                     f"loss or gradients not finite at step {step + len(losses)} (loss {losses[-1]}); the step was not "
@@ -542,6 +563,7 @@ class _Run:
     progress: _Progress
     stop: preemption.StopRequest | None
     time_budget: float | None
+    preemption: tf.distribute.experimental.PreemptionCheckpointHandler | None = None
     train_seconds: float = 0.0
     eval_seconds: float = 0.0
     traced: bool = False

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
@@ -19,6 +21,7 @@ import tensorflow as tf
 from charrnn import CharRNNError, Sampler
 from charrnn.checkpoint import read_metrics
 from charrnn.distribute import configure_cpu_devices
+from charrnn.preemption import EXIT_PREEMPTED
 from conftest import run_cli
 
 FLAGS = ["--embedding_dim=8", "--rnn_units=32", "--batch_size=8", "--seq_length=20", "--log_every=1",
@@ -72,15 +75,7 @@ def _free_ports(count: int) -> list[int]:
 
 def test_multi_worker_on_localhost_writes_the_chief_checkpoint(small_text, tmp_path):
     run = tmp_path / "run"
-    cluster = {"worker": [f"localhost:{port}" for port in _free_ports(2)]}
-    workers = []
-    for index in range(2):
-        env = dict(os.environ, TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}),
-                   TMPDIR=str(tmp_path))  # where the non-chief worker's scratch checkpoints go
-        workers.append(subprocess.Popen(
-            [sys.executable, "-m", "charrnn.train", f"--data={small_text}", f"--run_dir={run}", "--max_steps=6",
-             "--strategy=multi_worker", *FLAGS[:5]], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True))
+    workers = _start_workers([f"--data={small_text}", f"--run_dir={run}", "--max_steps=6", *FLAGS[:5]], tmp_path)
     outputs = [w.communicate(timeout=240) for w in workers]
     for w, (out, err) in zip(workers, outputs):
         assert w.returncode == 0, err[-3000:]
@@ -90,6 +85,44 @@ def test_multi_worker_on_localhost_writes_the_chief_checkpoint(small_text, tmp_p
     assert not [p for p in os.listdir(tmp_path) if p.startswith("charrnn_worker_")]  # scratch removed
     text = Sampler.from_checkpoint(str(run), device="/CPU:0").generate("F", 20, seed=0)
     assert len(text) == 21
+
+
+def _start_workers(args: list[str], tmp_path) -> list[subprocess.Popen]:
+    cluster = {"worker": [f"localhost:{port}" for port in _free_ports(2)]}
+    workers = []
+    for index in range(2):
+        env = dict(os.environ, TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}),
+                   TMPDIR=str(tmp_path))  # where the non-chief worker's scratch checkpoints go
+        workers.append(subprocess.Popen([sys.executable, "-m", "charrnn.train", "--strategy=multi_worker", *args],
+                                        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    return workers
+
+
+def test_a_preempted_worker_makes_every_worker_checkpoint_and_exit(small_text, tmp_path):
+    run = tmp_path / "run"
+    args = [f"--data={small_text}", f"--run_dir={run}", *FLAGS[:5]]
+    workers = _start_workers([*args, "--max_steps=100000"], tmp_path)
+    for line in workers[1].stdout:  # SIGTERM the non-chief worker once it is training
+        match = re.search(r"step (\d+)/", line)
+        if match and int(match.group(1)) >= 5:
+            workers[1].send_signal(signal.SIGTERM)
+            break
+    outputs = [w.communicate(timeout=240) for w in workers]
+    steps = set()
+    for w, (_, err) in zip(workers, outputs):
+        assert w.returncode == EXIT_PREEMPTED, err[-3000:]
+        match = re.search(r"stopped by the preemption of a worker at step (\d+); checkpoint saved to (\S+);", err)
+        assert match, err[-3000:]
+        steps.add(int(match.group(1)))
+    assert len(steps) == 1  # both saved at the same step
+    step = steps.pop()
+    assert (run / "ckpt" / f"ckpt-{step}.index").exists()
+    assert not [p for p in os.listdir(tmp_path) if p.startswith("charrnn_worker_")]
+
+    workers = _start_workers([*args, f"--max_steps={step + 3}"], tmp_path)
+    for w, (out, err) in zip(workers, [w.communicate(timeout=240) for w in workers]):
+        assert w.returncode == 0, err[-3000:]
+        assert f"at step {step}" in out and f"Done at step {step + 3}" in out
 
 
 def test_strategy_errors(small_text, tmp_path):
