@@ -99,8 +99,9 @@ class Trainer:
     """Trains a `CharRNN` as `config` describes, resuming from `config.run_dir` if it holds a run.
 
     Construction resolves and reads the corpus, checks the run directory, builds the model,
-    optimizer and checkpoint (inside the current `tf.distribute` strategy's scope) and
-    restores the latest checkpoint. Nothing is written until `fit()`.
+    optimizer and checkpoint inside the scope of `config.strategy` (with `default`, of the
+    caller's current `tf.distribute` strategy, if any) and restores the latest checkpoint.
+    Nothing is written until `fit()`.
     """
 
     def __init__(self, config: TrainConfig):
