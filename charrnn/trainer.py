@@ -499,8 +499,6 @@ class Trainer:
             losses, finite = self._train_loop(batches, tf.constant(chunk))
             losses = losses.numpy()
             run.count_training_time(time.perf_counter() - chunk_start)
-            if run.preemption is not None:
-                run.preemption.save_checkpoint_if_preempted(checkpoint_number=step + len(losses))
             if not bool(finite):
                 raise CharRNNError(
                     f"loss or gradients not finite at step {step + len(losses)} (loss {losses[-1]}); the step was not "
@@ -516,6 +514,8 @@ class Trainer:
                 run.progress.show(epoch, c.epochs, step, float(losses[-1]), rate, budget_left)
                 _write_scalars(run.writer, step, loss=float(losses[-1]),
                                learning_rate=float(self.optimizer.learning_rate), steps_per_sec=rate)
+            if run.preemption is not None:  # after this chunk's metrics: a preemption ends the process here
+                run.preemption.save_checkpoint_if_preempted(checkpoint_number=step)
         steps_per_sec = (step - start_step) / max(time.perf_counter() - start, 1e-9)
 
         if int(self.validation.last_step.numpy()) == step:  # evaluated mid-epoch, then stopped early

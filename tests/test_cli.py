@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 
-from conftest import TINY_FLAGS, run_cli
+from conftest import run_cli
 
 def test_train_then_sample_end_to_end(trained_run):
     assert json.loads((trained_run / "config.json").read_text())["max_steps"] == 3

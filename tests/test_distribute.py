@@ -123,6 +123,7 @@ def test_a_preempted_worker_makes_every_worker_checkpoint_and_exit(small_text, t
     for w, (out, err) in zip(workers, [w.communicate(timeout=240) for w in workers]):
         assert w.returncode == 0, err[-3000:]
         assert f"at step {step}" in out and f"Done at step {step + 3}" in out
+    assert [m["step"] for m in read_metrics(run) if "loss" in m] == list(range(1, step + 4))  # none lost, none twice
 
 
 def test_strategy_errors(small_text, tmp_path):
