@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 from absl import app, flags, logging
 
+from charrnn.checkpoint import WHICH
 from charrnn.config import PRESETS
 from charrnn.errors import CharRNNError
 from charrnn.preemption import EXIT_PREEMPTED, Preempted
@@ -28,6 +29,16 @@ def define_dataclass_flags(cls: type) -> None:
         define = {int: flags.DEFINE_integer, float: flags.DEFINE_float, str: flags.DEFINE_string,
                   bool: flags.DEFINE_boolean}[kind]
         define(field.name, field.default, field.metadata["help"])
+
+
+def define_checkpoint_flags(device: bool = True) -> None:
+    """The flags of the tools that read a trained run: --run_dir, --which (and --device)."""
+    flags.DEFINE_string("run_dir", "runs/charrnn", "Run directory written by charrnn-train.")
+    flags.DEFINE_enum("which", None, list(WHICH), "Checkpoint: best (lowest validation loss) or latest "
+                      "(default: best when the run has one).")
+    if device:
+        flags.DEFINE_string("device", "auto",
+                            "Device: auto (first GPU, else CPU) or a TensorFlow device name such as /GPU:1.")
 
 
 def define_preset_flag() -> None:

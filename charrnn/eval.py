@@ -12,14 +12,11 @@ from charrnn.devices import resolve_device
 from charrnn.errors import CharRNNError
 from charrnn.evaluator import Evaluator
 
-flags.DEFINE_string("run_dir", "runs/charrnn", "Run directory written by charrnn-train.")
+_cli.define_checkpoint_flags()
 flags.DEFINE_string("data", None, "Text file or registered corpus to evaluate on (default: the run's --data).")
 flags.DEFINE_enum("split", "all", ["all", "val"], "all: the whole text; val: its last val_fraction, exactly the "
                   "training run's validation split.")
-flags.DEFINE_enum("which", None, list(checkpoint.WHICH), "Checkpoint: best (lowest validation loss) or latest "
-                  "(default: best when the run has one).")
 flags.DEFINE_integer("batch_size", None, "Sequences per batch (default: the run's); does not change the loss.")
-flags.DEFINE_string("device", "auto", "Device: auto (first GPU, else CPU) or a TensorFlow device name such as /GPU:1.")
 FLAGS = flags.FLAGS
 
 

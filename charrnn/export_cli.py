@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from absl import flags
 
-from charrnn import _cli, checkpoint
+from charrnn import _cli
 from charrnn.exporter import export
 
-flags.DEFINE_string("run_dir", "runs/charrnn", "Run directory written by charrnn-train.")
+_cli.define_checkpoint_flags(device=False)
 flags.DEFINE_string("export_dir", None, "Directory to write the SavedModel to (new or empty).", required=True)
-flags.DEFINE_enum("which", None, list(checkpoint.WHICH), "Checkpoint: best (lowest validation loss) or latest "
-                  "(default: best when the run has one).")
 FLAGS = flags.FLAGS
 
 

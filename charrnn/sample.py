@@ -7,11 +7,11 @@ from typing import Iterator
 
 from absl import flags
 
-from charrnn import _cli, checkpoint
+from charrnn import _cli
 from charrnn.errors import CharRNNError
 from charrnn.sampler import Sampler
 
-flags.DEFINE_string("run_dir", "runs/charrnn", "Run directory written by charrnn-train.")
+_cli.define_checkpoint_flags()
 flags.DEFINE_string("prime", None, "Text to start from (default: a newline if the vocabulary has one, "
                     "else its first character).")
 flags.DEFINE_integer("num_chars", 500, "Characters to generate after the prime.")
@@ -22,13 +22,10 @@ flags.DEFINE_float("top_p", 1.0, "Sample only from the smallest set of character
 flags.DEFINE_boolean("greedy", False, "Always take the most likely character (no sampling).")
 flags.DEFINE_string("stop_at", None, "End a sample just before this text first appears in what it generated.")
 flags.DEFINE_integer("seed", None, "Seed; the same seed and settings reproduce the same text (default: random).")
-flags.DEFINE_enum("which", None, list(checkpoint.WHICH), "Checkpoint: best (lowest validation loss) or latest "
-                  "(default: best when the run has one).")
 flags.DEFINE_boolean("stream", False, "Print characters as they are produced (compiled chunks of 32 steps); "
                      "the same text as without it.")
 flags.DEFINE_boolean("interactive", False, "Read a prime per line from standard input and answer each with a "
                      "streamed sample, until end of input.")
-flags.DEFINE_string("device", "auto", "Device: auto (first GPU, else CPU) or a TensorFlow device name such as /GPU:1.")
 _cli.define_preset_flag()
 
 
