@@ -6,6 +6,11 @@
     <run_dir>/best/         the checkpoint with the lowest validation loss so far, ckpt-<step>.*
     <run_dir>/metrics.jsonl training and validation losses by step, one JSON object a line
     <run_dir>/logs/         TensorBoard summaries
+    <run_dir>/train.lock    held while a trainer runs (charrnn.lock)
+
+Every checkpoint also records fingerprints of the vocabulary and of the training text
+(`fingerprints/vocab`, `fingerprints/data`), so that a vocab.json that does not belong to
+the weights, or a resume on other text, is noticed.
 """
 
 from __future__ import annotations
@@ -14,8 +19,10 @@ import glob
 import json
 import os
 import re
+import shutil
 import sys
 import tempfile
+from typing import Iterable
 
 import tensorflow as tf
 
@@ -32,13 +39,36 @@ BEST_DIR = "best"
 WHICH = ("best", "latest")
 LOG_DIR = "logs"
 METRICS_FILE = "metrics.jsonl"
+# Checkpoint keys of the fingerprints (see Fingerprints).
+_FINGERPRINT_KEY = "fingerprints/{}/.ATTRIBUTES/VARIABLE_VALUE"
+
+
+def storage_error(what: str, path: str, error: BaseException) -> CharRNNError:
+    """The one-line error for a failed write or read of `path` (no space, quota, read-only, permission)."""
+    if isinstance(error, OSError):
+        cause = error.strerror or str(error)
+    else:  # tf.errors.OpError: "<path...>; No space left on device [Op:SaveV2]"
+        message = getattr(error, "message", str(error)).strip().splitlines()[0]
+        cause = re.sub(r"\s*\[Op:\w+\]$", "", message).rsplit("; ", 1)[-1]
+    return CharRNNError(f"cannot {what} {path} ({cause}); nothing older was changed: free space or fix the "
+                        "permissions, then run the same command again")
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_atomic(path: str, text: str) -> None:
-    """Writes `text` to `path` via a temporary file and a rename, so a crash leaves old or new."""
+    """Writes `text` to `path` via a temporary file and a rename, so a crash leaves old or new.
+
+    The file gets the permissions a plain open() would give it (0666 less the umask).
+    """
     directory = os.path.dirname(path) or "."
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
@@ -51,36 +81,58 @@ def write_atomic(path: str, text: str) -> None:
 
 
 def _read(path: str) -> str | None:
+    """The text of `path`, or None if it does not exist; CharRNNError if it cannot be read as UTF-8."""
     try:
         with open(path, encoding="utf-8") as f:
             return f.read()
     except FileNotFoundError:
         return None
+    except UnicodeDecodeError as e:
+        raise CharRNNError(f"{path} is damaged (not UTF-8 at byte {e.start}); restore it from a backup, "
+                           "or use another --run_dir") from None
+    except OSError as e:
+        raise CharRNNError(f"cannot read {path} ({e.strerror}); it should be a readable file written by "
+                           "charrnn-train, or use another --run_dir") from None
+
+
+def check_run_dir(run_dir: str) -> None:
+    """Refuses a `run_dir` that exists but is not a directory."""
+    if os.path.exists(run_dir) and not os.path.isdir(run_dir):
+        raise CharRNNError(f"--run_dir {run_dir} is a file, not a directory; pass a directory for the run")
 
 
 def load_run_files(run_dir: str) -> tuple[TrainConfig, Vocabulary] | None:
     """The saved config and vocabulary of `run_dir`, or None if it holds no run yet."""
-    config_text = _read(os.path.join(run_dir, CONFIG_FILE))
-    vocab_text = _read(os.path.join(run_dir, VOCAB_FILE))
+    check_run_dir(run_dir)
+    config_path, vocab_path = os.path.join(run_dir, CONFIG_FILE), os.path.join(run_dir, VOCAB_FILE)
+    config_text, vocab_text = _read(config_path), _read(vocab_path)
     if config_text is None and vocab_text is None:
         return None
     if config_text is None or vocab_text is None:
         missing = CONFIG_FILE if config_text is None else VOCAB_FILE
         raise CharRNNError(f"run directory {run_dir} has no {missing}; it is not a complete charrnn run, use another --run_dir")
-    try:
-        return TrainConfig.from_json(config_text), Vocabulary.from_json(vocab_text)
-    except (ValueError, KeyError, TypeError) as e:
-        raise CharRNNError(f"cannot parse the run files in {run_dir} ({e}); use another --run_dir") from None
+    loaded = []
+    for path, text, parse in ((config_path, config_text, TrainConfig.from_json),
+                              (vocab_path, vocab_text, Vocabulary.from_json)):
+        try:
+            loaded.append(parse(text))
+        except (ValueError, KeyError, TypeError, CharRNNError) as e:
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise CharRNNError(f"{path} is damaged ({reason}); restore it from a backup, or use another "
+                               "--run_dir") from None
+    return loaded[0], loaded[1]
 
 
 def save_run_files(run_dir: str, config: TrainConfig, vocab: Vocabulary) -> None:
     """Creates `run_dir` if needed and writes its config and vocabulary."""
+    path = run_dir
     try:
         os.makedirs(run_dir, exist_ok=True)
-        write_atomic(os.path.join(run_dir, VOCAB_FILE), vocab.to_json())
-        write_atomic(os.path.join(run_dir, CONFIG_FILE), config.to_json())
+        for name, text in ((VOCAB_FILE, vocab.to_json()), (CONFIG_FILE, config.to_json())):
+            path = os.path.join(run_dir, name)
+            write_atomic(path, text)
     except OSError as e:
-        raise CharRNNError(f"cannot write to run directory {run_dir} ({e.strerror}); pass a writable --run_dir") from None
+        raise storage_error("write", path, e) from None
 
 
 def _directory(run_dir: str, which: str) -> str:
@@ -94,6 +146,48 @@ def checkpoint_manager(checkpoint: tf.train.Checkpoint, run_dir: str, max_to_kee
                                       checkpoint_name="ckpt")
 
 
+def save(manager: tf.train.CheckpointManager, step: int) -> str:
+    """Saves checkpoint `step` with `manager`; a storage fault becomes a CharRNNError.
+
+    On failure the half-written files of this checkpoint (its `_temp` directory, a partial
+    index) are removed, and the previous checkpoints and the state file stay as they were.
+    """
+    prefix = os.path.join(manager.directory, f"ckpt-{step}")
+    try:
+        return manager.save(checkpoint_number=step)
+    except (OSError, tf.errors.OpError) as e:
+        _remove_partial(prefix)
+        raise storage_error("write checkpoint", prefix, e) from None
+
+
+def _remove_partial(prefix: str) -> None:
+    shutil.rmtree(prefix + "_temp", ignore_errors=True)
+    for name in glob.glob(glob.escape(prefix) + ".*"):
+        try:
+            os.unlink(name)
+        except OSError:
+            pass
+
+
+def remove_leftovers(run_dir: str) -> list[str]:
+    """Removes what an interrupted write leaves behind: checkpoint `_temp` directories, and the
+    temporary files of atomic writes (ours and TensorFlow's). Only safe while holding the lock."""
+    removed = []
+    patterns = [os.path.join(run_dir, ".*.tmp")] + [
+        os.path.join(run_dir, sub, pattern) for sub in (CKPT_DIR, BEST_DIR) for pattern in ("*_temp", "*.tmp*")]
+    for pattern in patterns:
+        for path in glob.glob(pattern):
+            if os.path.isdir(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                try:
+                    os.unlink(path)
+                except OSError:
+                    continue
+            removed.append(path)
+    return removed
+
+
 def checkpoint_paths(run_dir: str, which: str = "latest") -> list[str]:
     """Every checkpoint prefix of `run_dir` (rolling, or best), newest (highest step) first.
 
@@ -102,12 +196,15 @@ def checkpoint_paths(run_dir: str, which: str = "latest") -> list[str]:
     """
     directory = _directory(run_dir, which)
     paths = set()
-    state = tf.train.get_checkpoint_state(directory) if os.path.isdir(directory) else None
+    try:
+        state = tf.train.get_checkpoint_state(directory) if os.path.isdir(directory) else None
+    except (tf.errors.OpError, ValueError):  # a damaged state file: the listing below still finds them
+        state = None
     if state is not None:
         paths.update(os.path.join(directory, os.path.basename(p)) for p in state.all_model_checkpoint_paths)
     for name in glob.glob(os.path.join(directory, "ckpt-*.index")) + glob.glob(os.path.join(directory, "ckpt-*.data-*")):
         paths.add(re.sub(r"\.(index|data-\d+-of-\d+)$", "", name))
-    return sorted(paths, key=_step_of, reverse=True)
+    return sorted((p for p in paths if _step_of(p) >= 0), key=_step_of, reverse=True)
 
 
 def resolve_which(run_dir: str, which: str | None) -> str:
@@ -128,38 +225,81 @@ def _step_of(path: str) -> int:
     return int(match.group(1)) if match else -1
 
 
-def restore_newest_readable(checkpoint: tf.train.Checkpoint, run_dir: str, *, partial: bool = False,
-                            which: str = "latest") -> str | None:
+def all_finite(variables: Iterable[tf.Variable]) -> bool:
+    """Whether every value of the floating-point `variables` is finite (one read of each, one sync)."""
+    checks = [tf.reduce_all(tf.math.is_finite(v)) for v in variables if tf.as_dtype(v.dtype).is_floating]
+    return not checks or bool(tf.reduce_all(tf.stack(checks)))
+
+
+def restore_newest_readable(checkpoint: tf.train.Checkpoint, run_dir: str, *, which: str = "latest",
+                            check_finite: Iterable[tf.Variable] = ()) -> str | None:
     """Restores the newest checkpoint of `run_dir` (of `which` kind) that can be read in full; returns its path.
 
-    An unreadable one (truncated or corrupted data, missing index, other variables) is
-    reported on stderr and the next older one is tried; every checkpoint holds every
-    variable, so a later success overwrites whatever a failed attempt assigned. Returns
-    None if the run has no checkpoint; raises CharRNNError if none is readable. With
-    `partial`, the file may hold more than `checkpoint` (a sampler reads only the model).
+    An unreadable one (truncated or corrupted data, missing index, other variables), or one
+    in which any of `check_finite` holds a NaN or an infinity (saved by an older charrnn
+    after a diverged step), is reported on stderr and the next older one is tried; every
+    checkpoint holds every variable, so a later success overwrites whatever a failed
+    attempt assigned. Returns None if the run has no checkpoint; raises CharRNNError if
+    none is usable. The file may hold more than `checkpoint` (a sampler reads only the
+    model, a trainer reads the fingerprints apart), but every object of `checkpoint` must
+    be in it.
     """
+    check_finite = list(check_finite)
     paths = checkpoint_paths(run_dir, which)
     reasons = []
     for path in paths:
         try:
             status = checkpoint.restore(path)
-            if partial:
-                status.expect_partial()
+            status.expect_partial()
             status.assert_existing_objects_matched()
+            if not all_finite(check_finite):
+                raise ValueError("it holds non-finite weights (saved after the training diverged)")
             return path
         except Exception as e:  # noqa: BLE001 - a damaged file surfaces as OpError, IndexError,
             # ValueError, AssertionError... depending on where the reader trips; all mean "unreadable".
             reasons.append(str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__)
-            print(f"charrnn: skipping unreadable checkpoint {path} ({reasons[-1]})", file=sys.stderr)
+            print(f"charrnn: skipping unusable checkpoint {path} ({reasons[-1]})", file=sys.stderr)
     if paths:
-        raise CharRNNError(f"no readable checkpoint in {_directory(run_dir, which)} ({len(paths)} tried, newest: "
+        raise CharRNNError(f"no usable checkpoint in {_directory(run_dir, which)} ({len(paths)} tried, newest: "
                            f"{reasons[0]}); if config.json was edited, undo that; else train into a new --run_dir")
     return None
 
 
+class Fingerprints(tf.Module):
+    """What a checkpoint's weights were trained on: fingerprints of the vocabulary and the text."""
+
+    def __init__(self, vocab: str = "", data: str = "") -> None:
+        super().__init__(name="fingerprints")
+        with tf.device("/CPU:0"):
+            self.vocab = tf.Variable(vocab, trainable=False, name="vocab")
+            self.data = tf.Variable(data, trainable=False, name="data")
+
+
+def read_fingerprints(path: str) -> tuple[str, str] | None:
+    """The (vocabulary, data) fingerprints of checkpoint `path`; None for one saved before charrnn kept them."""
+    try:
+        reader = tf.train.load_checkpoint(path)
+        return tuple(reader.get_tensor(_FINGERPRINT_KEY.format(k)).decode() for k in ("vocab", "data"))
+    except (tf.errors.OpError, ValueError, KeyError):
+        return None
+
+
+def check_vocab(path: str, vocab: Vocabulary, run_dir: str) -> None:
+    """Refuses a vocab.json that is not the vocabulary the checkpoint at `path` was trained with."""
+    saved = read_fingerprints(path)
+    if saved is not None and saved[0] != vocab.fingerprint:
+        raise CharRNNError(f"{os.path.join(run_dir, VOCAB_FILE)} is not the vocabulary {path} was trained with "
+                           f"(fingerprint {vocab.fingerprint}, the checkpoint's {saved[0]}); restore the run's "
+                           "original vocab.json")
+
+
 def load_model(run_dir: str, which: str | None = None, device: str = "/CPU:0") -> tuple[CharRNN, TrainConfig, Vocabulary, str]:
     """The trained model of `run_dir` from its `which` checkpoint (see `resolve_which`),
-    placed on `device`, with the run's config and vocabulary and the checkpoint's path."""
+    placed on `device`, with the run's config and vocabulary and the checkpoint's path.
+
+    If no best checkpoint is usable, the latest one is used, with a warning.
+    """
+    check_run_dir(run_dir)
     if not os.path.isdir(run_dir):
         raise CharRNNError(f"run directory {run_dir} does not exist; pass the --run_dir of a training run")
     no_checkpoint = f"run directory {run_dir} holds no checkpoint; train first with charrnn-train --run_dir={run_dir}"
@@ -172,9 +312,17 @@ def load_model(run_dir: str, which: str | None = None, device: str = "/CPU:0") -
         model = CharRNN(len(vocab), config.embedding_dim, config.rnn_units, config.num_layers,
                         precision=config.mixed_precision, cell=config.cell)
         model.build_for_vocab()
-        path = restore_newest_readable(tf.train.Checkpoint(model=model), run_dir, partial=True, which=which)
+        reader = tf.train.Checkpoint(model=model)
+        try:
+            path = restore_newest_readable(reader, run_dir, which=which, check_finite=model.variables)
+        except CharRNNError as e:
+            if which != "best" or not checkpoint_paths(run_dir, "latest"):
+                raise
+            print(f"charrnn: warning: {e}; using the latest checkpoint instead", file=sys.stderr)
+            path = restore_newest_readable(reader, run_dir, check_finite=model.variables)
     if path is None:
         raise CharRNNError(no_checkpoint)
+    check_vocab(path, vocab, run_dir)
     return model, config, vocab, path
 
 
@@ -183,34 +331,64 @@ class MetricsLog:
 
     Opening it for a run resumed at `resumed_step` first drops the lines of later steps:
     those steps are trained again, and a step must appear once, with the value of the run
-    that continues.
+    that continues. Lines that cannot be read (a torn last line after a crash, damage) are
+    dropped too, with a warning unless it was the last line.
     """
 
     def __init__(self, run_dir: str, resumed_step: int):
-        path = os.path.join(run_dir, METRICS_FILE)
-        old = _read(path)
-        if old:
-            kept = [line for line in old.splitlines(keepends=True) if _line_step(line) <= resumed_step]
-            if len(kept) != len(old.splitlines()):
-                write_atomic(path, "".join(kept))
-        self._file = open(path, "a", encoding="utf-8")
+        self.path = os.path.join(run_dir, METRICS_FILE)
+        try:
+            with open(self.path, "rb") as f:
+                old = f.read()
+        except FileNotFoundError:
+            old = b""
+        except OSError as e:
+            raise storage_error("read", self.path, e) from None
+        lines = old.splitlines(keepends=True)
+        steps = [_line_step(line) for line in lines]
+        damaged = sum(s is None for s in steps[:-1])
+        if damaged:
+            print(f"charrnn: warning: dropped {damaged} unreadable line(s) of {self.path}", file=sys.stderr)
+        kept = [line for line, s in zip(lines, steps) if s is not None and s <= resumed_step]
+        try:
+            if len(kept) != len(lines) or (kept and not kept[-1].endswith(b"\n")):
+                write_atomic(self.path, b"".join(line.rstrip(b"\n") + b"\n" for line in kept).decode("utf-8"))
+            self._file = open(self.path, "a", encoding="utf-8")
+        except OSError as e:
+            raise storage_error("write", self.path, e) from None
 
     def write(self, **values: float | int | None) -> None:
-        self._file.write(json.dumps(values) + "\n")
-        self._file.flush()
+        try:
+            self._file.write(json.dumps(values) + "\n")
+            self._file.flush()
+        except OSError as e:
+            raise storage_error("write", self.path, e) from None
 
     def close(self) -> None:
-        self._file.close()
+        try:
+            self._file.close()
+        except OSError:  # the failed write was already reported
+            pass
 
 
-def _line_step(line: str) -> int:
+def _line_step(line: bytes) -> int | None:
+    """The step of a metrics line, or None if it is not one (torn or damaged)."""
     try:
-        return int(json.loads(line)["step"])
+        record = json.loads(line.decode("utf-8"))
+        return int(record["step"])
     except (ValueError, KeyError, TypeError):
-        return 1 << 62  # a torn last line (crash mid-write) is dropped
+        return None
 
 
 def read_metrics(run_dir: str) -> list[dict]:
-    """The lines of `<run_dir>/metrics.jsonl` as dictionaries."""
-    text = _read(os.path.join(run_dir, METRICS_FILE)) or ""
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
+    """The readable lines of `<run_dir>/metrics.jsonl` as dictionaries (damaged ones skipped)."""
+    try:
+        with open(os.path.join(run_dir, METRICS_FILE), "rb") as f:
+            lines = f.read().splitlines()
+    except FileNotFoundError:
+        return []
+    records = []
+    for line in lines:
+        if _line_step(line) is not None:
+            records.append(json.loads(line.decode("utf-8")))
+    return records

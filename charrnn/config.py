@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import types
+import typing
 from typing import Any
 
 from charrnn.errors import CharRNNError
@@ -57,7 +60,7 @@ class TrainConfig:
     checkpoint_every: int = _field(250, "Save a checkpoint every this many steps (and at every epoch end).")
     max_to_keep: int = _field(5, "Checkpoints to keep.")
     log_every: int = _field(50, "Log a progress line every this many steps when not on a terminal.")
-    seed: int = _field(0, "Seed for initialisation, data order and dropout.")
+    seed: int = _field(0, f"Seed for initialisation, data order and dropout (0 to {2**32 - 1}).")
     steps_per_loop: int = _field(1, "Train steps per compiled call: fewer Python round trips (helps small models and GPUs).")
     jit_compile: bool = _field(False, "Compile the train step with XLA.")
     mixed_precision: str = _field("float32", "Precision policy: float32, mixed_float16 (with loss scaling) or mixed_bfloat16.")
@@ -72,6 +75,10 @@ class TrainConfig:
                              "TPUClusterResolver).")
     num_cpu_devices: int | None = _field(None, "Split the host CPU into this many logical devices before "
                                          "TensorFlow starts (to try mirrored without GPUs).")
+    cluster_timeout: float = _field(300.0, "With --strategy=multi_worker: seconds to wait for every worker of "
+                                    "TF_CONFIG to come up before giving up (exit status 75).")
+    allow_new_data: bool = _field(False, "Resume even though --data is not the text the run was trained on "
+                                  "(every checkpoint records a fingerprint of its training text).")
 
     # Settings a resume must share with the run it continues: the model's shape, and
     # what decides the order of the training data.
@@ -79,6 +86,21 @@ class TrainConfig:
     DATA_FIELDS = ("batch_size", "seq_length", "val_fraction", "shuffle_buffer", "seed", "carry_state")
 
     def __post_init__(self) -> None:
+        self._check_types()
+        for name in ("learning_rate", "lr_decay", "weight_decay", "dropout", "val_fraction", "cluster_timeout"):
+            if not math.isfinite(getattr(self, name)):
+                raise CharRNNError(f"--{name} must be a finite number, got {getattr(self, name)}")
+        for name in ("time_budget", "grad_clip"):
+            if getattr(self, name) is not None and not math.isfinite(getattr(self, name)):
+                raise CharRNNError(f"--{name} must be a finite number, got {getattr(self, name)} "
+                                   "(leave it unset for no limit)")
+        if not 0 <= self.seed < 2**32:
+            raise CharRNNError(f"--seed must be between 0 and {2**32 - 1}, got {self.seed}")
+        if not 0 < self.learning_rate <= 1:
+            raise CharRNNError(f"--learning_rate must be in (0, 1] (Adam's usual range is 1e-4 to 1e-2), "
+                               f"got {self.learning_rate}")
+        if not self.cluster_timeout > 0:
+            raise CharRNNError(f"--cluster_timeout must be positive, got {self.cluster_timeout}")
         positive = ["epochs", "batch_size", "seq_length", "embedding_dim", "rnn_units", "num_layers",
                     "checkpoint_every", "max_to_keep", "log_every", "shuffle_buffer", "steps_per_loop"]
         for name in positive:
@@ -93,8 +115,6 @@ class TrainConfig:
                 raise CharRNNError(f"--{name} needs a validation split; set --val_fraction above 0")
         if self.time_budget is not None and not self.time_budget > 0:
             raise CharRNNError(f"--time_budget must be positive, got {self.time_budget} (leave it unset for no limit)")
-        if not self.learning_rate > 0:
-            raise CharRNNError(f"--learning_rate must be positive, got {self.learning_rate}")
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise CharRNNError(f"--grad_clip must be positive, got {self.grad_clip} (leave it unset for no clipping)")
         if not 0 <= self.dropout < 1:
@@ -107,8 +127,8 @@ class TrainConfig:
             raise CharRNNError(f"--warmup_steps must be >= 0, got {self.warmup_steps}")
         if not 0 < self.lr_decay <= 1:
             raise CharRNNError(f"--lr_decay must be in (0, 1], got {self.lr_decay}")
-        if self.weight_decay < 0:
-            raise CharRNNError(f"--weight_decay must be >= 0, got {self.weight_decay}")
+        if not 0 <= self.weight_decay < 1:
+            raise CharRNNError(f"--weight_decay must be in [0, 1), got {self.weight_decay}")
         if self.mixed_precision not in ("float32", "mixed_float16", "mixed_bfloat16"):
             raise CharRNNError(f"--mixed_precision must be float32, mixed_float16 or mixed_bfloat16, "
                                f"got {self.mixed_precision!r}")
@@ -127,6 +147,25 @@ class TrainConfig:
         if not self.run_dir:
             raise CharRNNError("--run_dir is empty; pass a directory for checkpoints and logs")
 
+    def _check_types(self) -> None:
+        """Each field holds its declared type (an int is accepted for a float, and stored as one)."""
+        for name, kind in typing.get_type_hints(type(self)).items():
+            if name not in self.__dataclass_fields__:
+                continue
+            value = getattr(self, name)
+            optional = typing.get_origin(kind) in (typing.Union, types.UnionType)
+            if optional:
+                if value is None:
+                    continue
+                kind = next(a for a in typing.get_args(kind) if a is not type(None))
+            if kind is float and isinstance(value, int) and not isinstance(value, bool):
+                object.__setattr__(self, name, float(value))
+                continue
+            if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+                words = {int: "an integer", float: "a number", str: "a string", bool: "True or False"}[kind]
+                raise CharRNNError(f"TrainConfig.{name} (--{name}) must be {words}"
+                                   f"{' or None' if optional else ''}, got {value!r}")
+
     def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes)
 
@@ -136,6 +175,8 @@ class TrainConfig:
     @classmethod
     def from_json(cls, payload: str) -> TrainConfig:
         values = json.loads(payload)
+        if not isinstance(values, dict):
+            raise ValueError(f"expected a JSON object of settings, got {type(values).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in known})
 

@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import stat
 import tempfile
 import urllib.error
 import urllib.request
@@ -55,6 +56,9 @@ def resolve_corpus(data: str) -> str:
     if os.path.exists(data):
         if os.path.isdir(data):
             raise CharRNNError(f"--data {data!r} is a directory; pass a UTF-8 text file or one of: {', '.join(CORPORA)}")
+        if not stat.S_ISREG(os.stat(data).st_mode):
+            raise CharRNNError(f"--data {data!r} is not a regular file (a device, pipe or socket); pass a UTF-8 "
+                               "text file")
         return data
     if data not in CORPORA:
         raise CharRNNError(
@@ -127,6 +131,11 @@ class Vocabulary:
         # Sorted code points let encode() map a whole text with one vectorised search.
         self._codepoints = np.array([ord(c) for c in chars], dtype=np.uint32)
 
+    @property
+    def fingerprint(self) -> str:
+        """Identifies the vocabulary: the same characters give the same fingerprint."""
+        return fingerprint("".join(self.chars))
+
     @classmethod
     def from_text(cls, text: str) -> Vocabulary:
         return cls(sorted(set(text)))
@@ -160,7 +169,15 @@ class Vocabulary:
 
     @classmethod
     def from_json(cls, payload: str) -> Vocabulary:
-        return cls(list(json.loads(payload)["chars"]))
+        record = json.loads(payload)
+        if not isinstance(record, dict) or not isinstance(record.get("chars"), str):
+            raise ValueError('expected {"chars": "<the characters>"}')
+        return cls(list(record["chars"]))
+
+
+def fingerprint(text: str) -> str:
+    """A short hash of `text` that tells two texts (or vocabularies) apart."""
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
 def split_ids(ids: np.ndarray, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:

@@ -18,6 +18,17 @@ from charrnn.devices import resolve_device
 from charrnn.errors import CharRNNError
 
 
+# What a collective op raises when a peer worker died or became unreachable.
+PEER_ERRORS = (tf.errors.UnavailableError, tf.errors.AbortedError, tf.errors.CancelledError,
+               tf.errors.DeadlineExceededError, tf.errors.InternalError)
+
+
+def describe(error: tf.errors.OpError) -> str:
+    """The first line of a TensorFlow error's message, shortened."""
+    lines = (getattr(error, "message", "") or str(error) or type(error).__name__).strip().splitlines()
+    return lines[0][:200] if lines else type(error).__name__
+
+
 def configure_cpu_devices(count: int) -> None:
     """Splits the host CPU into `count` logical devices, to run `mirrored` without GPUs.
 
@@ -56,10 +67,15 @@ def make_strategy(name: str, devices: str | None = None, tpu: str | None = None)
             raise CharRNNError(f"TF_CONFIG is not valid JSON ({e})") from None
         return tf.distribute.MultiWorkerMirroredStrategy()
     if name == "tpu":
-        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu or "")
-        tf.config.experimental_connect_to_cluster(resolver)
-        tf.tpu.experimental.initialize_tpu_system(resolver)
-        return tf.distribute.TPUStrategy(resolver)
+        try:
+            resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu or "")
+            tf.config.experimental_connect_to_cluster(resolver)
+            tf.tpu.experimental.initialize_tpu_system(resolver)
+            return tf.distribute.TPUStrategy(resolver)
+        except (ValueError, RuntimeError, tf.errors.OpError) as e:
+            where = f"at {tpu}" if tpu else "on this machine"
+            raise CharRNNError(f"--strategy=tpu: no TPU found {where} ({str(e).strip().splitlines()[0][:150]}); "
+                               "run on a TPU VM, pass --tpu=<address>, or pick another --strategy") from None
     raise CharRNNError(f"--strategy must be one of {', '.join(STRATEGIES)}, got {name!r}")
 
 

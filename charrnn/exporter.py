@@ -14,15 +14,17 @@ two compiled functions:
 from __future__ import annotations
 
 import os
+import shutil
 
 import keras
 import tensorflow as tf
 
 from charrnn import checkpoint
+from charrnn.checkpoint import storage_error
 from charrnn.data import Vocabulary
 from charrnn.errors import CharRNNError
 from charrnn.model import CharRNN
-from charrnn.sampler import Sampler
+from charrnn.sampler import MAX_TEMPERATURE, MIN_TEMPERATURE, Sampler
 
 
 class _Generator(tf.Module):
@@ -54,7 +56,9 @@ class _Generator(tf.Module):
                 tf.debugging.Assert(tf.reduce_all(lengths == lengths[0]),
                                     ["the prompts of one call must have the same length; lengths:", lengths]),
                 tf.debugging.Assert(num_chars >= 1, ["num_chars must be >= 1, got", num_chars]),
-                tf.debugging.Assert(temperature > 0, ["temperature must be > 0, got", temperature]),
+                tf.debugging.Assert((temperature >= MIN_TEMPERATURE) & (temperature <= MAX_TEMPERATURE),
+                                    [f"temperature must be between {MIN_TEMPERATURE:g} and {MAX_TEMPERATURE:g}, got",
+                                     temperature]),
             ]
             with tf.control_dependencies(checks):
                 prime_ids = ids.to_tensor()
@@ -76,8 +80,8 @@ class _Generator(tf.Module):
 def export(run_dir: str, export_dir: str, which: str | None = None) -> str:
     """Writes run_dir's `which` checkpoint (best by default, else latest) as a SavedModel
     in `export_dir` (which must not exist yet, or be empty); returns the checkpoint used."""
-    if os.path.isdir(export_dir) and os.listdir(export_dir):
-        raise CharRNNError(f"export directory {export_dir} is not empty; pass a new --export_dir")
+    _check_export_dir(export_dir)
+    created = not os.path.exists(export_dir)
     with tf.device("/CPU:0"):
         model, _, vocab, path = checkpoint.load_model(run_dir, which, "/CPU:0")
         module = _Generator(model, vocab)
@@ -94,6 +98,33 @@ def export(run_dir: str, export_dir: str, which: str | None = None) -> str:
             # The export is for inference: the fused LSTM's hand-written gradient stays behind.
             archive.write_out(export_dir, options=tf.saved_model.SaveOptions(experimental_custom_gradients=False),
                               verbose=False)
-        except OSError as e:
-            raise CharRNNError(f"cannot write the SavedModel to {export_dir} ({e}); pass a writable --export_dir") from None
+        except (OSError, tf.errors.OpError) as e:
+            # Half a SavedModel is worse than none: remove what this call wrote.
+            for name in os.listdir(export_dir) if os.path.isdir(export_dir) else []:
+                shutil.rmtree(os.path.join(export_dir, name), ignore_errors=True)
+                if os.path.lexists(os.path.join(export_dir, name)):
+                    os.unlink(os.path.join(export_dir, name))
+            if created:
+                shutil.rmtree(export_dir, ignore_errors=True)
+            raise storage_error("write the SavedModel to", export_dir, e) from None
     return path
+
+
+def _check_export_dir(export_dir: str) -> None:
+    """Refuses, before anything is loaded or written, an export directory that cannot take a new SavedModel."""
+    if not export_dir:
+        raise CharRNNError("--export_dir is empty; pass a new or empty directory for the SavedModel")
+    if os.path.exists(export_dir):
+        if not os.path.isdir(export_dir):
+            raise CharRNNError(f"--export_dir {export_dir} is a file; pass a new or empty directory")
+        if os.listdir(export_dir):
+            raise CharRNNError(f"export directory {export_dir} is not empty; pass a new --export_dir")
+        existing = export_dir
+    else:
+        existing = os.path.dirname(os.path.abspath(export_dir))
+        while not os.path.exists(existing):
+            existing = os.path.dirname(existing)
+        if not os.path.isdir(existing):
+            raise CharRNNError(f"--export_dir {export_dir} is under {existing}, which is a file; pass a directory path")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise CharRNNError(f"cannot write to {existing} (permission denied or read-only); pass a writable --export_dir")

@@ -23,14 +23,21 @@ from charrnn.model import CharRNN
 
 MAX_NUM_CHARS = 1_000_000
 MAX_NUM_SAMPLES = 4096
+# Below MIN_TEMPERATURE, logits / temperature overflow float32 (use greedy instead); above
+# MAX_TEMPERATURE every character is equally likely anyway.
+MIN_TEMPERATURE, MAX_TEMPERATURE = 1e-6, 1e6
+SEED_RANGE = (-(2**63), 2**63 - 1)  # int64
 
 
 def _check_options(prime: str, num_chars: int, temperature: float, num_samples: int, top_k: int, top_p: float,
-                   stop_at: str | None) -> None:
+                   stop_at: str | None, seed: int | None) -> None:
     if not prime:
         raise CharRNNError("the prime is empty; pass at least one character to start from")
-    if not temperature > 0:
-        raise CharRNNError(f"temperature must be > 0, got {temperature}")
+    if not MIN_TEMPERATURE <= temperature <= MAX_TEMPERATURE:
+        raise CharRNNError(f"temperature must be between {MIN_TEMPERATURE:g} and {MAX_TEMPERATURE:g}, got {temperature} "
+                           "(for the most likely character every time, use greedy)")
+    if seed is not None and not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
+        raise CharRNNError(f"seed must be a 64-bit integer, between {SEED_RANGE[0]} and {SEED_RANGE[1]}, got {seed}")
     if not 0 <= num_chars <= MAX_NUM_CHARS:
         raise CharRNNError(f"num_chars must be between 0 and {MAX_NUM_CHARS:,}, got {num_chars}")
     if not 1 <= num_samples <= MAX_NUM_SAMPLES:
@@ -95,7 +102,7 @@ class Sampler:
         stops once every sample has reached it. The same `seed` and arguments give the same
         text; without one a random seed is drawn.
         """
-        _check_options(prime, num_chars, temperature, num_samples, top_k, top_p, stop_at)
+        _check_options(prime, num_chars, temperature, num_samples, top_k, top_p, stop_at, seed)
         stop_ids = self.vocab.encode(stop_at) if stop_at else np.zeros([0], np.int32)
         prime_ids = self.vocab.encode(prime)
         if num_chars == 0:
@@ -120,7 +127,7 @@ class Sampler:
         """Yields the text that `generate(prime, ...)` returns after the prime, piece by piece
         as it is produced: compiled chunks of `chunk` steps, the state carried between them.
         The same seed and options give exactly `generate`'s text (one sample)."""
-        _check_options(prime, num_chars, temperature, 1, top_k, top_p, stop_at)
+        _check_options(prime, num_chars, temperature, 1, top_k, top_p, stop_at, seed)
         if chunk < 1:
             raise CharRNNError(f"chunk must be at least 1, got {chunk}")
         if num_chars == 0:

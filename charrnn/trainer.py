@@ -26,11 +26,12 @@ from tensorflow.core.framework import summary_pb2
 
 from charrnn import checkpoint, distribute, preemption
 from charrnn.config import TrainConfig
-from charrnn.data import (Vocabulary, make_dataset, make_stream_dataset, num_stream_batches, num_windows, read_text,
-                          resolve_corpus, split_ids)
+from charrnn.data import (Vocabulary, fingerprint, make_dataset, make_stream_dataset, num_stream_batches, num_windows,
+                          read_text, resolve_corpus, split_ids)
 from charrnn.devices import resolve_device
 from charrnn.errors import CharRNNError
 from charrnn.evaluator import Evaluator
+from charrnn.lock import RunLock
 from charrnn.model import CharRNN
 from charrnn.preemption import Stopped
 from charrnn.sampler import Sampler
@@ -124,14 +125,15 @@ class Trainer:
             raise CharRNNError(f"--batch_size={config.batch_size} is the global batch and must divide evenly among "
                                f"the strategy's {self.num_replicas} replicas; use a multiple of {self.num_replicas}")
         self.is_chief = distribute.is_chief(self.strategy)
+        checkpoint.check_run_dir(config.run_dir)
         text = read_text(resolve_corpus(config.data))
-        saved = checkpoint.load_run_files(config.run_dir)
         self.vocab = Vocabulary.from_text(text)
+        self._data_fingerprint = fingerprint(text)
         ids = self.vocab.encode(text)
+        del text
         self._train_ids, self._val_ids = split_ids(ids, config.val_fraction)
         self._check_sizes(len(ids))
-        if saved is not None:
-            self._check_resumable(*saved)
+        self._check_run_files()
         if config.carry_state:
             self.steps_per_epoch = num_stream_batches(len(self._train_ids), config.seq_length, config.batch_size)
         else:
@@ -172,11 +174,15 @@ class Trainer:
                 tf.Variable(tf.zeros([config.batch_size, config.rnn_units], self.model.state_dtype), trainable=False,
                             name=f"carried_state_{i}")
                 for i in range(config.num_layers * self.model.state_size if config.carry_state else 0)]
-            self._checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer, step=self.step,
-                                                   epoch=self.epoch, epoch_loss_sum=self.epoch_loss_sum,
-                                                   finalized_step=self.finalized_step, rng=self.rng,
-                                                   validation=self.validation, carried_state=self.carried_state)
-        self.restored_from = checkpoint.restore_newest_readable(self._checkpoint, config.run_dir)
+            state = dict(model=self.model, optimizer=self.optimizer, step=self.step, epoch=self.epoch,
+                         epoch_loss_sum=self.epoch_loss_sum, finalized_step=self.finalized_step, rng=self.rng,
+                         validation=self.validation, carried_state=self.carried_state)
+        # Saved with every checkpoint; restored apart (see _restore), so that checkpoints of
+        # versions that did not record fingerprints still restore.
+        self._fingerprints = checkpoint.Fingerprints(self.vocab.fingerprint, self._data_fingerprint)
+        self._checkpoint = tf.train.Checkpoint(**state, fingerprints=self._fingerprints)
+        self._restorable = tf.train.Checkpoint(**state)
+        self._restore()
 
         spec = tf.TensorSpec([None, None], tf.int32)
         # train_step(inputs, targets) -> (loss, finite): one compiled optimisation step on a
@@ -197,6 +203,37 @@ class Trainer:
         self.train_seconds = self.eval_seconds = 0.0
 
     # -- checks ---------------------------------------------------------------------------
+
+    def _check_run_files(self) -> None:
+        """Refuses a run directory whose config or vocabulary this run cannot continue."""
+        saved = checkpoint.load_run_files(self.config.run_dir)
+        if saved is not None:
+            self._check_resumable(*saved)
+
+    def _restore(self) -> None:
+        """Restores the newest usable checkpoint and checks that this run can continue it.
+
+        Sets `restored_from` (None for a new run) and remembers which checkpoints existed,
+        so that fit() notices one saved in between (by a trainer that held the lock then).
+        """
+        run_dir = self.config.run_dir
+        self._seen_checkpoints = checkpoint.checkpoint_paths(run_dir)
+        variables = self.model.variables + self.optimizer.variables
+        self.restored_from = checkpoint.restore_newest_readable(self._restorable, run_dir, check_finite=variables)
+        if self.restored_from is None:
+            return
+        checkpoint.check_vocab(self.restored_from, self.vocab, run_dir)
+        saved = checkpoint.read_fingerprints(self.restored_from)
+        if saved is not None and saved[1] != self._data_fingerprint and not self.config.allow_new_data:
+            raise CharRNNError(f"{self.config.data} is not the text run directory {run_dir} was trained on "
+                               f"(fingerprint {self._data_fingerprint}, the checkpoint's {saved[1]}); pass "
+                               "--allow_new_data to continue training on it, or use a new --run_dir")
+        step, epoch = int(self.step.numpy()), int(self.epoch.numpy())
+        if step == (epoch + 1) * self.steps_per_epoch and int(self.finalized_step.numpy()) == step:
+            epoch += 1
+        if not 0 <= step - epoch * self.steps_per_epoch <= self.steps_per_epoch:
+            raise CharRNNError(f"checkpoint step {step} and epoch {epoch} do not fit {self.steps_per_epoch} "
+                               "steps per epoch; the run directory belongs to other data, use a new --run_dir")
 
     def _check_resumable(self, saved_config: TrainConfig, saved_vocab: Vocabulary) -> None:
         problems = self.config.mismatches(saved_config)
@@ -348,15 +385,48 @@ class Trainer:
         CharRNNError; that step is not applied and no checkpoint is written for it.
         """
         c = self.config
-        # Every worker of a multi-worker run takes part in each save, but only the chief's
-        # files are the run's; the others write to a temporary directory, removed at the end
-        # (as TensorFlow's multi-worker guide prescribes).
-        write_dir = c.run_dir if self.is_chief else tempfile.mkdtemp(prefix="charrnn_worker_")
+        if not self.is_chief:
+            # Every worker of a multi-worker run takes part in each save, but only the chief's
+            # files are the run's (and only the chief holds the lock); the others write to a
+            # temporary directory, removed at the end (as TensorFlow's multi-worker guide says).
+            write_dir = tempfile.mkdtemp(prefix="charrnn_worker_")
+            try:
+                return self._fit(write_dir, handle_signals)
+            finally:
+                shutil.rmtree(write_dir, ignore_errors=True)
+        try:
+            os.makedirs(c.run_dir, exist_ok=True)
+        except OSError as e:
+            raise checkpoint.storage_error("create the run directory", c.run_dir, e) from None
+        run_lock = RunLock(c.run_dir)
+        try:
+            run_lock.acquire()
+        except OSError as e:
+            raise checkpoint.storage_error("lock the run directory", c.run_dir, e) from None
+        try:
+            for path in checkpoint.remove_leftovers(c.run_dir):
+                print(f"charrnn: removed {path}, left by an interrupted write", file=sys.stderr)
+            if checkpoint.checkpoint_paths(c.run_dir) != self._seen_checkpoints:
+                # Another trainer saved since this one was built: continue from its state.
+                self._check_run_files()
+                self._restore()
+            return self._fit(c.run_dir, handle_signals)
+        finally:
+            run_lock.release()
+
+    def _fit(self, write_dir: str, handle_signals: bool) -> list[EpochStats]:
+        c = self.config
         checkpoint.save_run_files(write_dir, c, self.vocab)
+        logs = os.path.join(write_dir, checkpoint.LOG_DIR)
+        try:
+            writer = tf.summary.create_file_writer(logs)
+        except (OSError, tf.errors.OpError) as e:
+            raise checkpoint.storage_error("write TensorBoard logs to", logs, e) from None
         run = _Run(
             manager=checkpoint.checkpoint_manager(self._checkpoint, write_dir, c.max_to_keep),
             best=checkpoint.checkpoint_manager(self._checkpoint, write_dir, 1, which="best"),
-            writer=tf.summary.create_file_writer(os.path.join(write_dir, checkpoint.LOG_DIR)),
+            writer=writer,
+            logs=logs,
             metrics=checkpoint.MetricsLog(write_dir, resumed_step=int(self.step.numpy())),
             progress=_Progress(self.total_steps, c.log_every),
             # Under multi_worker, SIGTERM belongs to TensorFlow's preemption handler (below).
@@ -387,22 +457,38 @@ class Trainer:
                 print(f"Time budget of {c.time_budget:g} s reached at step {int(self.step.numpy())}; "
                       "run the same command again to continue", flush=True)
         except Stopped:
-            path = run.manager.save(checkpoint_number=int(self.step.numpy()))
+            path = self._save(run.manager)
             raise preemption.Preempted(
                 f"stopped by {run.stop.requested} at step {int(self.step.numpy())}; checkpoint saved to {path}; "
                 "run the same command again to continue", path) from None
+        except distribute.PEER_ERRORS as e:
+            if c.strategy != "multi_worker":
+                raise
+            # A worker died or became unreachable (the collective ops fail at once).
+            raise preemption.Preempted(
+                f"lost a worker of the cluster at step {int(self.step.numpy())} ({distribute.describe(e)}); "
+                f"a relaunch resumes from {run.manager.latest_checkpoint or 'the start'}: run the same command "
+                "again on every worker", run.manager.latest_checkpoint) from None
         finally:
             run.metrics.close()
-            run.writer.flush()
-            if not self.is_chief:
-                shutil.rmtree(write_dir, ignore_errors=True)
+            _flush(run)
             self.train_seconds, self.eval_seconds = run.train_seconds, run.eval_seconds
         return history
+
+    def _save(self, manager: tf.train.CheckpointManager) -> str:
+        """Saves the current state as checkpoint `step` with `manager`, if every weight is finite."""
+        step = int(self.step.numpy())
+        if not checkpoint.all_finite(self.model.variables + self.optimizer.variables):
+            raise CharRNNError(
+                f"the weights are not finite at step {step} (training diverged); nothing was saved and the last "
+                f"checkpoint ({manager.latest_checkpoint or 'none'}) is kept; lower --learning_rate or set "
+                "--grad_clip, then run again")
+        return checkpoint.save(manager, step)
 
     def _exit_preempted(self, run: _Run) -> None:
         """Called by TensorFlow's preemption handler once every worker has saved."""
         run.metrics.close()
-        run.writer.flush()
+        _flush(run)
         print(f"charrnn: stopped by the preemption of a worker at step {int(self.step.numpy())}; checkpoint saved to "
               f"{run.manager.latest_checkpoint}; run the same command again on every worker to continue",
               file=sys.stderr, flush=True)
@@ -435,10 +521,10 @@ class Trainer:
             v.best_loss.assign(val_loss)
             v.best_step.assign(step)
             v.since_best.assign(0)
-            run.best.save(checkpoint_number=step)
+            self._save(run.best)
         else:
             v.since_best.assign_add(1)
-        _write_scalars(run.writer, step, val_loss=val_loss, val_bpc=val_loss / math.log(2))
+        _write_scalars(run, step, val_loss=val_loss, val_bpc=val_loss / math.log(2))
         return val_loss
 
     def _evaluation_due(self, step: int, epoch_end: int) -> bool:
@@ -460,10 +546,7 @@ class Trainer:
         if step == (epoch + 1) * self.steps_per_epoch and int(self.finalized_step.numpy()) == step:
             epoch += 1
             self.epoch.assign(epoch)
-        offset = step - epoch * self.steps_per_epoch
-        if not 0 <= offset <= self.steps_per_epoch:
-            raise CharRNNError(f"checkpoint step {step} and epoch {epoch} do not fit {self.steps_per_epoch} "
-                               "steps per epoch; the run directory belongs to other data, use a new --run_dir")
+        offset = step - epoch * self.steps_per_epoch  # in [0, steps_per_epoch]: checked by _restore
         if offset == 0:
             self.epoch_loss_sum.assign(0.0)
             for variable in self.carried_state:
@@ -487,7 +570,7 @@ class Trainer:
                 run.metrics.write(step=step, val_loss=val_loss, val_bpc=val_loss / math.log(2))
                 run.progress.validation(step, val_loss, self.validation)
             if step != start_step and step % c.checkpoint_every == 0 and step < epoch_end:
-                run.manager.save(checkpoint_number=step)
+                self._save(run.manager)
             if run.stop_requested():
                 raise Stopped
             if step >= epoch_end or run.out_of_time() or self._patience_exhausted():
@@ -514,7 +597,7 @@ class Trainer:
                 rate = (step - start_step) / (time.perf_counter() - start)
                 budget_left = None if c.time_budget is None else c.time_budget - run.train_seconds
                 run.progress.show(epoch, c.epochs, step, float(losses[-1]), rate, budget_left)
-                _write_scalars(run.writer, step, loss=float(losses[-1]),
+                _write_scalars(run, step, loss=float(losses[-1]),
                                learning_rate=float(self.optimizer.learning_rate), steps_per_sec=rate)
             if run.preemption is not None:  # after this chunk's metrics: a preemption ends the process here
                 run.preemption.save_checkpoint_if_preempted(checkpoint_number=step)
@@ -530,7 +613,7 @@ class Trainer:
         run.progress.end_epoch(stats, c.epochs)
         run.metrics.write(step=step, epoch=epoch + 1, train_loss=train_loss, val_loss=val_loss, val_bpc=stats.val_bpc)
         self.finalized_step.assign(step)
-        run.manager.save(checkpoint_number=step)
+        self._save(run.manager)
         return stats
 
     def generate(self, prime: str, num_chars: int = 500, temperature: float = 0.5, num_samples: int = 1,
@@ -549,10 +632,20 @@ _SCALAR_METADATA = summary_pb2.SummaryMetadata(
 ).SerializeToString()
 
 
-def _write_scalars(writer: tf.summary.SummaryWriter, step: int, **values: float) -> None:
-    with writer.as_default(step=step):
-        for name, value in values.items():
-            tf.summary.write(name, tf.constant(value, tf.float32), metadata=_SCALAR_METADATA)
+def _write_scalars(run: _Run, step: int, **values: float) -> None:
+    try:
+        with run.writer.as_default(step=step):
+            for name, value in values.items():
+                tf.summary.write(name, tf.constant(value, tf.float32), metadata=_SCALAR_METADATA)
+    except tf.errors.OpError as e:
+        raise checkpoint.storage_error("write TensorBoard logs to", run.logs, e) from None
+
+
+def _flush(run: _Run) -> None:
+    try:
+        run.writer.flush()
+    except tf.errors.OpError as e:
+        raise checkpoint.storage_error("write TensorBoard logs to", run.logs, e) from None
 
 
 @dataclasses.dataclass
@@ -562,6 +655,7 @@ class _Run:
     manager: tf.train.CheckpointManager
     best: tf.train.CheckpointManager
     writer: tf.summary.SummaryWriter
+    logs: str
     metrics: checkpoint.MetricsLog
     progress: _Progress
     stop: preemption.StopRequest | None

@@ -170,7 +170,7 @@ def test_damaged_newest_checkpoint_falls_back_to_an_older_one(small_text, tmp_pa
     _damage(run, how)
     proc = run_cli("train", *args, "--max_steps=8")
     assert proc.returncode == 0, proc.stderr
-    assert re.search(r"skipping unreadable checkpoint \S+ckpt-6 ", proc.stderr), proc.stderr
+    assert re.search(r"skipping unusable checkpoint \S+ckpt-6 ", proc.stderr), proc.stderr
     assert "Resumed from" in proc.stdout and "ckpt-4 at step 4" in proc.stdout
     sample = run_cli("sample", f"--run_dir={run}", "--num_chars=5", "--seed=1")
     assert sample.returncode == 0, sample.stderr
@@ -185,7 +185,7 @@ def test_no_readable_checkpoint_stops_with_a_message(small_text, tmp_path):
     before = _snapshot(run)
     proc = run_cli("train", *args)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert "no readable checkpoint" in proc.stderr.strip().splitlines()[-1]
+    assert "no usable checkpoint" in proc.stderr.strip().splitlines()[-1]
     assert _snapshot(run) == before
 
 
@@ -201,7 +201,8 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(small_text, tm
     for before, after in zip(weights_before, trainer.model.trainable_variables):
         np.testing.assert_array_equal(before, after.numpy())
     assert tf.train.latest_checkpoint(str(tmp_path / "run" / "ckpt")).endswith("ckpt-4")
-    assert all(np.isfinite(v).all() for v in _checkpoint_values(tmp_path / "run").values())
+    values = [v for v in _checkpoint_values(tmp_path / "run").values() if np.asarray(v).dtype.kind == "f"]
+    assert values and all(np.isfinite(v).all() for v in values)
 
 
 # -- bad input: one line, exit status 2, no traceback, nothing in the run directory changed --
@@ -230,8 +231,8 @@ TRAIN_ERRORS = [
     (["--epochs=0"], "--epochs must be at least 1"),
     (["--max_steps=-1"], "--max_steps must be at least 1"),
     (["--checkpoint_every=0"], "--checkpoint_every must be at least 1"),
-    (["--learning_rate=-1"], "--learning_rate must be positive"),
-    (["--learning_rate=0"], "--learning_rate must be positive"),
+    (["--learning_rate=-1"], "--learning_rate must be in (0, 1]"),
+    (["--learning_rate=0"], "--learning_rate must be in (0, 1]"),
     (["--grad_clip=0"], "--grad_clip must be positive"),
     (["--dropout=1"], "--dropout must be in [0, 1)"),
     (["--val_fraction=1"], "--val_fraction must be in [0, 1)"),
@@ -261,8 +262,8 @@ SAMPLE_ERRORS = [
     (["--run_dir={tmp}/nope"], "does not exist"),
     (["--run_dir={tmp}"], "holds no checkpoint"),
     (["--prime=Qo#"], "2 character(s) not in the model's vocabulary: '#', 'Q'"),
-    (["--temperature=0"], "temperature must be > 0"),
-    (["--temperature=-2"], "temperature must be > 0"),
+    (["--temperature=0"], "temperature must be between 1e-06 and 1e+06"),
+    (["--temperature=-2"], "temperature must be between 1e-06 and 1e+06"),
     (["--num_chars=-5"], "num_chars must be between 0 and 1,000,000"),
     (["--num_chars=99999999"], "num_chars must be between 0 and 1,000,000"),
     (["--num_samples=0"], "num_samples must be between 1 and 4096"),
@@ -293,7 +294,7 @@ def test_sample_refuses_run_files_that_do_not_match_the_checkpoint(tmp_path, tra
         path.write_text(path.read_text().replace("z", ""))
     proc = run_cli("sample", f"--run_dir={run}", "--num_chars=5")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert "no readable checkpoint" in proc.stderr.strip().splitlines()[-1]
+    assert "no usable checkpoint" in proc.stderr.strip().splitlines()[-1]
 
 
 def test_unwritable_run_directory(tmp_path, small_text):
@@ -305,4 +306,4 @@ def test_unwritable_run_directory(tmp_path, small_text):
         target = str(locked / "run")
     proc = run_cli("train", f"--data={small_text}", f"--run_dir={target}", "--max_steps=1", *TINY_FLAGS)
     assert proc.returncode == 2, proc.stderr
-    assert "cannot write to run directory" in proc.stderr and "Traceback" not in proc.stderr
+    assert "cannot create the run directory" in proc.stderr and "Traceback" not in proc.stderr

@@ -43,8 +43,8 @@ def test_out_of_vocabulary_prime_lists_the_characters(sampler):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(temperature=0.0), "temperature must be > 0"),
-    (dict(temperature=-1.0), "temperature must be > 0"),
+    (dict(temperature=0.0), "temperature must be between 1e-06 and"),
+    (dict(temperature=-1.0), "temperature must be between 1e-06 and"),
     (dict(num_chars=-1), "num_chars must be between 0 and"),
     (dict(num_chars=MAX_NUM_CHARS + 1), "num_chars must be between 0 and"),
     (dict(num_samples=0), "num_samples must be between 1 and"),

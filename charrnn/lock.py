@@ -1,0 +1,102 @@
+"""`RunLock`: one trainer per run directory.
+
+The lock is `<run_dir>/train.lock`, held with `flock` for as long as a trainer runs and
+holding its host, pid and start time as JSON so that a refused second trainer can name it.
+The kernel drops an `flock` when its holder dies (SIGKILL, a crash), so a lock file left
+behind by a dead trainer is taken over by the next one without any manual step. A trainer
+that ends normally removes the file.
+
+Guarantees: on a local disk, two processes (on this machine) never hold the lock at once.
+On NFS, Linux implements `flock` with the server's byte-range locks, which hold across
+machines when the server supports locking (NFSv4 does; a lock of a machine that crashed is
+released when the server's lease expires). On a filesystem without locks (some FUSE mounts)
+charrnn warns and runs unlocked.
+"""
+
+from __future__ import annotations
+
+import datetime
+import errno
+import fcntl
+import json
+import os
+import socket
+import sys
+
+from charrnn.errors import CharRNNError
+
+LOCK_FILE = "train.lock"
+
+
+class RunLock:
+    """Context manager: holds the lock of `run_dir` (which must exist) or raises CharRNNError."""
+
+    def __init__(self, run_dir: str):
+        self.path = os.path.join(run_dir, LOCK_FILE)
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _describe(_read_holder(fd))
+                os.close(fd)
+                raise CharRNNError(f"run directory {os.path.dirname(self.path)} is in use by another trainer "
+                                   f"({holder}); wait for it to finish or stop it, or train into another --run_dir")
+            except OSError as e:
+                if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                    os.close(fd)
+                    raise
+                print(f"charrnn: warning: {self.path}: the filesystem does not support locks ({e.strerror}); "
+                      "nothing stops a second trainer on this run directory", file=sys.stderr)
+            # A holder that released the lock unlinks the file first: if ours is no longer
+            # the file at that path, lock the new one instead.
+            try:
+                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        previous = _read_holder(fd)
+        if previous:
+            print(f"charrnn: taking over the lock of {os.path.dirname(self.path)} from a trainer that is gone "
+                  f"({_describe(previous)})", file=sys.stderr)
+        record = json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
+                             "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds")})
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (record + "\n").encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        try:
+            os.unlink(self.path)  # before unlocking, so that no one locks a file about to vanish
+        except OSError:
+            pass
+        os.close(self._fd)
+        self._fd = None
+
+    def __enter__(self) -> RunLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _read_holder(fd: int) -> dict:
+    try:
+        record = json.loads(os.pread(fd, 4096, 0).decode("utf-8"))
+    except (ValueError, OSError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def _describe(holder: dict) -> str:
+    if not holder:
+        return "holder unknown"
+    return f"pid {holder.get('pid', '?')} on host {holder.get('host', '?')}, started {holder.get('started', '?')}"

@@ -1,0 +1,377 @@
+"""Faults at the edges of real launches: a second trainer, a full disk, a poisoned step, run
+files that lie, inputs at their limits. In process where a process is not the point."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import re
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from charrnn import CharRNNError, Sampler, TrainConfig, Trainer, export
+from charrnn import checkpoint as ckpt
+from charrnn.data import fingerprint
+from charrnn.lock import LOCK_FILE, RunLock
+from conftest import TINY_FLAGS, run_cli, tiny_config
+
+
+def _snapshot(directory: Path) -> dict[str, bytes]:
+    return {str(p): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def _leftovers(run: Path) -> list[str]:
+    return [str(p) for p in run.rglob("*") if p.name.endswith("_temp") or ".tmp" in p.name or p.name == LOCK_FILE]
+
+
+@pytest.fixture(scope="module")
+def text_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("edges") / "text.txt"
+    path.write_text("The quick brown fox jumps over the lazy dog.\n" * 40)
+    return path
+
+
+@pytest.fixture(scope="module")
+def base_run(tmp_path_factory, text_file) -> Path:
+    """A finished 4-step run with a checkpoint every 2 steps and a best checkpoint."""
+    run = tmp_path_factory.mktemp("edges") / "run"
+    Trainer(_config(text_file, run)).fit()
+    return run
+
+
+@pytest.fixture
+def run_copy(tmp_path, base_run) -> Path:
+    run = tmp_path / "run"
+    shutil.copytree(base_run, run)
+    return run
+
+
+def _config(text_file: Path, run: Path, **overrides) -> TrainConfig:
+    return tiny_config(text_file, run, **{"max_steps": 4, "checkpoint_every": 2, "eval_every": 2, "log_every": 1,
+                                          **overrides})
+
+
+# -- one trainer per run directory ----------------------------------------------------------
+
+def test_a_held_lock_refuses_a_second_trainer_and_changes_nothing(text_file, run_copy):
+    before = _snapshot(run_copy)
+    with RunLock(str(run_copy)):
+        holder = json.loads((run_copy / LOCK_FILE).read_text())
+        assert holder["pid"] == os.getpid() and holder["host"] and holder["started"]
+        with pytest.raises(CharRNNError, match=rf"in use by another trainer \(pid {os.getpid()} on host "):
+            Trainer(_config(text_file, run_copy, max_steps=6)).fit()
+        with pytest.raises(CharRNNError, match="in use by another trainer"):
+            RunLock(str(run_copy)).acquire()
+        assert {k: v for k, v in _snapshot(run_copy).items() if not k.endswith(LOCK_FILE)} == before
+    assert not (run_copy / LOCK_FILE).exists()  # released and removed
+    Trainer(_config(text_file, run_copy, max_steps=6)).fit()  # free again
+
+
+def test_a_lock_left_by_a_dead_trainer_is_taken_over(run_copy, capsys):
+    (run_copy / LOCK_FILE).write_text(json.dumps({"host": "gone", "pid": 999999, "started": "yesterday"}))
+    with RunLock(str(run_copy)):
+        assert json.loads((run_copy / LOCK_FILE).read_text())["pid"] == os.getpid()
+    err = capsys.readouterr().err
+    assert "taking over the lock" in err and "pid 999999 on host gone, started yesterday" in err
+
+
+def test_a_trainer_built_before_another_finished_continues_from_its_checkpoint(text_file, run_copy):
+    early = Trainer(_config(text_file, run_copy, max_steps=10))  # restores step 4
+    Trainer(_config(text_file, run_copy, max_steps=8)).fit()  # another trainer gets there first
+    early.fit()
+    steps = [m["step"] for m in ckpt.read_metrics(run_copy) if "loss" in m]
+    assert steps == list(range(1, 11))  # nothing trained twice, nothing lost
+
+
+# -- storage faults --------------------------------------------------------------------------
+
+def _fail_checkpoint_writes(monkeypatch, which: str) -> None:
+    real = tf.train.CheckpointManager.save
+
+    def save(self, checkpoint_number=None, **kwargs):
+        if os.path.basename(self.directory) == which:
+            os.makedirs(os.path.join(self.directory, f"ckpt-{checkpoint_number}_temp"))
+            raise tf.errors.ResourceExhaustedError(None, None, f"{self.directory}/ckpt-{checkpoint_number}_temp/part; "
+                                                   "No space left on device")
+        return real(self, checkpoint_number=checkpoint_number, **kwargs)
+
+    monkeypatch.setattr(tf.train.CheckpointManager, "save", save)
+
+
+@pytest.mark.parametrize("which", ["ckpt", "best"])
+def test_disk_full_during_a_checkpoint_is_one_error_and_the_previous_one_stays(text_file, run_copy, monkeypatch,
+                                                                                which):
+    _fail_checkpoint_writes(monkeypatch, which)
+    with pytest.raises(CharRNNError, match=rf"cannot write checkpoint \S+/{which}/ckpt-6 \(No space left on device\)"):
+        Trainer(_config(text_file, run_copy, max_steps=8)).fit()
+    assert not _leftovers(run_copy)
+    monkeypatch.undo()
+    assert ckpt.checkpoint_paths(str(run_copy))[0].endswith("ckpt-4")
+    Trainer(_config(text_file, run_copy, max_steps=8)).fit()  # space freed: the same command continues
+
+
+def _quota_exceeded(*args, **kwargs):
+    raise OSError(errno.EDQUOT, os.strerror(errno.EDQUOT))
+
+
+@pytest.mark.parametrize("target", ["vocab.json", "metrics.jsonl"])
+def test_quota_on_run_files_is_one_error(text_file, run_copy, monkeypatch, target):
+    if target == "vocab.json":  # the rename that ends an atomic write
+        monkeypatch.setattr(ckpt.os, "replace", _quota_exceeded)
+    else:
+        real_open = open
+        monkeypatch.setattr("builtins.open", lambda path, mode="r", *a, **k: _quota_exceeded() if (
+            str(path).endswith(target) and "a" in mode) else real_open(path, mode, *a, **k))
+    before = _snapshot(run_copy)
+    with pytest.raises(CharRNNError, match=rf"cannot write \S+{re.escape(target)} \(Disk quota exceeded\)"):
+        Trainer(_config(text_file, run_copy, max_steps=6)).fit()
+    monkeypatch.undo()
+    assert not _leftovers(run_copy)
+    if target == "vocab.json":
+        assert _snapshot(run_copy) == before
+
+
+@contextlib.contextmanager
+def _tmpfs(path: Path, size: str):
+    path.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def test_a_really_full_disk(text_file, tmp_path):
+    with _tmpfs(tmp_path / "disk", "2m") as disk:
+        run = disk / "run"
+        config = _config(text_file, run, rnn_units=64, max_steps=4)
+        Trainer(config).fit()
+        filler = disk / "filler"
+        fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+        with contextlib.suppress(OSError):  # fill the disk, then leave room for the small files only
+            while True:
+                os.write(fd, b"\0" * 4096)
+        os.ftruncate(fd, max(os.fstat(fd).st_size - 64 * 1024, 0))
+        os.close(fd)
+        with pytest.raises(CharRNNError, match=r"cannot write checkpoint \S+ckpt-6 \(No space left on device\)"):
+            Trainer(config.replace(max_steps=8)).fit()
+        assert not _leftovers(run)
+        filler.unlink()
+        assert Sampler.from_checkpoint(str(run), device="/CPU:0", which="latest").generate("T", 5, seed=0)
+        Trainer(config.replace(max_steps=8)).fit()
+        assert ckpt.checkpoint_paths(str(run))[0].endswith("ckpt-8") and not _leftovers(run)
+
+
+def test_leftovers_of_a_killed_save_are_removed_at_the_next_start(text_file, run_copy, capsys):
+    (run_copy / "ckpt" / "ckpt-5_temp").mkdir()
+    (run_copy / "ckpt" / "checkpoint.tmp1234").write_text("x")
+    (run_copy / ".config.json.abc.tmp").write_text("x")
+    Trainer(_config(text_file, run_copy, max_steps=6)).fit()
+    assert not _leftovers(run_copy)
+    assert "ckpt-5_temp, left by an interrupted write" in capsys.readouterr().err
+
+
+# -- poisoned checkpoints ------------------------------------------------------------------
+
+@pytest.mark.parametrize("field, value", [("learning_rate", float("inf")), ("learning_rate", float("nan")),
+                                          ("learning_rate", 5.0), ("grad_clip", float("inf")),
+                                          ("weight_decay", float("nan")), ("time_budget", float("inf"))])
+def test_non_finite_or_absurd_hyperparameters_are_refused(tmp_path, field, value):
+    with pytest.raises(CharRNNError, match=f"--{field} must be"):
+        tiny_config(tmp_path / "t.txt", tmp_path / "run", **{field: value})
+
+
+def test_non_finite_weights_are_never_saved(text_file, run_copy):
+    trainer = Trainer(_config(text_file, run_copy, max_steps=6, steps_per_loop=2))
+    real_loop = trainer._train_loop
+
+    def overflowing_loop(*args):
+        # A step whose loss and gradients are finite, but whose update overflows the weights
+        # (the step guard cannot see it; the save must).
+        result = real_loop(*args)
+        trainer.model.dense.bias.assign(tf.fill(trainer.model.dense.bias.shape, float("inf")))
+        return result
+
+    trainer._train_loop = overflowing_loop
+    with pytest.raises(CharRNNError, match=r"weights are not finite at step 6 .*\(\S+ckpt-4\) is kept"):
+        trainer.fit()
+    assert ckpt.checkpoint_paths(str(run_copy))[0].endswith("ckpt-4")
+
+
+def test_a_poisoned_checkpoint_of_an_older_version_is_skipped(text_file, run_copy, capsys):
+    trainer = Trainer(_config(text_file, run_copy, max_steps=6))
+    trainer.model.dense.bias.assign(tf.fill(trainer.model.dense.bias.shape, float("nan")))
+    trainer.step.assign(6)
+    tf.train.CheckpointManager(trainer._checkpoint, str(run_copy / "ckpt"), 5).save(checkpoint_number=6)
+    resumed = Trainer(_config(text_file, run_copy, max_steps=6))
+    assert resumed.restored_from.endswith("ckpt-4") and int(resumed.step.numpy()) == 4
+    assert re.search(r"skipping unusable checkpoint \S+ckpt-6 \(it holds non-finite", capsys.readouterr().err)
+    assert Sampler.from_checkpoint(str(run_copy), device="/CPU:0", which="latest").generate("T", 5, seed=0)
+
+
+# -- refusals write nothing ------------------------------------------------------------------
+
+def test_a_resume_on_other_text_needs_a_flag_and_a_refused_one_writes_nothing(text_file, run_copy, tmp_path):
+    other = tmp_path / "other.txt"  # the same characters and length, another text
+    other.write_text("".join(reversed(text_file.read_text())))
+    before = _snapshot(run_copy)
+    with pytest.raises(CharRNNError, match="is not the text run directory .* pass --allow_new_data"):
+        Trainer(_config(other, run_copy, max_steps=6)).fit()
+    shorter = tmp_path / "shorter.txt"
+    shorter.write_text(text_file.read_text()[:300])
+    with pytest.raises(CharRNNError, match="do not fit 3 steps per epoch"):
+        Trainer(_config(shorter, run_copy, max_steps=6, allow_new_data=True, epochs=1)).fit()
+    assert _snapshot(run_copy) == before
+    Trainer(_config(other, run_copy, max_steps=6, allow_new_data=True)).fit()
+    newest = ckpt.checkpoint_paths(str(run_copy))[0]
+    assert newest.endswith("ckpt-6") and ckpt.read_fingerprints(newest)[1] == fingerprint(other.read_text())
+    Trainer(_config(other, run_copy, max_steps=8)).fit()  # the new text is now the run's
+
+
+# -- run files that lie ----------------------------------------------------------------------
+
+DAMAGED_CONFIGS = {
+    "a list": b"[1, 2, 3]",
+    "null": b"null",
+    "invalid UTF-8": b'{"rnn_units": "\xff\xfe"}',
+    "a fractional size": None,  # filled in from the real config
+    "a directory": None,
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGED_CONFIGS))
+def test_a_damaged_config_is_one_error_for_every_tool(text_file, run_copy, tmp_path, damage):
+    path = run_copy / "config.json"
+    if damage == "a directory":
+        path.unlink()
+        path.mkdir()
+    elif damage == "a fractional size":
+        path.write_text(path.read_text().replace('"rnn_units": 32', '"rnn_units": 32.5'))
+    else:
+        path.write_bytes(DAMAGED_CONFIGS[damage])
+    before = _snapshot(run_copy)
+    for tool in (lambda: Trainer(_config(text_file, run_copy, max_steps=6)).fit(),
+                 lambda: Sampler.from_checkpoint(str(run_copy), device="/CPU:0"),
+                 lambda: export(str(run_copy), str(tmp_path / "export"))):
+        with pytest.raises(CharRNNError, match=r"config\.json"):
+            tool()
+    assert _snapshot(run_copy) == before and not (tmp_path / "export").exists()
+
+
+def test_a_damaged_metrics_line_is_dropped_with_a_warning(text_file, run_copy, capsys):
+    path = run_copy / "metrics.jsonl"
+    lines = path.read_bytes().splitlines(keepends=True)
+    path.write_bytes(lines[0] + b"\xff\xfe garbage\n" + b"".join(lines[1:]))
+    assert len(ckpt.read_metrics(run_copy)) == len(lines)  # readers skip it
+    Trainer(_config(text_file, run_copy, max_steps=6)).fit()
+    assert "dropped 1 unreadable line(s)" in capsys.readouterr().err
+    assert [m["step"] for m in ckpt.read_metrics(run_copy) if "loss" in m] == list(range(1, 7))
+
+
+def test_a_vocabulary_that_is_not_the_checkpoints_is_refused(run_copy):
+    path = run_copy / "vocab.json"
+    chars = json.loads(path.read_text())["chars"]
+    path.write_text(json.dumps({"chars": chars.replace("z", "{")}))  # still sorted, one character changed
+    with pytest.raises(CharRNNError, match=r"vocab\.json is not the vocabulary \S+ was trained with"):
+        Sampler.from_checkpoint(str(run_copy), device="/CPU:0")
+
+
+def test_an_unreadable_best_checkpoint_falls_back_to_the_latest(run_copy, capsys):
+    for index in (run_copy / "best").glob("*.index"):
+        index.write_bytes(b"garbage")
+    sampler = Sampler.from_checkpoint(str(run_copy), device="/CPU:0")
+    assert sampler.generate("T", 5, seed=0)
+    assert "using the latest checkpoint instead" in capsys.readouterr().err
+
+
+# -- inputs at their edges -------------------------------------------------------------------
+
+def test_non_regular_data_files_are_refused(tmp_path):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for data in ("/dev/zero", str(fifo)):
+        with pytest.raises(CharRNNError, match="is not a regular file"):
+            Trainer(tiny_config(data, tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_run_dir_that_is_a_file_is_refused(text_file, tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(CharRNNError, match="is a file, not a directory"):
+        Trainer(tiny_config(text_file, tmp_path / "file"))
+    with pytest.raises(CharRNNError, match="is a file, not a directory"):
+        Sampler.from_checkpoint(str(tmp_path / "file"))
+
+
+def test_export_dirs_that_cannot_take_a_savedmodel_are_refused(base_run, tmp_path):
+    (tmp_path / "file").write_text("x")
+    cases = [("", "--export_dir is empty"), (str(tmp_path / "file"), "is a file"),
+             (str(tmp_path / "file" / "sub"), "which is a file")]
+    readonly = tmp_path / "readonly"
+    with contextlib.ExitStack() as stack:
+        if os.geteuid() == 0:
+            readonly.mkdir()
+            if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(readonly)]).returncode == 0:
+                stack.callback(subprocess.run, ["umount", "-l", str(readonly)])
+                cases.append((str(readonly / "export"), "cannot write to"))
+        else:
+            readonly.mkdir(mode=0o555)
+            cases.append((str(readonly / "export"), "cannot write to"))
+        for export_dir, message in cases:
+            with pytest.raises(CharRNNError, match=message):
+                export(str(base_run), export_dir)
+    assert sorted(os.listdir(tmp_path)) == ["file", "readonly"]
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(temperature=1e-38), "temperature must be between 1e-06 and 1e+06"),
+    (dict(temperature=float("inf")), "temperature must be between"),
+    (dict(seed=10**20), "seed must be a 64-bit integer"),
+    (dict(seed=-(2**63) - 1), "seed must be a 64-bit integer"),
+])
+def test_sampling_options_outside_their_range(base_run, options, message):
+    sampler = Sampler.from_checkpoint(str(base_run), device="/CPU:0")
+    with pytest.raises(CharRNNError, match=re.escape(message)):
+        sampler.generate("T", 5, **options)
+    with pytest.raises(CharRNNError, match=re.escape(message)):
+        next(sampler.stream("T", 5, **options))
+
+
+@pytest.mark.parametrize("field, value, words", [
+    ("rnn_units", "32", "must be an integer, got '32'"), ("rnn_units", 32.5, "must be an integer, got 32.5"),
+    ("seed", "x", "must be an integer, got 'x'"), ("carry_state", 1, "must be True or False"),
+    ("dropout", "0.1", "must be a number"), ("eval_every", 2.0, "must be an integer or None"),
+    ("seed", 2**40, "must be between 0 and"), ("epochs", True, "must be an integer"),
+])
+def test_train_config_checks_types_and_names_the_field(tmp_path, field, value, words):
+    with pytest.raises(CharRNNError, match=rf"{field}.*{re.escape(words)}"):
+        tiny_config(tmp_path / "t.txt", tmp_path / "run", **{field: value})
+    assert tiny_config(tmp_path / "t.txt", tmp_path / "run", learning_rate=1).learning_rate == 1.0  # int for float
+
+
+def test_run_files_honour_the_umask(text_file, tmp_path):
+    old = os.umask(0o022)
+    try:
+        Trainer(_config(text_file, tmp_path / "run", max_steps=2)).fit()
+    finally:
+        os.umask(old)
+    for name in ("config.json", "vocab.json", "metrics.jsonl"):
+        assert stat.S_IMODE((tmp_path / "run" / name).stat().st_mode) == 0o644, name
+
+
+def test_strategy_tpu_without_a_tpu_is_one_line(text_file, tmp_path):
+    proc = run_cli("train", f"--data={text_file}", f"--run_dir={tmp_path / 'run'}", "--strategy=tpu", *TINY_FLAGS)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert "--strategy=tpu: no TPU found" in proc.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "run").exists()
