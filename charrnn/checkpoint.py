@@ -43,6 +43,12 @@ METRICS_FILE = "metrics.jsonl"
 _FINGERPRINT_KEY = "fingerprints/{}/.ATTRIBUTES/VARIABLE_VALUE"
 
 
+# What a failed write of a file or a checkpoint raises (no space, quota, read-only, permission).
+STORAGE_ERRORS = (OSError, tf.errors.ResourceExhaustedError, tf.errors.PermissionDeniedError,
+                  tf.errors.FailedPreconditionError, tf.errors.NotFoundError, tf.errors.DataLossError,
+                  tf.errors.UnknownError)
+
+
 def storage_error(what: str, path: str, error: BaseException) -> CharRNNError:
     """The one-line error for a failed write or read of `path` (no space, quota, read-only, permission)."""
     if isinstance(error, OSError):
@@ -155,7 +161,7 @@ def save(manager: tf.train.CheckpointManager, step: int) -> str:
     prefix = os.path.join(manager.directory, f"ckpt-{step}")
     try:
         return manager.save(checkpoint_number=step)
-    except (OSError, tf.errors.OpError) as e:
+    except STORAGE_ERRORS as e:
         _remove_partial(prefix)
         raise storage_error("write checkpoint", prefix, e) from None
 

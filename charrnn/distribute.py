@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 
 import tensorflow as tf
 
@@ -44,8 +46,12 @@ def configure_cpu_devices(count: int) -> None:
                                "it can only be set before TensorFlow starts (use it in a fresh process)") from None
 
 
-def make_strategy(name: str, devices: str | None = None, tpu: str | None = None) -> tf.distribute.Strategy:
-    """The strategy `name` (one of STRATEGIES); `devices` is a comma-separated device list."""
+def make_strategy(name: str, devices: str | None = None, tpu: str | None = None,
+                  cluster_timeout: float = 300.0) -> tf.distribute.Strategy:
+    """The strategy `name` (one of STRATEGIES); `devices` is a comma-separated device list.
+
+    `multi_worker` waits for every worker of TF_CONFIG, at most `cluster_timeout` seconds.
+    """
     if name == "default":
         return tf.distribute.get_strategy()
     if name == "one_device":
@@ -65,7 +71,8 @@ def make_strategy(name: str, devices: str | None = None, tpu: str | None = None)
             json.loads(os.environ["TF_CONFIG"])
         except ValueError as e:
             raise CharRNNError(f"TF_CONFIG is not valid JSON ({e})") from None
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        with _Watchdog(cluster_timeout):
+            return tf.distribute.MultiWorkerMirroredStrategy()
     if name == "tpu":
         try:
             resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu or "")
@@ -88,3 +95,41 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
         return True
     # Without a "chief" task, worker 0 is the chief (as in TensorFlow's multi-worker guide).
     return resolver.task_type == "worker" and resolver.task_id == 0 and "chief" not in resolver.cluster_spec().as_dict()
+
+
+# Run by _Watchdog in a process of its own: TensorFlow waits for the other workers inside
+# one C++ call that holds the GIL and catches SIGTERM itself, so nothing in this process
+# can act while it waits. Ctrl-C (SIGINT to the process group), SIGTERM to the process group
+# and the timeout reach the watchdog, which prints one line and kills the waiting process.
+_WATCHDOG = """
+import os, select, signal, sys
+pid, timeout = int(sys.argv[1]), float(sys.argv[2])
+def stop(line):
+    print("charrnn: " + line, file=sys.stderr, flush=True)
+    os.kill(pid, signal.SIGKILL)
+    os._exit(0)
+for sig in (signal.SIGTERM, signal.SIGINT):
+    signal.signal(sig, lambda signum, frame: stop(f"stopped by {signal.Signals(signum).name} while waiting for the "
+                  "other workers; nothing was trained; run the same command again on every worker"))
+if not select.select([sys.stdin], [], [], timeout)[0]:
+    stop(f"error: not every worker of TF_CONFIG came up within {timeout:g} s (--cluster_timeout); start every "
+         "worker with the same TF_CONFIG, then run the same command again")
+"""
+
+
+class _Watchdog:
+    """While active, ends this process if the cluster is not up within `timeout` seconds
+    or if Ctrl-C or a SIGTERM to the process group comes (see _WATCHDOG)."""
+
+    def __init__(self, timeout: float):
+        self.timeout = timeout
+        self._process: subprocess.Popen | None = None
+
+    def __enter__(self) -> _Watchdog:
+        self._process = subprocess.Popen([sys.executable, "-c", _WATCHDOG, str(os.getpid()), str(self.timeout)],
+                                         stdin=subprocess.PIPE)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._process.stdin.close()  # end of input: the watchdog exits
+        self._process.wait()

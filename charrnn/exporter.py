@@ -20,7 +20,7 @@ import keras
 import tensorflow as tf
 
 from charrnn import checkpoint
-from charrnn.checkpoint import storage_error
+from charrnn.checkpoint import STORAGE_ERRORS, storage_error
 from charrnn.data import Vocabulary
 from charrnn.errors import CharRNNError
 from charrnn.model import CharRNN
@@ -98,7 +98,7 @@ def export(run_dir: str, export_dir: str, which: str | None = None) -> str:
             # The export is for inference: the fused LSTM's hand-written gradient stays behind.
             archive.write_out(export_dir, options=tf.saved_model.SaveOptions(experimental_custom_gradients=False),
                               verbose=False)
-        except (OSError, tf.errors.OpError) as e:
+        except STORAGE_ERRORS as e:
             # Half a SavedModel is worse than none: remove what this call wrote.
             for name in os.listdir(export_dir) if os.path.isdir(export_dir) else []:
                 shutil.rmtree(os.path.join(export_dir, name), ignore_errors=True)

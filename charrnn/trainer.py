@@ -117,7 +117,8 @@ class Trainer:
             self.strategy = tf.distribute.get_strategy()
             self.device = resolve_device(config.device)
         else:
-            self.strategy = distribute.make_strategy(config.strategy, config.devices, config.tpu)
+            self.strategy = distribute.make_strategy(config.strategy, config.devices, config.tpu,
+                                                     config.cluster_timeout)
             # Evaluation and sampling run on one device: the first of the strategy's.
             self.device = self.strategy.extended.worker_devices[0]
         self.num_replicas = self.strategy.num_replicas_in_sync
@@ -420,7 +421,7 @@ class Trainer:
         logs = os.path.join(write_dir, checkpoint.LOG_DIR)
         try:
             writer = tf.summary.create_file_writer(logs)
-        except (OSError, tf.errors.OpError) as e:
+        except checkpoint.STORAGE_ERRORS as e:
             raise checkpoint.storage_error("write TensorBoard logs to", logs, e) from None
         run = _Run(
             manager=checkpoint.checkpoint_manager(self._checkpoint, write_dir, c.max_to_keep),
@@ -637,14 +638,14 @@ def _write_scalars(run: _Run, step: int, **values: float) -> None:
         with run.writer.as_default(step=step):
             for name, value in values.items():
                 tf.summary.write(name, tf.constant(value, tf.float32), metadata=_SCALAR_METADATA)
-    except tf.errors.OpError as e:
+    except checkpoint.STORAGE_ERRORS as e:
         raise checkpoint.storage_error("write TensorBoard logs to", run.logs, e) from None
 
 
 def _flush(run: _Run) -> None:
     try:
         run.writer.flush()
-    except tf.errors.OpError as e:
+    except checkpoint.STORAGE_ERRORS as e:
         raise checkpoint.storage_error("write TensorBoard logs to", run.logs, e) from None
 
 

@@ -13,6 +13,8 @@ import signal
 import socket
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -141,3 +143,53 @@ def test_strategy_errors(small_text, tmp_path):
     tf.config.list_logical_devices()  # TensorFlow is running in this process now
     with pytest.raises(CharRNNError, match="can only be set before TensorFlow starts"):
         configure_cpu_devices(len(tf.config.list_logical_devices("CPU")) + 1)
+
+
+def test_a_lost_worker_ends_the_others_with_the_retryable_status(small_text, tmp_path):
+    run = tmp_path / "run"
+    args = [f"--data={small_text}", f"--run_dir={run}", *FLAGS[:5], "--checkpoint_every=3"]
+    chief, other = _start_workers([*args, "--max_steps=100000"], tmp_path)
+    for line in chief.stdout:
+        match = re.search(r"step (\d+)/", line)
+        if match and int(match.group(1)) >= 5:
+            other.kill()
+            lost_at = time.monotonic()
+            break
+    out, err = chief.communicate(timeout=120)
+    assert time.monotonic() - lost_at < 30, "the survivor took too long to notice"
+    assert chief.returncode == EXIT_PREEMPTED, err[-3000:]
+    last = err.strip().splitlines()[-1]
+    match = re.search(r"lost a worker of the cluster at step (\d+) \(.*\); a relaunch resumes from (\S+): run the "
+                      r"same command again on every worker", last)
+    assert match, err[-3000:]
+    assert "Traceback" not in err
+    assert not (run / "train.lock").exists()
+    other.communicate()
+
+
+def _one_worker_of_two(args: list[str], tmp_path) -> subprocess.Popen:
+    cluster = {"worker": [f"localhost:{port}" for port in _free_ports(2)]}
+    env = dict(os.environ, TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 0}}))
+    return subprocess.Popen([sys.executable, "-m", "charrnn.train", "--strategy=multi_worker", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def test_a_worker_that_never_comes_up_ends_the_wait(small_text, tmp_path):
+    args = [f"--data={small_text}", f"--run_dir={tmp_path / 'run'}", *FLAGS[:5]]
+    started = time.monotonic()
+    proc = _one_worker_of_two([*args, "--cluster_timeout=3"], tmp_path)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == -signal.SIGKILL and time.monotonic() - started < 60
+    assert "not every worker of TF_CONFIG came up within 3 s (--cluster_timeout)" in err.strip().splitlines()[-1]
+
+    # Ctrl-C (SIGINT to the process group, as a terminal sends it) ends the wait at once.
+    proc = _one_worker_of_two(args, tmp_path)
+    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+    deadline = time.monotonic() + 120
+    while not children.read_text().strip() and time.monotonic() < deadline:  # the watchdog: it waits now
+        time.sleep(0.2)
+    time.sleep(1)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert "stopped by SIGINT while waiting for the other workers" in err, err[-2000:]
+    assert proc.returncode != 0 and not (tmp_path / "run").exists()

@@ -12,6 +12,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -48,13 +49,14 @@ def _checkpoint_values(run: Path, directory: str = "ckpt") -> dict[str, np.ndarr
             if name not in ("_CHECKPOINTABLE_OBJECT_GRAPH", "save_counter/.ATTRIBUTES/VARIABLE_VALUE")}
 
 
-def _train_until(args: list[str], step: int, sig: int = signal.SIGKILL) -> subprocess.Popen:
-    """Starts charrnn-train, sends `sig` once it reports `step`, and returns the ended process."""
+def _train_until(args: list[str], step: int, sig: int = signal.SIGKILL, delay: float = 0.0) -> subprocess.Popen:
+    """Starts charrnn-train, sends `sig` `delay` seconds after it reports `step`, and returns the ended process."""
     proc = subprocess.Popen([sys.executable, "-m", "charrnn.train", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     for line in proc.stdout:
         match = re.search(r"step (\d+)/", line)
         if match and int(match.group(1)) >= step:
+            time.sleep(delay)
             proc.send_signal(sig)
             break
     proc.stdout.read()
@@ -62,10 +64,54 @@ def _train_until(args: list[str], step: int, sig: int = signal.SIGKILL) -> subpr
     return proc
 
 
-@pytest.mark.parametrize("extra", [["--eval_every=10"], ["--carry_state", "--eval_every=7"]], ids=["shuffled", "carry_state"])
-def test_sigkill_at_random_steps_then_resume_is_bit_identical(small_text, tmp_path, extra):
+def _assert_same_run(run: Path, reference: Path, total: int, context: str) -> None:
+    """`run` ended with the same metrics, checkpoint and best checkpoint as `reference`, bit for bit."""
+    assert read_metrics(run) == read_metrics(reference), context
+    assert [m["step"] for m in read_metrics(run) if "loss" in m] == list(range(1, total + 1))
+    for directory in ("ckpt", "best"):
+        want, got = _checkpoint_values(reference, directory), _checkpoint_values(run, directory)
+        assert want.keys() == got.keys()
+        assert any(k.startswith("optimizer/") for k in want) and any(k.startswith("rng/") for k in want)
+        for name in want:
+            np.testing.assert_array_equal(got[name], want[name], err_msg=f"{directory}: {name}, {context}")
+    assert sorted(os.listdir(run / "best")) == sorted(os.listdir(reference / "best"))
+
+
+def _half_written(run: Path) -> list[str]:
+    return [str(p) for p in run.rglob("*") if p.name.endswith("_temp") or ".tmp" in p.name]
+
+
+def _leftovers(run: Path) -> list[str]:
+    return _half_written(run) + [str(p) for p in run.glob("train.lock")]
+
+
+def test_chaos_many_sigkills_at_random_moments_then_a_clean_finish_is_bit_identical(small_text, tmp_path):
+    """15 SIGKILLs a few milliseconds after random steps of a run that saves a checkpoint at
+    every step (so that many land inside a save), with validation and carried state."""
+    total, kills = 400, 15
+    args = [f"--data={small_text}", f"--max_steps={total}", *KILL_FLAGS, "--checkpoint_every=1", "--carry_state",
+            "--eval_every=7"]
+    reference = run_cli("train", *args, f"--run_dir={tmp_path / 'ref'}")
+    assert reference.returncode == 0, reference.stderr
+    run, rng, reached, mid_save = tmp_path / "chaos", random.Random(), 0, 0
+    for _ in range(kills):
+        target = reached + rng.randint(1, 20)
+        # Right after a step line comes that step's save: short delays land inside it.
+        delay = rng.uniform(0, 0.004) if rng.random() < 0.5 else rng.uniform(0, 0.02)
+        proc = _train_until([*args, f"--run_dir={run}"], target, delay=delay)
+        assert proc.returncode == -signal.SIGKILL, f"run ended before the kill after step {target}"
+        reached = max(m["step"] for m in read_metrics(run) if "loss" in m)
+        mid_save += bool(_half_written(run))
+    final = run_cli("train", *args, f"--run_dir={run}")
+    assert final.returncode == 0, final.stderr
+    print(f"{kills} kills, {mid_save} of them left a half-written file behind")
+    _assert_same_run(run, tmp_path / "ref", total, f"{kills} kills")
+    assert not _leftovers(run)
+
+
+def test_sigkill_at_random_steps_then_resume_is_bit_identical(small_text, tmp_path):
     total = 300
-    args = [f"--data={small_text}", f"--max_steps={total}", *KILL_FLAGS, *extra]
+    args = [f"--data={small_text}", f"--max_steps={total}", *KILL_FLAGS, "--eval_every=10"]
     reference = run_cli("train", *args, f"--run_dir={tmp_path / 'ref'}")
     assert reference.returncode == 0, reference.stderr
 
@@ -80,20 +126,28 @@ def test_sigkill_at_random_steps_then_resume_is_bit_identical(small_text, tmp_pa
     assert final.returncode == 0, final.stderr
     assert "Resumed from" in final.stdout
 
-    context = f"killed at steps {first} and {second}"
-    assert read_metrics(run) == read_metrics(tmp_path / "ref"), context
-    assert [m["step"] for m in read_metrics(run) if "loss" in m] == list(range(1, total + 1))
-    want, got = _checkpoint_values(tmp_path / "ref"), _checkpoint_values(run)
-    assert want.keys() == got.keys()
-    assert any(k.startswith("optimizer/") for k in want) and any(k.startswith("rng/") for k in want)
-    for name in want:
-        np.testing.assert_array_equal(got[name], want[name], err_msg=f"{name}, {context}")
-    # The best checkpoint (by validation loss) is the same one, with the same values.
-    assert sorted(os.listdir(run / "best")) == sorted(os.listdir(tmp_path / "ref" / "best"))
-    want, got = _checkpoint_values(tmp_path / "ref", "best"), _checkpoint_values(run, "best")
-    assert want.keys() == got.keys() and any(k.startswith("validation/") for k in want)
-    for name in want:
-        np.testing.assert_array_equal(got[name], want[name], err_msg=f"best: {name}, {context}")
+    _assert_same_run(run, tmp_path / "ref", total, f"killed at steps {first} and {second}")
+    assert any(k.startswith("validation/") for k in _checkpoint_values(run, "best"))
+
+
+def test_a_second_launch_on_a_running_run_is_refused_and_a_dead_ones_lock_taken_over(small_text, tmp_path):
+    run = tmp_path / "run"
+    args = [f"--data={small_text}", f"--run_dir={run}", *KILL_FLAGS]
+    first = subprocess.Popen([sys.executable, "-m", "charrnn.train", *args, "--max_steps=100000"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in first.stdout:
+        if re.search(r"step (\d+)/", line):
+            break
+    second = run_cli("train", *args, "--max_steps=100000")  # the same command, pressed twice
+    _assert_one_line_error(second, f"is in use by another trainer (pid {first.pid} on host ")
+    first.kill()
+    first.communicate()
+    reached = max(m["step"] for m in read_metrics(run) if "loss" in m)
+    third = run_cli("train", *args, f"--max_steps={reached + 3}")
+    assert third.returncode == 0, third.stderr
+    assert f"taking over the lock of {run} from a trainer that is gone (pid {first.pid}" in third.stderr
+    assert [m["step"] for m in read_metrics(run) if "loss" in m] == list(range(1, reached + 4))
+    assert not _leftovers(run)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
