@@ -15,7 +15,7 @@ _cli.define_checkpoint_flags()
 flags.DEFINE_string("prime", None, "Text to start from (default: a newline if the vocabulary has one, "
                     "else its first character).")
 flags.DEFINE_integer("num_chars", 500, "Characters to generate after the prime.")
-flags.DEFINE_float("temperature", 0.5, "Sampling temperature (> 0): lower is more conservative.")
+flags.DEFINE_float("temperature", 0.5, "Sampling temperature, in [1e-6, 1e6]: lower is more conservative.")
 flags.DEFINE_integer("num_samples", 1, "Samples to generate in parallel.")
 flags.DEFINE_integer("top_k", 0, "Sample only from the k most likely characters (0: all).")
 flags.DEFINE_float("top_p", 1.0, "Sample only from the smallest set of characters whose probability reaches p (1: all).")
