@@ -38,6 +38,7 @@ class RunLock:
     def acquire(self) -> None:
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            locked = True
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -51,6 +52,7 @@ class RunLock:
                     raise
                 print(f"charrnn: warning: {self.path}: the filesystem does not support locks ({e.strerror}); "
                       "nothing stops a second trainer on this run directory", file=sys.stderr)
+                locked = False
             # A holder that released the lock unlinks the file first: if ours is no longer
             # the file at that path, lock the new one instead.
             try:
@@ -61,7 +63,7 @@ class RunLock:
                 break
             os.close(fd)
         previous = _read_holder(fd)
-        if previous:
+        if previous and locked:  # a record that no one holds: its writer died
             print(f"charrnn: taking over the lock of {os.path.dirname(self.path)} from a trainer that is gone "
                   f"({_describe(previous)})", file=sys.stderr)
         record = json.dumps({"host": socket.gethostname(), "pid": os.getpid(),

@@ -465,11 +465,13 @@ class Trainer:
         except distribute.PEER_ERRORS as e:
             if c.strategy != "multi_worker":
                 raise
-            # A worker died or became unreachable (the collective ops fail at once).
+            # A worker died or became unreachable (the collective ops fail at once). Name the
+            # chief's copy of the checkpoint: a non-chief's own copies are scratch.
+            latest = run.manager.latest_checkpoint
+            resume = os.path.join(c.run_dir, checkpoint.CKPT_DIR, os.path.basename(latest)) if latest else "the start"
             raise preemption.Preempted(
                 f"lost a worker of the cluster at step {int(self.step.numpy())} ({distribute.describe(e)}); "
-                f"a relaunch resumes from {run.manager.latest_checkpoint or 'the start'}: run the same command "
-                "again on every worker", run.manager.latest_checkpoint) from None
+                f"a relaunch resumes from {resume}: run the same command again on every worker", resume) from None
         finally:
             run.metrics.close()
             _flush(run)

@@ -375,3 +375,22 @@ def test_strategy_tpu_without_a_tpu_is_one_line(text_file, tmp_path):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert "--strategy=tpu: no TPU found" in proc.stderr.strip().splitlines()[-1]
     assert not (tmp_path / "run").exists()
+
+
+def test_a_failed_export_write_leaves_no_half_savedmodel(base_run, tmp_path, monkeypatch):
+    import keras
+
+    def write_out(self, path, *args, **kwargs):
+        os.makedirs(os.path.join(path, "variables"))
+        (Path(path) / "saved_model.pb").write_bytes(b"half")
+        raise tf.errors.ResourceExhaustedError(None, None, f"{path}/variables/x; No space left on device")
+
+    # keras.export.ExportArchive() makes an instance of a backend's subclass.
+    monkeypatch.setattr(type(keras.export.ExportArchive()), "write_out", write_out)
+    with pytest.raises(CharRNNError, match=r"cannot write the SavedModel to \S+ \(No space left on device\)"):
+        export(str(base_run), str(tmp_path / "export"))
+    assert not (tmp_path / "export").exists()
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CharRNNError, match="No space left on device"):
+        export(str(base_run), str(tmp_path / "empty"))
+    assert os.listdir(tmp_path / "empty") == []
