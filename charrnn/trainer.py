@@ -383,7 +383,13 @@ class Trainer:
         at once (an empty list) if the run is already complete. With `handle_signals` (and
         in the main thread), SIGTERM or SIGINT saves a checkpoint at the next step boundary
         and raises `Preempted`. A non-finite loss or gradient stops training with a
-        CharRNNError; that step is not applied and no checkpoint is written for it.
+        CharRNNError; that step is not applied and no checkpoint is written for it, and no
+        checkpoint is ever written with non-finite weights.
+
+        Holds the run directory's lock (charrnn.lock) while it runs, and before writing
+        anything removes what an interrupted write left and, if another trainer saved a
+        checkpoint since this one was built, continues from that one. A storage fault (no
+        space, quota, read-only) raises CharRNNError; the checkpoints already saved stay.
         """
         c = self.config
         if not self.is_chief:

@@ -69,3 +69,18 @@ def trained_run(tmp_path_factory) -> Path:
     assert proc.returncode == 0, proc.stderr
     assert "Total" in proc.stdout and "logits (Dense)" in proc.stdout  # the model summary
     return run
+
+
+def snapshot(directory: Path) -> dict[str, bytes]:
+    """Every file below `directory` with its bytes: equal snapshots mean nothing was changed."""
+    return {str(p): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def half_written(run: Path) -> list[str]:
+    """What an interrupted write leaves in a run directory: checkpoint `_temp` dirs, temporary files."""
+    return [str(p) for p in run.rglob("*") if p.name.endswith("_temp") or ".tmp" in p.name]
+
+
+def leftovers(run: Path) -> list[str]:
+    """What a run directory should not hold once no trainer runs: half-written files and a lock."""
+    return half_written(run) + [str(p) for p in run.glob("train.lock")]

@@ -11,10 +11,8 @@ import re
 import shutil
 import stat
 import subprocess
-import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import tensorflow as tf
 
@@ -22,15 +20,7 @@ from charrnn import CharRNNError, Sampler, TrainConfig, Trainer, export
 from charrnn import checkpoint as ckpt
 from charrnn.data import fingerprint
 from charrnn.lock import LOCK_FILE, RunLock
-from conftest import TINY_FLAGS, run_cli, tiny_config
-
-
-def _snapshot(directory: Path) -> dict[str, bytes]:
-    return {str(p): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
-
-
-def _leftovers(run: Path) -> list[str]:
-    return [str(p) for p in run.rglob("*") if p.name.endswith("_temp") or ".tmp" in p.name or p.name == LOCK_FILE]
+from conftest import TINY_FLAGS, leftovers, run_cli, snapshot, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +53,7 @@ def _config(text_file: Path, run: Path, **overrides) -> TrainConfig:
 # -- one trainer per run directory ----------------------------------------------------------
 
 def test_a_held_lock_refuses_a_second_trainer_and_changes_nothing(text_file, run_copy):
-    before = _snapshot(run_copy)
+    before = snapshot(run_copy)
     with RunLock(str(run_copy)):
         holder = json.loads((run_copy / LOCK_FILE).read_text())
         assert holder["pid"] == os.getpid() and holder["host"] and holder["started"]
@@ -71,7 +61,7 @@ def test_a_held_lock_refuses_a_second_trainer_and_changes_nothing(text_file, run
             Trainer(_config(text_file, run_copy, max_steps=6)).fit()
         with pytest.raises(CharRNNError, match="in use by another trainer"):
             RunLock(str(run_copy)).acquire()
-        assert {k: v for k, v in _snapshot(run_copy).items() if not k.endswith(LOCK_FILE)} == before
+        assert {k: v for k, v in snapshot(run_copy).items() if not k.endswith(LOCK_FILE)} == before
     assert not (run_copy / LOCK_FILE).exists()  # released and removed
     Trainer(_config(text_file, run_copy, max_steps=6)).fit()  # free again
 
@@ -113,7 +103,7 @@ def test_disk_full_during_a_checkpoint_is_one_error_and_the_previous_one_stays(t
     _fail_checkpoint_writes(monkeypatch, which)
     with pytest.raises(CharRNNError, match=rf"cannot write checkpoint \S+/{which}/ckpt-6 \(No space left on device\)"):
         Trainer(_config(text_file, run_copy, max_steps=8)).fit()
-    assert not _leftovers(run_copy)
+    assert not leftovers(run_copy)
     monkeypatch.undo()
     assert ckpt.checkpoint_paths(str(run_copy))[0].endswith("ckpt-4")
     Trainer(_config(text_file, run_copy, max_steps=8)).fit()  # space freed: the same command continues
@@ -131,13 +121,13 @@ def test_quota_on_run_files_is_one_error(text_file, run_copy, monkeypatch, targe
         real_open = open
         monkeypatch.setattr("builtins.open", lambda path, mode="r", *a, **k: _quota_exceeded() if (
             str(path).endswith(target) and "a" in mode) else real_open(path, mode, *a, **k))
-    before = _snapshot(run_copy)
+    before = snapshot(run_copy)
     with pytest.raises(CharRNNError, match=rf"cannot write \S+{re.escape(target)} \(Disk quota exceeded\)"):
         Trainer(_config(text_file, run_copy, max_steps=6)).fit()
     monkeypatch.undo()
-    assert not _leftovers(run_copy)
+    assert not leftovers(run_copy)
     if target == "vocab.json":
-        assert _snapshot(run_copy) == before
+        assert snapshot(run_copy) == before
 
 
 @contextlib.contextmanager
@@ -166,11 +156,11 @@ def test_a_really_full_disk(text_file, tmp_path):
         os.close(fd)
         with pytest.raises(CharRNNError, match=r"cannot write checkpoint \S+ckpt-6 \(No space left on device\)"):
             Trainer(config.replace(max_steps=8)).fit()
-        assert not _leftovers(run)
+        assert not leftovers(run)
         filler.unlink()
         assert Sampler.from_checkpoint(str(run), device="/CPU:0", which="latest").generate("T", 5, seed=0)
         Trainer(config.replace(max_steps=8)).fit()
-        assert ckpt.checkpoint_paths(str(run))[0].endswith("ckpt-8") and not _leftovers(run)
+        assert ckpt.checkpoint_paths(str(run))[0].endswith("ckpt-8") and not leftovers(run)
 
 
 def test_leftovers_of_a_killed_save_are_removed_at_the_next_start(text_file, run_copy, capsys):
@@ -178,7 +168,7 @@ def test_leftovers_of_a_killed_save_are_removed_at_the_next_start(text_file, run
     (run_copy / "ckpt" / "checkpoint.tmp1234").write_text("x")
     (run_copy / ".config.json.abc.tmp").write_text("x")
     Trainer(_config(text_file, run_copy, max_steps=6)).fit()
-    assert not _leftovers(run_copy)
+    assert not leftovers(run_copy)
     assert "ckpt-5_temp, left by an interrupted write" in capsys.readouterr().err
 
 
@@ -225,14 +215,14 @@ def test_a_poisoned_checkpoint_of_an_older_version_is_skipped(text_file, run_cop
 def test_a_resume_on_other_text_needs_a_flag_and_a_refused_one_writes_nothing(text_file, run_copy, tmp_path):
     other = tmp_path / "other.txt"  # the same characters and length, another text
     other.write_text("".join(reversed(text_file.read_text())))
-    before = _snapshot(run_copy)
+    before = snapshot(run_copy)
     with pytest.raises(CharRNNError, match="is not the text run directory .* pass --allow_new_data"):
         Trainer(_config(other, run_copy, max_steps=6)).fit()
     shorter = tmp_path / "shorter.txt"
     shorter.write_text(text_file.read_text()[:300])
     with pytest.raises(CharRNNError, match="do not fit 3 steps per epoch"):
         Trainer(_config(shorter, run_copy, max_steps=6, allow_new_data=True, epochs=1)).fit()
-    assert _snapshot(run_copy) == before
+    assert snapshot(run_copy) == before
     Trainer(_config(other, run_copy, max_steps=6, allow_new_data=True)).fit()
     newest = ckpt.checkpoint_paths(str(run_copy))[0]
     assert newest.endswith("ckpt-6") and ckpt.read_fingerprints(newest)[1] == fingerprint(other.read_text())
@@ -260,13 +250,13 @@ def test_a_damaged_config_is_one_error_for_every_tool(text_file, run_copy, tmp_p
         path.write_text(path.read_text().replace('"rnn_units": 32', '"rnn_units": 32.5'))
     else:
         path.write_bytes(DAMAGED_CONFIGS[damage])
-    before = _snapshot(run_copy)
+    before = snapshot(run_copy)
     for tool in (lambda: Trainer(_config(text_file, run_copy, max_steps=6)).fit(),
                  lambda: Sampler.from_checkpoint(str(run_copy), device="/CPU:0"),
                  lambda: export(str(run_copy), str(tmp_path / "export"))):
         with pytest.raises(CharRNNError, match=r"config\.json"):
             tool()
-    assert _snapshot(run_copy) == before and not (tmp_path / "export").exists()
+    assert snapshot(run_copy) == before and not (tmp_path / "export").exists()
 
 
 def test_a_damaged_metrics_line_is_dropped_with_a_warning(text_file, run_copy, capsys):

@@ -22,15 +22,11 @@ import tensorflow as tf
 from charrnn import CharRNNError, Trainer
 from charrnn.checkpoint import read_metrics
 from charrnn.preemption import EXIT_PREEMPTED, Preempted, StopRequest
-from conftest import TINY_FLAGS, run_cli, tiny_config
+from conftest import TINY_FLAGS, half_written, leftovers, run_cli, snapshot, tiny_config
 
 # A model big enough that a step takes a few milliseconds, so a kill lands mid-run.
 KILL_FLAGS = ["--embedding_dim=16", "--rnn_units=64", "--batch_size=8", "--seq_length=32", "--dropout=0.1",
               "--log_every=1", "--checkpoint_every=4", "--deterministic", "--device=/CPU:0"]
-
-
-def _snapshot(directory: Path) -> dict[str, bytes]:
-    return {str(p): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
 
 
 def _assert_one_line_error(proc: subprocess.CompletedProcess, message: str) -> None:
@@ -77,14 +73,6 @@ def _assert_same_run(run: Path, reference: Path, total: int, context: str) -> No
     assert sorted(os.listdir(run / "best")) == sorted(os.listdir(reference / "best"))
 
 
-def _half_written(run: Path) -> list[str]:
-    return [str(p) for p in run.rglob("*") if p.name.endswith("_temp") or ".tmp" in p.name]
-
-
-def _leftovers(run: Path) -> list[str]:
-    return _half_written(run) + [str(p) for p in run.glob("train.lock")]
-
-
 def test_chaos_many_sigkills_at_random_moments_then_a_clean_finish_is_bit_identical(small_text, tmp_path):
     """15 SIGKILLs a few milliseconds after random steps of a run that saves a checkpoint at
     every step (so that many land inside a save), with validation and carried state."""
@@ -101,12 +89,12 @@ def test_chaos_many_sigkills_at_random_moments_then_a_clean_finish_is_bit_identi
         proc = _train_until([*args, f"--run_dir={run}"], target, delay=delay)
         assert proc.returncode == -signal.SIGKILL, f"run ended before the kill after step {target}"
         reached = max(m["step"] for m in read_metrics(run) if "loss" in m)
-        mid_save += bool(_half_written(run))
+        mid_save += bool(half_written(run))
     final = run_cli("train", *args, f"--run_dir={run}")
     assert final.returncode == 0, final.stderr
     print(f"{kills} kills, {mid_save} of them left a half-written file behind")
     _assert_same_run(run, tmp_path / "ref", total, f"{kills} kills")
-    assert not _leftovers(run)
+    assert not leftovers(run)
 
 
 def test_sigkill_at_random_steps_then_resume_is_bit_identical(small_text, tmp_path):
@@ -147,7 +135,7 @@ def test_a_second_launch_on_a_running_run_is_refused_and_a_dead_ones_lock_taken_
     assert third.returncode == 0, third.stderr
     assert f"taking over the lock of {run} from a trainer that is gone (pid {first.pid}" in third.stderr
     assert [m["step"] for m in read_metrics(run) if "loss" in m] == list(range(1, reached + 4))
-    assert not _leftovers(run)
+    assert not leftovers(run)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
@@ -236,11 +224,11 @@ def test_no_readable_checkpoint_stops_with_a_message(small_text, tmp_path):
     assert run_cli("train", *args).returncode == 0
     for index in (run / "ckpt").glob("*.index"):
         index.write_bytes(b"garbage")
-    before = _snapshot(run)
+    before = snapshot(run)
     proc = run_cli("train", *args)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "no usable checkpoint" in proc.stderr.strip().splitlines()[-1]
-    assert _snapshot(run) == before
+    assert snapshot(run) == before
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(small_text, tmp_path):
@@ -306,10 +294,10 @@ def test_train_bad_input(trained_run, bad_files, args, message):
         args.insert(0, data)
     overridden = {a.split("=")[0] for a in args}
     base = [f for f in TINY_FLAGS if f.split("=")[0] not in overridden]
-    before = _snapshot(trained_run)
+    before = snapshot(trained_run)
     proc = run_cli("train", *base, *args, f"--run_dir={trained_run}")
     _assert_one_line_error(proc, message)
-    assert _snapshot(trained_run) == before
+    assert snapshot(trained_run) == before
 
 
 SAMPLE_ERRORS = [
@@ -329,10 +317,10 @@ def test_sample_bad_input(tmp_path, trained_run, args, message):
     args = [a.format(tmp=tmp_path) for a in args]
     if not any(a.startswith("--run_dir=") for a in args):
         args.append(f"--run_dir={trained_run}")
-    before = _snapshot(trained_run)
+    before = snapshot(trained_run)
     proc = run_cli("sample", *args)
     _assert_one_line_error(proc, message)
-    assert _snapshot(trained_run) == before
+    assert snapshot(trained_run) == before
 
 
 @pytest.mark.parametrize("edit", ["config", "vocab"])
