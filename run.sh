@@ -14,7 +14,13 @@ fi
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[test]"
+# Install (editable, so code changes need no reinstall) only when charrnn is missing or
+# pyproject.toml changed since the last install: once installed, run.sh works offline.
+stamp=.venv/.charrnn-pyproject.sha256
+if [ ! -x .venv/bin/charrnn-train ] || ! sha256sum --check --status "$stamp" 2>/dev/null; then
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[test]"
+  sha256sum pyproject.toml > "$stamp"
+fi
 
 case "${1:-}" in
   demo)
