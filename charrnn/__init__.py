@@ -3,19 +3,48 @@
     trainer = charrnn.Trainer(charrnn.TrainConfig(data="input.txt", run_dir="runs/x"))
     trainer.fit()
     print(charrnn.Sampler.from_checkpoint("runs/x").generate("ROMEO: "))
+
+Names are imported on first use, so `import charrnn` (and a command-line tool's --help)
+does not wait for TensorFlow.
 """
 
-from charrnn.config import PRESETS, TrainConfig
-from charrnn.data import CORPORA, Vocabulary, read_text, resolve_corpus
-from charrnn.errors import CharRNNError
-from charrnn.exporter import export
-from charrnn.model import CharRNN
-from charrnn.preemption import EXIT_PREEMPTED, Preempted
-from charrnn.sampler import MAX_NUM_CHARS, Sampler
-from charrnn.trainer import EpochStats, Trainer
+from __future__ import annotations
 
-__all__ = [
-    "CORPORA", "EXIT_PREEMPTED", "MAX_NUM_CHARS", "PRESETS", "CharRNN", "CharRNNError", "EpochStats", "Preempted",
-    "Sampler", "TrainConfig", "Trainer", "Vocabulary", "export", "read_text", "resolve_corpus",
-]
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# Public name -> the module that defines it.
+_EXPORTS = {
+    "PRESETS": "config", "TrainConfig": "config",
+    "CORPORA": "data", "Vocabulary": "data", "read_text": "data", "resolve_corpus": "data",
+    "CharRNNError": "errors",
+    "export": "exporter",
+    "CharRNN": "model",
+    "EXIT_PREEMPTED": "preemption", "Preempted": "preemption",
+    "MAX_NUM_CHARS": "sampler", "Sampler": "sampler",
+    "EpochStats": "trainer", "Trainer": "trainer",
+}
+__all__ = sorted(_EXPORTS)
 __version__ = "0.1.0"
+
+if TYPE_CHECKING:  # what type checkers and IDEs see
+    from charrnn.config import PRESETS, TrainConfig
+    from charrnn.data import CORPORA, Vocabulary, read_text, resolve_corpus
+    from charrnn.errors import CharRNNError
+    from charrnn.exporter import export
+    from charrnn.model import CharRNN
+    from charrnn.preemption import EXIT_PREEMPTED, Preempted
+    from charrnn.sampler import MAX_NUM_CHARS, Sampler
+    from charrnn.trainer import EpochStats, Trainer
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'charrnn' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"charrnn.{_EXPORTS[name]}"), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

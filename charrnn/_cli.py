@@ -1,26 +1,36 @@
-"""Shared plumbing of the command-line tools: flags from a dataclass, presets, error exits."""
+"""Shared plumbing of the command-line tools: flags from a dataclass, presets, --help,
+a quiet TensorFlow start-up, error exits.
+
+Nothing here imports TensorFlow: the tools parse their flags (and answer --help) first,
+and import what needs TensorFlow inside their `main`.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import os
 import sys
+import tempfile
+import textwrap
 import types
 import typing
 from typing import Any, Callable
 
 from absl import app, flags, logging
 
-from charrnn.checkpoint import WHICH
-from charrnn.config import PRESETS
+from charrnn.config import PRESETS, WHICH
 from charrnn.errors import CharRNNError
 from charrnn.preemption import EXIT_PREEMPTED, Preempted
 
 FLAGS = flags.FLAGS
+# Flag name -> the heading --help lists it under (flags a tool defines itself go under the
+# tool's own heading).
+_GROUPS: dict[str, str] = {}
+_GENERAL = "General"
 
 
 def define_dataclass_flags(cls: type) -> None:
-    """Defines one absl flag per field of `cls`, with the field's default and `help` metadata."""
+    """Defines one absl flag per field of `cls`, with the field's default, `help` and `group` metadata."""
     hints = typing.get_type_hints(cls)
     for field in dataclasses.fields(cls):
         kind = hints[field.name]
@@ -29,6 +39,7 @@ def define_dataclass_flags(cls: type) -> None:
         define = {int: flags.DEFINE_integer, float: flags.DEFINE_float, str: flags.DEFINE_string,
                   bool: flags.DEFINE_boolean}[kind]
         define(field.name, field.default, field.metadata["help"])
+        _GROUPS[field.name] = field.metadata["group"]
 
 
 def define_checkpoint_flags(device: bool = True) -> None:
@@ -36,20 +47,29 @@ def define_checkpoint_flags(device: bool = True) -> None:
     flags.DEFINE_string("run_dir", "runs/charrnn", "Run directory written by charrnn-train.")
     flags.DEFINE_enum("which", None, list(WHICH), "Checkpoint: best (lowest validation loss) or latest "
                       "(default: best when the run has one).")
+    names = ["run_dir", "which"]
     if device:
         flags.DEFINE_string("device", "auto",
                             "Device: auto (first GPU, else CPU) or a TensorFlow device name such as /GPU:1.")
+        names.append("device")
+    _GROUPS.update(dict.fromkeys(names, "Run to read"))
 
 
 def define_preset_flag() -> None:
     flags.DEFINE_enum("preset", None, sorted(PRESETS),
                       "Named set of settings (seed: the case study; cpu_small, gpu: the quality benchmark's recipes); "
                       "explicit flags override it.")
+    _GROUPS["preset"] = _GENERAL
+
+
+flags.DEFINE_boolean("tf_logs", False, "Show TensorFlow's own start-up and C++ log lines (hidden by default; "
+                     "a TF_CPP_MIN_LOG_LEVEL of your own also shows them, at the level it sets).")
+_GROUPS["tf_logs"] = _GENERAL
 
 
 def flag_value(name: str) -> Any:
     """The flag's value: explicit on the command line, else from --preset, else its default."""
-    preset = PRESETS.get(FLAGS.preset or "", {})
+    preset = PRESETS.get(FLAGS.preset or "", {}) if "preset" in FLAGS else {}
     if not FLAGS[name].present and name in preset:
         return preset[name]
     return FLAGS[name].value
@@ -59,14 +79,18 @@ def dataclass_from_flags(cls: type) -> Any:
     return cls(**{f.name: flag_value(f.name) for f in dataclasses.fields(cls)})
 
 
-def run(main: Callable[[], None]) -> None:
+def run(main: Callable[[], None], doc: str) -> None:
     """Runs `main` under absl; a CharRNNError becomes a one-line message and exit status 2.
 
-    A preempted training run (SIGTERM, Ctrl-C) exits with EXIT_PREEMPTED after its message.
+    `doc` (the tool's module docstring) heads --help, which lists the tool's own flags by
+    group. A preempted training run (SIGTERM, Ctrl-C) exits with EXIT_PREEMPTED after its message.
     """
     prog = os.path.basename(sys.argv[0])
     if prog in ("__main__.py", "train.py", "sample.py", "eval.py", "export_cli.py"):
         prog = "charrnn"
+    if any(arg in ("-h", "-?", "--help", "--helpshort") for arg in sys.argv[1:]):
+        sys.stdout.write(_help(prog, doc))
+        sys.exit(0)
 
     def wrapped(argv: list[str]) -> None:
         if len(argv) > 1:
@@ -75,6 +99,7 @@ def run(main: Callable[[], None]) -> None:
             # TensorFlow logs routine INFO lines (e.g. on every checkpoint save) through absl.
             logging.set_verbosity(logging.WARNING)
         try:
+            _start_tensorflow(quiet=not FLAGS.tf_logs and "TF_CPP_MIN_LOG_LEVEL" not in os.environ)
             main()
         except Preempted as e:
             print(f"{prog}: {e}", file=sys.stderr)
@@ -83,6 +108,63 @@ def run(main: Callable[[], None]) -> None:
             _fail(prog, str(e))
 
     app.run(wrapped)
+
+
+def _start_tensorflow(quiet: bool) -> None:
+    """Imports TensorFlow and finds its devices; when `quiet`, without its start-up log lines.
+
+    TensorFlow's C++ logging prints its start-up lines (oneDNN, CUDA probing, CPU features)
+    before TF_CPP_MIN_LOG_LEVEL takes effect, so they are caught by pointing file
+    descriptor 2 elsewhere meanwhile, and shown if the start-up fails. After it, only
+    TensorFlow's errors reach the console (TF_CPP_MIN_LOG_LEVEL=2).
+    """
+    if not quiet:
+        import tensorflow as tf
+        tf.config.list_physical_devices()
+        return
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as caught:
+        os.dup2(caught.fileno(), 2)
+        try:
+            import tensorflow as tf
+            tf.config.list_physical_devices()  # CUDA is probed here, and says so
+        except BaseException:
+            os.dup2(saved, 2)
+            caught.seek(0)
+            sys.stderr.write(caught.read().decode("utf-8", "replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def _help(prog: str, doc: str) -> str:
+    """The tool's docstring, then its flags by group, each with its default."""
+    own = [name for name, flag in FLAGS._flags().items()  # noqa: SLF001 - absl has no public listing
+           if name == flag.name and (FLAGS.find_module_defining_flag(name) or "").startswith("charrnn")]
+    title = f"{prog} options"
+    groups: dict[str, list[str]] = {}
+    for name in own:
+        groups.setdefault(_GROUPS.get(name, title), []).append(name)
+    order = sorted(groups, key=lambda g: (g == _GENERAL, g != title))
+    lines = [doc.strip(), "", f"usage: {prog} [--flag=value ...]   (--helpfull: every flag, TensorFlow's too)"]
+    for group in order:
+        lines += ["", f"{group}:"]
+        for name in groups[group]:
+            flag = FLAGS[name]
+            lines.append(f"  --{name} (default: {_shown(flag.default)})")
+            lines += textwrap.wrap(flag.help, width=88, initial_indent="      ", subsequent_indent="      ")
+    return "\n".join(lines) + "\n"
+
+
+def _shown(default: Any) -> str:
+    if default is None:
+        return "unset"
+    if isinstance(default, bool):
+        return str(default).lower()
+    return repr(default) if isinstance(default, str) else str(default)
 
 
 def _fail(prog: str, message: str) -> None:

@@ -26,7 +26,7 @@ from typing import Iterable
 
 import tensorflow as tf
 
-from charrnn.config import TrainConfig
+from charrnn.config import WHICH, TrainConfig
 from charrnn.data import Vocabulary
 from charrnn.errors import CharRNNError
 from charrnn.model import CharRNN
@@ -35,8 +35,6 @@ CONFIG_FILE = "config.json"
 VOCAB_FILE = "vocab.json"
 CKPT_DIR = "ckpt"
 BEST_DIR = "best"
-# Which checkpoint of a run to read: the best by validation loss, or the newest.
-WHICH = ("best", "latest")
 LOG_DIR = "logs"
 METRICS_FILE = "metrics.jsonl"
 # Checkpoint keys of the fingerprints (see Fingerprints).
@@ -299,9 +297,11 @@ def check_vocab(path: str, vocab: Vocabulary, run_dir: str) -> None:
                            "original vocab.json")
 
 
-def load_model(run_dir: str, which: str | None = None, device: str = "/CPU:0") -> tuple[CharRNN, TrainConfig, Vocabulary, str]:
+def load_model(run_dir: str, which: str | None = None, device: str = "/CPU:0",
+               lstm_impl: str = "auto") -> tuple[CharRNN, TrainConfig, Vocabulary, str]:
     """The trained model of `run_dir` from its `which` checkpoint (see `resolve_which`),
-    placed on `device`, with the run's config and vocabulary and the checkpoint's path.
+    placed on `device` (with `lstm_impl`, see CharRNN), with the run's config and
+    vocabulary and the checkpoint's path.
 
     If no best checkpoint is usable, the latest one is used, with a warning.
     """
@@ -316,7 +316,7 @@ def load_model(run_dir: str, which: str | None = None, device: str = "/CPU:0") -
     which = resolve_which(run_dir, which)
     with tf.device(device):
         model = CharRNN(len(vocab), config.embedding_dim, config.rnn_units, config.num_layers,
-                        precision=config.mixed_precision, cell=config.cell)
+                        lstm_impl=lstm_impl, precision=config.mixed_precision, cell=config.cell)
         model.build_for_vocab()
         reader = tf.train.Checkpoint(model=model)
         try:

@@ -16,69 +16,72 @@ from typing import Any
 from charrnn.errors import CharRNNError
 
 LSTM_IMPLS = ("auto", "fused", "keras")
+# Which checkpoint of a run to read: the best by validation loss, or the newest.
+WHICH = ("best", "latest")
 # The tf.distribute strategies of --strategy (charrnn.distribute builds them).
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker", "tpu")
 CELLS = ("lstm", "gru")
 
 
-def _field(default: Any, help: str) -> Any:  # noqa: A002 - mirrors absl's argument name
-    return dataclasses.field(default=default, metadata={"help": help})
+def _field(default: Any, help: str, group: str) -> Any:  # noqa: A002 - mirrors absl's argument name
+    """A setting: its default, its flag's help text and the group --help lists it under."""
+    return dataclasses.field(default=default, metadata={"help": help, "group": group})
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """Settings of one training run. Defaults are the case study's model and optimiser."""
 
-    data: str = _field("tinyshakespeare", "Path to a UTF-8 text file, or a registered corpus: tinyshakespeare, shakespeare.")
-    run_dir: str = _field("runs/charrnn", "Run directory: config, vocabulary, checkpoints, TensorBoard logs.")
-    epochs: int = _field(20, "Epochs to train, counted from the start of the run (a resume does not restart the count).")
-    max_steps: int | None = _field(None, "Stop after this many steps in total, counted from the start of the run.")
+    data: str = _field("tinyshakespeare", "Path to a UTF-8 text file, or a registered corpus: tinyshakespeare, shakespeare.", "Data and run")
+    run_dir: str = _field("runs/charrnn", "Run directory: config, vocabulary, checkpoints, TensorBoard logs.", "Data and run")
+    epochs: int = _field(20, "Epochs to train, counted from the start of the run (a resume does not restart the count).", "How long")
+    max_steps: int | None = _field(None, "Stop after this many steps in total, counted from the start of the run.", "How long")
     time_budget: float | None = _field(None, "Stop after this many seconds of training in this invocation (start-up, "
-                                       "tracing and evaluation not counted); running again continues the run.")
-    batch_size: int = _field(64, "Sequences per batch.")
-    seq_length: int = _field(100, "Characters per training sequence (windows are seq_length + 1 long).")
-    embedding_dim: int = _field(256, "Embedding size.")
-    rnn_units: int = _field(1024, "Units per recurrent layer.")
-    num_layers: int = _field(1, "Stacked recurrent layers.")
-    cell: str = _field("lstm", "Recurrent cell: lstm or gru.")
-    dropout: float = _field(0.0, "Dropout rate after each recurrent layer during training (0 disables).")
-    learning_rate: float = _field(0.001, "Adam learning rate.")
+                                       "tracing and evaluation not counted); running again continues the run.", "How long")
+    batch_size: int = _field(64, "Sequences per batch.", "Optimisation")
+    seq_length: int = _field(100, "Characters per training sequence (windows are seq_length + 1 long).", "Optimisation")
+    embedding_dim: int = _field(256, "Embedding size.", "Model")
+    rnn_units: int = _field(1024, "Units per recurrent layer.", "Model")
+    num_layers: int = _field(1, "Stacked recurrent layers.", "Model")
+    cell: str = _field("lstm", "Recurrent cell: lstm or gru.", "Model")
+    dropout: float = _field(0.0, "Dropout rate after each recurrent layer during training (0 disables).", "Model")
+    learning_rate: float = _field(0.001, "Adam learning rate, in (0, 1].", "Optimisation")
     lr_schedule: str = _field("constant", "Learning-rate schedule after warm-up: constant, cosine (to 0 at the last "
-                              "step) or exponential (times lr_decay each epoch, as char-rnn).")
-    warmup_steps: int = _field(0, "Steps of linear learning-rate warm-up from 0.")
-    lr_decay: float = _field(0.97, "Per-epoch factor of the exponential schedule.")
-    weight_decay: float = _field(0.0, "Decoupled weight decay (AdamW) when > 0; plain Adam when 0.")
-    grad_clip: float | None = _field(None, "Clip gradients to this global norm (unset: no clipping).")
-    val_fraction: float = _field(0.1, "Fraction of the text, taken from its end, held out for validation (0 disables).")
+                              "step) or exponential (times lr_decay each epoch, as char-rnn).", "Optimisation")
+    warmup_steps: int = _field(0, "Steps of linear learning-rate warm-up from 0.", "Optimisation")
+    lr_decay: float = _field(0.97, "Per-epoch factor of the exponential schedule.", "Optimisation")
+    weight_decay: float = _field(0.0, "Decoupled weight decay (AdamW) when > 0; plain Adam when 0.", "Optimisation")
+    grad_clip: float | None = _field(None, "Clip gradients to this global norm (unset: no clipping).", "Optimisation")
+    val_fraction: float = _field(0.1, "Fraction of the text, taken from its end, held out for validation (0 disables).", "Validation")
     eval_every: int | None = _field(None, "Also evaluate on the validation split every this many steps "
-                                    "(unset: at epoch ends only); the best checkpoint is kept in <run_dir>/best.")
+                                    "(unset: at epoch ends only); the best checkpoint is kept in <run_dir>/best.", "Validation")
     patience: int | None = _field(None, "Stop early after this many evaluations without a new best validation "
-                                  "loss (unset: never).")
+                                  "loss (unset: never).", "Validation")
     carry_state: bool = _field(False, "Stateful truncated BPTT: lay the text out as batch_size contiguous streams "
-                               "and carry each batch's final state into the next (no shuffling).")
-    shuffle_buffer: int = _field(10000, "Shuffle buffer in windows (as in the case study).")
-    checkpoint_every: int = _field(250, "Save a checkpoint every this many steps (and at every epoch end).")
-    max_to_keep: int = _field(5, "Checkpoints to keep.")
-    log_every: int = _field(50, "Log a progress line every this many steps when not on a terminal.")
-    seed: int = _field(0, f"Seed for initialisation, data order and dropout (0 to {2**32 - 1}).")
-    steps_per_loop: int = _field(1, "Train steps per compiled call: fewer Python round trips (helps small models and GPUs).")
-    jit_compile: bool = _field(False, "Compile the train step with XLA.")
-    mixed_precision: str = _field("float32", "Precision policy: float32, mixed_float16 (with loss scaling) or mixed_bfloat16.")
-    lstm_impl: str = _field("auto", "LSTM implementation: auto (keras/cuDNN on a GPU, fused elsewhere), fused, keras.")
-    deterministic: bool = _field(False, "Enable TensorFlow op determinism: a run, interrupted or not, is reproducible bit for bit.")
-    device: str = _field("auto", "Device: auto (first GPU, else CPU) or a TensorFlow device name such as /GPU:1.")
+                               "and carry each batch's final state into the next (no shuffling).", "Optimisation")
+    shuffle_buffer: int = _field(10000, "Shuffle buffer in windows (as in the case study).", "Optimisation")
+    checkpoint_every: int = _field(250, "Save a checkpoint every this many steps (and at every epoch end).", "Checkpoints and logs")
+    max_to_keep: int = _field(5, "Checkpoints to keep.", "Checkpoints and logs")
+    log_every: int = _field(50, "Log a progress line every this many steps when not on a terminal.", "Checkpoints and logs")
+    seed: int = _field(0, f"Seed for initialisation, data order and dropout (0 to {2**32 - 1}).", "Optimisation")
+    steps_per_loop: int = _field(1, "Train steps per compiled call: fewer Python round trips (helps small models and GPUs).", "Speed")
+    jit_compile: bool = _field(False, "Compile the train step with XLA.", "Speed")
+    mixed_precision: str = _field("float32", "Precision policy: float32, mixed_float16 (with loss scaling) or mixed_bfloat16.", "Speed")
+    lstm_impl: str = _field("auto", "LSTM implementation: auto (keras/cuDNN on a GPU, fused elsewhere), fused, keras.", "Speed")
+    deterministic: bool = _field(False, "Enable TensorFlow op determinism: a run, interrupted or not, is reproducible bit for bit.", "Speed")
+    device: str = _field("auto", "Device: auto (first GPU, else CPU) or a TensorFlow device name such as /GPU:1.", "Devices and distribution")
     strategy: str = _field("default", "tf.distribute strategy: default (one device, --device), one_device, mirrored "
-                           "(all GPUs or --devices of this machine), multi_worker (TF_CONFIG), tpu.")
+                           "(all GPUs or --devices of this machine), multi_worker (TF_CONFIG), tpu.", "Devices and distribution")
     devices: str | None = _field(None, "Comma-separated devices for --strategy=one_device or mirrored "
-                                 "(default: the first GPU; all GPUs, else all CPU devices).")
+                                 "(default: the first GPU; all GPUs, else all CPU devices).", "Devices and distribution")
     tpu: str | None = _field(None, "TPU address for --strategy=tpu (default: the local or Cloud TPU found by "
-                             "TPUClusterResolver).")
+                             "TPUClusterResolver).", "Devices and distribution")
     num_cpu_devices: int | None = _field(None, "Split the host CPU into this many logical devices before "
-                                         "TensorFlow starts (to try mirrored without GPUs).")
+                                         "TensorFlow starts (to try mirrored without GPUs).", "Devices and distribution")
     cluster_timeout: float = _field(300.0, "With --strategy=multi_worker: seconds to wait for every worker of "
-                                    "TF_CONFIG to come up before giving up (exit status 75).")
+                                    "TF_CONFIG to come up before giving up (exit status 75).", "Devices and distribution")
     allow_new_data: bool = _field(False, "Resume even though --data is not the text the run was trained on "
-                                  "(every checkpoint records a fingerprint of its training text).")
+                                  "(every checkpoint records a fingerprint of its training text).", "Checkpoints and logs")
 
     # Settings a resume must share with the run it continues: the model's shape, and
     # what decides the order of the training data.

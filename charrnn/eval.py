@@ -6,11 +6,8 @@ import math
 
 from absl import flags
 
-from charrnn import _cli, checkpoint
-from charrnn.data import read_text, resolve_corpus, split_ids
-from charrnn.devices import resolve_device
+from charrnn import _cli
 from charrnn.errors import CharRNNError
-from charrnn.evaluator import Evaluator
 
 _cli.define_checkpoint_flags()
 flags.DEFINE_string("data", None, "Text file or registered corpus to evaluate on (default: the run's --data).")
@@ -21,6 +18,12 @@ FLAGS = flags.FLAGS
 
 
 def main() -> None:
+    # TensorFlow: after the flags are parsed.
+    from charrnn import checkpoint
+    from charrnn.data import read_text, resolve_corpus, split_ids
+    from charrnn.devices import resolve_device
+    from charrnn.evaluator import Evaluator
+
     device = resolve_device(FLAGS.device)
     model, config, vocab, path = checkpoint.load_model(FLAGS.run_dir, FLAGS.which, device)
     data = FLAGS.data or config.data
@@ -38,7 +41,7 @@ def main() -> None:
 
 
 def run() -> None:
-    _cli.run(main)
+    _cli.run(main, __doc__)
 
 
 if __name__ == "__main__":

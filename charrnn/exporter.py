@@ -63,7 +63,8 @@ class _Generator(tf.Module):
             with tf.control_dependencies(checks):
                 prime_ids = ids.to_tensor()
             sampled = self._sampler.sample_ids(prime_ids, num_chars, temperature, tf.stack([seed, 0]))
-            return {"text": prompt + tf.strings.reduce_join(tf.gather(self.chars, sampled), axis=-1)}
+            # sampled is time-major [num_chars, batch]: join down the time axis.
+            return {"text": prompt + tf.strings.reduce_join(tf.gather(self.chars, sampled), axis=0)}
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.int32, name="ids"),
                                       tf.TensorSpec(self.state_shape, model.state_dtype, name="state")])
@@ -83,7 +84,9 @@ def export(run_dir: str, export_dir: str, which: str | None = None) -> str:
     _check_export_dir(export_dir)
     created = not os.path.exists(export_dir)
     with tf.device("/CPU:0"):
-        model, _, vocab, path = checkpoint.load_model(run_dir, which, "/CPU:0")
+        # Keras' LSTM (the same weights) instead of the fused one: inference needs no
+        # hand-written gradient, and a SavedModel holding one warns at every load.
+        model, _, vocab, path = checkpoint.load_model(run_dir, which, "/CPU:0", lstm_impl="keras")
         module = _Generator(model, vocab)
         # Keras' ExportArchive names the variables so that TensorFlow 1-style loaders (TF
         # Serving, saved_model_cli) find them; a plain tf.saved_model.save of a Keras 3
@@ -95,9 +98,7 @@ def export(run_dir: str, export_dir: str, which: str | None = None) -> str:
         archive.add_endpoint("generate", module.generate)
         archive.add_endpoint("step", module.step)
         try:
-            # The export is for inference: the fused LSTM's hand-written gradient stays behind.
-            archive.write_out(export_dir, options=tf.saved_model.SaveOptions(experimental_custom_gradients=False),
-                              verbose=False)
+            archive.write_out(export_dir, verbose=False)
         except STORAGE_ERRORS as e:
             # Half a SavedModel is worse than none: remove what this call wrote.
             for name in os.listdir(export_dir) if os.path.isdir(export_dir) else []:

@@ -99,9 +99,11 @@ def _fused_lstm(inputs, h0, c0, kernel, recurrent_kernel, bias):
         _, dh, dc, d_weights, d_bias, dx_ta = tf.while_loop(
             lambda j, *_: j < full, full_chunk,
             (0, d_h_last, d_c_last, tf.zeros_like(weights), tf.zeros_like(bias), ta()))
-        dh0, dc0, d_weights, d_bias, dx_ta = tf.cond(
-            head > 0, lambda: backward_chunk(0, head, dh, dc, d_weights, d_bias, dx_ta),
-            lambda: (dh, dc, d_weights, d_bias, dx_ta))
+        # The first `head` steps (none when T is a multiple of _CHUNK: the loop then runs no
+        # step and the matmul is empty). Not under a tf.cond: a while loop inside a cond,
+        # inside the train loop's while loop, makes Grappler fail to sort the graph
+        # ("topological sort failed" errors, and the optimisations it then skips).
+        dh0, dc0, d_weights, d_bias, dx_ta = backward_chunk(0, head, dh, dc, d_weights, d_bias, dx_ta)
         d_inputs = tf.transpose(dx_ta.stack(), [1, 0, 2])
         return d_inputs, dh0, dc0, d_weights[:features], d_weights[features:], d_bias
 

@@ -9,7 +9,6 @@ from absl import flags
 
 from charrnn import _cli
 from charrnn.errors import CharRNNError
-from charrnn.sampler import Sampler
 
 _cli.define_checkpoint_flags()
 flags.DEFINE_string("prime", None, "Text to start from (default: a newline if the vocabulary has one, "
@@ -30,6 +29,8 @@ _cli.define_preset_flag()
 
 
 def main() -> None:
+    from charrnn.sampler import Sampler  # TensorFlow: after the flags are parsed
+
     sampler = Sampler.from_checkpoint(_cli.flag_value("run_dir"), device=_cli.flag_value("device"),
                                       which=_cli.flag_value("which"))
     options = dict(num_chars=_cli.flag_value("num_chars"), temperature=_cli.flag_value("temperature"),
@@ -74,7 +75,7 @@ def _print_stream(prime: str, pieces: Iterator[str]) -> None:
 
 
 def run() -> None:
-    _cli.run(main)
+    _cli.run(main, __doc__)
 
 
 if __name__ == "__main__":

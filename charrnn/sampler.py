@@ -115,7 +115,7 @@ class Sampler:
                                      tf.constant([seed, 0], tf.int64), tf.constant(top_k, tf.int32),
                                      tf.constant(top_p, tf.float32), tf.constant(greedy), tf.constant(stop_ids),
                                      filtering=top_k > 0 or top_p < 1, stopping=bool(stop_at))
-            texts = [self.vocab.decode(row) for row in ids.numpy()]
+            texts = [self.vocab.decode(row) for row in ids.numpy().T]  # time-major: a column per sample
             if stop_at:
                 texts = [text.split(stop_at, 1)[0] for text in texts]
             texts = [prime + text for text in texts]
@@ -154,7 +154,7 @@ class Sampler:
                 emitted = len(text) - hold
             count = min(chunk, num_chars - produced)
             chunk_ids, ids, state = continue_fn(ids, state, tf.constant(produced), tf.constant(count), *options)
-            text += self.vocab.decode(chunk_ids.numpy()[0])
+            text += self.vocab.decode(chunk_ids.numpy()[:, 0])
             produced += count
 
     def _compile_stream(self, filtering: bool) -> tuple:
@@ -176,7 +176,7 @@ class Sampler:
                     logits, state = self.model.step(ids, state)
                     ids = _draw(logits, start + i, temperature, seed, top_k, top_p, greedy, filtering)
                     out = out.write(i, ids)
-                return tf.transpose(out.stack()), ids, state
+                return out.stack(), ids, state  # time-major, as sample_ids
 
         return (tf.function(first, input_signature=[tf.TensorSpec([None, None], tf.int32), *option_specs]),
                 tf.function(continue_, input_signature=[tf.TensorSpec([None], tf.int32),
@@ -194,8 +194,10 @@ class Sampler:
                    top_k: tf.Tensor | int = 0, top_p: tf.Tensor | float = 1.0, greedy: tf.Tensor | bool = False,
                    stop_ids: tf.Tensor | None = None, *, filtering: bool = False, stopping: bool = False) -> tf.Tensor:
         """The sampling loop itself, for callers that compile it into their own function (the
-        SavedModel export): ids [batch, num_chars] generated after `prime_ids` [batch, length]
-        (>= 1 id each). `generate` runs exactly this, so the same seed gives the same ids."""
+        SavedModel export): ids [num_chars, batch] (time-major) generated after `prime_ids`
+        [batch, length] (>= 1 id each). `generate` runs exactly this, so the same seed gives
+        the same ids. Time-major because an integer Transpose inside the compiled loop goes
+        to oneDNN, which logs an error for int32 and falls back; callers transpose outside."""
         if stop_ids is None:
             stop_ids = tf.zeros([0], tf.int32)
         logits, state = self.model(prime_ids)
@@ -226,7 +228,7 @@ class Sampler:
             next_ids = sample(step_logits, i)
             recent, done = advance(next_ids, recent, done)
             out = out.write(i, next_ids)
-        return tf.transpose(out.stack())
+        return out.stack()
 
 
 def _draw(logits: tf.Tensor, i: tf.Tensor, temperature: tf.Tensor, seed: tf.Tensor, top_k: tf.Tensor,

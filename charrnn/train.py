@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from charrnn import _cli
 from charrnn.config import TrainConfig
-from charrnn.trainer import Trainer
 
 _cli.define_dataclass_flags(TrainConfig)
 _cli.define_preset_flag()
 
 
 def main() -> None:
+    from charrnn.trainer import Trainer  # TensorFlow: after the flags are parsed
+
     config = _cli.dataclass_from_flags(TrainConfig)
     trainer = Trainer(config)
     where = (f"device {trainer.device}" if config.strategy == "default"
@@ -27,7 +28,7 @@ def main() -> None:
 
 
 def run() -> None:
-    _cli.run(main)
+    _cli.run(main, __doc__)
 
 
 if __name__ == "__main__":
