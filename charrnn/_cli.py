@@ -142,8 +142,9 @@ def _start_tensorflow(quiet: bool) -> None:
 
 def _help(prog: str, doc: str) -> str:
     """The tool's docstring, then its flags by group, each with its default."""
+    # charrnn's flags: defined in a charrnn module (named as a path when run with python -m).
     own = [name for name, flag in FLAGS._flags().items()  # noqa: SLF001 - absl has no public listing
-           if name == flag.name and (FLAGS.find_module_defining_flag(name) or "").startswith("charrnn")]
+           if name == flag.name and "charrnn" in (FLAGS.find_module_defining_flag(name) or "")]
     title = f"{prog} options"
     groups: dict[str, list[str]] = {}
     for name in own:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
+import subprocess
 import sys
 from pathlib import Path
 
-
-from conftest import run_cli
+from conftest import TINY_FLAGS, run_cli
 
 def test_train_then_sample_end_to_end(trained_run):
     assert json.loads((trained_run / "config.json").read_text())["max_steps"] == 3
@@ -59,3 +60,43 @@ def test_readme_documents_every_training_flag():
 
     readme = (REPO / "README.md").read_text()
     assert [f.name for f in dataclasses.fields(TrainConfig) if f"`--{f.name}`" not in readme] == []
+
+
+def test_tools_answer_help_with_their_own_flags_without_tensorflow():
+    for tool in ("train", "sample", "eval", "export_cli"):  # flags are parsed before TensorFlow starts
+        proc = subprocess.run([sys.executable, "-c", f"import sys, charrnn.{tool}; print('tensorflow' in sys.modules)"],
+                              capture_output=True, text=True)
+        assert proc.stdout.strip() == "False", proc.stderr
+    expected = {
+        "train": ["Model:", "--rnn_units (default: 1024)", "Validation:", "--eval_every (default: unset)",
+                  "--carry_state (default: false)", "General:", "--preset (default: unset)", "--tf_logs"],
+        "sample": ["charrnn options:", "--temperature (default: 0.5)", "Run to read:", "--run_dir (default: "
+                   "'runs/charrnn')"],
+        "eval": ["--split (default: 'all')", "--which (default: unset)"],
+        "export_cli": ["--export_dir (default: unset)"],
+    }
+    for tool, lines in expected.items():
+        proc = run_cli(tool, "--help")
+        assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+        for line in lines:
+            assert line in proc.stdout, f"{tool} --help lacks {line!r}:\n{proc.stdout}"
+        assert "--xla_" not in proc.stdout and "--jax_" not in proc.stdout  # absl's and TensorFlow's are in --helpfull
+
+
+def _tensorflow_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if re.match(r"[IWE]\d{4} |WARNING: All log messages", line)]
+
+
+def test_the_console_shows_charrnn_lines_only_unless_asked(tmp_path, small_text):
+    run = tmp_path / "run"
+    # seq_length 100: whole chunks of the fused LSTM's backward pass, where Grappler used to fail.
+    args = [f"--data={small_text}", f"--run_dir={run}", "--max_steps=2", "--seq_length=100", *TINY_FLAGS[:3],
+            "--device=/CPU:0"]
+    quiet = run_cli("train", *args)
+    assert quiet.returncode == 0 and _tensorflow_lines(quiet.stderr) == [], quiet.stderr
+    sample = run_cli("sample", f"--run_dir={run}", "--num_chars=20", "--seed=1")
+    assert sample.returncode == 0 and _tensorflow_lines(sample.stderr) == [], sample.stderr
+    loud = run_cli("sample", f"--run_dir={run}", "--num_chars=20", "--seed=1", "--tf_logs")
+    assert loud.stdout == sample.stdout and _tensorflow_lines(loud.stderr), loud.stderr
+    own = run_cli("sample", f"--run_dir={run}", "--num_chars=20", "--seed=1", env={"TF_CPP_MIN_LOG_LEVEL": "0"})
+    assert _tensorflow_lines(own.stderr), own.stderr  # the user's own setting wins
