@@ -52,14 +52,7 @@ def test_sample_options_on_the_command_line(trained_run):
     assert stopped.stdout.startswith("The ") and "o" not in stopped.stdout[4:]
 
 
-def test_readme_documents_every_training_flag():
-    import dataclasses
 
-    from charrnn import TrainConfig
-    from conftest import REPO
-
-    readme = (REPO / "README.md").read_text()
-    assert [f.name for f in dataclasses.fields(TrainConfig) if f"`--{f.name}`" not in readme] == []
 
 
 def test_tools_answer_help_with_their_own_flags_without_tensorflow():

@@ -1,0 +1,56 @@
+"""The README and docs/ say what the code does: their commands run as written."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+from charrnn import TrainConfig
+from conftest import REPO
+
+# Appended to the README's training command (absl: the last value of a flag wins), so that
+# the quick start runs in seconds.
+TINY = ["--max_steps=3", "--embedding_dim=8", "--rnn_units=16", "--batch_size=4", "--seq_length=20",
+        "--device=/CPU:0"]
+
+
+def _quick_start() -> list[list[str]]:
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("## Train, sample, evaluate, export", 1)[1]
+    block = re.search(r"```sh\n(.*?)```", section, re.S).group(1)
+    return [shlex.split(line) for line in block.splitlines() if line.strip()]
+
+
+def test_the_readme_quick_start_runs_as_written(corpus_cache, tmp_path):
+    commands = _quick_start()
+    assert [c[0] for c in commands] == ["charrnn-train", "charrnn-sample", "charrnn-eval", "charrnn-export"]
+    scripts = Path(sys.executable).parent
+    outputs = []
+    for command in commands:
+        args = command[1:] + (TINY if command[0] == "charrnn-train" else [])
+        proc = subprocess.run([str(scripts / command[0]), *args], cwd=tmp_path, capture_output=True, text=True,
+                              env=dict(os.environ), timeout=300)
+        assert proc.returncode == 0, f"{command}: {proc.stderr[-2000:]}"
+        outputs.append(proc.stdout)
+    assert "Done at step 3" in outputs[0]
+    assert outputs[1].startswith("ROMEO: ")
+    assert re.search(r"loss \d+\.\d+ nats/char", outputs[2])
+    assert (tmp_path / "exports" / "shakespeare" / "1" / "saved_model.pb").exists()
+
+
+def test_every_training_flag_is_documented():
+    training = (REPO / "docs" / "training.md").read_text()
+    assert [f.name for f in dataclasses.fields(TrainConfig) if f"`--{f.name}`" not in training] == []
+
+
+def test_every_link_of_readme_and_docs_leads_somewhere():
+    for page in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
+        prose = re.sub(r"`[^`]*`", "", re.sub(r"```.*?```", "", page.read_text(), flags=re.S))
+        for target in re.findall(r"\]\(([^)#]+)\)", prose):
+            if not target.startswith("http"):
+                assert (page.parent / target).exists(), f"{page.name} links to {target}, which does not exist"
