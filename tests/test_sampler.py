@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
+import tensorflow as tf
 
 from charrnn import MAX_NUM_CHARS, CharRNN, CharRNNError, Sampler, Trainer, Vocabulary
+from charrnn.sampler import filter_logits
 from conftest import tiny_config
 
 
@@ -94,10 +97,27 @@ def test_filter_logits_top_p_keeps_the_smallest_set_reaching_p():
     assert kept(0.9, k=1) == [True, False, False, False]
 
 
-def test_filtered_sampling_is_reproducible_and_stays_in_the_allowed_set(sampler):
-    a = sampler.generate("ab", num_chars=80, temperature=1.5, top_k=3, top_p=0.9, num_samples=4, seed=11)
-    assert a == sampler.generate("ab", num_chars=80, temperature=1.5, top_k=3, top_p=0.9, num_samples=4, seed=11)
-    assert a != sampler.generate("ab", num_chars=80, temperature=1.5, top_k=3, top_p=0.9, num_samples=4, seed=12)
+@pytest.mark.parametrize("top_k, top_p", [(3, 1.0), (0, 0.5), (3, 0.9)])
+def test_filtered_sampling_is_reproducible_and_stays_in_the_allowed_set(sampler, top_k, top_p):
+    options = dict(num_chars=80, temperature=1.5, top_k=top_k, top_p=top_p, num_samples=4)
+    samples = sampler.generate("ab", seed=11, **options)
+    assert samples == sampler.generate("ab", seed=11, **options)
+    assert samples != sampler.generate("ab", seed=12, **options)
+    unfiltered = 0
+    for text in samples:
+        # Replay the sample through the model: each character must be one the filter kept
+        # for the logits it was drawn from (to a rounding tolerance at the threshold).
+        logits, state = sampler.model(tf.constant([sampler.vocab.encode("ab")]))
+        logits = logits[:, -1, :]
+        for char in text[2:]:
+            scaled = logits / 1.5
+            kept = ~np.isinf(filter_logits(scaled, tf.constant(top_k), tf.constant(top_p)).numpy()[0])
+            drawn = sampler.vocab.encode(char)[0]
+            threshold = scaled.numpy()[0][kept].min()
+            assert kept[drawn] or scaled.numpy()[0][drawn] >= threshold - 1e-4, (text, char)
+            unfiltered += kept.sum() < len(sampler.vocab)
+            logits, state = sampler.model.step(tf.constant([drawn]), state)
+    assert unfiltered > 0  # the filter did restrict the choice
 
 
 def test_stop_at_ends_each_sample_before_the_stop_text(sampler):

@@ -123,11 +123,16 @@ def test_steps_per_loop_gives_the_same_run(small_text, tmp_path):
 
 @pytest.mark.parametrize("precision", ["mixed_bfloat16", "mixed_float16"])
 def test_mixed_precision_trains_and_samples(small_text, tmp_path, precision):
+    import keras
+
     trainer = Trainer(tiny_config(small_text, tmp_path / "run", max_steps=4, mixed_precision=precision))
     history = trainer.fit()
     assert math.isfinite(history[-1].train_loss) and math.isfinite(history[-1].val_loss)
     logits, state = trainer.model(tf.constant([[1, 2, 3]]))
-    assert logits.dtype == tf.float32 and state[0][0].dtype == trainer.model.state_dtype
+    sixteen = {"mixed_bfloat16": tf.bfloat16, "mixed_float16": tf.float16}[precision]
+    assert logits.dtype == tf.float32 and state[0][0].dtype == sixteen  # computed in 16 bits
+    # float16 needs loss scaling (bfloat16 has float32's range).
+    assert isinstance(trainer.optimizer, keras.optimizers.LossScaleOptimizer) == (precision == "mixed_float16")
     assert all(v.dtype == tf.float32 for v in trainer.model.trainable_variables)
     text = Sampler.from_checkpoint(str(tmp_path / "run"), device="/CPU:0").generate("The ", 40, seed=1)
     assert len(text) == 44 and text == trainer.generate("The ", 40, seed=1)
@@ -139,6 +144,11 @@ def test_jit_compiled_step_matches_the_plain_one(small_text, tmp_path):
         trainer = Trainer(tiny_config(small_text, tmp_path / f"jit{jit}", max_steps=3, log_every=1, jit_compile=jit))
         trainer.fit()
         losses[jit] = [m["loss"] for m in read_metrics(str(tmp_path / f"jit{jit}")) if "loss" in m]
+        # The step that ran: XLA must compile its forward and backward pass with jit_compile.
+        step = trainer._train_loop.get_concrete_function(iter(trainer.train_dataset(0)), tf.constant(1))
+        xla = [f for f in step.graph.as_graph_def().library.function
+               if "_XlaMustCompile" in f.attr and f.attr["_XlaMustCompile"].b]
+        assert bool(xla) == jit
     np.testing.assert_allclose(losses[True], losses[False], rtol=1e-4)
 
 
@@ -165,8 +175,12 @@ def test_weight_decay_uses_adamw_and_schedule_survives_resume(small_text, tmp_pa
     config = tiny_config(small_text, tmp_path / "run", max_steps=3, weight_decay=0.1, lr_schedule="cosine",
                          warmup_steps=2)
     trainer = Trainer(config)
-    assert isinstance(trainer.optimizer, keras.optimizers.AdamW)
+    assert isinstance(trainer.optimizer, keras.optimizers.AdamW) and trainer.optimizer.weight_decay == 0.1
     trainer.fit()
+    plain = Trainer(config.replace(run_dir=str(tmp_path / "plain"), weight_decay=0.0))
+    plain.fit()
+    decayed, undecayed = trainer.model.dense.kernel.numpy(), plain.model.dense.kernel.numpy()
+    assert np.abs(decayed).sum() < np.abs(undecayed).sum()  # the decay pulled the weights towards 0
     resumed = Trainer(config.replace(max_steps=6))
     from charrnn.trainer import LearningRate
     expected = LearningRate(resumed.config, resumed.steps_per_epoch, 6)(3)  # the curve continues at the restored step
@@ -175,14 +189,46 @@ def test_weight_decay_uses_adamw_and_schedule_survives_resume(small_text, tmp_pa
     assert int(resumed.optimizer.iterations.numpy()) == 6
 
 
-def test_time_budget_stops_after_a_partial_epoch_and_the_run_continues(small_text, tmp_path):
-    config = tiny_config(small_text, tmp_path / "run", time_budget=0.3, epochs=3)
+def test_time_budget_stops_after_a_partial_epoch_and_the_run_continues(small_text, tmp_path, monkeypatch):
+    import charrnn.trainer
+
+    # A clock that advances 0.1 s at each reading: the budget is met after the same steps
+    # however fast this machine is (the first chunk traces, and is not counted).
+    clock = iter(np.arange(0.0, 1e6, 0.1))
+    monkeypatch.setattr(charrnn.trainer.time, "perf_counter", lambda: float(next(clock)))
+    config = tiny_config(small_text, tmp_path / "run", time_budget=0.5, epochs=3)
     trainer = Trainer(config)
     history = trainer.fit()
     stopped_at = int(trainer.step.numpy())
-    assert 1 < stopped_at < 3 * trainer.steps_per_epoch  # stopped by the budget, not by the end of the run
+    assert stopped_at == 6 and trainer.train_seconds >= 0.5  # five counted steps of 0.1 s, not the end of the run
+    monkeypatch.undo()
     assert history[-1].step == stopped_at and history[-1].val_loss is not None  # the partial epoch was evaluated
     assert tf.train.latest_checkpoint(str(tmp_path / "run" / "ckpt")).endswith(f"ckpt-{stopped_at}")
     resumed = Trainer(config.replace(time_budget=None))
     resumed.fit()
     assert int(resumed.step.numpy()) == 3 * resumed.steps_per_epoch
+
+
+def test_grad_clip_changes_the_update(small_text, tmp_path):
+    weights = {}
+    for clip in (None, 1e-9):
+        trainer = Trainer(tiny_config(small_text, tmp_path / f"clip{clip}", max_steps=2, grad_clip=clip))
+        trainer.fit()
+        weights[clip] = trainer.model.dense.kernel.numpy()
+    # Adam's step is nearly scale-free, but gradients clipped far below its epsilon move the
+    # weights far less.
+    initial = Trainer(tiny_config(small_text, tmp_path / "init", max_steps=2)).model.dense.kernel.numpy()
+    assert np.abs(weights[1e-9] - initial).max() < 0.1 * np.abs(weights[None] - initial).max()
+
+
+@pytest.mark.parametrize("impl", ["fused", "keras"])
+def test_lstm_impl_picks_the_implementation_that_runs(small_text, tmp_path, monkeypatch, impl):
+    import charrnn.model
+
+    calls = []
+    real = charrnn.model.fused_lstm
+    monkeypatch.setattr(charrnn.model, "fused_lstm", lambda *args: calls.append(1) or real(*args))
+    trainer = Trainer(tiny_config(small_text, tmp_path / "run", max_steps=2, lstm_impl=impl))
+    calls.clear()  # building the model may run it once
+    trainer.fit()
+    assert bool(calls) == (impl == "fused")
