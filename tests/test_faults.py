@@ -13,13 +13,14 @@ import signal
 import subprocess
 import sys
 import time
+import typing
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from charrnn import CharRNNError, Trainer
+from charrnn import CharRNNError, Sampler, TrainConfig, Trainer
 from charrnn.checkpoint import read_metrics
 from charrnn.preemption import EXIT_PREEMPTED, Preempted, StopRequest
 from conftest import TINY_FLAGS, half_written, leftovers, run_cli, snapshot, tiny_config
@@ -262,6 +263,9 @@ def bad_files(tmp_path) -> dict[str, str]:
     return paths | {"missing": str(tmp_path / "nope.txt"), "dir": str(tmp_path)}
 
 
+# Each case as a user types it. The command line's contract (one line, exit status 2, no
+# traceback) is checked in a subprocess for the cases marked CLI; the rest run in process,
+# where the same CharRNNError carries the same message.
 TRAIN_ERRORS = [
     (["--data={missing}"], "neither an existing file nor a registered corpus"),
     (["--data={dir}"], "is a directory"),
@@ -282,46 +286,79 @@ TRAIN_ERRORS = [
     (["--val_fraction=1"], "--val_fraction must be in [0, 1)"),
     (["--val_fraction=-0.1"], "--val_fraction must be in [0, 1)"),
     (["--device=/GPU:7"], "is not a device of this machine"),
-    (["stray"], "unexpected arguments"),
-    (["--rnn_units=32"], "rnn_units=16 in the run, 32 requested"),
     (["--seq_length=10"], "seq_length=20 in the run, 10 requested"),
 ]
+TRAIN_CLI_ERRORS = [
+    (["--data={latin1}"], "not valid UTF-8 (bad byte 0xe9 at offset 3)"),
+    (["stray"], "unexpected arguments"),
+    (["--rnn_units=32"], "rnn_units=16 in the run, 32 requested"),
+]
+
+
+def _train_args(trained_run: Path, bad_files: dict[str, str], args: list[str]) -> list[str]:
+    """TINY_FLAGS and the run's text, overridden by `args`."""
+    args = [a.format(**bad_files) for a in args]
+    if not any(a.startswith("--data=") for a in args):
+        args.insert(0, f"--data={trained_run.parent / 'text.txt'}")
+    overridden = {a.split("=")[0] for a in args}
+    return [f for f in TINY_FLAGS if f.split("=")[0] not in overridden] + args + [f"--run_dir={trained_run}"]
+
+
+def _config_from_flags(args: list[str]) -> TrainConfig:
+    """The TrainConfig that charrnn-train builds from `args` (--name=value flags)."""
+    hints = typing.get_type_hints(TrainConfig)
+    values = {}
+    for arg in args:
+        name, value = arg[2:].split("=", 1)
+        kind = next((a for a in typing.get_args(hints[name]) if a is not type(None)), hints[name])
+        values[name] = kind(value)
+    return TrainConfig(**values)
 
 
 @pytest.mark.parametrize("args, message", TRAIN_ERRORS, ids=[m[:40] for _, m in TRAIN_ERRORS])
 def test_train_bad_input(trained_run, bad_files, args, message):
-    data = f"--data={trained_run.parent / 'text.txt'}"
-    args = [a.format(**bad_files) for a in args]
-    if not any(a.startswith("--data=") for a in args):
-        args.insert(0, data)
-    overridden = {a.split("=")[0] for a in args}
-    base = [f for f in TINY_FLAGS if f.split("=")[0] not in overridden]
     before = snapshot(trained_run)
-    proc = run_cli("train", *base, *args, f"--run_dir={trained_run}")
-    _assert_one_line_error(proc, message)
+    with pytest.raises(CharRNNError) as info:
+        Trainer(_config_from_flags(_train_args(trained_run, bad_files, args))).fit()
+    assert message in str(info.value) and "\n" not in str(info.value)
+    assert snapshot(trained_run) == before
+
+
+@pytest.mark.parametrize("args, message", TRAIN_CLI_ERRORS, ids=[m[:40] for _, m in TRAIN_CLI_ERRORS])
+def test_train_bad_input_on_the_command_line(trained_run, bad_files, args, message):
+    before = snapshot(trained_run)
+    _assert_one_line_error(run_cli("train", *_train_args(trained_run, bad_files, args)), message)
     assert snapshot(trained_run) == before
 
 
 SAMPLE_ERRORS = [
-    (["--run_dir={tmp}/nope"], "does not exist"),
-    (["--run_dir={tmp}"], "holds no checkpoint"),
-    (["--prime=Qo#"], "2 character(s) not in the model's vocabulary: '#', 'Q'"),
-    (["--temperature=0"], "temperature must be between 1e-06 and 1e+06"),
-    (["--temperature=-2"], "temperature must be between 1e-06 and 1e+06"),
-    (["--num_chars=-5"], "num_chars must be between 0 and 1,000,000"),
-    (["--num_chars=99999999"], "num_chars must be between 0 and 1,000,000"),
-    (["--num_samples=0"], "num_samples must be between 1 and 4096"),
+    (dict(run_dir="{tmp}/nope"), "does not exist"),
+    (dict(run_dir="{tmp}"), "holds no checkpoint"),
+    (dict(prime="Qo#"), "2 character(s) not in the model's vocabulary: '#', 'Q'"),
+    (dict(temperature=0.0), "temperature must be between 1e-06 and 1e+06"),
+    (dict(temperature=-2.0), "temperature must be between 1e-06 and 1e+06"),
+    (dict(num_chars=-5), "num_chars must be between 0 and 1,000,000"),
+    (dict(num_chars=99999999), "num_chars must be between 0 and 1,000,000"),
+    (dict(num_samples=0), "num_samples must be between 1 and 4096"),
 ]
 
 
-@pytest.mark.parametrize("args, message", SAMPLE_ERRORS, ids=[m[:40] for _, m in SAMPLE_ERRORS])
-def test_sample_bad_input(tmp_path, trained_run, args, message):
-    args = [a.format(tmp=tmp_path) for a in args]
-    if not any(a.startswith("--run_dir=") for a in args):
-        args.append(f"--run_dir={trained_run}")
+@pytest.mark.parametrize("options, message", SAMPLE_ERRORS, ids=[m[:40] for _, m in SAMPLE_ERRORS])
+def test_sample_bad_input(tmp_path, trained_run, options, message):
+    options = dict(options)
+    run_dir = options.pop("run_dir", str(trained_run)).format(tmp=tmp_path)
+    prime = options.pop("prime", "The")
     before = snapshot(trained_run)
-    proc = run_cli("sample", *args)
-    _assert_one_line_error(proc, message)
+    with pytest.raises(CharRNNError) as info:
+        Sampler.from_checkpoint(run_dir, device="/CPU:0").generate(prime, **options)
+    assert message in str(info.value) and "\n" not in str(info.value)
+    assert snapshot(trained_run) == before
+
+
+def test_sample_bad_input_on_the_command_line(trained_run):
+    before = snapshot(trained_run)
+    _assert_one_line_error(run_cli("sample", f"--run_dir={trained_run}", "--prime=Qo#"),
+                           "2 character(s) not in the model's vocabulary: '#', 'Q'")
     assert snapshot(trained_run) == before
 
 
