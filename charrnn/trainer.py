@@ -435,7 +435,7 @@ class Trainer:
             writer=writer,
             logs=logs,
             metrics=checkpoint.MetricsLog(write_dir, resumed_step=int(self.step.numpy())),
-            progress=_Progress(self.total_steps, c.log_every),
+            progress=_Progress(self.total_steps, self.steps_per_epoch, c.log_every, int(self.step.numpy())),
             # Under multi_worker, SIGTERM belongs to TensorFlow's preemption handler (below).
             stop=(preemption.StopRequest((signal.SIGINT,) if c.strategy == "multi_worker" else
                                          (signal.SIGTERM, signal.SIGINT)) if handle_signals else None),
@@ -603,11 +603,10 @@ class Trainer:
                 if s % c.log_every == 0:
                     run.metrics.write(step=s, loss=float(loss))
             if run.progress.due(previous, step):
-                rate = (step - start_step) / (time.perf_counter() - start)
                 budget_left = None if c.time_budget is None else c.time_budget - run.train_seconds
-                run.progress.show(epoch, c.epochs, step, float(losses[-1]), rate, budget_left)
+                run.progress.show(epoch, step, float(losses[-1]), budget_left)
                 _write_scalars(run, step, loss=float(losses[-1]),
-                               learning_rate=float(self.optimizer.learning_rate), steps_per_sec=rate)
+                               learning_rate=float(self.optimizer.learning_rate), steps_per_sec=run.progress.rate(step))
             if run.preemption is not None:  # after this chunk's metrics: a preemption ends the process here
                 run.preemption.save_checkpoint_if_preempted(checkpoint_number=step)
         steps_per_sec = (step - start_step) / max(time.perf_counter() - start, 1e-9)
@@ -619,7 +618,7 @@ class Trainer:
         train_loss = float(self.epoch_loss_sum.numpy()) / (step - epoch * self.steps_per_epoch)
         stats = EpochStats(epoch=epoch + 1, step=step, train_loss=train_loss, val_loss=val_loss,
                            val_bpc=None if val_loss is None else val_loss / math.log(2), steps_per_sec=steps_per_sec)
-        run.progress.end_epoch(stats, c.epochs)
+        run.progress.end_epoch(stats)
         run.metrics.write(step=step, epoch=epoch + 1, train_loss=train_loss, val_loss=val_loss, val_bpc=stats.val_bpc)
         self.finalized_step.assign(step)
         self._save(run.manager)
@@ -688,12 +687,19 @@ class _Run:
 
 
 class _Progress:
-    """A live line on a terminal, a plain log line every `log_every` steps otherwise."""
+    """A live line on a terminal (redrawn in place, cut to the terminal's width so that it
+    never wraps), a plain log line every `log_every` steps otherwise.
 
-    def __init__(self, total_steps: int, log_every: int):
+    The rate and the ETA cover this whole invocation (not just the current epoch), and the
+    epoch count is the run's own: `total_steps` (max_steps included) over `steps_per_epoch`.
+    """
+
+    def __init__(self, total_steps: int, steps_per_epoch: int, log_every: int, start_step: int):
         self.total_steps = total_steps
+        self.epochs = max(math.ceil(total_steps / steps_per_epoch), 1)
         self.log_every = log_every
         self.live = sys.stdout.isatty()
+        self._start, self._start_step = time.monotonic(), start_step
         self._last_draw = 0.0
 
     def due(self, previous: int, step: int) -> bool:
@@ -702,18 +708,36 @@ class _Progress:
             return time.monotonic() - self._last_draw > 0.5 or step == self.total_steps
         return step // self.log_every > previous // self.log_every
 
-    def show(self, epoch: int, epochs: int, step: int, loss: float, rate: float,
-             budget_left: float | None = None) -> None:
+    def rate(self, step: int) -> float:
+        """Steps per second since this invocation started (evaluations and saves included)."""
+        elapsed = time.monotonic() - self._start
+        return (step - self._start_step) / elapsed if elapsed > 0 else 0.0
+
+    def line(self, epoch: int, step: int, loss: float, budget_left: float | None = None,
+             width: int | None = None) -> str:
+        """The progress line; with `width`, its least useful parts are left out until it fits."""
+        rate = self.rate(step)
         eta = (self.total_steps - step) / rate if rate > 0 else float("inf")
         if budget_left is not None:  # a --time_budget ends the run first
             eta = min(eta, max(budget_left, 0.0))
-        line = (f"epoch {epoch + 1}/{epochs} step {step}/{self.total_steps} loss {loss:.4f} "
-                f"{rate:.2f} steps/s ETA {_hms(eta)}")
+        # In the order shown; the number is the rank of what goes first when space is short.
+        parts = [(f"epoch {epoch + 1}/{self.epochs}", 3), (f"step {step}/{self.total_steps}", 6),
+                 (f"{100 * step / self.total_steps:.0f}%", 5), (f"loss {loss:.4f}", 4),
+                 (f"{rate:.2f} steps/s", 1), (f"elapsed {_hms(time.monotonic() - self._start)}", 0),
+                 (f"ETA {_hms(eta)}", 2)]
+        while True:
+            line = " ".join(text for text, _ in parts)
+            if width is None or len(line) < width or len(parts) == 1:
+                return line if width is None else line[:width - 1]
+            parts.remove(min(parts, key=lambda part: part[1]))
+
+    def show(self, epoch: int, step: int, loss: float, budget_left: float | None = None) -> None:
         if self.live:
             self._last_draw = time.monotonic()
-            sys.stdout.write("\r" + line + "\033[K")
+            width = shutil.get_terminal_size().columns
+            sys.stdout.write("\r" + self.line(epoch, step, loss, budget_left, width) + "\033[K")
         else:
-            sys.stdout.write(line + "\n")
+            sys.stdout.write(self.line(epoch, step, loss, budget_left) + "\n")
         sys.stdout.flush()
 
     def validation(self, step: int, val_loss: float, record: Validation) -> None:
@@ -722,10 +746,10 @@ class _Progress:
         print(f"{prefix}step {step} val_loss {val_loss:.4f} val_bpc {val_loss / math.log(2):.3f}{best}"
               + ("\033[K" if self.live else ""), flush=True)
 
-    def end_epoch(self, stats: EpochStats, epochs: int) -> None:
+    def end_epoch(self, stats: EpochStats) -> None:
         val = "" if stats.val_loss is None else f" val_loss {stats.val_loss:.4f} val_bpc {stats.val_bpc:.3f}"
         prefix = "\r" if self.live else ""
-        print(f"{prefix}epoch {stats.epoch}/{epochs} step {stats.step} loss {stats.train_loss:.4f}{val} "
+        print(f"{prefix}epoch {stats.epoch}/{self.epochs} step {stats.step} loss {stats.train_loss:.4f}{val} "
               f"{stats.steps_per_sec:.2f} steps/s" + ("\033[K" if self.live else ""), flush=True)
 
 

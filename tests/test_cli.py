@@ -93,3 +93,48 @@ def test_the_console_shows_charrnn_lines_only_unless_asked(tmp_path, small_text)
     assert loud.stdout == sample.stdout and _tensorflow_lines(loud.stderr), loud.stderr
     own = run_cli("sample", f"--run_dir={run}", "--num_chars=20", "--seed=1", env={"TF_CPP_MIN_LOG_LEVEL": "0"})
     assert _tensorflow_lines(own.stderr), own.stderr  # the user's own setting wins
+
+
+def test_the_progress_line_fits_its_width_and_counts_the_run():
+    from charrnn.trainer import _Progress
+
+    progress = _Progress(total_steps=300, steps_per_epoch=100, log_every=50, start_step=0)
+    full = progress.line(0, 37, 3.40213)
+    assert full.startswith("epoch 1/3 step 37/300 12% loss 3.4021 ") and " ETA " in full and "elapsed" in full
+    for width in (80, 50, 30, 12):
+        line = progress.line(0, 37, 3.40213, width=width)
+        assert len(line) < width and "step 37/300" in line[:width], (width, line)
+    assert "ETA" in progress.line(0, 37, 3.4, width=50) and "%" in progress.line(0, 37, 3.4, width=50)
+    # max_steps cuts the run inside its first epoch: one epoch, not the configured twenty.
+    assert _Progress(3, 155, 50, 0).line(0, 1, 4.0).startswith("epoch 1/1 step 1/3 33%")
+
+
+def test_the_live_progress_line_never_wraps_on_a_50_column_terminal(small_text, tmp_path):
+    import fcntl
+    import os
+    import pty
+    import struct
+    import termios
+
+    main, child = pty.openpty()
+    fcntl.ioctl(child, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 50, 0, 0))
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    proc = subprocess.Popen([sys.executable, "-m", "charrnn.train", f"--data={small_text}",
+                             f"--run_dir={tmp_path / 'run'}", "--max_steps=30", "--eval_every=10", *TINY_FLAGS],
+                            stdout=child, stderr=subprocess.PIPE, env=env)
+    os.close(child)
+    output = b""
+    while True:
+        try:
+            chunk = os.read(main, 4096)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        output += chunk
+    proc.wait(timeout=120)
+    assert proc.returncode == 0, proc.stderr.read()[-2000:]
+    pieces = re.split(r"[\r\n]", output.decode().replace("\x1b[K", ""))
+    live = [p for p in pieces if "ETA" in p]
+    assert live and all(len(p) < 50 for p in live), live
+    assert any("step 30/30 100%" in p for p in live)
