@@ -56,9 +56,12 @@ def define_checkpoint_flags(device: bool = True) -> None:
 
 
 def define_preset_flag() -> None:
-    flags.DEFINE_enum("preset", None, sorted(PRESETS),
-                      "Named set of settings (seed: the case study; cpu_small, gpu: the quality benchmark's recipes); "
-                      "explicit flags override it.")
+    """--preset, offering only the presets that set one of the flags defined so far (so that
+    charrnn-sample, say, does not accept a training recipe that would change nothing)."""
+    defined = set(FLAGS)
+    choices = sorted(name for name, values in PRESETS.items() if defined & set(values))
+    flags.DEFINE_enum("preset", None, choices, "Named set of settings (seed: the case study's; cpu_small, gpu: the "
+                      "quality benchmark's recipes, for training); explicit flags override it.")
     _GROUPS["preset"] = _GENERAL
 
 

@@ -74,6 +74,10 @@ def test_tools_answer_help_with_their_own_flags_without_tensorflow():
         for line in lines:
             assert line in proc.stdout, f"{tool} --help lacks {line!r}:\n{proc.stdout}"
         assert "--xla_" not in proc.stdout and "--jax_" not in proc.stdout  # absl's and TensorFlow's are in --helpfull
+    # A tool offers only the presets that set one of its flags: a training recipe changes
+    # nothing in charrnn-sample, so it is refused there.
+    refused = run_cli("sample", "--preset=cpu_small")
+    assert refused.returncode == 1 and "value should be one of <seed>" in refused.stderr, refused.stderr
 
 
 def _tensorflow_lines(stderr: str) -> list[str]:
