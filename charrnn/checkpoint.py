@@ -288,13 +288,15 @@ def read_fingerprints(path: str) -> tuple[str, str] | None:
         return None
 
 
-def check_vocab(path: str, vocab: Vocabulary, run_dir: str) -> None:
-    """Refuses a vocab.json that is not the vocabulary the checkpoint at `path` was trained with."""
+def check_vocab(path: str, vocab: Vocabulary, run_dir: str) -> tuple[str, str] | None:
+    """Refuses a vocab.json that is not the vocabulary the checkpoint at `path` was trained with;
+    returns the checkpoint's fingerprints (see `read_fingerprints`)."""
     saved = read_fingerprints(path)
     if saved is not None and saved[0] != vocab.fingerprint:
         raise CharRNNError(f"{os.path.join(run_dir, VOCAB_FILE)} is not the vocabulary {path} was trained with "
                            f"(fingerprint {vocab.fingerprint}, the checkpoint's {saved[0]}); restore the run's "
                            "original vocab.json")
+    return saved
 
 
 def load_model(run_dir: str, which: str | None = None, device: str = "/CPU:0",
@@ -351,7 +353,7 @@ class MetricsLog:
         except OSError as e:
             raise storage_error("read", self.path, e) from None
         lines = old.splitlines(keepends=True)
-        steps = [_line_step(line) for line in lines]
+        steps = [_step(_record(line)) for line in lines]
         damaged = sum(s is None for s in steps[:-1])
         if damaged:
             print(f"charrnn: warning: dropped {damaged} unreadable line(s) of {self.path}", file=sys.stderr)
@@ -377,13 +379,18 @@ class MetricsLog:
             pass
 
 
-def _line_step(line: bytes) -> int | None:
-    """The step of a metrics line, or None if it is not one (torn or damaged)."""
+def _record(line: bytes) -> dict | None:
+    """A metrics line as a dictionary with an integer step, or None if it is not one (torn or damaged)."""
     try:
         record = json.loads(line.decode("utf-8"))
-        return int(record["step"])
+        int(record["step"])
     except (ValueError, KeyError, TypeError):
         return None
+    return record
+
+
+def _step(record: dict | None) -> int | None:
+    return None if record is None else int(record["step"])
 
 
 def read_metrics(run_dir: str) -> list[dict]:
@@ -393,8 +400,4 @@ def read_metrics(run_dir: str) -> list[dict]:
             lines = f.read().splitlines()
     except FileNotFoundError:
         return []
-    records = []
-    for line in lines:
-        if _line_step(line) is not None:
-            records.append(json.loads(line.decode("utf-8")))
-    return records
+    return [record for record in map(_record, lines) if record is not None]

@@ -100,13 +100,11 @@ def export(run_dir: str, export_dir: str, which: str | None = None) -> str:
         try:
             archive.write_out(export_dir, verbose=False)
         except STORAGE_ERRORS as e:
-            # Half a SavedModel is worse than none: remove what this call wrote.
-            for name in os.listdir(export_dir) if os.path.isdir(export_dir) else []:
-                shutil.rmtree(os.path.join(export_dir, name), ignore_errors=True)
-                if os.path.lexists(os.path.join(export_dir, name)):
-                    os.unlink(os.path.join(export_dir, name))
-            if created:
-                shutil.rmtree(export_dir, ignore_errors=True)
+            # Half a SavedModel is worse than none. The directory was new or empty (checked
+            # above): leave it as it was.
+            shutil.rmtree(export_dir, ignore_errors=True)
+            if not created:
+                os.makedirs(export_dir, exist_ok=True)
             raise storage_error("write the SavedModel to", export_dir, e) from None
     return path
 

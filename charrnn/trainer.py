@@ -223,18 +223,23 @@ class Trainer:
         self.restored_from = checkpoint.restore_newest_readable(self._restorable, run_dir, check_finite=variables)
         if self.restored_from is None:
             return
-        checkpoint.check_vocab(self.restored_from, self.vocab, run_dir)
-        saved = checkpoint.read_fingerprints(self.restored_from)
+        saved = checkpoint.check_vocab(self.restored_from, self.vocab, run_dir)
         if saved is not None and saved[1] != self._data_fingerprint and not self.config.allow_new_data:
             raise CharRNNError(f"{self.config.data} is not the text run directory {run_dir} was trained on "
                                f"(fingerprint {self._data_fingerprint}, the checkpoint's {saved[1]}); pass "
                                "--allow_new_data to continue training on it, or use a new --run_dir")
-        step, epoch = int(self.step.numpy()), int(self.epoch.numpy())
-        if step == (epoch + 1) * self.steps_per_epoch and int(self.finalized_step.numpy()) == step:
-            epoch += 1
+        step, epoch = self._position()
         if not 0 <= step - epoch * self.steps_per_epoch <= self.steps_per_epoch:
             raise CharRNNError(f"checkpoint step {step} and epoch {epoch} do not fit {self.steps_per_epoch} "
                                "steps per epoch; the run directory belongs to other data, use a new --run_dir")
+
+    def _position(self) -> tuple[int, int]:
+        """(step, epoch): the epoch the next step belongs to (the next one once the current
+        epoch is trained to its end and finalised)."""
+        step, epoch = int(self.step.numpy()), int(self.epoch.numpy())
+        if step == (epoch + 1) * self.steps_per_epoch and int(self.finalized_step.numpy()) == step:
+            epoch += 1
+        return step, epoch
 
     def _check_resumable(self, saved_config: TrainConfig, saved_vocab: Vocabulary) -> None:
         problems = self.config.mismatches(saved_config)
@@ -551,10 +556,8 @@ class Trainer:
         redoes it: an earlier step, or this step not yet marked finalised.
         """
         c = self.config
-        step, epoch = int(self.step.numpy()), int(self.epoch.numpy())
-        if step == (epoch + 1) * self.steps_per_epoch and int(self.finalized_step.numpy()) == step:
-            epoch += 1
-            self.epoch.assign(epoch)
+        step, epoch = self._position()
+        self.epoch.assign(epoch)
         offset = step - epoch * self.steps_per_epoch  # in [0, steps_per_epoch]: checked by _restore
         if offset == 0:
             self.epoch_loss_sum.assign(0.0)
