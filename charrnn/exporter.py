@@ -62,7 +62,8 @@ class _Generator(tf.Module):
             ]
             with tf.control_dependencies(checks):
                 prime_ids = ids.to_tensor()
-            sampled = self._sampler.sample_ids(prime_ids, num_chars, temperature, tf.stack([seed, 0]))
+            options = (temperature, tf.stack([seed, 0]), tf.constant(0), tf.constant(1.0), tf.constant(False))
+            sampled = self._sampler.sample_ids(prime_ids, num_chars, options)
             # sampled is time-major [num_chars, batch]: join down the time axis.
             return {"text": prompt + tf.strings.reduce_join(tf.gather(self.chars, sampled), axis=0)}
 

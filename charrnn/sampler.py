@@ -1,14 +1,15 @@
-"""`Sampler`: text generation as one compiled call.
+"""`Sampler`: text generation in compiled calls, and `SampleOptions`, how it draws.
 
-The prime runs through the model once to build the recurrent state; then a `tf.range`
-loop inside a `tf.function` samples each next character from logits / temperature with
-stateless ops and feeds it back, the state carried as loop variables. `num_samples`
-sequences are generated in parallel as one batch, and a seed reproduces the output exactly.
+The prime runs through the model once to build the recurrent state and draw the first
+character; then a `tf.range` loop inside a `tf.function` samples each next character from
+logits / temperature with stateless ops and feeds it back, the state carried as loop
+variables. `num_samples` sequences are generated in parallel as one batch, and a seed
+reproduces the output exactly.
 """
 
 from __future__ import annotations
 
-import functools
+import dataclasses
 import secrets
 from typing import Iterator
 
@@ -29,29 +30,58 @@ MIN_TEMPERATURE, MAX_TEMPERATURE = 1e-6, 1e6
 SEED_RANGE = (-(2**63), 2**63 - 1)  # int64
 
 
-def _check_options(prime: str, num_chars: int, temperature: float, num_samples: int, top_k: int, top_p: float,
-                   stop_at: str | None, seed: int | None) -> None:
+@dataclasses.dataclass(frozen=True)
+class SampleOptions:
+    """How each next character is drawn: from softmax(logits / temperature), restricted to
+    the `top_k` most likely characters (0: all) and to the smallest set whose probability
+    reaches `top_p` (1: all); `greedy` takes the most likely one instead. A sample ends just
+    before the first occurrence of `stop_at` in its generated text. Checked when built."""
+
+    temperature: float = 0.5
+    top_k: int = 0
+    top_p: float = 1.0
+    greedy: bool = False
+    stop_at: str | None = None
+
+    def __post_init__(self) -> None:
+        if not MIN_TEMPERATURE <= self.temperature <= MAX_TEMPERATURE:
+            raise CharRNNError(f"temperature must be between {MIN_TEMPERATURE:g} and {MAX_TEMPERATURE:g}, got "
+                               f"{self.temperature} (for the most likely character every time, use greedy)")
+        if self.top_k < 0:
+            raise CharRNNError(f"top_k must be >= 0 (0 keeps every character), got {self.top_k}")
+        if not 0 < self.top_p <= 1:
+            raise CharRNNError(f"top_p must be in (0, 1] (1 keeps every character), got {self.top_p}")
+        if self.stop_at == "":
+            raise CharRNNError("stop_at is empty; pass the text that should end a sample, or leave it unset")
+
+    @property
+    def filtering(self) -> bool:
+        return self.top_k > 0 or self.top_p < 1
+
+    def tensors(self, seed: int) -> tuple[tf.Tensor, ...]:
+        """(temperature, seed, top_k, top_p, greedy): the arguments of the compiled loop."""
+        return (tf.constant(self.temperature, tf.float32), tf.constant([seed, 0], tf.int64),
+                tf.constant(self.top_k, tf.int32), tf.constant(self.top_p, tf.float32), tf.constant(self.greedy))
+
+
+def _check_request(prime: str, num_chars: int, num_samples: int, seed: int | None) -> None:
     if not prime:
         raise CharRNNError("the prime is empty; pass at least one character to start from")
-    if not MIN_TEMPERATURE <= temperature <= MAX_TEMPERATURE:
-        raise CharRNNError(f"temperature must be between {MIN_TEMPERATURE:g} and {MAX_TEMPERATURE:g}, got {temperature} "
-                           "(for the most likely character every time, use greedy)")
     if seed is not None and not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
         raise CharRNNError(f"seed must be a 64-bit integer, between {SEED_RANGE[0]} and {SEED_RANGE[1]}, got {seed}")
     if not 0 <= num_chars <= MAX_NUM_CHARS:
         raise CharRNNError(f"num_chars must be between 0 and {MAX_NUM_CHARS:,}, got {num_chars}")
     if not 1 <= num_samples <= MAX_NUM_SAMPLES:
         raise CharRNNError(f"num_samples must be between 1 and {MAX_NUM_SAMPLES}, got {num_samples}")
-    if top_k < 0:
-        raise CharRNNError(f"top_k must be >= 0 (0 keeps every character), got {top_k}")
-    if not 0 < top_p <= 1:
-        raise CharRNNError(f"top_p must be in (0, 1] (1 keeps every character), got {top_p}")
-    if stop_at == "":
-        raise CharRNNError("stop_at is empty; pass the text that should end a sample, or leave it unset")
 
 
 class Sampler:
-    """Generates text from a `CharRNN` and its vocabulary."""
+    """Generates text from a `CharRNN` and its vocabulary.
+
+    Generation is two compiled functions, shared by `generate`, `stream` and the SavedModel
+    export (which traces the same bodies, see `sample_ids`): the prime's pass, which draws
+    the first character, and a chunk loop that continues from a state.
+    """
 
     def __init__(self, model: CharRNN, vocab: Vocabulary, device: str = "auto"):
         if model.vocab_size != len(vocab):
@@ -59,27 +89,9 @@ class Sampler:
         self.model = model
         self.vocab = vocab
         self.device = resolve_device(device)
-        # One compiled loop per combination of (filtering, stopping): the per-step ops of an
+        # One compiled pair per combination of (filtering, stopping): the per-step ops of an
         # option that is off are then absent, not skipped at run time.
-        self._compiled: dict[tuple[bool, bool], tf.types.experimental.GenericFunction] = {}
-        self._streaming: dict[bool, tuple] = {}
-
-    def _generate_ids(self, *args: tf.Tensor, filtering: bool, stopping: bool) -> tf.Tensor:
-        key = (filtering, stopping)
-        if key not in self._compiled:
-            self._compiled[key] = tf.function(
-                functools.partial(self._generate_ids_fn, filtering=filtering, stopping=stopping),
-                input_signature=[
-                    tf.TensorSpec([None, None], tf.int32),  # prime ids, one row per sample
-                    tf.TensorSpec([], tf.int32),  # number of characters to generate (>= 1)
-                    tf.TensorSpec([], tf.float32),  # temperature
-                    tf.TensorSpec([2], tf.int64),  # stateless seed
-                    tf.TensorSpec([], tf.int32),  # top_k (0: all)
-                    tf.TensorSpec([], tf.float32),  # top_p (1: all)
-                    tf.TensorSpec([], tf.bool),  # greedy
-                    tf.TensorSpec([None], tf.int32),  # stop_at ids
-                ])
-        return self._compiled[key](*args)
+        self._compiled: dict[tuple[bool, bool], tuple] = {}
 
     @classmethod
     def from_checkpoint(cls, run_dir: str, device: str = "auto", which: str | None = None) -> Sampler:
@@ -95,27 +107,23 @@ class Sampler:
                  stop_at: str | None = None) -> str | list[str]:
         """Returns `prime` followed by up to `num_chars` sampled characters (a list if num_samples > 1).
 
-        Each next character is drawn from softmax(logits / temperature), restricted to the
-        `top_k` most likely characters (0: all) and to the smallest set whose probability
-        reaches `top_p` (1: all); `greedy` takes the most likely one instead. A sample ends
-        just before the first occurrence of `stop_at` in its generated text, and generation
-        stops once every sample has reached it. The same `seed` and arguments give the same
-        text; without one a random seed is drawn.
+        The options are those of `SampleOptions`; generation stops once every sample has
+        reached `stop_at`. The same `seed` and arguments give the same text; without one a
+        random seed is drawn.
         """
-        _check_options(prime, num_chars, temperature, num_samples, top_k, top_p, stop_at, seed)
-        stop_ids = self.vocab.encode(stop_at) if stop_at else np.zeros([0], np.int32)
-        prime_ids = self.vocab.encode(prime)
+        options = SampleOptions(temperature, top_k, top_p, greedy, stop_at)
+        _check_request(prime, num_chars, num_samples, seed)
         if num_chars == 0:
             texts = [prime] * num_samples
         else:
-            if seed is None:
-                seed = secrets.randbits(63)
-            batch = tf.tile(tf.constant(prime_ids[None, :]), [num_samples, 1])
-            ids = self._generate_ids(batch, tf.constant(num_chars, tf.int32), tf.constant(temperature, tf.float32),
-                                     tf.constant([seed, 0], tf.int64), tf.constant(top_k, tf.int32),
-                                     tf.constant(top_p, tf.float32), tf.constant(greedy), tf.constant(stop_ids),
-                                     filtering=top_k > 0 or top_p < 1, stopping=bool(stop_at))
-            texts = [self.vocab.decode(row) for row in ids.numpy().T]  # time-major: a column per sample
+            first, chunk = self._functions(options)
+            args = options.tensors(secrets.randbits(63) if seed is None else seed)
+            stop_ids = tf.constant(self.vocab.encode(stop_at) if stop_at else np.zeros([0], np.int32))
+            batch = tf.tile(tf.constant(self.vocab.encode(prime)[None, :]), [num_samples, 1])
+            ids, state, recent, done = first(batch, stop_ids, *args)
+            rest, *_ = chunk(ids, state, recent, done, tf.constant(1), tf.constant(num_chars - 1), stop_ids, *args)
+            columns = np.concatenate([ids.numpy()[None, :], rest.numpy()])  # time-major: a column per sample
+            texts = [self.vocab.decode(row) for row in columns.T]
             if stop_at:
                 texts = [text.split(stop_at, 1)[0] for text in texts]
             texts = [prime + text for text in texts]
@@ -127,18 +135,16 @@ class Sampler:
         """Yields the text that `generate(prime, ...)` returns after the prime, piece by piece
         as it is produced: compiled chunks of `chunk` steps, the state carried between them.
         The same seed and options give exactly `generate`'s text (one sample)."""
-        _check_options(prime, num_chars, temperature, 1, top_k, top_p, stop_at, seed)
+        options = SampleOptions(temperature, top_k, top_p, greedy, stop_at)
+        _check_request(prime, num_chars, 1, seed)
         if chunk < 1:
             raise CharRNNError(f"chunk must be at least 1, got {chunk}")
         if num_chars == 0:
             return
-        filtering = top_k > 0 or top_p < 1
-        if filtering not in self._streaming:
-            self._streaming[filtering] = self._compile_stream(filtering)
-        first_fn, continue_fn = self._streaming[filtering]
-        options = (tf.constant(temperature, tf.float32), tf.constant([secrets.randbits(63) if seed is None else seed, 0],
-                   tf.int64), tf.constant(top_k, tf.int32), tf.constant(top_p, tf.float32), tf.constant(greedy))
-        ids, state = first_fn(tf.constant(self.vocab.encode(prime)[None, :]), *options)
+        first, continue_ = self._functions(options)
+        args = options.tensors(secrets.randbits(63) if seed is None else seed)
+        stop_ids = tf.constant(self.vocab.encode(stop_at) if stop_at else np.zeros([0], np.int32))
+        ids, state, recent, done = first(tf.constant(self.vocab.encode(prime)[None, :]), stop_ids, *args)
         text, emitted, produced = self.vocab.decode(ids.numpy()), 0, 1
         # Held back: the end of the text that could be the start of stop_at.
         hold = len(stop_at) - 1 if stop_at else 0
@@ -153,82 +159,91 @@ class Sampler:
                 yield text[emitted:len(text) - hold]
                 emitted = len(text) - hold
             count = min(chunk, num_chars - produced)
-            chunk_ids, ids, state = continue_fn(ids, state, tf.constant(produced), tf.constant(count), *options)
+            chunk_ids, ids, state, recent, done = continue_(ids, state, recent, done, tf.constant(produced),
+                                                            tf.constant(count), stop_ids, *args)
             text += self.vocab.decode(chunk_ids.numpy()[:, 0])
             produced += count
 
-    def _compile_stream(self, filtering: bool) -> tuple:
-        """The two compiled halves of `stream`: the prime and first character, then chunks."""
-        option_specs = [tf.TensorSpec([], tf.float32), tf.TensorSpec([2], tf.int64), tf.TensorSpec([], tf.int32),
-                        tf.TensorSpec([], tf.float32), tf.TensorSpec([], tf.bool)]
-        layer = tuple(tf.TensorSpec([None, self.model.rnn_units], self.model.state_dtype)
-                      for _ in range(self.model.state_size))
+    def _functions(self, options: SampleOptions) -> tuple:
+        """The compiled (first, chunk) pair for `options`' filtering and stopping."""
+        key = (options.filtering, options.stop_at is not None)
+        if key not in self._compiled:
+            filtering, stopping = key
+            option_specs = [tf.TensorSpec([], tf.float32), tf.TensorSpec([2], tf.int64), tf.TensorSpec([], tf.int32),
+                            tf.TensorSpec([], tf.float32), tf.TensorSpec([], tf.bool)]
+            layer = tuple(tf.TensorSpec([None, self.model.rnn_units], self.model.state_dtype)
+                          for _ in range(self.model.state_size))
+            ids, stop_ids = tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.int32)
+            carried = [ids, (layer,) * self.model.num_layers, tf.TensorSpec([None, None], tf.int32),
+                       tf.TensorSpec([None], tf.bool)]
 
-        def first(prime_ids, temperature, seed, top_k, top_p, greedy):
-            with tf.device(self.device):
-                logits, state = self.model(prime_ids)
-                return _draw(logits[:, -1, :], 0, temperature, seed, top_k, top_p, greedy, filtering), state
+            def first(prime_ids, stop_ids, *option_args):
+                with tf.device(self.device):
+                    return self._first(prime_ids, stop_ids, *option_args, filtering=filtering, stopping=stopping)
 
-        def continue_(ids, state, start, count, temperature, seed, top_k, top_p, greedy):
-            with tf.device(self.device):
-                out = tf.TensorArray(tf.int32, size=count)
-                for i in tf.range(count):
-                    logits, state = self.model.step(ids, state)
-                    ids = _draw(logits, start + i, temperature, seed, top_k, top_p, greedy, filtering)
-                    out = out.write(i, ids)
-                return out.stack(), ids, state  # time-major, as sample_ids
+            def chunk(*args):
+                with tf.device(self.device):
+                    return self._chunk(*args, filtering=filtering, stopping=stopping)
 
-        return (tf.function(first, input_signature=[tf.TensorSpec([None, None], tf.int32), *option_specs]),
-                tf.function(continue_, input_signature=[tf.TensorSpec([None], tf.int32),
-                                                        (layer,) * self.model.num_layers, tf.TensorSpec([], tf.int32),
-                                                        tf.TensorSpec([], tf.int32), *option_specs]))
+            self._compiled[key] = (
+                tf.function(first, input_signature=[tf.TensorSpec([None, None], tf.int32), stop_ids, *option_specs]),
+                tf.function(chunk, input_signature=[*carried, tf.TensorSpec([], tf.int32), tf.TensorSpec([], tf.int32),
+                                                    stop_ids, *option_specs]))
+        return self._compiled[key]
 
-    def _generate_ids_fn(self, prime_ids: tf.Tensor, num_chars: tf.Tensor, temperature: tf.Tensor, seed: tf.Tensor,
-                         top_k: tf.Tensor, top_p: tf.Tensor, greedy: tf.Tensor, stop_ids: tf.Tensor, *,
-                         filtering: bool, stopping: bool) -> tf.Tensor:
-        with tf.device(self.device):
-            return self.sample_ids(prime_ids, num_chars, temperature, seed, top_k, top_p, greedy, stop_ids,
-                                   filtering=filtering, stopping=stopping)
-
-    def sample_ids(self, prime_ids: tf.Tensor, num_chars: tf.Tensor, temperature: tf.Tensor, seed: tf.Tensor,
-                   top_k: tf.Tensor | int = 0, top_p: tf.Tensor | float = 1.0, greedy: tf.Tensor | bool = False,
-                   stop_ids: tf.Tensor | None = None, *, filtering: bool = False, stopping: bool = False) -> tf.Tensor:
-        """The sampling loop itself, for callers that compile it into their own function (the
-        SavedModel export): ids [num_chars, batch] (time-major) generated after `prime_ids`
-        [batch, length] (>= 1 id each). `generate` runs exactly this, so the same seed gives
-        the same ids. Time-major because an integer Transpose inside the compiled loop goes
-        to oneDNN, which logs an error for int32 and falls back; callers transpose outside."""
-        if stop_ids is None:
-            stop_ids = tf.zeros([0], tf.int32)
+    def _first(self, prime_ids: tf.Tensor, stop_ids: tf.Tensor, temperature: tf.Tensor, seed: tf.Tensor,
+               top_k: tf.Tensor, top_p: tf.Tensor, greedy: tf.Tensor, *, filtering: bool, stopping: bool) -> tuple:
+        """The prime's pass: the first ids drawn [batch], the state after them, and the
+        stop_at bookkeeping (the last len(stop_at) ids of each sample; whether it ended)."""
         logits, state = self.model(prime_ids)
+        ids = _draw(logits[:, -1, :], 0, temperature, seed, top_k, top_p, greedy, filtering)
         batch = tf.shape(prime_ids)[0]
-        stop_len = tf.shape(stop_ids)[0]
+        recent = tf.fill([batch, tf.shape(stop_ids)[0]], -1)
+        recent, done = _advance(ids, recent, tf.zeros([batch], tf.bool), stop_ids, stopping)
+        return ids, state, recent, done
 
-        def sample(step_logits: tf.Tensor, i: tf.Tensor) -> tf.Tensor:
-            return _draw(step_logits, i, temperature, seed, top_k, top_p, greedy, filtering)
-
-        # The last len(stop_at) ids of each sample, to notice when it has produced stop_at.
-        recent = tf.fill([batch, stop_len], -1)
-        done = tf.zeros([batch], tf.bool)
-
-        def advance(next_ids: tf.Tensor, recent: tf.Tensor, done: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-            if not stopping:
-                return recent, done
-            recent = tf.concat([recent, next_ids[:, None]], 1)[:, 1:]
-            return recent, done | tf.reduce_all(tf.equal(recent, stop_ids), axis=1)
-
-        next_ids = sample(logits[:, -1, :], 0)
-        recent, done = advance(next_ids, recent, done)
+    def _chunk(self, ids: tf.Tensor, state: tuple, recent: tf.Tensor, done: tf.Tensor, start: tf.Tensor,
+               count: tf.Tensor, stop_ids: tf.Tensor, temperature: tf.Tensor, seed: tf.Tensor, top_k: tf.Tensor,
+               top_p: tf.Tensor, greedy: tf.Tensor, *, filtering: bool, stopping: bool) -> tuple:
+        """The sampling loop: `count` more characters after `ids`, the `start`-th onwards (the
+        index seeds each draw). Returns them time-major [count, batch] (fewer once every
+        sample has produced stop_at) and the carried (ids, state, recent, done). Time-major
+        because an integer Transpose inside the compiled loop goes to oneDNN, which logs an
+        error for int32 and falls back; callers transpose outside."""
         # Grows as it is written, so that stopping early leaves no unwritten rows.
-        out = tf.TensorArray(tf.int32, size=0, dynamic_size=True).write(0, next_ids)
-        for i in tf.range(1, num_chars):
+        out = tf.TensorArray(tf.int32, size=0, dynamic_size=True, element_shape=tf.TensorShape([None]))
+        for i in tf.range(count):
             if stopping and tf.reduce_all(done):
                 break
-            step_logits, state = self.model.step(next_ids, state)
-            next_ids = sample(step_logits, i)
-            recent, done = advance(next_ids, recent, done)
-            out = out.write(i, next_ids)
-        return out.stack()
+            logits, state = self.model.step(ids, state)
+            ids = _draw(logits, start + i, temperature, seed, top_k, top_p, greedy, filtering)
+            recent, done = _advance(ids, recent, done, stop_ids, stopping)
+            out = out.write(i, ids)
+        # An empty TensorArray of unknown element shape cannot be stacked.
+        stacked = tf.cond(out.size() > 0, out.stack, lambda: tf.zeros([0, tf.shape(ids)[0]], tf.int32))
+        return stacked, ids, state, recent, done
+
+    def sample_ids(self, prime_ids: tf.Tensor, num_chars: tf.Tensor, options: tuple[tf.Tensor, ...],
+                   stop_ids: tf.Tensor | None = None, *, filtering: bool = False, stopping: bool = False) -> tf.Tensor:
+        """`generate`'s two steps in one graph, for callers that compile them into their own
+        function (the SavedModel export): ids [num_chars, batch] (time-major) generated after
+        `prime_ids` [batch, length] (>= 1 id each); `options` as `SampleOptions.tensors`.
+        The same seed gives `generate`'s ids."""
+        if stop_ids is None:
+            stop_ids = tf.zeros([0], tf.int32)
+        ids, state, recent, done = self._first(prime_ids, stop_ids, *options, filtering=filtering, stopping=stopping)
+        rest, *_ = self._chunk(ids, state, recent, done, tf.constant(1), num_chars - 1, stop_ids, *options,
+                               filtering=filtering, stopping=stopping)
+        return tf.concat([ids[None, :], rest], 0)
+
+
+def _advance(ids: tf.Tensor, recent: tf.Tensor, done: tf.Tensor, stop_ids: tf.Tensor,
+             stopping: bool) -> tuple[tf.Tensor, tf.Tensor]:
+    """Appends `ids` to each sample's last len(stop_at) ids and notes which produced stop_at."""
+    if not stopping:
+        return recent, done
+    recent = tf.concat([recent, ids[:, None]], 1)[:, 1:]
+    return recent, done | tf.reduce_all(tf.equal(recent, stop_ids), axis=1)
 
 
 def _draw(logits: tf.Tensor, i: tf.Tensor, temperature: tf.Tensor, seed: tf.Tensor, top_k: tf.Tensor,
@@ -238,6 +253,8 @@ def _draw(logits: tf.Tensor, i: tf.Tensor, temperature: tf.Tensor, seed: tf.Tens
     if filtering:
         logits = filter_logits(logits, top_k, top_p)
     drawn = tf.random.stateless_categorical(logits, 1, seed=tf.random.experimental.stateless_fold_in(seed, i))[:, 0]
+    # Non-finite logits (a diverged model) make the draw return vocab_size: keep it an id.
+    drawn = tf.minimum(drawn, tf.cast(tf.shape(logits)[-1] - 1, drawn.dtype))
     return tf.cast(tf.where(greedy, tf.argmax(logits, -1), drawn), tf.int32)
 
 
