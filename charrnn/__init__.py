@@ -15,27 +15,31 @@ from typing import TYPE_CHECKING, Any
 
 # Public name -> the module that defines it.
 _EXPORTS = {
+    "Callback": "callbacks",
     "PRESETS": "config", "TrainConfig": "config",
     "CORPORA": "data", "Vocabulary": "data", "read_text": "data", "resolve_corpus": "data",
     "CharRNNError": "errors",
     "export": "exporter",
+    "EpochStats": "loop",
     "CharRNN": "model",
     "EXIT_PREEMPTED": "preemption", "Preempted": "preemption",
-    "MAX_NUM_CHARS": "sampler", "Sampler": "sampler",
-    "EpochStats": "trainer", "Trainer": "trainer",
+    "MAX_NUM_CHARS": "sampler", "SampleOptions": "sampler", "Sampler": "sampler",
+    "Trainer": "trainer",
 }
 __all__ = sorted(_EXPORTS)
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:  # what type checkers and IDEs see
+    from charrnn.callbacks import Callback
     from charrnn.config import PRESETS, TrainConfig
     from charrnn.data import CORPORA, Vocabulary, read_text, resolve_corpus
     from charrnn.errors import CharRNNError
     from charrnn.exporter import export
+    from charrnn.loop import EpochStats
     from charrnn.model import CharRNN
     from charrnn.preemption import EXIT_PREEMPTED, Preempted
-    from charrnn.sampler import MAX_NUM_CHARS, Sampler
-    from charrnn.trainer import EpochStats, Trainer
+    from charrnn.sampler import MAX_NUM_CHARS, SampleOptions, Sampler
+    from charrnn.trainer import Trainer
 
 
 def __getattr__(name: str) -> Any:

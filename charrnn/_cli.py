@@ -36,9 +36,12 @@ def define_dataclass_flags(cls: type) -> None:
         kind = hints[field.name]
         if typing.get_origin(kind) in (typing.Union, types.UnionType):  # `T | None`
             kind = next(a for a in typing.get_args(kind) if a is not type(None))
-        define = {int: flags.DEFINE_integer, float: flags.DEFINE_float, str: flags.DEFINE_string,
-                  bool: flags.DEFINE_boolean}[kind]
-        define(field.name, field.default, field.metadata["help"])
+        if field.metadata.get("choices"):
+            flags.DEFINE_enum(field.name, field.default, list(field.metadata["choices"]), field.metadata["help"])
+        else:
+            define = {int: flags.DEFINE_integer, float: flags.DEFINE_float, str: flags.DEFINE_string,
+                      bool: flags.DEFINE_boolean}[kind]
+            define(field.name, field.default, field.metadata["help"])
         _GROUPS[field.name] = field.metadata["group"]
 
 
@@ -110,7 +113,13 @@ def run(main: Callable[[], None], doc: str) -> None:
         except CharRNNError as e:
             _fail(prog, str(e))
 
-    app.run(wrapped)
+    def parse(argv: list[str]) -> list[str]:
+        try:
+            return FLAGS(argv)
+        except flags.Error as e:  # absl would print two lines and exit 1
+            _fail(prog, f"{e}; see --help")
+
+    app.run(wrapped, flags_parser=parse)
 
 
 def _start_tensorflow(quiet: bool) -> None:

@@ -5,7 +5,7 @@
     <run_dir>/ckpt/         tf.train.CheckpointManager files: checkpoint, ckpt-<step>.*
     <run_dir>/best/         the checkpoint with the lowest validation loss so far, ckpt-<step>.*
     <run_dir>/metrics.jsonl training and validation losses by step, one JSON object a line
-    <run_dir>/logs/         TensorBoard summaries
+    <run_dir>/logs/         TensorBoard summaries: train/, validation/, hparams and samples
     <run_dir>/train.lock    held while a trainer runs (charrnn.lock)
 
 Every checkpoint also records fingerprints of the vocabulary and of the training text
@@ -22,10 +22,11 @@ import re
 import shutil
 import sys
 import tempfile
-from typing import Iterable
+from typing import Any, Iterable
 
 import tensorflow as tf
 
+from charrnn.callbacks import Callback
 from charrnn.config import WHICH, TrainConfig
 from charrnn.data import Vocabulary
 from charrnn.errors import CharRNNError
@@ -317,9 +318,7 @@ def load_model(run_dir: str, which: str | None = None, device: str = "/CPU:0",
     config, vocab = files
     which = resolve_which(run_dir, which)
     with tf.device(device):
-        model = CharRNN(len(vocab), config.embedding_dim, config.rnn_units, config.num_layers,
-                        lstm_impl=lstm_impl, precision=config.mixed_precision, cell=config.cell)
-        model.build_for_vocab()
+        model = CharRNN.from_config(config, len(vocab), lstm_impl)
         reader = tf.train.Checkpoint(model=model)
         try:
             path = restore_newest_readable(reader, run_dir, which=which, check_finite=model.variables)
@@ -334,8 +333,11 @@ def load_model(run_dir: str, which: str | None = None, device: str = "/CPU:0",
     return model, config, vocab, path
 
 
-class MetricsLog:
-    """Appends one JSON object per line to `<run_dir>/metrics.jsonl`, flushed at once.
+class MetricsLog(Callback):
+    """The training loop's observer that keeps `<run_dir>/metrics.jsonl`: one JSON object
+    per line, flushed at once: `{step, loss}` every `log_every` steps (that step's loss),
+    `{step, val_loss, val_bpc}` at each evaluation, `{step, epoch, train_loss, val_loss,
+    val_bpc}` at each epoch's end.
 
     Opening it for a run resumed at `resumed_step` first drops the lines of later steps:
     those steps are trained again, and a step must appear once, with the value of the run
@@ -345,6 +347,7 @@ class MetricsLog:
 
     def __init__(self, run_dir: str, resumed_step: int):
         self.path = os.path.join(run_dir, METRICS_FILE)
+        self._trainer: Any = None
         try:
             with open(self.path, "rb") as f:
                 old = f.read()
@@ -365,14 +368,28 @@ class MetricsLog:
         except OSError as e:
             raise storage_error("write", self.path, e) from None
 
-    def write(self, **values: float | int | None) -> None:
+    def _write(self, **values: float | int | None) -> None:
         try:
             self._file.write(json.dumps(values) + "\n")
             self._file.flush()
         except OSError as e:
             raise storage_error("write", self.path, e) from None
 
-    def close(self) -> None:
+    def on_train_begin(self, trainer: Any) -> None:
+        self._trainer = trainer
+
+    def on_chunk_end(self, step: int, logs: dict[str, float]) -> None:
+        if self._trainer.cadence.log_due(step):
+            self._write(step=step, loss=float(self._trainer.last_losses[-1]))
+
+    def on_evaluate(self, step: int, logs: dict[str, float]) -> None:
+        self._write(step=step, val_loss=logs["val_loss"], val_bpc=logs["val_bpc"])
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
+        self._write(step=self._trainer.position()[0], epoch=epoch, train_loss=logs["loss"],
+                    val_loss=logs.get("val_loss"), val_bpc=logs.get("val_bpc"))
+
+    def on_train_end(self, logs: dict[str, float]) -> None:
         try:
             self._file.close()
         except OSError:  # the failed write was already reported

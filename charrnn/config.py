@@ -21,11 +21,14 @@ WHICH = ("best", "latest")
 # The tf.distribute strategies of --strategy (charrnn.distribute builds them).
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker", "tpu")
 CELLS = ("lstm", "gru")
+LR_SCHEDULES = ("constant", "cosine", "exponential")
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 
 
-def _field(default: Any, help: str, group: str) -> Any:  # noqa: A002 - mirrors absl's argument name
-    """A setting: its default, its flag's help text and the group --help lists it under."""
-    return dataclasses.field(default=default, metadata={"help": help, "group": group})
+def _field(default: Any, help: str, group: str, choices: tuple[str, ...] = ()) -> Any:  # noqa: A002 - absl's name
+    """A setting: its default, its flag's help text, the group --help lists it under and,
+    for a choice, the values allowed (the flag is then an absl enum)."""
+    return dataclasses.field(default=default, metadata={"help": help, "group": group, "choices": choices})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,11 +46,12 @@ class TrainConfig:
     embedding_dim: int = _field(256, "Embedding size.", "Model")
     rnn_units: int = _field(1024, "Units per recurrent layer.", "Model")
     num_layers: int = _field(1, "Stacked recurrent layers.", "Model")
-    cell: str = _field("lstm", "Recurrent cell: lstm or gru.", "Model")
+    cell: str = _field("lstm", "Recurrent cell: lstm or gru.", "Model", CELLS)
     dropout: float = _field(0.0, "Dropout rate after each recurrent layer during training (0 disables).", "Model")
     learning_rate: float = _field(0.001, "Adam learning rate, in (0, 1].", "Optimisation")
     lr_schedule: str = _field("constant", "Learning-rate schedule after warm-up: constant, cosine (to 0 at the last "
-                              "step) or exponential (times lr_decay each epoch, as char-rnn).", "Optimisation")
+                              "step) or exponential (times lr_decay each epoch, as char-rnn).", "Optimisation",
+                              LR_SCHEDULES)
     warmup_steps: int = _field(0, "Steps of linear learning-rate warm-up from 0.", "Optimisation")
     lr_decay: float = _field(0.97, "Per-epoch factor of the exponential schedule.", "Optimisation")
     weight_decay: float = _field(0.0, "Decoupled weight decay (AdamW) when > 0; plain Adam when 0.", "Optimisation")
@@ -62,16 +66,20 @@ class TrainConfig:
     shuffle_buffer: int = _field(10000, "Shuffle buffer in windows (as in the case study).", "Optimisation")
     checkpoint_every: int = _field(250, "Save a checkpoint every this many steps (and at every epoch end).", "Checkpoints and logs")
     max_to_keep: int = _field(5, "Checkpoints to keep.", "Checkpoints and logs")
-    log_every: int = _field(50, "Log a progress line every this many steps when not on a terminal.", "Checkpoints and logs")
+    log_every: int = _field(50, "Every this many steps: a metrics.jsonl line, TensorBoard's interval means and, "
+                            "off a terminal, a progress line.", "Checkpoints and logs")
     seed: int = _field(0, f"Seed for initialisation, data order and dropout (0 to {2**32 - 1}).", "Optimisation")
     steps_per_loop: int = _field(1, "Train steps per compiled call: fewer Python round trips (helps small models and GPUs).", "Speed")
     jit_compile: bool = _field(False, "Compile the train step with XLA.", "Speed")
-    mixed_precision: str = _field("float32", "Precision policy: float32, mixed_float16 (with loss scaling) or mixed_bfloat16.", "Speed")
-    lstm_impl: str = _field("auto", "LSTM implementation: auto (keras/cuDNN on a GPU, fused elsewhere), fused, keras.", "Speed")
+    mixed_precision: str = _field("float32", "Precision policy: float32, mixed_float16 (with loss scaling) or mixed_bfloat16.", "Speed",
+                                 PRECISIONS)
+    lstm_impl: str = _field("auto", "LSTM implementation: auto (keras/cuDNN on a GPU, fused elsewhere), fused, keras.", "Speed",
+                            LSTM_IMPLS)
     deterministic: bool = _field(False, "Enable TensorFlow op determinism: a run, interrupted or not, is reproducible bit for bit.", "Speed")
     device: str = _field("auto", "Device: auto (first GPU, else CPU) or a TensorFlow device name such as /GPU:1.", "Devices and distribution")
     strategy: str = _field("default", "tf.distribute strategy: default (one device, --device), one_device, mirrored "
-                           "(all GPUs or --devices of this machine), multi_worker (TF_CONFIG), tpu.", "Devices and distribution")
+                           "(all GPUs or --devices of this machine), multi_worker (TF_CONFIG), tpu.", "Devices and distribution",
+                           STRATEGIES)
     devices: str | None = _field(None, "Comma-separated devices for --strategy=one_device or mirrored "
                                  "(default: the first GPU; all GPUs, else all CPU devices).", "Devices and distribution")
     tpu: str | None = _field(None, "TPU address for --strategy=tpu (default: the local or Cloud TPU found by "
@@ -80,6 +88,13 @@ class TrainConfig:
                                          "TensorFlow starts (to try mirrored without GPUs).", "Devices and distribution")
     cluster_timeout: float = _field(300.0, "With --strategy=multi_worker: seconds to wait for every worker of "
                                     "TF_CONFIG to come up before giving up (exit status 75).", "Devices and distribution")
+    sample_every: int | None = _field(None, "Print a sample (and log it to TensorBoard) every this many steps "
+                                      "(unset: none; TensorBoard also gets one at each evaluation).", "Samples while training")
+    sample_chars: int = _field(200, "Characters per sample shown while training (0: no samples, not even in "
+                               "TensorBoard at evaluations).", "Samples while training")
+    sample_prime: str = _field("", "Text the samples shown while training start from (default: a newline, or "
+                               "the text's first character if it has none).", "Samples while training")
+    sample_temperature: float = _field(0.8, "Temperature of the samples shown while training.", "Samples while training")
     allow_new_data: bool = _field(False, "Resume even though --data is not the text the run was trained on "
                                   "(every checkpoint records a fingerprint of its training text).", "Checkpoints and logs")
 
@@ -90,7 +105,13 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self._check_types()
-        for name in ("learning_rate", "lr_decay", "weight_decay", "dropout", "val_fraction", "cluster_timeout"):
+        for field in dataclasses.fields(self):
+            choices = field.metadata.get("choices")
+            if choices and getattr(self, field.name) not in choices:
+                raise CharRNNError(f"--{field.name} must be {', '.join(choices[:-1])} or {choices[-1]}, "
+                                   f"got {getattr(self, field.name)!r}")
+        for name in ("learning_rate", "lr_decay", "weight_decay", "dropout", "val_fraction", "cluster_timeout",
+                     "sample_temperature"):
             if not math.isfinite(getattr(self, name)):
                 raise CharRNNError(f"--{name} must be a finite number, got {getattr(self, name)}")
         for name in ("time_budget", "grad_clip"):
@@ -111,6 +132,14 @@ class TrainConfig:
                 raise CharRNNError(f"--{name} must be at least 1, got {getattr(self, name)}")
         if self.max_steps is not None and self.max_steps < 1:
             raise CharRNNError(f"--max_steps must be at least 1, got {self.max_steps} (leave it unset for no limit)")
+        if self.sample_every is not None and self.sample_every < 1:
+            raise CharRNNError(f"--sample_every must be at least 1, got {self.sample_every} (leave it unset for no samples)")
+        if not 0 <= self.sample_chars <= 100_000:
+            raise CharRNNError(f"--sample_chars must be between 0 and 100000, got {self.sample_chars}")
+        if self.sample_every is not None and self.sample_chars == 0:
+            raise CharRNNError("--sample_every needs --sample_chars of at least 1")
+        if not 1e-6 <= self.sample_temperature <= 1e6:
+            raise CharRNNError(f"--sample_temperature must be between 1e-06 and 1e+06, got {self.sample_temperature}")
         for name in ("eval_every", "patience"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise CharRNNError(f"--{name} must be at least 1, got {getattr(self, name)} (leave it unset to disable)")
@@ -124,27 +153,16 @@ class TrainConfig:
             raise CharRNNError(f"--dropout must be in [0, 1), got {self.dropout}")
         if not 0 <= self.val_fraction < 1:
             raise CharRNNError(f"--val_fraction must be in [0, 1), got {self.val_fraction} (0 disables validation)")
-        if self.lr_schedule not in ("constant", "cosine", "exponential"):
-            raise CharRNNError(f"--lr_schedule must be constant, cosine or exponential, got {self.lr_schedule!r}")
         if self.warmup_steps < 0:
             raise CharRNNError(f"--warmup_steps must be >= 0, got {self.warmup_steps}")
         if not 0 < self.lr_decay <= 1:
             raise CharRNNError(f"--lr_decay must be in (0, 1], got {self.lr_decay}")
         if not 0 <= self.weight_decay < 1:
             raise CharRNNError(f"--weight_decay must be in [0, 1), got {self.weight_decay}")
-        if self.mixed_precision not in ("float32", "mixed_float16", "mixed_bfloat16"):
-            raise CharRNNError(f"--mixed_precision must be float32, mixed_float16 or mixed_bfloat16, "
-                               f"got {self.mixed_precision!r}")
-        if self.strategy not in STRATEGIES:
-            raise CharRNNError(f"--strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
         if self.num_cpu_devices is not None and self.num_cpu_devices < 1:
             raise CharRNNError(f"--num_cpu_devices must be at least 1, got {self.num_cpu_devices}")
         if self.devices is not None and self.strategy not in ("one_device", "mirrored"):
             raise CharRNNError("--devices applies to --strategy=one_device or mirrored; use --device otherwise")
-        if self.cell not in CELLS:
-            raise CharRNNError(f"--cell must be lstm or gru, got {self.cell!r}")
-        if self.lstm_impl not in LSTM_IMPLS:
-            raise CharRNNError(f"--lstm_impl must be auto, fused or keras, got {self.lstm_impl!r}")
         if not self.data:
             raise CharRNNError("--data is empty; pass a text file or a registered corpus name")
         if not self.run_dir:

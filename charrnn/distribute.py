@@ -1,4 +1,4 @@
-"""Distribution: the `tf.distribute` strategy a run trains under, and logical CPU devices.
+"""`Distribution`: where a run computes (its `tf.distribute` strategy), and logical CPU devices.
 
 `--strategy` picks TensorFlow's own engine: `default` (no strategy: one device, the
 `--device` one, or whatever strategy scope the caller entered), `one_device`, `mirrored`
@@ -8,14 +8,18 @@ over several machines, described by the TF_CONFIG environment variable) or `tpu`
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
+from typing import Any, Callable
 
 import tensorflow as tf
 
-from charrnn.config import STRATEGIES
+from charrnn.callbacks import Callback
+from charrnn.config import TrainConfig
 from charrnn.devices import resolve_device
 from charrnn.errors import CharRNNError
 
@@ -23,6 +27,79 @@ from charrnn.errors import CharRNNError
 # What a collective op raises when a peer worker died or became unreachable.
 PEER_ERRORS = (tf.errors.UnavailableError, tf.errors.AbortedError, tf.errors.CancelledError,
                tf.errors.DeadlineExceededError, tf.errors.InternalError)
+
+
+class Distribution:
+    """Where a run computes, and what follows from it: the strategy, the device of
+    single-device work (evaluation, sampling), the replicas, whether this process writes
+    the run's files, which signals stop it, and how its batches and failures are handled.
+
+    The one place that knows which strategy is which; built once per trainer.
+    """
+
+    def __init__(self, config: TrainConfig):
+        if config.num_cpu_devices is not None:
+            configure_cpu_devices(config.num_cpu_devices)
+        self.name = config.strategy
+        self.multi_worker = config.strategy == "multi_worker"
+        # With `default`: no strategy of ours, the caller's scope if any, else one device.
+        self.own_strategy = config.strategy != "default"
+        if self.own_strategy:
+            self.strategy = _make_strategy(config.strategy, config.devices, config.tpu, config.cluster_timeout)
+            # Evaluation and sampling run on one device: the first of the strategy's.
+            self.device = self.strategy.extended.worker_devices[0]
+        else:
+            self.strategy = tf.distribute.get_strategy()
+            self.device = resolve_device(config.device)
+        self.num_replicas = self.strategy.num_replicas_in_sync
+        if config.batch_size % self.num_replicas:
+            raise CharRNNError(f"--batch_size={config.batch_size} is the global batch and must divide evenly among "
+                               f"the strategy's {self.num_replicas} replicas; use a multiple of {self.num_replicas}")
+        self.is_chief = _is_chief(self.strategy)
+
+    def describe(self) -> str:
+        return f"strategy {self.name}, {self.num_replicas} replicas" if self.own_strategy else f"device {self.device}"
+
+    def placement(self) -> contextlib.AbstractContextManager:
+        """The device scope for the default strategy; other strategies place ops themselves."""
+        return contextlib.nullcontext() if self.own_strategy else tf.device(self.device)
+
+    def distribute(self, batches: tf.data.Dataset) -> Any:
+        """Global batches as the strategy consumes them: split among the replicas (and,
+        across workers, sharded by data)."""
+        if not self.own_strategy:
+            return batches
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+        return self.strategy.experimental_distribute_dataset(batches.with_options(options))
+
+    def stop_signals(self) -> tuple[int, ...]:
+        """The signals that stop training with a checkpoint: under multi_worker, SIGTERM belongs
+        to TensorFlow's preemption handler (see preemption_observer)."""
+        return (signal.SIGINT,) if self.multi_worker else (signal.SIGTERM, signal.SIGINT)
+
+    def preemption_observer(self, manager: tf.train.CheckpointManager, exit_fn: Callable[[], None]) -> Callback | None:
+        """Under multi_worker, the observer through which a worker that gets SIGTERM (a
+        preempted machine) tells the others; all of them save a checkpoint at the same step,
+        then `exit_fn` runs. None under other strategies."""
+        if not self.multi_worker:
+            return None
+        return _PreemptionCheckpoint(tf.distribute.experimental.PreemptionCheckpointHandler(
+            self.strategy.cluster_resolver, manager,
+            termination_config=tf.distribute.experimental.TerminationConfig(exit_fn=exit_fn, grace_period=0)))
+
+    def lost_worker(self, error: BaseException) -> bool:
+        """Whether `error` means that a worker of the cluster died or became unreachable."""
+        return self.multi_worker and isinstance(error, PEER_ERRORS)
+
+
+class _PreemptionCheckpoint(Callback):
+    def __init__(self, handler: tf.distribute.experimental.PreemptionCheckpointHandler):
+        self.handler = handler
+
+    def on_chunk_end(self, step: int, logs: dict[str, float]) -> None:
+        # After the other observers (it is the last): a preemption ends the process here.
+        self.handler.save_checkpoint_if_preempted(checkpoint_number=step)
 
 
 def describe(error: tf.errors.OpError) -> str:
@@ -46,14 +123,13 @@ def configure_cpu_devices(count: int) -> None:
                                "it can only be set before TensorFlow starts (use it in a fresh process)") from None
 
 
-def make_strategy(name: str, devices: str | None = None, tpu: str | None = None,
+def _make_strategy(name: str, devices: str | None = None, tpu: str | None = None,
                   cluster_timeout: float = 300.0) -> tf.distribute.Strategy:
-    """The strategy `name` (one of STRATEGIES); `devices` is a comma-separated device list.
+    """The strategy `name` (one of config.STRATEGIES but `default`, which is no strategy of
+    ours: see Distribution); `devices` is a comma-separated device list.
 
     `multi_worker` waits for every worker of TF_CONFIG, at most `cluster_timeout` seconds.
     """
-    if name == "default":
-        return tf.distribute.get_strategy()
     if name == "one_device":
         return tf.distribute.OneDeviceStrategy(resolve_device(devices or "auto"))
     if name == "mirrored":
@@ -83,10 +159,10 @@ def make_strategy(name: str, devices: str | None = None, tpu: str | None = None,
             where = f"at {tpu}" if tpu else "on this machine"
             raise CharRNNError(f"--strategy=tpu: no TPU found {where} ({str(e).strip().splitlines()[0][:150]}); "
                                "run on a TPU VM, pass --tpu=<address>, or pick another --strategy") from None
-    raise CharRNNError(f"--strategy must be one of {', '.join(STRATEGIES)}, got {name!r}")
+    raise ValueError(f"unknown strategy {name!r}")  # TrainConfig admits only STRATEGIES
 
 
-def is_chief(strategy: tf.distribute.Strategy) -> bool:
+def _is_chief(strategy: tf.distribute.Strategy) -> bool:
     """Whether this process writes the run's files: always, except on non-chief workers."""
     resolver = getattr(strategy, "cluster_resolver", None)
     if resolver is None or not resolver.task_type:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from charrnn.config import CELLS, LSTM_IMPLS
+from charrnn.config import TrainConfig
 from charrnn.lstm import fused_lstm
 
 # Per layer, an LSTM's (h, c) or a GRU's (h,); the whole state is one such tuple per layer.
@@ -40,10 +40,6 @@ class CharRNN(keras.Model):
                  precision: str = "float32", cell: str = "lstm", **kwargs):
         # No autocast: Keras would cast a bfloat16/float16 state passed to call() to float32.
         super().__init__(autocast=False, **kwargs)
-        if lstm_impl not in LSTM_IMPLS:
-            raise ValueError(f"lstm_impl must be one of {LSTM_IMPLS}, got {lstm_impl!r}")
-        if cell not in CELLS:
-            raise ValueError(f"cell must be one of {CELLS}, got {cell!r}")
         self.lstm_impl = lstm_impl
         self.cell = cell
         # Weights stay float32 under every policy; a mixed policy computes in 16 bits.
@@ -73,6 +69,17 @@ class CharRNN(keras.Model):
                 recurrent_initializer=init("glorot", 2 * i + 2), dtype=precision, name=f"{cell}_{i}"))
         self.dense = keras.layers.Dense(vocab_size, kernel_initializer=init("glorot", 2 * num_layers + 1),
                                         dtype=precision, name="logits")
+
+    @classmethod
+    def from_config(cls, config: TrainConfig, vocab_size: int, lstm_impl: str | None = None) -> CharRNN:
+        """The model `config` describes for `vocab_size` characters, its variables created;
+        `lstm_impl` overrides the config's (inference may pick another implementation of
+        the same weights)."""
+        model = cls(vocab_size, config.embedding_dim, config.rnn_units, config.num_layers, config.dropout,
+                    seed=config.seed, lstm_impl=lstm_impl or config.lstm_impl, precision=config.mixed_precision,
+                    cell=config.cell)
+        model.build_for_vocab()
+        return model
 
     @property
     def rnns(self) -> list[keras.layers.RNN]:

@@ -11,6 +11,7 @@ import signal
 import sys
 import threading
 from types import FrameType, TracebackType
+from typing import Callable
 
 from charrnn.errors import CharRNNError
 
@@ -27,19 +28,24 @@ class Preempted(CharRNNError):
 
 
 class StopRequest:
-    """Context manager: while active, SIGTERM and SIGINT set `requested` instead of killing.
+    """Context manager: while active, SIGTERM and SIGINT set `requested` (and call
+    `on_signal` with the signal's name) instead of killing.
 
     Outside the main thread (where Python cannot install handlers) it does nothing.
     """
 
-    def __init__(self, signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)) -> None:
+    def __init__(self, signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT),
+                 on_signal: Callable[[str], None] | None = None) -> None:
         self.signals = signals
+        self.on_signal = on_signal
         self.requested: str | None = None
         self._previous: dict[int, object] = {}
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         del frame
         self.requested = signal.Signals(signum).name
+        if self.on_signal is not None:
+            self.on_signal(self.requested)
         # From now on a second Ctrl-C takes the default action: exit at once.
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         print(f"\ncharrnn: {self.requested} received; saving a checkpoint after this step "

@@ -18,10 +18,9 @@ def main() -> None:
 
     config = _cli.dataclass_from_flags(TrainConfig)
     trainer = Trainer(config)
-    where = (f"device {trainer.device}" if config.strategy == "default"
-             else f"strategy {config.strategy}, {trainer.num_replicas} replicas")
     print(f"Corpus {config.data}: {len(trainer.vocab)} distinct characters, "
-          f"{trainer.steps_per_epoch} steps per epoch, {trainer.total_steps} steps in all; {where}")
+          f"{trainer.steps_per_epoch} steps per epoch, {trainer.total_steps} steps in all; "
+          f"{trainer.distribution.describe()}")
     print(trainer.model.summary_table(config.batch_size), flush=True)
     trainer.fit()
     print(f"Done at step {int(trainer.step.numpy())}. Sample with: charrnn-sample --run_dir={config.run_dir}")

@@ -77,7 +77,8 @@ def test_tools_answer_help_with_their_own_flags_without_tensorflow():
     # A tool offers only the presets that set one of its flags: a training recipe changes
     # nothing in charrnn-sample, so it is refused there.
     refused = run_cli("sample", "--preset=cpu_small")
-    assert refused.returncode == 1 and "value should be one of <seed>" in refused.stderr, refused.stderr
+    assert refused.returncode == 2 and "value should be one of <seed>" in refused.stderr, refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr  # one line, as every bad input
 
 
 def _tensorflow_lines(stderr: str) -> list[str]:
@@ -100,7 +101,16 @@ def test_the_console_shows_charrnn_lines_only_unless_asked(tmp_path, small_text)
 
 
 def test_the_progress_line_fits_its_width_and_counts_the_run():
-    from charrnn.trainer import _Progress
+    from types import SimpleNamespace
+
+    from charrnn.callbacks import ProgressLogger
+    from charrnn.loop import Cadence
+
+    def _Progress(total_steps, steps_per_epoch, log_every, start_step):  # noqa: N802 - reads as the class it was
+        progress = ProgressLogger(verbose=2)
+        progress.on_train_begin(SimpleNamespace(cadence=Cadence(steps_per_epoch, total_steps, log_every=log_every),
+                                                position=lambda: (start_step, 0), restored_from=None))
+        return progress
 
     progress = _Progress(total_steps=300, steps_per_epoch=100, log_every=50, start_step=0)
     full = progress.line(0, 37, 3.40213)

@@ -133,7 +133,8 @@ def test_strategy_errors(small_text, tmp_path):
     for extra, message in [
         (["--strategy=mirrored", "--num_cpu_devices=3"], "--batch_size=8 is the global batch and must divide evenly "
                                                          "among the strategy's 3 replicas"),
-        (["--strategy=sideways"], "--strategy must be one of default, one_device, mirrored, multi_worker, tpu"),
+        (["--strategy=sideways"], "flag --strategy=sideways: value should be one of "
+                                  "<default|one_device|mirrored|multi_worker|tpu>; see --help"),
         (["--devices=/CPU:0"], "--devices applies to --strategy=one_device or mirrored"),
         (["--strategy=multi_worker"], "needs the TF_CONFIG environment variable"),
     ]:

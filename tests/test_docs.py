@@ -54,3 +54,22 @@ def test_every_link_of_readme_and_docs_leads_somewhere():
         for target in re.findall(r"\]\(([^)#]+)\)", prose):
             if not target.startswith("http"):
                 assert (page.parent / target).exists(), f"{page.name} links to {target}, which does not exist"
+
+
+def test_the_readme_callback_example_runs(corpus_cache, tmp_path, monkeypatch, capsys):
+    """The "Watch a run" example, executed as written with a smaller model and fewer steps."""
+    import charrnn
+
+    readme = (REPO / "README.md").read_text()
+    code = re.search(r"```python\n(.*?)```", readme.split("## Watch a run", 1)[1], re.S).group(1)
+    real = charrnn.TrainConfig
+    monkeypatch.setattr(charrnn, "TrainConfig", lambda **kw: real(**{**kw, "embedding_dim": 8, "rnn_units": 16,
+                                                                       "batch_size": 4, "seq_length": 20,
+                                                                       "max_steps": 20, "eval_every": 10,
+                                                                       "val_fraction": 0.002, "device": "/CPU:0"}))
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "README.md", "exec"), {})  # noqa: S102 - the README's own code
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["step 10", "step 20"], lines
+    assert all(re.fullmatch(r"step \d+: \d+\.\d{3} bits/char", line) for line in lines)
+    assert (tmp_path / "runs" / "watch" / "ckpt" / "checkpoint").exists()

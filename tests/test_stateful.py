@@ -20,7 +20,7 @@ def test_each_step_starts_from_the_state_the_previous_one_ended_with(small_text,
         # What the step must do, computed with the weights and carried state before it.
         logits, end_state = trainer.model(inputs, state=trainer._carried())
         expected_loss = tf.reduce_mean(sequence_loss(targets, logits))
-        loss, finite = trainer.train_step(inputs, targets)
+        loss, finite, _ = trainer.train_step(inputs, targets)
         assert bool(finite)
         np.testing.assert_allclose(loss, expected_loss, rtol=1e-5)
         if i > 0:  # from a zero state the loss would be another one

@@ -1,0 +1,163 @@
+"""`TensorBoard`: the run's TensorBoard logs, an observer of the training loop.
+
+Keras' layout, so that train and validation loss share one chart: `<logs>/train` and
+`<logs>/validation` hold the same tags (`loss`, `bpc`), the train side also the
+learning rate, the global gradient norm and steps/s, each the mean of its `log_every`
+interval; `<logs>` itself holds the run's hyperparameters in the hparams plugin's format
+(so that runs can be compared side by side) and, under the text plugin, a generated sample
+at each evaluation and every `--sample_every` steps (see charrnn.loop.Cadence).
+
+Written with `tf.summary.write` and the plugins' metadata, so that logging needs no
+tensorboard package (viewing does). After a resume, the first interval's means cover the
+steps trained since the resume.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import struct
+import time
+from typing import Any
+
+import tensorflow as tf
+from google.protobuf import struct_pb2
+from tensorflow.core.framework import summary_pb2
+
+from charrnn.callbacks import Callback
+from charrnn.checkpoint import STORAGE_ERRORS, storage_error
+
+
+def _metadata(plugin: str, data_class: int, content: bytes = b"") -> bytes:
+    return summary_pb2.SummaryMetadata(
+        plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name=plugin, content=content),
+        data_class=data_class).SerializeToString()
+
+
+_SCALAR = _metadata("scalars", summary_pb2.DATA_CLASS_SCALAR)
+_TEXT = _metadata("text", summary_pb2.DATA_CLASS_TENSOR)
+_HPARAMS_TAG = "_hparams_/session_start_info"
+
+
+class TensorBoard(Callback):
+    """Writes the run's TensorBoard logs to `log_dir` (see the module docstring)."""
+
+    def __init__(self, log_dir: str):
+        self.log_dir = log_dir
+        self._trainer: Any = None
+        self._writers: dict[str, tf.summary.SummaryWriter] = {}
+
+    def on_train_begin(self, trainer: Any) -> None:
+        self._trainer, self._cadence = trainer, trainer.cadence
+        self._step = trainer.position()[0]
+        self._sums: dict[str, float] = {}
+        self._steps = self._timed_steps = 0
+        self._seconds = 0.0
+        self._sampled_at = -1
+        self._guard(self._open)
+        self._guard(lambda: self._write_hparams(trainer.config))
+
+    def _open(self) -> None:
+        for name, path in (("run", self.log_dir), ("train", os.path.join(self.log_dir, "train")),
+                           ("validation", os.path.join(self.log_dir, "validation"))):
+            self._writers[name] = tf.summary.create_file_writer(path)
+
+    def _guard(self, write: Any) -> None:
+        try:
+            write()
+        except STORAGE_ERRORS as e:
+            raise storage_error("write TensorBoard logs to", self.log_dir, e) from None
+
+    def _scalars(self, writer: str, step: int, values: dict[str, float]) -> None:
+        with self._writers[writer].as_default(step=step):
+            for tag, value in values.items():
+                tf.summary.write(tag, tf.constant(value, tf.float32), metadata=_SCALAR)
+
+    def _sample(self, step: int) -> None:
+        # An evaluation and a --sample_every point on the same step share one sample.
+        if step != self._sampled_at and self._trainer.config.sample_chars:
+            self._sampled_at = step
+            self._guard(lambda: self._text("sample", step, self._trainer.sample(step)))
+
+    def _text(self, tag: str, step: int, text: str) -> None:
+        # Markdown: indented four spaces, the sample shows as written (line breaks kept).
+        markdown = "\n".join("    " + line for line in text.split("\n"))
+        with self._writers["run"].as_default(step=step):
+            tf.summary.write(tag, tf.constant(markdown), metadata=_TEXT)
+
+    def on_chunk_end(self, step: int, logs: dict[str, float]) -> None:
+        count = step - self._step
+        self._step = step
+        for key in ("loss", "grad_norm"):
+            if key in logs:
+                self._sums[key] = self._sums.get(key, 0.0) + logs[key] * count
+        self._steps += count
+        if "steps_per_sec" in logs:
+            self._timed_steps += count
+            self._seconds += count / logs["steps_per_sec"]
+        if self._cadence.log_due(step):
+            values = {key: total / self._steps for key, total in self._sums.items()}
+            if "loss" in values:
+                values["bpc"] = values["loss"] / math.log(2)
+            values["learning_rate"] = logs["learning_rate"]
+            if self._timed_steps:
+                values["steps_per_sec"] = self._timed_steps / self._seconds
+            self._guard(lambda: self._scalars("train", step, values))
+            self._sums, self._steps, self._timed_steps, self._seconds = {}, 0, 0, 0.0
+        if self._cadence.sample_due(step):
+            self._sample(step)
+
+    def on_evaluate(self, step: int, logs: dict[str, float]) -> None:
+        self._guard(lambda: self._scalars("validation", step, {"loss": logs["val_loss"], "bpc": logs["val_bpc"]}))
+        self._sample(step)
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
+        self._guard(lambda: self._scalars("train", self._step, {"epoch_loss": logs["loss"]}))
+
+    def on_train_end(self, logs: dict[str, float]) -> None:
+        def close() -> None:
+            for writer in self._writers.values():
+                writer.flush()
+        self._guard(close)
+
+    def _write_hparams(self, config: Any) -> None:
+        """The run's settings as the hparams plugin's session start record."""
+        values = {name: value for name, value in dataclasses.asdict(config).items() if value is not None}
+        with self._writers["run"].as_default(step=0):
+            tf.summary.write(_HPARAMS_TAG, tf.constant(0.0), metadata=_hparams_metadata(values))
+
+
+def _hparams_metadata(values: dict[str, Any]) -> bytes:
+    """SummaryMetadata for the hparams plugin holding HParamsPluginData{session_start_info}.
+
+    Encoded by hand (protobuf wire format) from the plugin's plugin_data.proto, because its
+    generated classes ship with the tensorboard package, which charrnn does not require:
+    SessionStartInfo { map<string, Value> hparams = 1; double start_time_secs = 5; }.
+    """
+    info = b""
+    for name, value in sorted(values.items()):
+        if isinstance(value, bool):
+            proto = struct_pb2.Value(bool_value=value)
+        elif isinstance(value, (int, float)):
+            proto = struct_pb2.Value(number_value=float(value))
+        else:
+            proto = struct_pb2.Value(string_value=str(value))
+        entry = _field(1, name.encode()) + _field(2, proto.SerializeToString())
+        info += _field(1, entry)
+    info += bytes([5 << 3 | 1]) + struct.pack("<d", time.time())
+    return _metadata("hparams", summary_pb2.DATA_CLASS_UNKNOWN, _field(3, info))
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    """A length-delimited protobuf field."""
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def _varint(value: int) -> bytes:
+    out = b""
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        if not value:
+            return out + bytes([byte])
+        out += bytes([byte | 0x80])

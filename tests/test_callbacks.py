@@ -1,0 +1,202 @@
+"""Watching a run: callbacks, the console's verbosity, TensorBoard's logs (read with
+TensorBoard's own reader) and samples while training."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import tiny_config
+from tensorflow.core.util import event_pb2
+
+import charrnn
+from charrnn import Trainer
+from charrnn.checkpoint import read_metrics
+
+
+class Recorder(charrnn.Callback):
+    """Every call with its step and logs, and each chunk's per-step losses."""
+
+    def __init__(self):
+        self.events: list[tuple] = []
+        self.step_losses: dict[int, float] = {}
+
+    def on_train_begin(self, trainer):
+        self.trainer = trainer
+        self.events.append(("begin",))
+
+    def on_chunk_end(self, step, logs):
+        self.events.append(("chunk", step, dict(logs)))
+        losses = self.trainer.last_losses
+        self.step_losses.update({step - len(losses) + 1 + i: float(x) for i, x in enumerate(losses)})
+
+    def on_evaluate(self, step, logs):
+        self.events.append(("evaluate", step, dict(logs)))
+
+    def on_epoch_end(self, epoch, logs):
+        self.events.append(("epoch", epoch, dict(logs)))
+
+    def on_train_end(self, logs):
+        self.events.append(("end", dict(logs)))
+
+
+def test_callbacks_see_the_run_as_plain_floats(small_text, tmp_path, capsys):
+    recorder = Recorder()
+    trainer = Trainer(tiny_config(small_text, tmp_path / "run", max_steps=6, eval_every=3, steps_per_loop=2,
+                                  sample_chars=0))
+    trainer.fit(callbacks=[recorder], verbose=0)
+    assert capsys.readouterr().out == ""  # verbose=0: silent
+    events = [event_pb2.Event.FromString(record.numpy()) for path in (tmp_path / "run" / "logs").glob("events.*")
+              for record in tf.data.TFRecordDataset(str(path))]
+    tags = {value.tag for event in events for value in event.summary.value}
+    assert "_hparams_/session_start_info" in tags and "sample" not in tags  # sample_chars=0: no samples
+    kinds = [e[0] for e in recorder.events]
+    assert kinds == ["begin", "chunk", "chunk", "evaluate", "chunk", "chunk", "evaluate", "epoch", "end"]
+    chunks = [e for e in recorder.events if e[0] == "chunk"]
+    assert [e[1] for e in chunks] == [2, 3, 5, 6]  # two steps a call, cut at the evaluation point
+    assert "steps_per_sec" not in chunks[0][2]  # the first call traces the step
+    for _, step, logs in chunks[1:]:
+        assert set(logs) == {"loss", "learning_rate", "grad_norm", "steps_per_sec"}
+        assert all(type(v) is float and math.isfinite(v) and v > 0 for v in logs.values())
+    assert chunks[0][2]["loss"] == pytest.approx((recorder.step_losses[1] + recorder.step_losses[2]) / 2)
+    assert chunks[0][2]["learning_rate"] == pytest.approx(0.001)
+    evaluations = {e[1]: e[2] for e in recorder.events if e[0] == "evaluate"}
+    metrics = {m["step"]: m["val_loss"] for m in read_metrics(tmp_path / "run") if m.get("val_loss") is not None}
+    assert {s: logs["val_loss"] for s, logs in evaluations.items()} == metrics
+    assert evaluations[6]["val_bpc"] == pytest.approx(evaluations[6]["val_loss"] / math.log(2))
+    assert evaluations[6]["best_val_loss"] == min(logs["val_loss"] for logs in evaluations.values())
+    epoch = recorder.events[-2][2]
+    assert epoch["loss"] == pytest.approx(np.mean([recorder.step_losses[s] for s in range(1, 7)]))
+    assert recorder.events[-1][1]["best_val_loss"] == trainer.best_val_loss
+
+
+def test_verbose_2_prints_a_line_per_log_interval_with_its_mean_loss(small_text, tmp_path, capsys):
+    recorder = Recorder()
+    Trainer(tiny_config(small_text, tmp_path / "run", max_steps=6, log_every=3, steps_per_loop=2)).fit(
+        callbacks=[recorder], verbose=2)
+    lines = [line for line in capsys.readouterr().out.splitlines() if "ETA" in line]
+    assert [re.search(r"step (\d+)/6", line).group(1) for line in lines] == ["3", "6"]
+    for line, first in zip(lines, (1, 4)):
+        mean = np.mean([recorder.step_losses[s] for s in range(first, first + 3)])
+        assert f"loss {mean:.4f}" in line
+    with pytest.raises(charrnn.CharRNNError, match="verbose must be 0, 1, 2 or 'auto', got 3"):
+        Trainer(tiny_config(small_text, tmp_path / "other")).fit(verbose=3)
+    with pytest.raises(TypeError, match="charrnn.Callback"):
+        Trainer(tiny_config(small_text, tmp_path / "other")).fit(callbacks=[print], verbose=0)
+
+
+def test_a_callback_stops_the_run_with_a_checkpoint_and_a_rerun_continues(small_text, tmp_path, capsys):
+    class StopAt(charrnn.Callback):
+        def on_train_begin(self, trainer):
+            self.trainer = trainer
+
+        def on_chunk_end(self, step, logs):
+            if step == 4:
+                self.trainer.stop_training = True
+
+    config = tiny_config(small_text, tmp_path / "run", max_steps=7, log_every=1)
+    trainer = Trainer(config)
+    assert trainer.fit(callbacks=[StopAt()], verbose=2) == []
+    assert int(trainer.step.numpy()) == 4 and trainer.stop_reason == "stop_requested"
+    assert trainer.checkpoint_path().endswith("ckpt-4")
+    assert "Stopped at step 4 (stop_requested); checkpoint saved to" in capsys.readouterr().out
+    resumed = Trainer(config)
+    assert [s.step for s in resumed.fit(verbose=0)] == [7] and resumed.stop_reason is None
+    reference = Trainer(config.replace(run_dir=str(tmp_path / "reference")))
+    reference.fit(verbose=0)
+    assert read_metrics(tmp_path / "run") == read_metrics(tmp_path / "reference")
+
+
+def test_tensorboard_logs_as_keras_lays_them_out(small_text, tmp_path, capsys):
+    """Train and validation loss under one tag in train/ and validation/, interval means at
+    log_every whatever stdout is, the run's hparams and samples, read by TensorBoard itself."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+    from tensorboard.util import tensor_util
+
+    run = tmp_path / "run"
+    recorder = Recorder()
+    trainer = Trainer(tiny_config(small_text, run, max_steps=12, log_every=4, eval_every=6, steps_per_loop=2,
+                                  sample_chars=30, sample_prime="The "))
+    trainer.fit(callbacks=[recorder], verbose=2)
+    printed = capsys.readouterr().out
+
+    def read(sub: str) -> EventAccumulator:
+        reader = EventAccumulator(str(run / "logs" / sub), size_guidance={"tensors": 0})
+        reader.Reload()
+        return reader
+
+    def series(reader: EventAccumulator, tag: str) -> dict[int, object]:
+        return {e.step: tensor_util.make_ndarray(e.tensor_proto).item() for e in reader.Tensors(tag)}
+
+    train, validation, root = read("train"), read("validation"), read("")
+    assert train.SummaryMetadata("loss").plugin_data.plugin_name == "scalars"
+    loss = series(train, "loss")
+    assert sorted(loss) == [4, 8, 12]
+    for step, value in loss.items():
+        assert value == pytest.approx(np.mean([recorder.step_losses[s] for s in range(step - 3, step + 1)]), rel=1e-6)
+    assert series(train, "bpc")[8] == pytest.approx(loss[8] / math.log(2), rel=1e-6)
+    assert series(train, "learning_rate")[4] == pytest.approx(0.001)
+    assert all(v > 0 for v in series(train, "grad_norm").values())
+    assert sorted(series(train, "steps_per_sec")) == [4, 8, 12]
+    val = {m["step"]: m["val_loss"] for m in read_metrics(run) if m.get("val_loss") is not None}
+    assert series(validation, "loss") == pytest.approx(val) and sorted(val) == [6, 12]
+    assert set(validation.Tags()["tensors"]) == {"loss", "bpc"}
+
+    content = root.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    hparams = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info.hparams
+    assert hparams["rnn_units"].number_value == 32 and hparams["cell"].string_value == "lstm"
+    assert hparams["carry_state"].bool_value is False and "max_to_keep" in hparams
+
+    samples = {step: text.decode() for step, text in series(root, "sample").items()}
+    assert sorted(samples) == [6, 12]  # one at each evaluation
+    assert all(text.startswith("    The ") and len(text) >= 30 for text in samples.values())
+    assert "--- sample" not in printed  # without --sample_every, none on the console
+
+
+def test_samples_while_training_leave_the_run_unchanged_and_survive_a_resume(small_text, tmp_path, capsys):
+    config = tiny_config(small_text, tmp_path / "plain", max_steps=8, log_every=1, dropout=0.1, steps_per_loop=3)
+    plain = Trainer(config)
+    plain.fit(verbose=0)
+    capsys.readouterr()
+
+    sampled = config.replace(run_dir=str(tmp_path / "sampled"), sample_every=4, sample_chars=25)
+    whole = Trainer(sampled)
+    whole.fit(verbose=2)
+    printed = re.findall(r"--- sample at step (\d+) ---\n(.*?)\n---\n", capsys.readouterr().out, re.S)
+    assert [int(step) for step, _ in printed] == [4, 8]
+    assert all(len(text) == 26 for _, text in printed)  # the default prime (a newline) and 25 characters
+    variables = [(t.model.trainable_variables + t.optimizer.variables + [t.rng.state]) for t in (plain, whole)]
+    for a, b in zip(*variables):  # sampling did not touch training
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    assert read_metrics(tmp_path / "plain") == read_metrics(tmp_path / "sampled")
+
+    class StopAt5(charrnn.Callback):
+        def on_train_begin(self, trainer):
+            self.trainer = trainer
+
+        def on_chunk_end(self, step, logs):
+            self.trainer.stop_training = step == 5
+
+    interrupted = sampled.replace(run_dir=str(tmp_path / "interrupted"))
+    Trainer(interrupted).fit(callbacks=[StopAt5()], verbose=2)
+    Trainer(interrupted).fit(verbose=2)
+    again = re.findall(r"--- sample at step (\d+) ---\n(.*?)\n---\n", capsys.readouterr().out, re.S)
+    assert again == printed
+    assert read_metrics(tmp_path / "interrupted") == read_metrics(tmp_path / "sampled")
+
+
+def test_sample_options_are_checked_before_anything_is_written(small_text, tmp_path):
+    with pytest.raises(charrnn.CharRNNError, match=r"--sample_prime has characters that are not in .*'€'"):
+        Trainer(tiny_config(small_text, tmp_path / "run", sample_prime="€uro"))
+    for overrides, message in [(dict(sample_every=0), "--sample_every must be at least 1"),
+                               (dict(sample_chars=-1), "--sample_chars must be between 0 and 100000"),
+                               (dict(sample_every=5, sample_chars=0), "--sample_every needs --sample_chars"),
+                               (dict(sample_temperature=0.0), "--sample_temperature must be between")]:
+        with pytest.raises(charrnn.CharRNNError, match=message):
+            tiny_config(small_text, tmp_path / "run", **overrides)
+    assert not (tmp_path / "run").exists()
