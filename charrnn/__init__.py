@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 _EXPORTS = {
     "Callback": "callbacks",
     "PRESETS": "config", "TrainConfig": "config",
-    "CORPORA": "data", "Vocabulary": "data", "read_text": "data", "resolve_corpus": "data",
+    "CORPORA": "corpus", "read_text": "corpus", "resolve_sources": "corpus",
+    "Vocabulary": "data",
     "CharRNNError": "errors",
     "export": "exporter",
     "EpochStats": "loop",
@@ -32,7 +33,8 @@ __version__ = "0.1.0"
 if TYPE_CHECKING:  # what type checkers and IDEs see
     from charrnn.callbacks import Callback
     from charrnn.config import PRESETS, TrainConfig
-    from charrnn.data import CORPORA, Vocabulary, read_text, resolve_corpus
+    from charrnn.corpus import CORPORA, read_text, resolve_sources
+    from charrnn.data import Vocabulary
     from charrnn.errors import CharRNNError
     from charrnn.exporter import export
     from charrnn.loop import EpochStats

@@ -20,14 +20,15 @@ FLAGS = flags.FLAGS
 def main() -> None:
     # TensorFlow: after the flags are parsed.
     from charrnn import checkpoint
-    from charrnn.data import read_text, resolve_corpus, split_ids
+    from charrnn.corpus import read_text
+    from charrnn.data import split_ids
     from charrnn.devices import resolve_device
     from charrnn.evaluator import Evaluator
 
     device = resolve_device(FLAGS.device)
     model, config, vocab, path = checkpoint.load_model(FLAGS.run_dir, FLAGS.which, device)
     data = FLAGS.data or config.data
-    ids = vocab.encode(read_text(resolve_corpus(data)))
+    ids = vocab.encode(read_text(data))
     what = "all"
     if FLAGS.split == "val":
         ids = split_ids(ids, config.val_fraction)[1]

@@ -60,7 +60,7 @@ class Evaluator:
                 raise Stopped
             if state is None or not self.carry_state:
                 state = self.model.initial_state(tf.shape(inputs)[0])
-            batch_total, batch_count, state = self._step(inputs, targets, state)
+            batch_total, batch_count, state = self._step(tf.cast(inputs, tf.int32), tf.cast(targets, tf.int32), state)
             total += float(batch_total)
             count += int(batch_count)
         return total / count

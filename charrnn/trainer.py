@@ -25,8 +25,8 @@ import tensorflow as tf
 from charrnn import checkpoint, preemption
 from charrnn.callbacks import Callback, ProgressLogger, SamplePrinter, SignalStop
 from charrnn.config import TrainConfig
-from charrnn.data import (Vocabulary, fingerprint, make_dataset, make_stream_dataset, num_stream_batches, num_windows,
-                          read_text, resolve_corpus, split_ids)
+from charrnn.corpus import encode
+from charrnn.data import Vocabulary, make_dataset, make_stream_dataset, num_stream_batches, num_windows, split_ids
 from charrnn.distribute import Distribution, describe
 from charrnn.errors import CharRNNError
 from charrnn.evaluator import Evaluator
@@ -101,11 +101,8 @@ class Trainer:
         self.strategy, self.device = self.distribution.strategy, self.distribution.device
         self.num_replicas, self.is_chief = self.distribution.num_replicas, self.distribution.is_chief
         checkpoint.check_run_dir(config.run_dir)
-        text = read_text(resolve_corpus(config.data))
-        self.vocab = Vocabulary.from_text(text)
-        self._data_fingerprint = fingerprint(text)
-        ids = self.vocab.encode(text)
-        del text
+        corpus = encode(config.data)
+        self.vocab, self._data_fingerprint, ids = corpus.vocab, corpus.fingerprint, corpus.ids
         self._train_ids, self._val_ids = split_ids(ids, config.val_fraction)
         self._check_sizes(len(ids))
         self._sample_prime = self._check_sample_prime()
@@ -341,15 +338,16 @@ class Trainer:
 
     # -- the entry points of the loop (charrnn.loop.Trainable) ---------------------------
 
-    def train_dataset(self, epoch: int) -> tf.data.Dataset:
-        """The batches of `epoch` in their order, which depends only on the seed and the epoch
-        (with carry_state, the same contiguous streams every epoch)."""
+    def train_dataset(self, epoch: int, start: int = 0) -> tf.data.Dataset:
+        """The batches of `epoch` from batch `start` on, in their order, which depends only on
+        the seed and the epoch (with carry_state, the same contiguous streams every epoch).
+        Batches before `start` are skipped without being read."""
         c = self.config
         if c.carry_state:
-            return make_stream_dataset(self._train_ids, c.seq_length, c.batch_size)
+            return make_stream_dataset(self._train_ids, c.seq_length, c.batch_size, start=start)
         # A different, reproducible order each epoch: the seed mixes run seed and epoch.
         return make_dataset(self._train_ids, c.seq_length, c.batch_size, shuffle_buffer=c.shuffle_buffer,
-                            seed=c.seed * 1_000_003 + epoch)
+                            seed=c.seed * 1_000_003 + epoch, start=start)
 
     def position(self) -> tuple[int, int]:
         """(step, epoch): the epoch the next step belongs to (the next one once the current
@@ -370,7 +368,7 @@ class Trainer:
             for variable in self.carried_state:
                 variable.assign(tf.zeros_like(variable))
         end = self.cadence.epoch_end(epoch)
-        batches = self.train_dataset(epoch).skip(offset).take(max(end - step, 0))
+        batches = self.train_dataset(epoch, start=offset).take(max(end - step, 0))
         self._batches = iter(self.distribution.distribute(batches))
 
     def train(self, num_steps: int) -> np.ndarray:
@@ -520,8 +518,8 @@ class Trainer:
             finally:
                 shutil.rmtree(write_dir, ignore_errors=True)
         try:
-            os.makedirs(c.run_dir, exist_ok=True)
-        except OSError as e:
+            tf.io.gfile.makedirs(c.run_dir)
+        except checkpoint.STORAGE_ERRORS as e:
             raise checkpoint.storage_error("create the run directory", c.run_dir, e) from None
         run_lock = RunLock(c.run_dir)
         try:

@@ -16,6 +16,12 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED_CORPUS = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
 
 
+@pytest.fixture(autouse=True)
+def _id_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Corpora and their id files go to a temporary cache, never to the user's home."""
+    monkeypatch.setenv("CHARRNN_DATA_DIR", str(tmp_path_factory.getbasetemp() / "data_cache"))
+
+
 @pytest.fixture
 def corpus_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A cache directory seeded with tiny-shakespeare, so name resolution needs no network."""

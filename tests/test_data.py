@@ -1,8 +1,7 @@
-"""Corpus resolution, text decoding, vocabulary and windowing."""
+"""The vocabulary and the input pipelines (corpora: test_corpus.py)."""
 
 from __future__ import annotations
 
-import hashlib
 
 import numpy as np
 import pytest
@@ -77,67 +76,34 @@ def test_stream_batches_continue_each_row_from_the_previous_batch():
     np.testing.assert_array_equal(inputs, batches[0][0])
 
 
-def test_read_text_drops_bom_and_keeps_line_endings(tmp_path):
-    path = tmp_path / "t.txt"
-    path.write_bytes("\ufeffa\r\nb\nc".encode("utf-8"))
-    assert data.read_text(str(path)) == "a\r\nb\nc"
+def test_pipelines_read_any_id_array_and_start_without_reading_what_they_skip(tmp_path):
+    """A memory-mapped uint8 id file gives the int32 pipeline's batches; `start` equals
+    skipping, but reads only the batches it returns."""
+    ids = np.random.RandomState(0).randint(0, 200, 5_000).astype(np.int32)
+    path = tmp_path / "ids.u8"
+    ids.astype(np.uint8).tofile(path)
+    mapped = np.memmap(path, dtype=np.uint8, mode="r", shape=(len(ids),))
+    for make, kwargs in ((data.make_dataset, dict(shuffle_buffer=50, seed=3)), (data.make_stream_dataset, {})):
+        plain = [b for b in make(ids, 10, 4, **kwargs).as_numpy_iterator()]
+        from_file = [b for b in make(mapped, 10, 4, **kwargs).as_numpy_iterator()]
+        assert len(plain) == len(from_file) > 20
+        for (x, y), (u, v) in zip(plain, from_file):
+            assert u.dtype == np.int32
+            np.testing.assert_array_equal(x, u)
+            np.testing.assert_array_equal(y, v)
+        started = list(make(mapped, 10, 4, start=7, **kwargs).as_numpy_iterator())
+        assert len(started) == len(plain) - 7
+        np.testing.assert_array_equal(started[0][0], plain[7][0])
 
+    reads = []
+    windows = ids[: data.num_windows(len(ids), 10) * 11].reshape(-1, 11)
 
-@pytest.mark.parametrize("payload, message", [
-    (b"", "is empty"),
-    (b"abc\x00def", "looks binary (NUL byte at offset 3)"),
-    (b"ok text \xff more", "not valid UTF-8 (bad byte 0xff at offset 8)"),
-])
-def test_read_text_rejects_bad_files(tmp_path, payload, message):
-    path = tmp_path / "bad.txt"
-    path.write_bytes(payload)
-    with pytest.raises(CharRNNError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        data.read_text(str(path))
+    class Counting(np.ndarray):  # counts the rows the pipeline reads
+        def __getitem__(self, item):
+            if isinstance(item, np.ndarray):
+                reads.append(len(item))
+            return super().__getitem__(item)
 
-
-def test_resolve_corpus_paths_and_names(tmp_path, corpus_cache):
-    plain = tmp_path / "mine.txt"
-    plain.write_text("hello")
-    assert data.resolve_corpus(str(plain)) == str(plain)
-    assert data.resolve_corpus("tinyshakespeare") == str(corpus_cache / "tinyshakespeare.txt")
-    with pytest.raises(CharRNNError, match="is a directory"):
-        data.resolve_corpus(str(tmp_path))
-    with pytest.raises(CharRNNError, match="neither an existing file nor a registered corpus"):
-        data.resolve_corpus(str(tmp_path / "missing.txt"))
-
-
-def _register(monkeypatch, source, sha256):
-    monkeypatch.setitem(data.CORPORA, "testcorpus", data.Corpus(url=source.as_uri(), sha256=sha256))
-
-
-def test_download_verifies_checksum_and_caches(tmp_path, monkeypatch):
-    source = tmp_path / "remote.txt"
-    source.write_text("to be or not to be")
-    cache = tmp_path / "cache"
-    monkeypatch.setenv("CHARRNN_DATA_DIR", str(cache))
-    _register(monkeypatch, source, hashlib.sha256(source.read_bytes()).hexdigest())
-    path = data.resolve_corpus("testcorpus")
-    assert path == str(cache / "testcorpus.txt")
-    assert data.read_text(path) == "to be or not to be"
-    source.unlink()  # served from the cache from now on
-    assert data.resolve_corpus("testcorpus") == path
-
-
-def test_download_with_wrong_checksum_keeps_nothing(tmp_path, monkeypatch):
-    source = tmp_path / "remote.txt"
-    source.write_text("tampered")
-    cache = tmp_path / "cache"
-    monkeypatch.setenv("CHARRNN_DATA_DIR", str(cache))
-    _register(monkeypatch, source, "0" * 64)
-    with pytest.raises(CharRNNError, match="has sha256 .* expected 0000"):
-        data.resolve_corpus("testcorpus")
-    assert list(cache.iterdir()) == []
-
-
-def test_offline_with_empty_cache_says_where_to_put_the_file(tmp_path, monkeypatch):
-    cache = tmp_path / "cache"
-    monkeypatch.setenv("CHARRNN_DATA_DIR", str(cache))
-    _register(monkeypatch, tmp_path / "not-there.txt", None)
-    with pytest.raises(CharRNNError, match="could not be downloaded") as info:
-        data.resolve_corpus("testcorpus")
-    assert str(cache / "testcorpus.txt") in str(info.value) and "--data" in str(info.value)
+    counted = ids.view(Counting)
+    list(data.make_dataset(counted, 10, 4, shuffle_buffer=50, seed=3, start=100).as_numpy_iterator())
+    assert sum(reads) == len(windows) - 4 * 100  # the 100 skipped batches were never read
