@@ -15,11 +15,9 @@ the weights, or a resume on other text, is noticed.
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import re
-import shutil
 import sys
 import tempfile
 from typing import Any, Iterable
@@ -28,6 +26,7 @@ import tensorflow as tf
 
 from charrnn.callbacks import Callback
 from charrnn.config import WHICH, TrainConfig
+from charrnn.corpus import is_local
 from charrnn.data import Vocabulary
 from charrnn.errors import CharRNNError
 from charrnn.model import CharRNN
@@ -68,10 +67,23 @@ def _umask() -> int:
 def write_atomic(path: str, text: str) -> None:
     """Writes `text` to `path` via a temporary file and a rename, so a crash leaves old or new.
 
-    The file gets the permissions a plain open() would give it (0666 less the umask).
+    On a local disk the file gets the permissions a plain open() would give it (0666 less
+    the umask) and reaches the disk before the rename; elsewhere (gs://, ...) it is written
+    through tf.io.gfile.
     """
-    directory = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    directory, name = path.rsplit("/", 1) if "/" in path else (".", path)
+    if not is_local(path):
+        tmp = f"{directory}/.{name}.{os.getpid()}.tmp"
+        try:
+            with tf.io.gfile.GFile(tmp, "w") as f:
+                f.write(text)
+            tf.io.gfile.rename(tmp, path, overwrite=True)
+        except BaseException:
+            if tf.io.gfile.exists(tmp):
+                tf.io.gfile.remove(tmp)
+            raise
+        return
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")
     try:
         os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "w", encoding="utf-8") as f:
@@ -85,24 +97,38 @@ def write_atomic(path: str, text: str) -> None:
         raise
 
 
+def _read_bytes(path: str) -> bytes | None:
+    """The bytes of `path` (on any filesystem), or None if it does not exist."""
+    if is_local(path):
+        try:
+            with open(path, "rb") as f:
+                return f.read()
+        except FileNotFoundError:
+            return None
+    try:
+        with tf.io.gfile.GFile(path, "rb") as f:
+            return f.read()
+    except tf.errors.NotFoundError:
+        return None
+
+
 def _read(path: str) -> str | None:
     """The text of `path`, or None if it does not exist; CharRNNError if it cannot be read as UTF-8."""
     try:
-        with open(path, encoding="utf-8") as f:
-            return f.read()
-    except FileNotFoundError:
-        return None
+        raw = _read_bytes(path)
+        return None if raw is None else raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise CharRNNError(f"{path} is damaged (not UTF-8 at byte {e.start}); restore it from a backup, "
                            "or use another --run_dir") from None
-    except OSError as e:
-        raise CharRNNError(f"cannot read {path} ({e.strerror}); it should be a readable file written by "
+    except (OSError, tf.errors.OpError) as e:
+        cause = e.strerror if isinstance(e, OSError) else e.message.splitlines()[0]
+        raise CharRNNError(f"cannot read {path} ({cause}); it should be a readable file written by "
                            "charrnn-train, or use another --run_dir") from None
 
 
 def check_run_dir(run_dir: str) -> None:
     """Refuses a `run_dir` that exists but is not a directory."""
-    if os.path.exists(run_dir) and not os.path.isdir(run_dir):
+    if tf.io.gfile.exists(run_dir) and not tf.io.gfile.isdir(run_dir):
         raise CharRNNError(f"--run_dir {run_dir} is a file, not a directory; pass a directory for the run")
 
 
@@ -132,11 +158,11 @@ def save_run_files(run_dir: str, config: TrainConfig, vocab: Vocabulary) -> None
     """Creates `run_dir` if needed and writes its config and vocabulary."""
     path = run_dir
     try:
-        os.makedirs(run_dir, exist_ok=True)
+        tf.io.gfile.makedirs(run_dir)
         for name, text in ((VOCAB_FILE, vocab.to_json()), (CONFIG_FILE, config.to_json())):
             path = os.path.join(run_dir, name)
             write_atomic(path, text)
-    except OSError as e:
+    except STORAGE_ERRORS as e:
         raise storage_error("write", path, e) from None
 
 
@@ -165,32 +191,37 @@ def save(manager: tf.train.CheckpointManager, step: int) -> str:
         raise storage_error("write checkpoint", prefix, e) from None
 
 
+def _remove(path: str) -> bool:
+    """Removes a file or a directory tree (on any filesystem); whether it is gone."""
+    try:
+        if tf.io.gfile.isdir(path):
+            tf.io.gfile.rmtree(path)
+        else:
+            tf.io.gfile.remove(path)
+    except (OSError, tf.errors.OpError):
+        return not tf.io.gfile.exists(path)
+    return True
+
+
+def _glob(pattern: str) -> list[str]:
+    try:
+        return tf.io.gfile.glob(pattern)
+    except tf.errors.NotFoundError:  # the directory does not exist
+        return []
+
+
 def _remove_partial(prefix: str) -> None:
-    shutil.rmtree(prefix + "_temp", ignore_errors=True)
-    for name in glob.glob(glob.escape(prefix) + ".*"):
-        try:
-            os.unlink(name)
-        except OSError:
-            pass
+    for path in [prefix + "_temp", *_glob(prefix + ".*")]:
+        if tf.io.gfile.exists(path):
+            _remove(path)
 
 
 def remove_leftovers(run_dir: str) -> list[str]:
     """Removes what an interrupted write leaves behind: checkpoint `_temp` directories, and the
     temporary files of atomic writes (ours and TensorFlow's). Only safe while holding the lock."""
-    removed = []
     patterns = [os.path.join(run_dir, ".*.tmp")] + [
         os.path.join(run_dir, sub, pattern) for sub in (CKPT_DIR, BEST_DIR) for pattern in ("*_temp", "*.tmp*")]
-    for pattern in patterns:
-        for path in glob.glob(pattern):
-            if os.path.isdir(path):
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                try:
-                    os.unlink(path)
-                except OSError:
-                    continue
-            removed.append(path)
-    return removed
+    return [path for pattern in patterns for path in _glob(pattern) if _remove(path)]
 
 
 def checkpoint_paths(run_dir: str, which: str = "latest") -> list[str]:
@@ -202,12 +233,12 @@ def checkpoint_paths(run_dir: str, which: str = "latest") -> list[str]:
     directory = _directory(run_dir, which)
     paths = set()
     try:
-        state = tf.train.get_checkpoint_state(directory) if os.path.isdir(directory) else None
+        state = tf.train.get_checkpoint_state(directory) if tf.io.gfile.isdir(directory) else None
     except (tf.errors.OpError, ValueError):  # a damaged state file: the listing below still finds them
         state = None
     if state is not None:
         paths.update(os.path.join(directory, os.path.basename(p)) for p in state.all_model_checkpoint_paths)
-    for name in glob.glob(os.path.join(directory, "ckpt-*.index")) + glob.glob(os.path.join(directory, "ckpt-*.data-*")):
+    for name in _glob(os.path.join(directory, "ckpt-*.index")) + _glob(os.path.join(directory, "ckpt-*.data-*")):
         paths.add(re.sub(r"\.(index|data-\d+-of-\d+)$", "", name))
     return sorted((p for p in paths if _step_of(p) >= 0), key=_step_of, reverse=True)
 
@@ -309,7 +340,7 @@ def load_model(run_dir: str, which: str | None = None, device: str = "/CPU:0",
     If no best checkpoint is usable, the latest one is used, with a warning.
     """
     check_run_dir(run_dir)
-    if not os.path.isdir(run_dir):
+    if not tf.io.gfile.isdir(run_dir):
         raise CharRNNError(f"run directory {run_dir} does not exist; pass the --run_dir of a training run")
     no_checkpoint = f"run directory {run_dir} holds no checkpoint; train first with charrnn-train --run_dir={run_dir}"
     files = load_run_files(run_dir)
@@ -343,44 +374,62 @@ class MetricsLog(Callback):
     those steps are trained again, and a step must appear once, with the value of the run
     that continues. Lines that cannot be read (a torn last line after a crash, damage) are
     dropped too, with a warning unless it was the last line.
+
+    On a filesystem that cannot append (object stores such as gs://), the file is rewritten
+    whole at each checkpoint point, epoch end and at the end, so that it always holds at
+    least the lines of the newest checkpoint's steps.
     """
 
     def __init__(self, run_dir: str, resumed_step: int):
         self.path = os.path.join(run_dir, METRICS_FILE)
         self._trainer: Any = None
         try:
-            with open(self.path, "rb") as f:
-                old = f.read()
-        except FileNotFoundError:
-            old = b""
-        except OSError as e:
+            old = _read_bytes(self.path) or b""
+        except (OSError, tf.errors.OpError) as e:
             raise storage_error("read", self.path, e) from None
         lines = old.splitlines(keepends=True)
         steps = [_step(_record(line)) for line in lines]
         damaged = sum(s is None for s in steps[:-1])
         if damaged:
             print(f"charrnn: warning: dropped {damaged} unreadable line(s) of {self.path}", file=sys.stderr)
-        kept = [line for line, s in zip(lines, steps) if s is not None and s <= resumed_step]
+        kept = [line.rstrip(b"\n").decode("utf-8") + "\n" for line, s in zip(lines, steps)
+                if s is not None and s <= resumed_step]
+        # Appended to on a local disk; elsewhere every line is kept and the file rewritten.
+        self._lines: list[str] | None = None if is_local(self.path) else kept
         try:
-            if len(kept) != len(lines) or (kept and not kept[-1].endswith(b"\n")):
-                write_atomic(self.path, b"".join(line.rstrip(b"\n") + b"\n" for line in kept).decode("utf-8"))
-            self._file = open(self.path, "a", encoding="utf-8")
-        except OSError as e:
+            if len(kept) != len(lines) or (lines and not lines[-1].endswith(b"\n")):
+                write_atomic(self.path, "".join(kept))
+            self._file = open(self.path, "a", encoding="utf-8") if self._lines is None else None
+        except STORAGE_ERRORS as e:
             raise storage_error("write", self.path, e) from None
 
     def _write(self, **values: float | int | None) -> None:
+        line = json.dumps(values) + "\n"
+        if self._lines is not None:
+            self._lines.append(line)
+            return
         try:
-            self._file.write(json.dumps(values) + "\n")
+            self._file.write(line)
             self._file.flush()
         except OSError as e:
             raise storage_error("write", self.path, e) from None
+
+    def _rewrite(self) -> None:
+        if self._lines is not None:
+            try:
+                write_atomic(self.path, "".join(self._lines))
+            except STORAGE_ERRORS as e:
+                raise storage_error("write", self.path, e) from None
 
     def on_train_begin(self, trainer: Any) -> None:
         self._trainer = trainer
 
     def on_chunk_end(self, step: int, logs: dict[str, float]) -> None:
-        if self._trainer.cadence.log_due(step):
+        cadence = self._trainer.cadence
+        if cadence.log_due(step):
             self._write(step=step, loss=float(self._trainer.last_losses[-1]))
+        if step % cadence.checkpoint_every == 0:  # a checkpoint follows: its steps' lines first
+            self._rewrite()
 
     def on_evaluate(self, step: int, logs: dict[str, float]) -> None:
         self._write(step=step, val_loss=logs["val_loss"], val_bpc=logs["val_bpc"])
@@ -388,8 +437,12 @@ class MetricsLog(Callback):
     def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
         self._write(step=self._trainer.position()[0], epoch=epoch, train_loss=logs["loss"],
                     val_loss=logs.get("val_loss"), val_bpc=logs.get("val_bpc"))
+        self._rewrite()
 
     def on_train_end(self, logs: dict[str, float]) -> None:
+        if self._lines is not None:
+            self._rewrite()
+            return
         try:
             self._file.close()
         except OSError:  # the failed write was already reported
@@ -412,9 +465,5 @@ def _step(record: dict | None) -> int | None:
 
 def read_metrics(run_dir: str) -> list[dict]:
     """The readable lines of `<run_dir>/metrics.jsonl` as dictionaries (damaged ones skipped)."""
-    try:
-        with open(os.path.join(run_dir, METRICS_FILE), "rb") as f:
-            lines = f.read().splitlines()
-    except FileNotFoundError:
-        return []
+    lines = (_read_bytes(os.path.join(run_dir, METRICS_FILE)) or b"").splitlines()
     return [record for record in map(_record, lines) if record is not None]

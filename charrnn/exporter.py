@@ -14,13 +14,13 @@ two compiled functions:
 from __future__ import annotations
 
 import os
-import shutil
 
 import keras
 import tensorflow as tf
 
 from charrnn import checkpoint
 from charrnn.checkpoint import STORAGE_ERRORS, storage_error
+from charrnn.corpus import is_local
 from charrnn.data import Vocabulary
 from charrnn.errors import CharRNNError
 from charrnn.model import CharRNN
@@ -83,7 +83,7 @@ def export(run_dir: str, export_dir: str, which: str | None = None) -> str:
     """Writes run_dir's `which` checkpoint (best by default, else latest) as a SavedModel
     in `export_dir` (which must not exist yet, or be empty); returns the checkpoint used."""
     _check_export_dir(export_dir)
-    created = not os.path.exists(export_dir)
+    created = not tf.io.gfile.exists(export_dir)
     with tf.device("/CPU:0"):
         # Keras' LSTM (the same weights) instead of the fused one: inference needs no
         # hand-written gradient, and a SavedModel holding one warns at every load.
@@ -103,9 +103,10 @@ def export(run_dir: str, export_dir: str, which: str | None = None) -> str:
         except STORAGE_ERRORS as e:
             # Half a SavedModel is worse than none. The directory was new or empty (checked
             # above): leave it as it was.
-            shutil.rmtree(export_dir, ignore_errors=True)
+            if tf.io.gfile.exists(export_dir):
+                tf.io.gfile.rmtree(export_dir)
             if not created:
-                os.makedirs(export_dir, exist_ok=True)
+                tf.io.gfile.makedirs(export_dir)
             raise storage_error("write the SavedModel to", export_dir, e) from None
     return path
 
@@ -114,17 +115,19 @@ def _check_export_dir(export_dir: str) -> None:
     """Refuses, before anything is loaded or written, an export directory that cannot take a new SavedModel."""
     if not export_dir:
         raise CharRNNError("--export_dir is empty; pass a new or empty directory for the SavedModel")
-    if os.path.exists(export_dir):
-        if not os.path.isdir(export_dir):
+    if tf.io.gfile.exists(export_dir):
+        if not tf.io.gfile.isdir(export_dir):
             raise CharRNNError(f"--export_dir {export_dir} is a file; pass a new or empty directory")
-        if os.listdir(export_dir):
+        if tf.io.gfile.listdir(export_dir):
             raise CharRNNError(f"export directory {export_dir} is not empty; pass a new --export_dir")
         existing = export_dir
+    elif not is_local(export_dir):
+        return  # an object store has no directories to check: a failed write says why
     else:
         existing = os.path.dirname(os.path.abspath(export_dir))
         while not os.path.exists(existing):
             existing = os.path.dirname(existing)
         if not os.path.isdir(existing):
             raise CharRNNError(f"--export_dir {export_dir} is under {existing}, which is a file; pass a directory path")
-    if not os.access(existing, os.W_OK | os.X_OK):
+    if is_local(existing) and not os.access(existing, os.W_OK | os.X_OK):
         raise CharRNNError(f"cannot write to {existing} (permission denied or read-only); pass a writable --export_dir")

@@ -10,7 +10,10 @@ Guarantees: on a local disk, two processes (on this machine) never hold the lock
 On NFS, Linux implements `flock` with the server's byte-range locks, which hold across
 machines when the server supports locking (NFSv4 does; a lock of a machine that crashed is
 released when the server's lease expires). On a filesystem without locks (some FUSE mounts)
-charrnn warns and runs unlocked.
+charrnn warns and runs unlocked. On an object store (gs://, s3://, any TensorFlow
+filesystem that is not the local disk) there is no lock at all: it cannot be taken
+atomically, nor dropped when its holder dies; charrnn says so and runs unlocked, and
+keeping one trainer per run directory is then the scheduler's job.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import os
 import socket
 import sys
 
+from charrnn.corpus import is_local
 from charrnn.errors import CharRNNError
 
 LOCK_FILE = "train.lock"
@@ -36,6 +40,10 @@ class RunLock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
+        if not is_local(self.path):
+            print(f"charrnn: warning: {os.path.dirname(self.path)} is not on a local disk, where a run directory "
+                  "cannot be locked; make sure no other trainer uses it", file=sys.stderr)
+            return
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
             locked = True
