@@ -35,8 +35,11 @@ def _field(default: Any, help: str, group: str, choices: tuple[str, ...] = ()) -
 class TrainConfig:
     """Settings of one training run. Defaults are the case study's model and optimiser."""
 
-    data: str = _field("tinyshakespeare", "Path to a UTF-8 text file, or a registered corpus: tinyshakespeare, shakespeare.", "Data and run")
-    run_dir: str = _field("runs/charrnn", "Run directory: config, vocabulary, checkpoints, TensorBoard logs.", "Data and run")
+    data: str = _field("tinyshakespeare", "UTF-8 text: a file, a directory, a glob, a comma-separated list of them, a "
+                       "URL (add #sha256=<hex> to check it) or a registered corpus (tinyshakespeare, shakespeare); "
+                       "paths may be on gs:// or any TensorFlow filesystem.", "Data and run")
+    run_dir: str = _field("runs/charrnn", "Run directory: config, vocabulary, checkpoints, TensorBoard logs (a local "
+                          "path, or gs:// or any TensorFlow filesystem).", "Data and run")
     epochs: int = _field(20, "Epochs to train, counted from the start of the run (a resume does not restart the count).", "How long")
     max_steps: int | None = _field(None, "Stop after this many steps in total, counted from the start of the run.", "How long")
     time_budget: float | None = _field(None, "Stop after this many seconds of training in this invocation (start-up, "

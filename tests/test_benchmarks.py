@@ -21,9 +21,10 @@ TINY = ["--rnn_units=16", "--embedding_dim=8"]
     ("bench_train.py", [*TINY, "--batch_size=4", "--seq_length=12", "--steps=2", "--warmup=1", "--steps_per_loop=2"]),
     ("bench_sample.py", [*TINY, "--num_chars=10", "--baseline_chars=5", "--repeats=1"]),
     ("bench_quality.py", [*TINY, "--batch_size=4", "--seq_length=12", "--time_budget=1", "--eval_every=50"]),
+    ("bench_data.py", ["--sizes_mb=1", "--steps=2", "--pipeline_steps=20", "--repeats=1"]),
 ])
 def test_benchmark_smoke(script, args, small_text):
-    data = [f"--data={small_text}"] if script != "bench_sample.py" else []
+    data = [f"--data={small_text}"] if script in ("bench_train.py", "bench_quality.py") else []
     proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), *args, *data],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -31,6 +32,10 @@ def test_benchmark_smoke(script, args, small_text):
     if script == "bench_train.py":
         assert result["results"]["charrnn"]["steps_per_s"] > 0 and result["speedup_vs_fit"] > 0
         assert result["flops_per_step"] == 3 * 2 * 4 * 12 * (4 * 16 * (8 + 16) + 16 * result["vocab_size"])
+    elif script == "bench_data.py":
+        (row,) = result["rows"]
+        assert row["size_mb"] == 1 and row["encode_mb_per_s"] > 0 and row["cached_peak_rss_mb"] > 0
+        assert result["pipeline"]["ratio"] > 0
     elif script == "bench_sample.py":
         assert [r["num_samples"] for r in result["charrnn"]] == [1, 64] and result["eager_chars_per_s"] > 0
     else:

@@ -260,16 +260,17 @@ def bad_files(tmp_path) -> dict[str, str]:
     for name, payload in files.items():
         (tmp_path / name).write_bytes(payload)
         paths[name] = str(tmp_path / name)
-    return paths | {"missing": str(tmp_path / "nope.txt"), "dir": str(tmp_path)}
+    (tmp_path / "emptydir").mkdir()
+    return paths | {"missing": str(tmp_path / "nope.txt"), "emptydir": str(tmp_path / "emptydir")}
 
 
 # Each case as a user types it. The command line's contract (one line, exit status 2, no
 # traceback) is checked in a subprocess for the cases marked CLI; the rest run in process,
 # where the same CharRNNError carries the same message.
 TRAIN_ERRORS = [
-    (["--data={missing}"], "neither an existing file nor a registered corpus"),
-    (["--data={dir}"], "is a directory"),
-    (["--data={empty}"], "is empty"),
+    (["--data={missing}"], "neither an existing file, directory or glob nor a registered corpus"),
+    (["--data={emptydir}"], "holds no files"),
+    (["--data={empty}"], "holds no text"),
     (["--data={latin1}"], "not valid UTF-8 (bad byte 0xe9 at offset 3)"),
     (["--data={binary}"], "looks binary"),
     (["--data={short}"], "corpus too short: 60 characters, but batch_size=4 x (seq_length+1)=21 needs 84"),
