@@ -154,16 +154,29 @@ def load_run_files(run_dir: str) -> tuple[TrainConfig, Vocabulary] | None:
     return loaded[0], loaded[1]
 
 
-def save_run_files(run_dir: str, config: TrainConfig, vocab: Vocabulary) -> None:
-    """Creates `run_dir` if needed and writes its config and vocabulary."""
+def save_run_files(run_dir: str, config: TrainConfig, vocab: Vocabulary, origin: dict | None = None) -> None:
+    """Creates `run_dir` if needed and writes its config (with the `origin` of a fine-tuned
+    run under "origin") and vocabulary."""
     path = run_dir
+    settings = config.to_json()
+    if origin is not None:
+        settings = json.dumps(json.loads(settings) | {"origin": origin}, indent=2, sort_keys=True)
     try:
         tf.io.gfile.makedirs(run_dir)
-        for name, text in ((VOCAB_FILE, vocab.to_json()), (CONFIG_FILE, config.to_json())):
+        for name, text in ((VOCAB_FILE, vocab.to_json()), (CONFIG_FILE, settings)):
             path = os.path.join(run_dir, name)
             write_atomic(path, text)
     except STORAGE_ERRORS as e:
         raise storage_error("write", path, e) from None
+
+
+def read_origin(run_dir: str) -> dict | None:
+    """The "origin" record of a fine-tuned run's config.json (see save_run_files), if any."""
+    try:
+        origin = json.loads(_read(os.path.join(run_dir, CONFIG_FILE)) or "{}").get("origin")
+    except (ValueError, AttributeError):
+        return None
+    return origin if isinstance(origin, dict) else None
 
 
 def _directory(run_dir: str, which: str) -> str:

@@ -98,13 +98,18 @@ class TrainConfig:
     sample_prime: str = _field("", "Text the samples shown while training start from (default: a newline, or "
                                "the text's first character if it has none).", "Samples while training")
     sample_temperature: float = _field(0.8, "Temperature of the samples shown while training.", "Samples while training")
+    init_from: str | None = _field(None, "Fine-tune: start this new run from the weights of that run directory "
+                                   "(step 0, a fresh optimizer); the vocabulary grows by the new text's characters.",
+                                   "Fine-tuning")
+    init_which: str = _field("best", "Checkpoint of --init_from: best (lowest validation loss, else the latest) or "
+                             "latest.", "Fine-tuning", WHICH)
     allow_new_data: bool = _field(False, "Resume even though --data is not the text the run was trained on "
                                   "(every checkpoint records a fingerprint of its training text).", "Checkpoints and logs")
 
     # Settings a resume must share with the run it continues: the model's shape, and
     # what decides the order of the training data.
     MODEL_FIELDS = ("embedding_dim", "rnn_units", "num_layers", "cell")
-    DATA_FIELDS = ("batch_size", "seq_length", "val_fraction", "shuffle_buffer", "seed", "carry_state")
+    DATA_FIELDS = ("batch_size", "seq_length", "val_fraction", "shuffle_buffer", "seed", "carry_state", "init_from")
 
     def __post_init__(self) -> None:
         self._check_types()

@@ -255,33 +255,42 @@ class Encoded:
     fingerprint: str
 
 
-def encode(data: str) -> Encoded:
-    """The ids of the text `data` names, from the id cache or encoded into it (see module)."""
+def encode(data: str, base: Vocabulary | None = None) -> Encoded:
+    """The ids of the text `data` names, from the id cache or encoded into it (see module).
+
+    The vocabulary is the text's characters, or with `base` (fine-tuning), the union of
+    `base`'s characters and the text's.
+    """
     sources = resolve_sources(data)
     digest = hashlib.sha256()
     for _, _, chunk in _chunks(sources):
         digest.update(chunk)
     key = digest.hexdigest()
-    base = f"{cache_dir().rstrip('/')}/ids/{key[:32]}"
-    cached = _load(base, key)
+    name = key[:32] if base is None else f"{key[:32]}-{base.fingerprint[:8]}"
+    path = f"{cache_dir().rstrip('/')}/ids/{name}"
+    cached = _load(path, key)
     if cached is not None:
         return cached
     seen = np.zeros(_MAX_CODEPOINT, bool)
+    empty = True
     for chunk, cps in _decoded(sources):
         counts = np.bincount(np.frombuffer(chunk, np.uint8) if cps is None else cps)
         seen[:len(counts)] |= counts > 0
-    chars = [chr(c) for c in np.flatnonzero(seen)]
-    if not chars:
+        empty = empty and not len(chunk)
+    if empty:
         _nonempty("", data, sources)
+    if base is not None:
+        seen[[ord(c) for c in base.chars]] = True
+    chars = [chr(c) for c in np.flatnonzero(seen)]
     vocab = Vocabulary(chars)
     dtype = np.uint8 if len(chars) <= 256 else np.uint16 if len(chars) <= 65536 else np.uint32
     table = np.zeros(_MAX_CODEPOINT, dtype)
     table[np.flatnonzero(seen)] = np.arange(len(chars), dtype=dtype)
     try:
-        return _write(base, key, sources, vocab, table)
+        return _write(path, key, sources, vocab, table)
     except (OSError, tf.errors.OpError) as e:
         # No writable cache: the ids in memory, as one array.
-        print(f"charrnn: warning: cannot write the id cache {base}.ids ({e}); keeping the ids in memory", file=sys.stderr)
+        print(f"charrnn: warning: cannot write the id cache {path}.ids ({e}); keeping the ids in memory", file=sys.stderr)
         ids = np.concatenate([table[np.frombuffer(chunk, np.uint8) if cps is None else cps]
                               for chunk, cps in _decoded(sources)])
         return Encoded(ids, vocab, key[:16])

@@ -21,9 +21,15 @@ def main() -> None:
     print(f"Corpus {config.data}: {len(trainer.vocab)} distinct characters, "
           f"{trainer.steps_per_epoch} steps per epoch, {trainer.total_steps} steps in all; "
           f"{trainer.distribution.describe()}")
+    origin = ""
+    if trainer.origin is not None:
+        o = trainer.origin
+        origin = f" (fine-tuned from {o['checkpoint']})"
+        print(f"Fine-tuning from {o['checkpoint']}: its {o['vocab_size_before']} characters keep their weights, "
+              f"{o['vocab_size'] - o['vocab_size_before']} new one(s) from {config.data}")
     print(trainer.model.summary_table(config.batch_size), flush=True)
     trainer.fit()
-    print(f"Done at step {int(trainer.step.numpy())}. Sample with: charrnn-sample --run_dir={config.run_dir}")
+    print(f"Done at step {int(trainer.step.numpy())}{origin}. Sample with: charrnn-sample --run_dir={config.run_dir}")
 
 
 def run() -> None:

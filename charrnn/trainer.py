@@ -101,7 +101,8 @@ class Trainer:
         self.strategy, self.device = self.distribution.strategy, self.distribution.device
         self.num_replicas, self.is_chief = self.distribution.num_replicas, self.distribution.is_chief
         checkpoint.check_run_dir(config.run_dir)
-        corpus = encode(config.data)
+        origin = self._load_origin() if config.init_from else None
+        corpus = encode(config.data, base=origin[1] if origin else None)
         self.vocab, self._data_fingerprint, ids = corpus.vocab, corpus.fingerprint, corpus.ids
         self._train_ids, self._val_ids = split_ids(ids, config.val_fraction)
         self._check_sizes(len(ids))
@@ -155,6 +156,12 @@ class Trainer:
         self._checkpoint = tf.train.Checkpoint(**state, fingerprints=self._fingerprints)
         self._restorable = tf.train.Checkpoint(**state)
         self._restore()
+        # Where a fine-tuned run's weights came from (None for other runs): config.json keeps it.
+        self.origin: dict | None = None
+        if origin is not None:
+            self.origin = checkpoint.read_origin(config.run_dir) if self.restored_from else None
+            if self.origin is None:
+                self.origin = self._transfer(*origin)
 
         spec = tf.TensorSpec([None, None], tf.int32)
         # train_step(inputs, targets) -> (loss, finite, grad_norm): one compiled optimisation
@@ -214,6 +221,44 @@ class Trainer:
         if not 0 <= step - epoch * self.steps_per_epoch <= self.steps_per_epoch:
             raise CharRNNError(f"checkpoint step {step} and epoch {epoch} do not fit {self.steps_per_epoch} "
                                "steps per epoch; the run directory belongs to other data, use a new --run_dir")
+
+    def _load_origin(self) -> tuple[CharRNN, Vocabulary, str]:
+        """The model, vocabulary and checkpoint path of --init_from, checked against this run's model."""
+        c = self.config
+        if os.path.normpath(c.init_from) == os.path.normpath(c.run_dir):
+            raise CharRNNError("--init_from is the run directory itself; pass another run to start from, or leave "
+                               "--init_from unset to resume")
+        try:
+            model, saved, vocab, path = checkpoint.load_model(c.init_from, None if c.init_which == "best" else "latest")
+        except CharRNNError as e:
+            raise CharRNNError(f"--init_from: {e}") from None
+        different = [f"{name}={getattr(saved, name)!r} there, {getattr(c, name)!r} here"
+                     for name in TrainConfig.MODEL_FIELDS if getattr(saved, name) != getattr(c, name)]
+        if different:
+            raise CharRNNError(f"cannot fine-tune from {c.init_from}: its model has other sizes ({'; '.join(different)}); "
+                               "pass the same model flags")
+        return model, vocab, path
+
+    def _transfer(self, old: CharRNN, old_vocab: Vocabulary, path: str) -> dict:
+        """Copies `old`'s weights into this (new) run's model: each of its characters keeps its
+        rows of the embedding and of the output layer, the new text's new characters keep the
+        rows this model was initialised with. Returns the origin record for config.json."""
+        index = {ch: i for i, ch in enumerate(self.vocab.chars)}
+        rows = np.array([index[ch] for ch in old_vocab.chars])
+        for variable, value, axis in ((self.model.embedding.embeddings, old.embedding.embeddings, 0),
+                                      (self.model.dense.kernel, old.dense.kernel, 1),
+                                      (self.model.dense.bias, old.dense.bias, 0)):
+            merged = variable.numpy()
+            if axis == 0:
+                merged[rows] = value.numpy()
+            else:
+                merged[:, rows] = value.numpy()
+            variable.assign(merged)
+        for layer, old_layer in zip(self.model.rnns, old.rnns):
+            for variable, value in zip(layer.weights, old_layer.weights):
+                variable.assign(value)
+        return {"run": self.config.init_from, "checkpoint": path, "vocab_size_before": len(old_vocab),
+                "vocab_size": len(self.vocab)}
 
     def _check_resumable(self, saved_config: TrainConfig, saved_vocab: Vocabulary) -> None:
         problems = self.config.mismatches(saved_config)
@@ -540,7 +585,7 @@ class Trainer:
     def _fit(self, write_dir: str, callbacks: Sequence[Callback], verbose: int,
              handle_signals: bool) -> list[EpochStats]:
         c = self.config
-        checkpoint.save_run_files(write_dir, c, self.vocab)
+        checkpoint.save_run_files(write_dir, c, self.vocab, self.origin)
         self._managers = {"latest": checkpoint.checkpoint_manager(self._checkpoint, write_dir, c.max_to_keep),
                           "best": checkpoint.checkpoint_manager(self._checkpoint, write_dir, 1, which="best")}
         files = [checkpoint.MetricsLog(write_dir, int(self.step.numpy())),
