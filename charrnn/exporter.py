@@ -3,9 +3,12 @@
 The SavedModel holds the weights, the vocabulary (as TensorFlow tables and constants) and
 two compiled functions:
 
-    generate(prompt: string [batch], num_chars: int32, temperature: float32, seed: int64)
+    generate(prompt: string [batch], num_chars: int32, temperature: float32, seed: int64,
+             top_k: int32 = 0, top_p: float32 = 1.0, greedy: bool = False)
         -> {"text": string [batch]}: each prompt followed by its sample; the same loop as
-        `Sampler.generate`, so the same seed gives the same text. Also `serving_default`.
+        `Sampler.generate` with the same options, so the same seed gives the same text.
+        Called from Python (`loaded.generate(...)`) the last three may be left out; the
+        signature `generate` takes all seven, `serving_default` the first four.
     step(ids: int32 [batch], state: [layers * state_size, batch, units])
         -> {"logits": float32 [batch, vocab], "state": same as the input state}: one
         character, for clients that stream; the zero state starts a sequence.
@@ -24,7 +27,7 @@ from charrnn.corpus import is_local
 from charrnn.data import Vocabulary
 from charrnn.errors import CharRNNError
 from charrnn.model import CharRNN
-from charrnn.sampler import MAX_TEMPERATURE, MIN_TEMPERATURE, Sampler
+from charrnn.sampler import MAX_NUM_CHARS, MAX_TEMPERATURE, MIN_TEMPERATURE, SampleOptions, Sampler
 
 
 class _Generator(tf.Module):
@@ -40,11 +43,17 @@ class _Generator(tf.Module):
         size = model.num_layers * model.state_size
         self.state_shape = [size, None, model.rnn_units]
 
+        defaults = SampleOptions()
+
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="prompt"),
                                       tf.TensorSpec([], tf.int32, name="num_chars"),
                                       tf.TensorSpec([], tf.float32, name="temperature"),
-                                      tf.TensorSpec([], tf.int64, name="seed")])
-        def generate(prompt, num_chars, temperature, seed):
+                                      tf.TensorSpec([], tf.int64, name="seed"),
+                                      tf.TensorSpec([], tf.int32, name="top_k"),
+                                      tf.TensorSpec([], tf.float32, name="top_p"),
+                                      tf.TensorSpec([], tf.bool, name="greedy")])
+        def generate(prompt, num_chars, temperature, seed, top_k=tf.constant(defaults.top_k),
+                     top_p=tf.constant(defaults.top_p), greedy=tf.constant(defaults.greedy)):
             codepoints = tf.strings.unicode_decode(prompt, "UTF-8")
             ids = tf.ragged.map_flat_values(self.table.lookup, codepoints)
             unknown, _ = tf.unique(tf.boolean_mask(codepoints.flat_values, ids.flat_values < 0))
@@ -55,17 +64,29 @@ class _Generator(tf.Module):
                 tf.debugging.Assert(tf.reduce_all(lengths > 0), ["every prompt needs at least one character"]),
                 tf.debugging.Assert(tf.reduce_all(lengths == lengths[0]),
                                     ["the prompts of one call must have the same length; lengths:", lengths]),
-                tf.debugging.Assert(num_chars >= 1, ["num_chars must be >= 1, got", num_chars]),
+                tf.debugging.Assert((num_chars >= 0) & (num_chars <= MAX_NUM_CHARS),
+                                    [f"num_chars must be between 0 and {MAX_NUM_CHARS}, got", num_chars]),
                 tf.debugging.Assert((temperature >= MIN_TEMPERATURE) & (temperature <= MAX_TEMPERATURE),
                                     [f"temperature must be between {MIN_TEMPERATURE:g} and {MAX_TEMPERATURE:g}, got",
                                      temperature]),
+                tf.debugging.Assert(top_k >= 0, ["top_k must be >= 0 (0 keeps every character), got", top_k]),
+                tf.debugging.Assert((top_p > 0) & (top_p <= 1), ["top_p must be in (0, 1], got", top_p]),
             ]
             with tf.control_dependencies(checks):
                 prime_ids = ids.to_tensor()
-            options = (temperature, tf.stack([seed, 0]), tf.constant(0), tf.constant(1.0), tf.constant(False))
-            sampled = self._sampler.sample_ids(prime_ids, num_chars, options)
+            options = (temperature, tf.stack([seed, 0]), top_k, top_p, greedy)
+            # The Sampler's loop, with filtering compiled in (top_k=0 and top_p=1 keep every
+            # character, as the Sampler's unfiltered loop does); it draws at least one character.
+            sampled = self._sampler.sample_ids(prime_ids, tf.maximum(num_chars, 1), options, filtering=True)
             # sampled is time-major [num_chars, batch]: join down the time axis.
-            return {"text": prompt + tf.strings.reduce_join(tf.gather(self.chars, sampled), axis=0)}
+            return {"text": prompt + tf.strings.reduce_join(tf.gather(self.chars, sampled[:num_chars]), axis=0)}
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="prompt"),
+                                      tf.TensorSpec([], tf.int32, name="num_chars"),
+                                      tf.TensorSpec([], tf.float32, name="temperature"),
+                                      tf.TensorSpec([], tf.int64, name="seed")])
+        def generate_default(prompt, num_chars, temperature, seed):
+            return generate(prompt, num_chars, temperature, seed)
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.int32, name="ids"),
                                       tf.TensorSpec(self.state_shape, model.state_dtype, name="state")])
@@ -76,6 +97,7 @@ class _Generator(tf.Module):
             return {"logits": logits, "state": tf.stack(tf.nest.flatten(new_state))}
 
         self.generate = generate
+        self.generate_default = generate_default
         self.step = step
 
 
@@ -95,7 +117,7 @@ def export(run_dir: str, export_dir: str, which: str | None = None) -> str:
         archive = keras.export.ExportArchive()
         archive.track(model)
         archive.track(module)  # the lookup table and constants
-        archive.add_endpoint("serving_default", module.generate)
+        archive.add_endpoint("serving_default", module.generate_default)
         archive.add_endpoint("generate", module.generate)
         archive.add_endpoint("step", module.step)
         try:

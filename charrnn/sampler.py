@@ -267,6 +267,8 @@ def filter_logits(logits: tf.Tensor, top_k: tf.Tensor, top_p: tf.Tensor) -> tf.T
     # Nucleus: keep a character while the probability of the more likely ones is below p;
     # the most likely one is always kept.
     before = tf.math.cumsum(tf.nn.softmax(sorted_logits), axis=-1, exclusive=True)
-    keep = tf.minimum(k, tf.reduce_sum(tf.cast(before < top_p, tf.int32), axis=-1, keepdims=True))
+    # top_p = 1 keeps every character exactly (the cumulative sum may round past 1).
+    keep = tf.where(top_p < 1, tf.minimum(k, tf.reduce_sum(tf.cast(before < top_p, tf.int32), axis=-1, keepdims=True)),
+                    k)
     threshold = tf.gather(sorted_logits, tf.maximum(keep, 1) - 1, batch_dims=1)
     return tf.where(logits < threshold, tf.constant(-float("inf"), logits.dtype), logits)

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import tensorflow as tf
 
 import charrnn
 from charrnn import CharRNNError, Sampler
@@ -32,7 +33,8 @@ import tensorflow as tf
 
 model = tf.saved_model.load(sys.argv[1])
 out = model.signatures["generate"](prompt=tf.constant(["The ", "The "]), num_chars=tf.constant(60),
-                                   temperature=tf.constant(0.7), seed=tf.constant(11, tf.int64))
+                                   temperature=tf.constant(0.7), seed=tf.constant(11, tf.int64),
+                                   top_k=tf.constant(0), top_p=tf.constant(1.0), greedy=tf.constant(False))
 step = model.signatures["step"](ids=tf.constant([1, 2, 3]), state=tf.zeros([2, 3, 16]))
 try:
     model.generate(tf.constant(["The ~ {"]), tf.constant(5), tf.constant(1.0), tf.constant(1, tf.int64))
@@ -64,6 +66,27 @@ def test_exported_generate_equals_the_sampler_without_charrnn(trained_run, expor
     assert result["logits"] == [3, vocab_size] and result["state"] == [2, 3, 16]  # (h, c) of one LSTM layer
     assert "characters not in the vocabulary of the model:] [~{]" in result["error"]
     assert "custom gradient" not in proc.stderr  # the export holds none, so loading it warns of none
+
+
+@pytest.mark.parametrize("options", [
+    dict(), dict(top_k=5), dict(top_p=0.8), dict(greedy=True), dict(top_k=3, top_p=0.9, greedy=False),
+])
+def test_exported_generate_takes_the_samplers_options(trained_run, exported, options):
+    loaded = tf.saved_model.load(str(exported))
+    sampler = Sampler.from_checkpoint(str(trained_run))
+    for num_chars in (0, 1, 40):
+        expected = sampler.generate("The ", num_chars, 0.8, num_samples=2, seed=5, **options)
+        tensors = {k: tf.constant(v) for k, v in options.items()}  # what is left out takes the default
+        got = loaded.generate(tf.constant(["The ", "The "]), tf.constant(num_chars), tf.constant(0.8),
+                              tf.constant(5, tf.int64), **tensors)
+        assert [t.decode() for t in got["text"].numpy()] == expected, (options, num_chars)
+    for bad, message in [(dict(top_k=tf.constant(-1)), "top_k must be >= 0"),
+                         (dict(top_p=tf.constant(0.0)), "top_p must be in"),
+                         (dict(num_chars=tf.constant(10**7)), "num_chars must be between 0 and")]:
+        args = dict(prompt=tf.constant(["The "]), num_chars=tf.constant(5), temperature=tf.constant(1.0),
+                    seed=tf.constant(1, tf.int64)) | bad
+        with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+            loaded.generate(**args)
 
 
 def test_serving_default_runs_through_saved_model_cli(trained_run, exported):
