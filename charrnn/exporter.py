@@ -1,4 +1,5 @@
-"""`export`: a trained run as a SavedModel that generates text without charrnn installed.
+"""`export`: a trained run as a SavedModel that generates text without charrnn installed;
+`export_tflite`: its one-step model for TFLite (phones), see that function.
 
 The SavedModel holds the weights, the vocabulary (as TensorFlow tables and constants) and
 two compiled functions:
@@ -17,6 +18,8 @@ two compiled functions:
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 
 import keras
 import tensorflow as tf
@@ -40,8 +43,6 @@ class _Generator(tf.Module):
         codepoints = tf.constant([ord(c) for c in chars], tf.int32)
         self.table = tf.lookup.StaticHashTable(
             tf.lookup.KeyValueTensorInitializer(codepoints, tf.range(len(chars), dtype=tf.int32)), default_value=-1)
-        size = model.num_layers * model.state_size
-        self.state_shape = [size, None, model.rnn_units]
 
         defaults = SampleOptions()
 
@@ -88,17 +89,25 @@ class _Generator(tf.Module):
         def generate_default(prompt, num_chars, temperature, seed):
             return generate(prompt, num_chars, temperature, seed)
 
-        @tf.function(input_signature=[tf.TensorSpec([None], tf.int32, name="ids"),
-                                      tf.TensorSpec(self.state_shape, model.state_dtype, name="state")])
-        def step(ids, state):
-            nested = tuple(tuple(state[i * model.state_size + j] for j in range(model.state_size))
-                           for i in range(model.num_layers))
-            logits, new_state = model.step(ids, nested)
-            return {"logits": logits, "state": tf.stack(tf.nest.flatten(new_state))}
-
         self.generate = generate
         self.generate_default = generate_default
-        self.step = step
+        self.step = _step_function(model, batch=None)
+
+
+def _step_function(model: CharRNN, batch: int | None) -> tf.types.experimental.GenericFunction:
+    """step(ids [batch], state [layers * state_size, batch, units]) -> {logits, state}: one
+    character through `model`, the state stacked into one tensor."""
+    shape = [model.num_layers * model.state_size, batch, model.rnn_units]
+
+    @tf.function(input_signature=[tf.TensorSpec([batch], tf.int32, name="ids"),
+                                  tf.TensorSpec(shape, model.state_dtype, name="state")])
+    def step(ids, state):
+        nested = tuple(tuple(state[i * model.state_size + j] for j in range(model.state_size))
+                       for i in range(model.num_layers))
+        logits, new_state = model.step(ids, nested)
+        return {"logits": logits, "state": tf.stack(tf.nest.flatten(new_state))}
+
+    return step
 
 
 def export(run_dir: str, export_dir: str, which: str | None = None) -> str:
@@ -153,3 +162,45 @@ def _check_export_dir(export_dir: str) -> None:
             raise CharRNNError(f"--export_dir {export_dir} is under {existing}, which is a file; pass a directory path")
     if is_local(existing) and not os.access(existing, os.W_OK | os.X_OK):
         raise CharRNNError(f"cannot write to {existing} (permission denied or read-only); pass a writable --export_dir")
+
+
+TFLITE_FILE = "model.tflite"
+
+
+def export_tflite(run_dir: str, export_dir: str, which: str | None = None, quantize: str = "none") -> str:
+    """Writes run_dir's `which` checkpoint as `<export_dir>/model.tflite` and its vocabulary as
+    `<export_dir>/vocab.json`; returns the checkpoint used.
+
+    The model is one step at batch 1, signature `step`: ids int32 [1] and state float32
+    [layers * state_size, 1, units] (zeros start a text) -> logits float32 [1, vocab] and
+    the new state; TFLite builtin operators only (no Flex delegate, no lookup tables), so
+    the plain TFLite runtime of a phone runs it. `quantize="dynamic"` stores the weights as
+    int8 (dynamic range quantization: about a quarter of the size).
+    """
+    _check_export_dir(export_dir)
+    with tf.device("/CPU:0"):
+        model, config, vocab, path = checkpoint.load_model(run_dir, which, "/CPU:0", lstm_impl="keras")
+        if model.state_dtype != tf.float32:
+            raise CharRNNError(f"run {run_dir} computes in {config.mixed_precision}; a TFLite export needs a float32 "
+                               "run (its weights are float32: retrain or fine-tune with --mixed_precision=float32)")
+        saved = tempfile.mkdtemp(prefix="charrnn_tflite_")
+        try:
+            archive = keras.export.ExportArchive()
+            archive.track(model)
+            archive.add_endpoint("step", _step_function(model, batch=1))
+            archive.write_out(saved, verbose=False)
+            converter = tf.lite.TFLiteConverter.from_saved_model(saved, signature_keys=["step"])
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+            if quantize == "dynamic":
+                converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            flatbuffer = converter.convert()
+        finally:
+            shutil.rmtree(saved, ignore_errors=True)
+    try:
+        tf.io.gfile.makedirs(export_dir)
+        with tf.io.gfile.GFile(f"{export_dir.rstrip('/')}/{TFLITE_FILE}", "wb") as f:
+            f.write(flatbuffer)
+        checkpoint.write_atomic(f"{export_dir.rstrip('/')}/{checkpoint.VOCAB_FILE}", vocab.to_json())
+    except STORAGE_ERRORS as e:
+        raise storage_error("write the TFLite model to", export_dir, e) from None
+    return path

@@ -1,0 +1,35 @@
+"""Generates text with a charrnn TFLite export and its vocabulary only (no charrnn needed).
+
+    charrnn-export --run_dir=runs/shakespeare --export_dir=export/phone --format=tflite
+    python docs/examples/tflite_generate.py export/phone "ROMEO: " 200
+
+On a phone, the same loop runs with the TFLite runtime of the platform; in Python,
+`ai_edge_litert.interpreter.Interpreter` can replace `tf.lite.Interpreter`.
+"""
+
+import json
+import sys
+
+import numpy as np
+import tensorflow as tf
+
+export_dir, prime, num_chars = sys.argv[1], sys.argv[2], int(sys.argv[3])
+temperature, rng = 0.5, np.random.default_rng(1)  # the same seed gives the same text
+
+with open(f"{export_dir}/vocab.json", encoding="utf-8") as f:
+    chars = json.load(f)["chars"]
+index = {ch: i for i, ch in enumerate(chars)}
+step = tf.lite.Interpreter(model_path=f"{export_dir}/model.tflite").get_signature_runner("step")
+state = np.zeros(step.get_input_details()["state"]["shape"], np.float32)  # zeros start a text
+
+text = prime
+for ch in prime:  # the prime builds the state; its last step gives the first logits
+    out = step(ids=np.array([index[ch]], np.int32), state=state)
+    state = out["state"]
+for _ in range(num_chars):
+    logits = out["logits"][0].astype(np.float64) / temperature
+    p = np.exp(logits - logits.max())
+    ch = chars[rng.choice(len(chars), p=p / p.sum())]
+    text += ch
+    out = step(ids=np.array([index[ch]], np.int32), state=out["state"])
+print(text)

@@ -1,0 +1,85 @@
+"""The TFLite export: builtin operators only, the Sampler's logits step by step, and the
+documented example that generates with the interpreter and vocab.json alone."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import REPO, run_cli
+
+from charrnn import CharRNNError, Sampler
+from charrnn.exporter import export_tflite
+
+
+@pytest.fixture(scope="module")
+def exports(trained_run, tmp_path_factory):
+    base = tmp_path_factory.mktemp("tflite")
+    for quantize in ("none", "dynamic"):
+        proc = run_cli("export_cli", f"--run_dir={trained_run}", f"--export_dir={base / quantize}", "--format=tflite",
+                       f"--quantize={quantize}")
+        assert proc.returncode == 0, proc.stderr
+        assert "model.tflite" in proc.stdout
+    return base
+
+
+def _runner(path):
+    interpreter = tf.lite.Interpreter(model_path=str(path))
+    ops = {op["op_name"] for op in interpreter._get_ops_details()}  # noqa: SLF001 - the only listing TFLite has
+    return interpreter.get_signature_runner("step"), ops
+
+
+def test_the_tflite_step_uses_builtin_ops_and_matches_the_sampler(trained_run, exports):
+    sampler = Sampler.from_checkpoint(str(trained_run))
+    chars = json.loads((exports / "none" / "vocab.json").read_text())["chars"]
+    assert tuple(chars) == sampler.vocab.chars
+    step, ops = _runner(exports / "none" / "model.tflite")
+    assert ops and not any(op.startswith("Flex") or "HASHTABLE" in op.upper() for op in ops), ops
+    ids = sampler.vocab.encode("The quick brown fox")
+    state = np.zeros(step.get_input_details()["state"]["shape"], np.float32)
+    model_state = sampler.model.initial_state(1)
+    for i in ids:
+        out = step(ids=np.array([i], np.int32), state=state)
+        expected, model_state = sampler.model.step(tf.constant([i]), model_state)
+        np.testing.assert_allclose(out["logits"], expected.numpy(), atol=1e-4)
+        state = out["state"]
+    # Greedy decoding with the interpreter is the Sampler's greedy text.
+    text, state = "The ", np.zeros_like(state)
+    for ch in text:
+        out = step(ids=np.array([chars.index(ch)], np.int32), state=state)
+        state = out["state"]
+    for _ in range(30):
+        ch = chars[int(np.argmax(out["logits"][0]))]
+        text += ch
+        out = step(ids=np.array([chars.index(ch)], np.int32), state=out["state"])
+    assert text == sampler.generate("The ", 30, greedy=True)
+
+    quantized, _ = _runner(exports / "dynamic" / "model.tflite")
+    assert (exports / "dynamic" / "model.tflite").stat().st_size < (exports / "none" / "model.tflite").stat().st_size
+    zero = np.zeros_like(state)
+    a, b = step(ids=ids[:1], state=zero)["logits"], quantized(ids=ids[:1], state=zero)["logits"]
+    assert np.abs(a - b).max() < 0.5  # int8 weights (TFLite leaves tensors under 1024 values in float)
+
+
+def test_the_documented_example_generates_a_seeded_sample(exports):
+    script = REPO / "docs" / "examples" / "tflite_generate.py"
+    assert len(script.read_text().splitlines()) <= 40
+    runs = [subprocess.run([sys.executable, str(script), str(exports / "none"), "The ", "40"], capture_output=True,
+                           text=True, timeout=300) for _ in range(2)]
+    assert runs[0].returncode == 0, runs[0].stderr[-2000:]
+    assert runs[0].stdout == runs[1].stdout and runs[0].stdout.startswith("The ")
+    assert len(runs[0].stdout.rstrip("\n")) == 44
+
+
+def test_tflite_export_refuses_what_it_cannot_write(trained_run, tmp_path):
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("taken")
+    with pytest.raises(CharRNNError, match="is not empty"):
+        export_tflite(str(trained_run), str(tmp_path / "full"))
+    proc = run_cli("export_cli", f"--run_dir={trained_run}", f"--export_dir={tmp_path / 'sm'}", "--quantize=dynamic")
+    assert proc.returncode == 2 and "--quantize applies to --format=tflite" in proc.stderr
+    assert not (tmp_path / "sm").exists()
