@@ -42,3 +42,12 @@ def test_benchmark_smoke(script, args, small_text):
         assert result["preset"] == "cpu_small" and result["steps"] > 0 and math.isfinite(result["best_val_loss"])
         assert result["chars_seen"] == result["steps"] * 4 * 12 and result["train_seconds"] >= 1
         assert "sample from the best checkpoint" in proc.stdout
+
+
+def test_bench_tflite_smoke(trained_run):
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_tflite.py"), f"--run_dir={trained_run}",
+                           "--chars=20"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["tflite"]["dynamic"]["bytes"] > 0 and result["sampler_chars_per_s"] > 0
+    assert all(math.isfinite(result["tflite"][q]["val_loss"]) for q in ("none", "dynamic"))
