@@ -20,7 +20,7 @@ _EXPORTS = {
     "CORPORA": "corpus", "read_text": "corpus", "resolve_sources": "corpus",
     "Vocabulary": "data",
     "CharRNNError": "errors",
-    "export": "exporter",
+    "export": "exporter", "export_tflite": "exporter",
     "EpochStats": "loop",
     "CharRNN": "model",
     "EXIT_PREEMPTED": "preemption", "Preempted": "preemption",
@@ -36,7 +36,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     from charrnn.corpus import CORPORA, read_text, resolve_sources
     from charrnn.data import Vocabulary
     from charrnn.errors import CharRNNError
-    from charrnn.exporter import export
+    from charrnn.exporter import export, export_tflite
     from charrnn.loop import EpochStats
     from charrnn.model import CharRNN
     from charrnn.preemption import EXIT_PREEMPTED, Preempted

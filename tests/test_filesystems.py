@@ -46,8 +46,8 @@ def test_train_resume_evaluate_sample_and_export_on_ram(small_text, tmp_path, mo
     np.testing.assert_array_equal(sampler.model.dense.kernel.numpy(), resumed.model.dense.kernel.numpy())
     export("ram://runs/one", "ram://exports/one", which="latest")
     loaded = tf.saved_model.load("ram://exports/one")
-    out = loaded.signatures["generate"](prompt=tf.constant(["First"]), num_chars=tf.constant(20),
-                                        temperature=tf.constant(0.5), seed=tf.constant(3, tf.int64))
+    out = loaded.signatures["serving_default"](prompt=tf.constant(["First"]), num_chars=tf.constant(20),
+                                               temperature=tf.constant(0.5), seed=tf.constant(3, tf.int64))
     assert out["text"].numpy()[0].decode() == text
 
     capsys.readouterr()
