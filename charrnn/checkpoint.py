@@ -344,11 +344,12 @@ def check_vocab(path: str, vocab: Vocabulary, run_dir: str) -> tuple[str, str] |
     return saved
 
 
-def load_model(run_dir: str, which: str | None = None, device: str = "/CPU:0",
-               lstm_impl: str = "auto") -> tuple[CharRNN, TrainConfig, Vocabulary, str]:
+def load_model(run_dir: str, which: str | None = None, device: str = "/CPU:0", lstm_impl: str = "auto",
+               float32: bool = False) -> tuple[CharRNN, TrainConfig, Vocabulary, str]:
     """The trained model of `run_dir` from its `which` checkpoint (see `resolve_which`),
-    placed on `device` (with `lstm_impl`, see CharRNN), with the run's config and
-    vocabulary and the checkpoint's path.
+    placed on `device` (with `lstm_impl`, see CharRNN; with `float32`, computing in float32
+    whatever precision it was trained in: the weights are float32 either way), with the
+    run's config and vocabulary and the checkpoint's path.
 
     If no best checkpoint is usable, the latest one is used, with a warning.
     """
@@ -362,7 +363,8 @@ def load_model(run_dir: str, which: str | None = None, device: str = "/CPU:0",
     config, vocab = files
     which = resolve_which(run_dir, which)
     with tf.device(device):
-        model = CharRNN.from_config(config, len(vocab), lstm_impl)
+        model = CharRNN.from_config(config.replace(mixed_precision="float32") if float32 else config, len(vocab),
+                                    lstm_impl)
         reader = tf.train.Checkpoint(model=model)
         try:
             path = restore_newest_readable(reader, run_dir, which=which, check_finite=model.variables)

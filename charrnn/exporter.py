@@ -142,14 +142,15 @@ def export(run_dir: str, export_dir: str, which: str | None = None) -> str:
     return path
 
 
-def _check_export_dir(export_dir: str) -> None:
-    """Refuses, before anything is loaded or written, an export directory that cannot take a new SavedModel."""
+def _check_export_dir(export_dir: str, may_exist: bool = False) -> None:
+    """Refuses, before anything is loaded or written, an export directory that cannot take a
+    new export (with `may_exist`, it may already hold other files)."""
     if not export_dir:
-        raise CharRNNError("--export_dir is empty; pass a new or empty directory for the SavedModel")
+        raise CharRNNError("--export_dir is empty; pass a new or empty directory for the export")
     if tf.io.gfile.exists(export_dir):
         if not tf.io.gfile.isdir(export_dir):
             raise CharRNNError(f"--export_dir {export_dir} is a file; pass a new or empty directory")
-        if tf.io.gfile.listdir(export_dir):
+        if tf.io.gfile.listdir(export_dir) and not may_exist:
             raise CharRNNError(f"export directory {export_dir} is not empty; pass a new --export_dir")
         existing = export_dir
     elif not is_local(export_dir):
@@ -169,20 +170,29 @@ TFLITE_FILE = "model.tflite"
 
 def export_tflite(run_dir: str, export_dir: str, which: str | None = None, quantize: str = "none") -> str:
     """Writes run_dir's `which` checkpoint as `<export_dir>/model.tflite` and its vocabulary as
-    `<export_dir>/vocab.json`; returns the checkpoint used.
+    `<export_dir>/vocab.json`; returns the checkpoint used. An `export_dir` ending in
+    `.tflite` names the model file itself (the vocabulary goes beside it, as vocab.json).
 
     The model is one step at batch 1, signature `step`: ids int32 [1] and state float32
     [layers * state_size, 1, units] (zeros start a text) -> logits float32 [1, vocab] and
-    the new state; TFLite builtin operators only (no Flex delegate, no lookup tables), so
-    the plain TFLite runtime of a phone runs it. `quantize="dynamic"` stores the weights as
-    int8 (dynamic range quantization: about a quarter of the size).
+    the new state, in float32 whatever precision the run trained in; TFLite builtin
+    operators only (no Flex delegate, no lookup tables), so the plain TFLite runtime of a
+    phone runs it. `quantize="dynamic"` stores the weights as int8 (dynamic range
+    quantization: about a quarter of the size).
     """
-    _check_export_dir(export_dir)
+    if export_dir.endswith(".tflite"):
+        model_path = export_dir
+        vocab_path = f"{os.path.dirname(export_dir) or '.'}/{checkpoint.VOCAB_FILE}"
+        taken = [p for p in (model_path, vocab_path) if tf.io.gfile.exists(p)]
+        if taken:
+            raise CharRNNError(f"{taken[0]} exists; pass a new --export_dir (a directory, or a .tflite path whose "
+                               "directory has no vocab.json yet)")
+        _check_export_dir(os.path.dirname(export_dir) or ".", may_exist=True)
+    else:
+        _check_export_dir(export_dir)
+        model_path, vocab_path = f"{export_dir.rstrip('/')}/{TFLITE_FILE}", f"{export_dir.rstrip('/')}/{checkpoint.VOCAB_FILE}"
     with tf.device("/CPU:0"):
-        model, config, vocab, path = checkpoint.load_model(run_dir, which, "/CPU:0", lstm_impl="keras")
-        if model.state_dtype != tf.float32:
-            raise CharRNNError(f"run {run_dir} computes in {config.mixed_precision}; a TFLite export needs a float32 "
-                               "run (its weights are float32: retrain or fine-tune with --mixed_precision=float32)")
+        model, _, vocab, path = checkpoint.load_model(run_dir, which, "/CPU:0", lstm_impl="keras", float32=True)
         saved = tempfile.mkdtemp(prefix="charrnn_tflite_")
         try:
             archive = keras.export.ExportArchive()
@@ -197,10 +207,10 @@ def export_tflite(run_dir: str, export_dir: str, which: str | None = None, quant
         finally:
             shutil.rmtree(saved, ignore_errors=True)
     try:
-        tf.io.gfile.makedirs(export_dir)
-        with tf.io.gfile.GFile(f"{export_dir.rstrip('/')}/{TFLITE_FILE}", "wb") as f:
+        tf.io.gfile.makedirs(os.path.dirname(model_path) or ".")
+        with tf.io.gfile.GFile(model_path, "wb") as f:
             f.write(flatbuffer)
-        checkpoint.write_atomic(f"{export_dir.rstrip('/')}/{checkpoint.VOCAB_FILE}", vocab.to_json())
+        checkpoint.write_atomic(vocab_path, vocab.to_json())
     except STORAGE_ERRORS as e:
         raise storage_error("write the TFLite model to", export_dir, e) from None
     return path

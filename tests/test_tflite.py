@@ -83,3 +83,22 @@ def test_tflite_export_refuses_what_it_cannot_write(trained_run, tmp_path):
     proc = run_cli("export_cli", f"--run_dir={trained_run}", f"--export_dir={tmp_path / 'sm'}", "--quantize=dynamic")
     assert proc.returncode == 2 and "--quantize applies to --format=tflite" in proc.stderr
     assert not (tmp_path / "sm").exists()
+
+
+def test_a_mixed_precision_run_exports_in_float32_to_a_named_file(small_text, tmp_path):
+    from conftest import tiny_config
+
+    from charrnn import Trainer
+    from charrnn.checkpoint import load_model
+
+    run = tmp_path / "run"
+    Trainer(tiny_config(small_text, run, max_steps=2, mixed_precision="mixed_bfloat16")).fit(verbose=0)
+    export_tflite(str(run), str(tmp_path / "phone" / "charrnn.tflite"), quantize="none")
+    assert sorted(p.name for p in (tmp_path / "phone").iterdir()) == ["charrnn.tflite", "vocab.json"]
+    step, _ = _runner(tmp_path / "phone" / "charrnn.tflite")
+    model, _, vocab, _ = load_model(str(run), float32=True)
+    state = np.zeros(step.get_input_details()["state"]["shape"], np.float32)
+    expected, _ = model.step(tf.constant([3]), model.initial_state(1))
+    np.testing.assert_allclose(step(ids=np.array([3], np.int32), state=state)["logits"], expected.numpy(), atol=1e-4)
+    with pytest.raises(CharRNNError, match="charrnn.tflite exists"):
+        export_tflite(str(run), str(tmp_path / "phone" / "charrnn.tflite"))
