@@ -147,7 +147,8 @@ def main(argv: list[str]) -> None:
     for r in rows:
         print(f"{r['size_mb']:>6}{r['first_start_s']:>15}{r['first_peak_rss_mb']:>9}{r['cached_start_s']:>16}"
               f"{r['cached_peak_rss_mb']:>9}{r['encode_mb_per_s']:>13}")
-    print(f"steps/s of a small model ({FLAGS.sizes_mb[0]} MB corpus): id file {pipeline['steps_per_s']['id_file']:.1f}, "
+    rates = pipeline["steps_per_s"]
+    print(f"steps/s of a small model ({FLAGS.sizes_mb[0]} MB corpus): id file {rates['id_file']:.1f}, "
           f"in memory {pipeline['steps_per_s']['in_memory']:.1f}, ratio {pipeline['ratio']:.3f}")
     print(json.dumps({"benchmark": "data", "rows": rows, "pipeline": pipeline, "steps": FLAGS.steps,
                       "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count()}))

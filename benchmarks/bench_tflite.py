@@ -51,7 +51,8 @@ def main(argv: list[str]) -> None:
             path = os.path.join(work, quantize, TFLITE_FILE)
             step = tf.lite.Interpreter(model_path=path).get_signature_runner("step")
             zero = np.zeros(step.get_input_details()["state"]["shape"], np.float32)
-            rng, out, start = np.random.default_rng(0), step(ids=val[:1].astype(np.int32), state=zero), time.perf_counter()
+            rng, out = np.random.default_rng(0), step(ids=val[:1].astype(np.int32), state=zero)
+            start = time.perf_counter()
             for _ in range(FLAGS.chars):
                 logits = out["logits"][0].astype(np.float64) / 0.5
                 p = np.exp(logits - logits.max())

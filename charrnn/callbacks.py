@@ -203,8 +203,8 @@ class ProgressLogger(Callback):
             print(f"Stopped early at step {step}: no lower validation loss in {t.config.patience} evaluations; "
                   f"the best, {best_loss:.4f} at step {best_step}, is in {t.checkpoint_path('best')}", flush=True)
         elif reason == "time_budget":
-            print(f"Time budget of {self._cadence.time_budget:g} s reached at step {step}; run the same command again to "
-                  "continue", flush=True)
+            print(f"Time budget of {self._cadence.time_budget:g} s reached at step {step}; run the same command "
+                  "again to continue", flush=True)
         elif reason is not None and not reason.startswith("SIG"):  # signals: the tool reports them
             print(f"Stopped at step {step} ({reason}); checkpoint saved to {t.checkpoint_path('latest')}; run the "
                   "same command again to continue", flush=True)

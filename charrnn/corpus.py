@@ -290,7 +290,8 @@ def encode(data: str, base: Vocabulary | None = None) -> Encoded:
         return _write(path, key, sources, vocab, table)
     except (OSError, tf.errors.OpError) as e:
         # No writable cache: the ids in memory, as one array.
-        print(f"charrnn: warning: cannot write the id cache {path}.ids ({e}); keeping the ids in memory", file=sys.stderr)
+        print(f"charrnn: warning: cannot write the id cache {path}.ids ({e}); keeping the ids in memory",
+              file=sys.stderr)
         ids = np.concatenate([table[np.frombuffer(chunk, np.uint8) if cps is None else cps]
                               for chunk, cps in _decoded(sources)])
         return Encoded(ids, vocab, key[:16])

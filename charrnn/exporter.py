@@ -190,7 +190,8 @@ def export_tflite(run_dir: str, export_dir: str, which: str | None = None, quant
         _check_export_dir(os.path.dirname(export_dir) or ".", may_exist=True)
     else:
         _check_export_dir(export_dir)
-        model_path, vocab_path = f"{export_dir.rstrip('/')}/{TFLITE_FILE}", f"{export_dir.rstrip('/')}/{checkpoint.VOCAB_FILE}"
+        directory = export_dir.rstrip("/")
+        model_path, vocab_path = f"{directory}/{TFLITE_FILE}", f"{directory}/{checkpoint.VOCAB_FILE}"
     with tf.device("/CPU:0"):
         model, _, vocab, path = checkpoint.load_model(run_dir, which, "/CPU:0", lstm_impl="keras", float32=True)
         saved = tempfile.mkdtemp(prefix="charrnn_tflite_")

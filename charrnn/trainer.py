@@ -235,8 +235,8 @@ class Trainer:
         different = [f"{name}={getattr(saved, name)!r} there, {getattr(c, name)!r} here"
                      for name in TrainConfig.MODEL_FIELDS if getattr(saved, name) != getattr(c, name)]
         if different:
-            raise CharRNNError(f"cannot fine-tune from {c.init_from}: its model has other sizes ({'; '.join(different)}); "
-                               "pass the same model flags")
+            raise CharRNNError(f"cannot fine-tune from {c.init_from}: its model has other sizes "
+                               f"({'; '.join(different)}); pass the same model flags")
         return model, vocab, path
 
     def _transfer(self, old: CharRNN, old_vocab: Vocabulary, path: str) -> dict:
