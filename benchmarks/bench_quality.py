@@ -9,6 +9,7 @@ best checkpoint, and last one JSON line with best_val_loss, steps, chars_seen,
 train_seconds, preset (and more).
 
     python benchmarks/bench_quality.py                       # --preset=cpu_small, 180 s
+    python benchmarks/bench_quality.py --preset=cpu_medium   # 600 s on a CPU
     python benchmarks/bench_quality.py --preset=gpu          # one modern GPU, 600 s
     python benchmarks/bench_quality.py --time_budget=20 --rnn_units=64   # flags override the preset
 
@@ -65,7 +66,8 @@ def main(argv: list[str]) -> None:
     print(f"preset {FLAGS.preset}: {config.num_layers}x{config.cell.upper()}({config.rnn_units}), "
           f"embedding {config.embedding_dim}, batch {config.batch_size}x{config.seq_length}, lr {config.learning_rate} "
           f"({config.lr_schedule}), dropout {config.dropout}, carry_state {config.carry_state}, "
-          f"{config.mixed_precision}; {trainer.model.count_params():,} parameters; budget {config.time_budget} s; "
+          f"{trainer.config.mixed_precision} ({trainer.precision_reason}); {trainer.model.count_params():,} parameters; "
+          f"budget {config.time_budget} s; "
           f"train/val {len(trainer._train_ids):,}/{len(trainer._val_ids):,} characters", flush=True)
     trainer.fit(handle_signals=False)
     wall = time.perf_counter() - wall
@@ -83,7 +85,7 @@ def main(argv: list[str]) -> None:
         "best_val_loss": round(best, 4), "steps": steps, "chars_seen": steps * config.batch_size * config.seq_length,
         "train_seconds": round(trainer.train_seconds, 1), "preset": FLAGS.preset, "best_step": best_step,
         "eval_seconds": round(trainer.eval_seconds, 1), "other_seconds": round(other, 1),
-        "parameters": trainer.model.count_params(), "device": trainer.device, "machine": platform.processor()
+        "parameters": trainer.model.count_params(), "device": trainer.device, "precision": trainer.config.mixed_precision, "machine": platform.processor()
         or platform.machine(), "cpus": os.cpu_count(), "argv": sys.argv[1:],
     }))
 

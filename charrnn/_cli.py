@@ -63,8 +63,8 @@ def define_preset_flag() -> None:
     charrnn-sample, say, does not accept a training recipe that would change nothing)."""
     defined = set(FLAGS)
     choices = sorted(name for name, values in PRESETS.items() if defined & set(values))
-    flags.DEFINE_enum("preset", None, choices, "Named set of settings (seed: the case study's; cpu_small, gpu: the "
-                      "quality benchmark's recipes, for training); explicit flags override it.")
+    flags.DEFINE_enum("preset", None, choices, "Named set of settings (seed: the case study's; cpu_small, cpu_medium, "
+                      "gpu: the quality benchmark's recipes, for training); explicit flags override it.")
     _GROUPS["preset"] = _GENERAL
 
 

@@ -22,7 +22,7 @@ WHICH = ("best", "latest")
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker", "tpu")
 CELLS = ("lstm", "gru")
 LR_SCHEDULES = ("constant", "cosine", "exponential")
-PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 
 
 def _field(default: Any, help: str, group: str, choices: tuple[str, ...] = ()) -> Any:  # noqa: A002 - absl's name
@@ -74,8 +74,10 @@ class TrainConfig:
     seed: int = _field(0, f"Seed for initialisation, data order and dropout (0 to {2**32 - 1}).", "Optimisation")
     steps_per_loop: int = _field(1, "Train steps per compiled call: fewer Python round trips (helps small models and GPUs).", "Speed")
     jit_compile: bool = _field(False, "Compile the train step with XLA.", "Speed")
-    mixed_precision: str = _field("float32", "Precision policy: float32, mixed_float16 (with loss scaling) or mixed_bfloat16.", "Speed",
-                                 PRECISIONS)
+    mixed_precision: str = _field("auto", "Precision policy: auto (bfloat16 on CPUs with native bfloat16 and on TPUs, "
+                                  "float16 with loss scaling on GPUs of compute capability 7.0+, else float32; a run "
+                                  "keeps what it started with), float32, mixed_float16 or mixed_bfloat16.", "Speed",
+                                  PRECISIONS)
     lstm_impl: str = _field("auto", "LSTM implementation: auto (keras/cuDNN on a GPU, fused elsewhere), fused, keras.", "Speed",
                             LSTM_IMPLS)
     deterministic: bool = _field(False, "Enable TensorFlow op determinism: a run, interrupted or not, is reproducible bit for bit.", "Speed")
@@ -227,13 +229,22 @@ PRESETS: dict[str, dict[str, Any]] = {
         "seq_length": 100, "batch_size": 64, "num_chars": 500, "temperature": 0.5,
     },
     # Best validation loss on tiny-shakespeare in 3 minutes of training on a 2-core CPU
-    # (benchmarks/bench_quality.py; tuning runs in benchmarks/RESULTS.md). bfloat16 pays
-    # on CPUs with AVX512_BF16 or AMX; elsewhere pass --mixed_precision=float32.
+    # (benchmarks/bench_quality.py; tuning runs in benchmarks/RESULTS.md). auto: bfloat16
+    # on CPUs with AVX512_BF16 or AMX (where it was tuned), float32 elsewhere.
     "cpu_small": {
         "data": "tinyshakespeare", "val_fraction": 0.1, "time_budget": 180.0, "epochs": 1000,
         "embedding_dim": 64, "rnn_units": 384, "num_layers": 1, "batch_size": 64, "seq_length": 100,
         "learning_rate": 0.005, "grad_clip": 1.0, "carry_state": True, "eval_every": 250, "checkpoint_every": 1000,
-        "steps_per_loop": 10, "log_every": 100, "mixed_precision": "mixed_bfloat16",
+        "steps_per_loop": 10, "log_every": 100, "mixed_precision": "auto",
+    },
+    # The same in 10 minutes: a wider LSTM with dropout, and a learning rate that decays
+    # each epoch (benchmarks/RESULTS.md, issue 16).
+    "cpu_medium": {
+        "data": "tinyshakespeare", "val_fraction": 0.1, "time_budget": 600.0, "epochs": 1000,
+        "embedding_dim": 64, "rnn_units": 512, "num_layers": 1, "dropout": 0.15, "batch_size": 64, "seq_length": 100,
+        "learning_rate": 0.004, "lr_schedule": "exponential", "lr_decay": 0.88, "grad_clip": 1.0,
+        "carry_state": True, "eval_every": 250, "checkpoint_every": 1000, "steps_per_loop": 10, "log_every": 100,
+        "mixed_precision": "auto",
     },
     # The same on one modern GPU in 10 minutes (cuDNN LSTMs, float16 with loss scaling).
     "gpu": {

@@ -20,7 +20,7 @@ def main() -> None:
     trainer = Trainer(config)
     print(f"Corpus {config.data}: {len(trainer.vocab)} distinct characters, "
           f"{trainer.steps_per_epoch} steps per epoch, {trainer.total_steps} steps in all; "
-          f"{trainer.distribution.describe()}")
+          f"{trainer.distribution.describe()}; precision {trainer.config.mixed_precision} ({trainer.precision_reason})")
     origin = ""
     if trainer.origin is not None:
         o = trainer.origin

@@ -27,6 +27,7 @@ from charrnn.callbacks import Callback, ProgressLogger, SamplePrinter, SignalSto
 from charrnn.config import TrainConfig
 from charrnn.corpus import encode
 from charrnn.data import Vocabulary, make_dataset, make_stream_dataset, num_stream_batches, num_windows, split_ids
+from charrnn.devices import choose_precision
 from charrnn.distribute import Distribution, describe
 from charrnn.errors import CharRNNError
 from charrnn.evaluator import Evaluator
@@ -93,7 +94,6 @@ class Trainer:
     """
 
     def __init__(self, config: TrainConfig):
-        self.config = config
         if config.deterministic:
             # Process-wide and irreversible: every op then picks a deterministic kernel.
             tf.config.experimental.enable_op_determinism()
@@ -101,6 +101,10 @@ class Trainer:
         self.strategy, self.device = self.distribution.strategy, self.distribution.device
         self.num_replicas, self.is_chief = self.distribution.num_replicas, self.distribution.is_chief
         checkpoint.check_run_dir(config.run_dir)
+        # The policy in use (auto resolved) and why; config.json records it, and a resumed
+        # run keeps it (its carried state and checkpoints have that precision's dtypes).
+        self.config, self.precision_reason = self._resolve_precision(config)
+        config = self.config
         origin = self._load_origin() if config.init_from else None
         corpus = encode(config.data, base=origin[1] if origin else None)
         self.vocab, self._data_fingerprint, ids = corpus.vocab, corpus.fingerprint, corpus.ids
@@ -192,6 +196,15 @@ class Trainer:
         self.train_seconds = self.eval_seconds = 0.0
 
     # -- checks ---------------------------------------------------------------------------
+
+    def _resolve_precision(self, config: TrainConfig) -> tuple[TrainConfig, str]:
+        if config.mixed_precision != "auto":
+            return config, "as asked"
+        saved = checkpoint.load_run_files(config.run_dir)
+        if saved is not None and saved[0].mixed_precision != "auto":
+            return config.replace(mixed_precision=saved[0].mixed_precision), "auto: the run's own, kept on resume"
+        policy, why = choose_precision(self.device, tpu=self.distribution.name == "tpu")
+        return config.replace(mixed_precision=policy), f"auto: {why}"
 
     def _check_run_files(self) -> None:
         """Refuses a run directory whose config or vocabulary this run cannot continue."""

@@ -48,8 +48,10 @@ def small_text(tmp_path: Path) -> Path:
 
 def tiny_config(data: Path | str, run_dir: Path | str, **overrides) -> TrainConfig:
     """A model small enough that a step takes milliseconds on a laptop CPU."""
+    # float32: the same numbers on every machine (auto would pick bfloat16 where the CPU has it).
     values = dict(data=str(data), run_dir=str(run_dir), embedding_dim=8, rnn_units=32, batch_size=4, seq_length=20,
-                  epochs=1, checkpoint_every=1000, log_every=1000, val_fraction=0.1, device="/CPU:0")
+                  epochs=1, checkpoint_every=1000, log_every=1000, val_fraction=0.1, device="/CPU:0",
+                  mixed_precision="float32")
     values.update(overrides)
     return TrainConfig(**values)
 
@@ -61,7 +63,8 @@ def run_cli(tool: str, *args: str, env: dict | None = None, cwd: Path | None = N
                           env=full_env, cwd=cwd, timeout=300)
 
 
-TINY_FLAGS = ["--embedding_dim=8", "--rnn_units=16", "--batch_size=4", "--seq_length=20", "--device=/CPU:0"]
+TINY_FLAGS = ["--embedding_dim=8", "--rnn_units=16", "--batch_size=4", "--seq_length=20",
+              "--mixed_precision=float32", "--device=/CPU:0"]
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,10 @@ from charrnn.preemption import EXIT_PREEMPTED
 from conftest import run_cli
 
 FLAGS = ["--embedding_dim=8", "--rnn_units=32", "--batch_size=8", "--seq_length=20", "--log_every=1",
-         "--dropout=0.1", "--carry_state", "--steps_per_loop=4", "--eval_every=6", "--device=/CPU:0"]
+         "--dropout=0.1", "--carry_state", "--steps_per_loop=4", "--eval_every=6", "--mixed_precision=float32",
+         "--device=/CPU:0"]
+# The cluster tests' flags: float32, the same numbers on every machine.
+CLUSTER_FLAGS = [*FLAGS[:5], "--mixed_precision=float32"]
 
 
 def _losses(run) -> list[float]:
@@ -77,7 +80,7 @@ def _free_ports(count: int) -> list[int]:
 
 def test_multi_worker_on_localhost_writes_the_chief_checkpoint(small_text, tmp_path):
     run = tmp_path / "run"
-    workers = _start_workers([f"--data={small_text}", f"--run_dir={run}", "--max_steps=6", *FLAGS[:5]], tmp_path)
+    workers = _start_workers([f"--data={small_text}", f"--run_dir={run}", "--max_steps=6", *CLUSTER_FLAGS], tmp_path)
     outputs = [w.communicate(timeout=240) for w in workers]
     for w, (out, err) in zip(workers, outputs):
         assert w.returncode == 0, err[-3000:]
@@ -102,7 +105,7 @@ def _start_workers(args: list[str], tmp_path) -> list[subprocess.Popen]:
 
 def test_a_preempted_worker_makes_every_worker_checkpoint_and_exit(small_text, tmp_path):
     run = tmp_path / "run"
-    args = [f"--data={small_text}", f"--run_dir={run}", *FLAGS[:5]]
+    args = [f"--data={small_text}", f"--run_dir={run}", *CLUSTER_FLAGS]
     workers = _start_workers([*args, "--max_steps=100000"], tmp_path)
     for line in workers[1].stdout:  # SIGTERM the non-chief worker once it is training
         match = re.search(r"step (\d+)/", line)
@@ -148,7 +151,7 @@ def test_strategy_errors(small_text, tmp_path):
 
 def test_a_lost_worker_ends_the_others_with_the_retryable_status(small_text, tmp_path):
     run = tmp_path / "run"
-    args = [f"--data={small_text}", f"--run_dir={run}", *FLAGS[:5], "--checkpoint_every=3"]
+    args = [f"--data={small_text}", f"--run_dir={run}", *CLUSTER_FLAGS, "--checkpoint_every=3"]
     chief, other = _start_workers([*args, "--max_steps=100000"], tmp_path)
     for line in chief.stdout:
         match = re.search(r"step (\d+)/", line)
@@ -176,7 +179,7 @@ def _one_worker_of_two(args: list[str], tmp_path) -> subprocess.Popen:
 
 
 def test_a_worker_that_never_comes_up_ends_the_wait(small_text, tmp_path):
-    args = [f"--data={small_text}", f"--run_dir={tmp_path / 'run'}", *FLAGS[:5]]
+    args = [f"--data={small_text}", f"--run_dir={tmp_path / 'run'}", *CLUSTER_FLAGS]
     started = time.monotonic()
     proc = _one_worker_of_two([*args, "--cluster_timeout=3"], tmp_path)
     _, err = proc.communicate(timeout=120)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import json
 import math
 import os
 
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from charrnn import CharRNNError, Sampler, Trainer
+from charrnn import CharRNNError, Sampler, Trainer, TrainConfig
 from charrnn.checkpoint import read_metrics
 from conftest import tiny_config
 
@@ -234,3 +235,32 @@ def test_lstm_impl_picks_the_implementation_that_runs(small_text, tmp_path, monk
     calls.clear()  # building the model may run it once
     trainer.fit()
     assert bool(calls) == (impl == "fused")
+
+
+def test_auto_precision_follows_the_hardware_and_a_run_keeps_its_own(small_text, tmp_path, monkeypatch):
+    import charrnn.devices as devices
+
+    monkeypatch.setattr(devices, "_cpu_flags", lambda: {"avx512f", "avx512_bf16"})
+    assert devices.choose_precision("/job:localhost/replica:0/task:0/device:CPU:0")[0] == "mixed_bfloat16"
+    assert devices.choose_precision("/device:CPU:0", tpu=True)[0] == "mixed_bfloat16"
+    monkeypatch.setattr(devices.tf.config, "list_physical_devices", lambda kind=None: ["gpu0", "gpu1"])
+    for capability, policy in (((8, 0), "mixed_float16"), ((6, 1), "float32")):
+        monkeypatch.setattr(devices.tf.config.experimental, "get_device_details",
+                            lambda device, c=capability: {"compute_capability": c})
+        assert devices.choose_precision("/job:localhost/replica:0/task:0/device:GPU:1")[0] == policy
+    monkeypatch.undo()
+
+    monkeypatch.setattr(devices, "_cpu_flags", lambda: {"avx512_bf16"})
+    config = tiny_config(small_text, tmp_path / "run", max_steps=2, mixed_precision="auto")
+    trainer = Trainer(config)
+    assert trainer.config.mixed_precision == "mixed_bfloat16" and "avx512_bf16" in trainer.precision_reason
+    assert trainer.model.state_dtype == tf.bfloat16
+    trainer.fit(verbose=0)
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["mixed_precision"] == "mixed_bfloat16"
+    monkeypatch.setattr(devices, "_cpu_flags", lambda: set())  # another machine: auto alone would pick float32
+    assert devices.choose_precision("/device:CPU:0") == ("float32", "this CPU has no native bfloat16 (no avx512_bf16 "
+                                                                    "or amx_bf16)")
+    resumed = Trainer(config.replace(max_steps=3))
+    assert resumed.config.mixed_precision == "mixed_bfloat16" and resumed.restored_from is not None
+    resumed.fit(verbose=0)
+    assert TrainConfig().mixed_precision == "auto"
