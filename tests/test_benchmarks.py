@@ -21,6 +21,8 @@ TINY = ["--rnn_units=16", "--embedding_dim=8"]
     ("bench_train.py", [*TINY, "--batch_size=4", "--seq_length=12", "--steps=2", "--warmup=1", "--steps_per_loop=2"]),
     ("bench_sample.py", [*TINY, "--num_chars=10", "--baseline_chars=5", "--repeats=1"]),
     ("bench_quality.py", [*TINY, "--batch_size=4", "--seq_length=12", "--time_budget=1", "--eval_every=50"]),
+    ("bench_quality.py", [*TINY, "--batch_size=4", "--seq_length=12", "--time_budget=1", "--eval_every=50",
+                          "--preset=cpu_medium"]),
     ("bench_data.py", ["--sizes_mb=1", "--steps=2", "--pipeline_steps=20", "--repeats=1"]),
 ])
 def test_benchmark_smoke(script, args, small_text):
@@ -39,7 +41,9 @@ def test_benchmark_smoke(script, args, small_text):
     elif script == "bench_sample.py":
         assert [r["num_samples"] for r in result["charrnn"]] == [1, 64] and result["eager_chars_per_s"] > 0
     else:
-        assert result["preset"] == "cpu_small" and result["steps"] > 0 and math.isfinite(result["best_val_loss"])
+        preset = "cpu_medium" if "--preset=cpu_medium" in args else "cpu_small"
+        assert result["preset"] == preset and result["steps"] > 0 and math.isfinite(result["best_val_loss"])
+        assert result["precision"] in ("float32", "mixed_bfloat16", "mixed_float16")  # auto, resolved
         assert result["chars_seen"] == result["steps"] * 4 * 12 and result["train_seconds"] >= 1
         assert "sample from the best checkpoint" in proc.stdout
 
