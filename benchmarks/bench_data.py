@@ -74,7 +74,7 @@ def _timed(args: list[str], env: dict) -> tuple[float, float]:
     return wall, int(re.findall(r"maxrss_kb=(\d+)", proc.stderr)[-1]) / 1024
 
 
-def _pipeline_ratio(corpus: str) -> dict:
+def _pipeline_ratio(corpus: str, run_dir: str) -> dict:
     """Steps/s with batches from the id file against an in-memory from_tensor_slices dataset."""
     import numpy as np
     import tensorflow as tf
@@ -82,7 +82,7 @@ def _pipeline_ratio(corpus: str) -> dict:
     import charrnn
     from charrnn.data import num_windows
 
-    config = charrnn.TrainConfig(data=corpus, run_dir=tempfile.mkdtemp(), embedding_dim=16, rnn_units=32,
+    config = charrnn.TrainConfig(data=corpus, run_dir=run_dir, embedding_dim=16, rnn_units=32,
                                  batch_size=16, seq_length=50, val_fraction=0.001, device="/CPU:0", steps_per_loop=10)
     trainer = charrnn.Trainer(config)
     ids = trainer._train_ids  # noqa: SLF001 - the trainer's own split
@@ -139,7 +139,7 @@ def main(argv: list[str]) -> None:
             shutil.rmtree(os.path.join(work, f"run_{size_mb}_a"), ignore_errors=True)
             shutil.rmtree(os.path.join(work, f"run_{size_mb}_b"), ignore_errors=True)
         os.environ["CHARRNN_DATA_DIR"] = os.path.join(work, f"cache_{FLAGS.sizes_mb[0]}")
-        pipeline = _pipeline_ratio(os.path.join(work, f"corpus_{FLAGS.sizes_mb[0]}mb.txt"))
+        pipeline = _pipeline_ratio(os.path.join(work, f"corpus_{FLAGS.sizes_mb[0]}mb.txt"), os.path.join(work, "run_pipeline"))
     finally:
         if not FLAGS.work_dir:
             shutil.rmtree(work, ignore_errors=True)

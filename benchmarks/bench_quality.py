@@ -14,8 +14,9 @@ train_seconds, preset (and more).
     python benchmarks/bench_quality.py --time_budget=20 --rnn_units=64   # flags override the preset
 
 The corpus comes from $CHARRNN_DATA_DIR, else ../shared/data beside the repository when
-it is there, else the download cache. A fresh temporary run directory is used unless
---run_dir names an empty or new one.
+it is there, else the download cache; --data=PATH measures another text (its last 10%
+validates). A fresh temporary run directory is used and kept (its path is printed, for
+charrnn-eval or charrnn-sample afterwards) unless --run_dir names an empty or new one.
 """
 
 from __future__ import annotations
@@ -68,7 +69,8 @@ def main(argv: list[str]) -> None:
           f"({config.lr_schedule}), dropout {config.dropout}, carry_state {config.carry_state}, "
           f"{trainer.config.mixed_precision} ({trainer.precision_reason}); {trainer.model.count_params():,} parameters; "
           f"budget {config.time_budget} s; "
-          f"train/val {len(trainer._train_ids):,}/{len(trainer._val_ids):,} characters", flush=True)
+          f"train/val {len(trainer._train_ids):,}/{len(trainer._val_ids):,} characters; run directory {config.run_dir}",
+          flush=True)
     trainer.fit(handle_signals=False)
     wall = time.perf_counter() - wall
     steps = int(trainer.step.numpy())
@@ -86,7 +88,7 @@ def main(argv: list[str]) -> None:
         "train_seconds": round(trainer.train_seconds, 1), "preset": FLAGS.preset, "best_step": best_step,
         "eval_seconds": round(trainer.eval_seconds, 1), "other_seconds": round(other, 1),
         "parameters": trainer.model.count_params(), "device": trainer.device, "precision": trainer.config.mixed_precision, "machine": platform.processor()
-        or platform.machine(), "cpus": os.cpu_count(), "argv": sys.argv[1:],
+        or platform.machine(), "cpus": os.cpu_count(), "argv": sys.argv[1:], "run_dir": config.run_dir,
     }))
 
 

@@ -25,8 +25,10 @@ TINY = ["--rnn_units=16", "--embedding_dim=8"]
                           "--preset=cpu_medium"]),
     ("bench_data.py", ["--sizes_mb=1", "--steps=2", "--pipeline_steps=20", "--repeats=1"]),
 ])
-def test_benchmark_smoke(script, args, small_text):
+def test_benchmark_smoke(script, args, small_text, tmp_path):
     data = [f"--data={small_text}"] if script in ("bench_train.py", "bench_quality.py") else []
+    if script == "bench_quality.py":  # its default run directory is a kept temporary one
+        data.append(f"--run_dir={tmp_path / 'run'}")
     proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), *args, *data],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -46,6 +48,7 @@ def test_benchmark_smoke(script, args, small_text):
         assert result["precision"] in ("float32", "mixed_bfloat16", "mixed_float16")  # auto, resolved
         assert result["chars_seen"] == result["steps"] * 4 * 12 and result["train_seconds"] >= 1
         assert "sample from the best checkpoint" in proc.stdout
+        assert result["run_dir"] == str(tmp_path / "run") and (tmp_path / "run" / "config.json").is_file()
 
 
 def test_bench_tflite_smoke(trained_run):
