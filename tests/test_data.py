@@ -107,3 +107,12 @@ def test_pipelines_read_any_id_array_and_start_without_reading_what_they_skip(tm
     counted = ids.view(Counting)
     list(data.make_dataset(counted, 10, 4, shuffle_buffer=50, seed=3, start=100).as_numpy_iterator())
     assert sum(reads) == len(windows) - 4 * 100  # the 100 skipped batches were never read
+
+
+def test_pipelines_run_without_tf_data_autotuning():
+    """Autotuning's thread made dropping a finished epoch's iterator wait for it to wake
+    (seconds per epoch end); the pipelines prefetch a fixed number of batches instead."""
+    ids = np.arange(5_000, dtype=np.int32) % 60
+    for ds in (data.make_dataset(ids, 10, 4, shuffle_buffer=50, seed=3), data.make_stream_dataset(ids, 10, 4)):
+        assert ds.options().autotune.enabled is False
+        assert ds.take(3).options().autotune.enabled is False  # what the trainer iterates
