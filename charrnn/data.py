@@ -139,7 +139,7 @@ def _fixed_prefetch(ds: tf.data.Dataset) -> tf.data.Dataset:
     """`ds` read `_PREFETCH` batches ahead, with tf.data's autotuning off. The pipelines
     are a slice per batch, nothing to tune; and a finished epoch's iterator, dropped when
     the next epoch starts, waited for the autotuning thread to wake up before it could be
-    deleted: up to 18 s per epoch end of a 10-minute run (benchmarks/RESULTS.md)."""
+    deleted: up to 19 s at an epoch end of a 10-minute run (benchmarks/RESULTS.md)."""
     options = tf.data.Options()
     options.autotune.enabled = False
     return ds.prefetch(_PREFETCH).with_options(options)
