@@ -7,12 +7,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import tensorflow as tf
 
 import charrnn
-from charrnn import CharRNNError, Sampler
-from conftest import run_cli
+from charrnn import CharRNNError, Sampler, Vocabulary
+from conftest import (CONSTANT_CHARS, CONSTANT_LOGITS, constant_logits_model, draws_deviation, run_cli,
+                      sampling_probs, write_model_run)
 
 # Runs in a process where importing charrnn fails: the SavedModel must stand on its own.
 LOAD_WITHOUT_CHARRNN = r"""
@@ -49,10 +51,47 @@ print(json.dumps({"text": [t.decode() for t in out["text"].numpy()], "logits": s
 @pytest.fixture(scope="module")
 def exported(trained_run, tmp_path_factory) -> Path:
     export_dir = tmp_path_factory.mktemp("export") / "model"
-    proc = run_cli("export_cli", f"--run_dir={trained_run}", f"--export_dir={export_dir}")
-    assert proc.returncode == 0, proc.stderr
-    assert "Exported" in proc.stdout and (export_dir / "saved_model.pb").exists()
+    charrnn.export(str(trained_run), str(export_dir))
+    assert (export_dir / "saved_model.pb").exists()
     return export_dir
+
+
+@pytest.fixture(scope="module")
+def loaded(exported):
+    return tf.saved_model.load(str(exported))
+
+
+@pytest.fixture(scope="module")
+def sampler(trained_run) -> Sampler:
+    return Sampler.from_checkpoint(str(trained_run))
+
+
+@pytest.fixture(scope="module")
+def constant_export(tmp_path_factory):
+    """The SavedModel of a model whose logits are CONSTANT_LOGITS at every step."""
+    base = tmp_path_factory.mktemp("constant")
+    vocab = Vocabulary(list(CONSTANT_CHARS))
+    run = write_model_run(base / "run", constant_logits_model(CONSTANT_LOGITS, vocab), vocab)
+    charrnn.export(str(run), str(base / "export"))
+    return tf.saved_model.load(str(base / "export"))
+
+
+@pytest.mark.parametrize("options", [dict(temperature=0.5), dict(temperature=1.5, top_k=4),
+                                     dict(temperature=1.0, top_p=0.7), dict(temperature=0.7, greedy=True)],
+                         ids=str)
+def test_the_exported_generate_draws_from_the_distribution_the_options_define(constant_export, options):
+    """4,000 independent draws through the `generate` signature (what TensorFlow Serving
+    calls, all seven inputs) against NumPy (see conftest.draws_deviation)."""
+    full = dict(temperature=1.0, top_k=0, top_p=1.0, greedy=False) | options
+    out = constant_export.signatures["generate"](
+        prompt=tf.constant(["a"] * 8), num_chars=tf.constant(500), temperature=tf.constant(full["temperature"]),
+        seed=tf.constant(21, tf.int64), top_k=tf.constant(full["top_k"]), top_p=tf.constant(full["top_p"]),
+        greedy=tf.constant(full["greedy"]))
+    generated = "".join(text.decode()[1:] for text in out["text"].numpy())
+    ids = np.array([CONSTANT_CHARS.index(ch) for ch in generated])
+    assert len(ids) == 4000
+    assert draws_deviation(ids, sampling_probs(CONSTANT_LOGITS, **options)) <= 5
+    assert draws_deviation(ids, sampling_probs(CONSTANT_LOGITS)) > 5  # the options did change the draws
 
 
 def test_exported_generate_equals_the_sampler_without_charrnn(trained_run, exported):
@@ -71,9 +110,7 @@ def test_exported_generate_equals_the_sampler_without_charrnn(trained_run, expor
 @pytest.mark.parametrize("options", [
     dict(), dict(top_k=5), dict(top_p=0.8), dict(greedy=True), dict(top_k=3, top_p=0.9, greedy=False),
 ])
-def test_exported_generate_takes_the_samplers_options(trained_run, exported, options):
-    loaded = tf.saved_model.load(str(exported))
-    sampler = Sampler.from_checkpoint(str(trained_run))
+def test_exported_generate_takes_the_samplers_options(loaded, sampler, options):
     for num_chars in (0, 1, 40):
         expected = sampler.generate("The ", num_chars, 0.8, num_samples=2, seed=5, **options)
         tensors = {k: tf.constant(v) for k, v in options.items()}  # what is left out takes the default
@@ -113,8 +150,7 @@ def test_export_refuses_a_non_empty_directory(trained_run, tmp_path):
 
 @pytest.mark.parametrize("options", [{}, {"top_k": 3}, {"top_p": 0.8}, {"greedy": True}, {"stop_at": "o"}])
 @pytest.mark.parametrize("chunk", [1, 7, 32])
-def test_stream_yields_exactly_the_generated_text(trained_run, options, chunk):
-    sampler = Sampler.from_checkpoint(str(trained_run))
+def test_stream_yields_exactly_the_generated_text(sampler, options, chunk):
     pieces = list(sampler.stream("The ", 50, 0.9, seed=5, chunk=chunk, **options))
     assert "The " + "".join(pieces) == sampler.generate("The ", 50, 0.9, seed=5, **options)
     if chunk == 7 and not options:
@@ -122,10 +158,9 @@ def test_stream_yields_exactly_the_generated_text(trained_run, options, chunk):
 
 
 def test_stream_and_interactive_on_the_command_line(trained_run):
-    args = [f"--run_dir={trained_run}", "--prime=The ", "--num_chars=80", "--seed=9"]
-    plain, streamed = run_cli("sample", *args), run_cli("sample", *args, "--stream")
-    assert plain.returncode == streamed.returncode == 0, streamed.stderr
-    assert streamed.stdout == plain.stdout
+    streamed = run_cli("sample", f"--run_dir={trained_run}", "--prime=The ", "--num_chars=80", "--seed=9", "--stream")
+    assert streamed.returncode == 0, streamed.stderr
+    assert streamed.stdout == Sampler.from_checkpoint(str(trained_run)).generate("The ", 80, 0.5, seed=9) + "\n"
     proc = subprocess.run([sys.executable, "-m", "charrnn.sample", f"--run_dir={trained_run}", "--num_chars=20",
                            "--seed=9", "--interactive"], input="The \nbad ~\n\nquick\n", capture_output=True,
                           text=True, timeout=300)

@@ -1,4 +1,5 @@
-"""The compiled sampler: reproducibility, shapes, prime handling, argument checks."""
+"""The compiled sampler: the distribution it draws from (against NumPy), greedy text against one
+long pass of the model, reproducibility, shapes, prime handling, argument checks."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import tensorflow as tf
 
 from charrnn import MAX_NUM_CHARS, CharRNN, CharRNNError, Sampler, Trainer, Vocabulary
 from charrnn.sampler import filter_logits
-from conftest import tiny_config
+from conftest import (CONSTANT_CHARS, CONSTANT_LOGITS, constant_logits_model, draws_deviation, sampling_probs,
+                      tiny_config)
 
 
 @pytest.fixture(scope="module")
@@ -80,11 +82,6 @@ def test_top_k_1_equals_greedy(sampler):
 
 
 def test_filter_logits_top_p_keeps_the_smallest_set_reaching_p():
-    import numpy as np
-    import tensorflow as tf
-
-    from charrnn.sampler import filter_logits
-
     probs = np.array([[0.5, 0.05, 0.3, 0.15]], np.float32)  # sorted: 0.5, 0.3, 0.15, 0.05
     logits = tf.constant(np.log(probs))
     kept = lambda p, k=0: np.isfinite(filter_logits(logits, tf.constant(k), tf.constant(p)).numpy()[0]).tolist()
@@ -97,27 +94,62 @@ def test_filter_logits_top_p_keeps_the_smallest_set_reaching_p():
     assert kept(0.9, k=1) == [True, False, False, False]
 
 
+LOGITS = CONSTANT_LOGITS
+
+
+@pytest.fixture(scope="module")
+def constant_sampler() -> Sampler:
+    vocab = Vocabulary(list(CONSTANT_CHARS))
+    return Sampler(constant_logits_model(LOGITS, vocab), vocab, device="/CPU:0")
+
+
+# (options, the nearest wrong options: what a sampler that ignores or mistakes one would draw from)
+DISTRIBUTIONS = [
+    (dict(temperature=0.5), [dict(temperature=1.0)]),
+    (dict(temperature=2.0), [dict(temperature=1.0)]),
+    (dict(temperature=1.5, top_k=4), [dict(temperature=1.5), dict(temperature=1.5, top_k=3),
+                                      dict(temperature=1.5, top_k=5), dict(temperature=1.0, top_k=4)]),
+    (dict(temperature=1.0, top_p=0.7), [dict(temperature=1.0), dict(temperature=1.0, top_p=0.6),
+                                        dict(temperature=1.0, top_p=0.85), dict(temperature=0.5, top_p=0.7)]),
+    (dict(temperature=2.0, top_k=5, top_p=0.6), [dict(temperature=2.0, top_k=5), dict(temperature=2.0, top_p=0.4)]),
+    (dict(temperature=0.7, greedy=True), [dict(temperature=0.7)]),
+]
+
+
+@pytest.mark.parametrize("options, wrong", DISTRIBUTIONS, ids=[str(o) for o, _ in DISTRIBUTIONS])
+def test_characters_are_drawn_from_the_distribution_the_options_define(constant_sampler, options, wrong):
+    """4,000 draws (8 samples of 500 characters, each an independent draw: the logits never
+    change) against the distribution computed in NumPy; see draws_deviation for the bound."""
+    texts = constant_sampler.generate("a", num_chars=500, num_samples=8, seed=1234, **options)
+    ids = constant_sampler.vocab.encode("".join(text[1:] for text in texts))
+    assert len(ids) == 4000
+    assert draws_deviation(ids, sampling_probs(LOGITS, **options)) <= 5
+    for other in wrong:  # the test would catch a sampler that drew from these
+        assert draws_deviation(ids, sampling_probs(LOGITS, **other)) > 5, other
+    streamed = "".join(constant_sampler.stream("a", 500, seed=99, **options))
+    assert draws_deviation(constant_sampler.vocab.encode(streamed), sampling_probs(LOGITS, **options)) <= 5
+
+
+def test_greedy_text_follows_one_long_pass_of_the_model(sampler):
+    """Each greedy character is the argmax of the model's logits after the text before it, as
+    one call over the whole text computes them (no state carried by hand)."""
+    model = CharRNN(len(sampler.vocab), embedding_dim=8, rnn_units=16, seed=3)
+    model.build_for_vocab()
+    for weight in model.trainable_variables:  # larger weights: a state that matters, a varied text
+        weight.assign(weight * 4)
+    text = Sampler(model, sampler.vocab, device="/CPU:0").generate("ROMEO:", num_chars=120, greedy=True)
+    ids = sampler.vocab.encode(text)
+    logits, _ = model(tf.constant(ids[None, :-1]))
+    np.testing.assert_array_equal(ids[6:], np.argmax(logits.numpy()[0], -1)[5:])
+    assert len(set(text[6:])) > 1  # a text, not one character repeated
+
+
 @pytest.mark.parametrize("top_k, top_p", [(3, 1.0), (0, 0.5), (3, 0.9)])
-def test_filtered_sampling_is_reproducible_and_stays_in_the_allowed_set(sampler, top_k, top_p):
+def test_filtered_sampling_is_reproducible(sampler, top_k, top_p):
     options = dict(num_chars=80, temperature=1.5, top_k=top_k, top_p=top_p, num_samples=4)
     samples = sampler.generate("ab", seed=11, **options)
     assert samples == sampler.generate("ab", seed=11, **options)
     assert samples != sampler.generate("ab", seed=12, **options)
-    unfiltered = 0
-    for text in samples:
-        # Replay the sample through the model: each character must be one the filter kept
-        # for the logits it was drawn from (to a rounding tolerance at the threshold).
-        logits, state = sampler.model(tf.constant([sampler.vocab.encode("ab")]))
-        logits = logits[:, -1, :]
-        for char in text[2:]:
-            scaled = logits / 1.5
-            kept = ~np.isinf(filter_logits(scaled, tf.constant(top_k), tf.constant(top_p)).numpy()[0])
-            drawn = sampler.vocab.encode(char)[0]
-            threshold = scaled.numpy()[0][kept].min()
-            assert kept[drawn] or scaled.numpy()[0][drawn] >= threshold - 1e-4, (text, char)
-            unfiltered += kept.sum() < len(sampler.vocab)
-            logits, state = sampler.model.step(tf.constant([drawn]), state)
-    assert unfiltered > 0  # the filter did restrict the choice
 
 
 def test_stop_at_ends_each_sample_before_the_stop_text(sampler):

@@ -31,7 +31,7 @@ def test_each_step_starts_from_the_state_the_previous_one_ended_with(small_text,
 
 def test_the_carried_state_is_checkpointed_and_reset_each_epoch(small_text, tmp_path):
     config = tiny_config(small_text, tmp_path / "run", carry_state=True, cell="gru", num_layers=2, epochs=2,
-                         max_steps=5)
+                         max_steps=5, steps_per_loop=10)
     first = Trainer(config)
     first.fit()
     saved = [v.numpy() for v in first.carried_state]
@@ -69,7 +69,7 @@ def test_carrying_state_learns_a_dependency_longer_than_seq_length(tmp_path, car
     path = tmp_path / "keys.txt"
     path.write_text(_keyed_text(np.random.default_rng(0), 6400)[0])
     config = tiny_config(path, tmp_path / "run", embedding_dim=8, rnn_units=64, batch_size=16, seq_length=10,
-                         epochs=4, learning_rate=0.003, val_fraction=0, carry_state=carry_state)
+                         epochs=4, learning_rate=0.003, val_fraction=0, carry_state=carry_state, steps_per_loop=20)
     trainer = Trainer(config)
     trainer.fit()
 

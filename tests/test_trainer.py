@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from charrnn import CharRNNError, Sampler, Trainer, TrainConfig
+from charrnn import CharRNNError, Sampler, Trainer, TrainConfig, Vocabulary
 from charrnn.checkpoint import read_metrics
-from conftest import tiny_config
+from conftest import Recorder, read_scalars, shakespeare, tiny_config
 
 
 def test_learns_a_repetitive_text_and_reproduces_it(tmp_path):
@@ -264,3 +264,75 @@ def test_auto_precision_follows_the_hardware_and_a_run_keeps_its_own(small_text,
     assert resumed.config.mixed_precision == "mixed_bfloat16" and resumed.restored_from is not None
     resumed.fit(verbose=0)
     assert TrainConfig().mixed_precision == "auto"
+
+
+def test_each_epoch_is_another_permutation_and_reports_the_mean_of_its_steps(tmp_path):
+    """Two epochs: each trains on distinct whole windows of the text in an order of its own;
+    fit() equals a hand-written loop over those batches; each epoch's train loss is the mean
+    of its steps' losses as a callback saw them."""
+    text = shakespeare(3_000)
+    (tmp_path / "t.txt").write_text(text)
+    config = tiny_config(tmp_path / "t.txt", tmp_path / "run", epochs=2, steps_per_loop=3, shuffle_buffer=1000)
+    trainer = Trainer(config)
+    ids = Vocabulary.from_text(text).encode(text[: int(len(text) * 0.9)])
+    windows = {tuple(w): i for i, w in enumerate(ids[: len(ids) // 21 * 21].reshape(-1, 21))}
+    orders = []
+    for epoch in (0, 1):
+        rows = [np.concatenate([x, y[:, -1:]], 1) for x, y in trainer.train_dataset(epoch).as_numpy_iterator()]
+        order = [windows[tuple(row)] for row in np.concatenate(rows)]  # KeyError: not a window of the text
+        assert len(order) == len(set(order)) == trainer.steps_per_epoch * 4
+        orders.append(order)
+    assert orders[0] != orders[1] and sorted(orders[0]) != orders[0]
+
+    recorder = Recorder()
+    history = trainer.fit(callbacks=[recorder], verbose=0)
+    spe = trainer.steps_per_epoch
+    for stats, first in zip(history, (1, spe + 1)):
+        steps = [recorder.step_losses[s] for s in range(first, first + spe)]
+        assert stats.train_loss == pytest.approx(np.mean(steps), rel=1e-6)
+
+    replay = Trainer(config.replace(run_dir=str(tmp_path / "replay")))
+    losses = [float(replay.train_step(x, y)[0]) for epoch in (0, 1) for x, y in replay.train_dataset(epoch)]
+    np.testing.assert_allclose(losses, [recorder.step_losses[s] for s in range(1, 2 * spe + 1)], rtol=1e-5)
+    for a, b in zip(replay.model.trainable_variables, trainer.model.trainable_variables):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def _scheduled_rate(step: int, base: float, warmup: int, kind: str, decay: float, spe: int, total: int) -> float:
+    """The learning rate of the step that runs after `step` steps, from the flags' definitions:
+    linear warm-up over `warmup` steps, then constant, cosine to 0 at the run's last step,
+    or times `decay` each epoch."""
+    warm = min(1.0, (step + 1) / warmup) if warmup else 1.0
+    if kind == "cosine":
+        shape = 0.5 * (1 + math.cos(math.pi * min(max((step - warmup) / (total - warmup), 0.0), 1.0)))
+    elif kind == "exponential":
+        shape = decay ** (step // spe)
+    else:
+        shape = 1.0
+    return base * warm * shape
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine", "exponential"])
+def test_the_logged_learning_rate_is_the_schedules_at_the_step_that_ran(tmp_path, schedule):
+    (tmp_path / "t.txt").write_text(shakespeare(3_000))  # 32 steps per epoch
+    config = tiny_config(tmp_path / "t.txt", tmp_path / "run", epochs=3, max_steps=70, warmup_steps=5,
+                         lr_schedule=schedule, lr_decay=0.5, learning_rate=0.01, log_every=3, steps_per_loop=2)
+    trainer, recorder = Trainer(config), Recorder()
+    trainer.fit(callbacks=[recorder], verbose=0)
+    assert trainer.steps_per_epoch == 32
+    expected = {s: _scheduled_rate(s - 1, 0.01, 5, schedule, 0.5, 32, 70) for s in range(1, 71)}
+    seen = {step: logs["learning_rate"] for _, step, logs in recorder.of("chunk")}
+    assert len(seen) > 30 and seen == pytest.approx({s: expected[s] for s in seen}, rel=1e-5)
+    tensorboard = read_scalars(tmp_path / "run" / "logs" / "train")["learning_rate"]
+    assert sorted(tensorboard) == list(range(3, 70, 3))
+    assert tensorboard == pytest.approx({s: expected[s] for s in tensorboard}, rel=1e-5)
+
+
+def test_the_first_step_moves_each_weight_by_the_warmed_up_rate(small_text, tmp_path):
+    """Adam's first update is lr * g / (|g| + epsilon): about the learning rate itself for
+    every weight with a gradient, here the first of 4 warm-up steps: 0.01 / 4."""
+    trainer = Trainer(tiny_config(small_text, tmp_path / "run", learning_rate=0.01, warmup_steps=4))
+    before = trainer.model.dense.bias.numpy()
+    trainer.train(1)
+    moved = np.abs(trainer.model.dense.bias.numpy() - before)
+    np.testing.assert_allclose(moved, 0.0025, rtol=1e-3)
