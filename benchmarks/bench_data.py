@@ -85,13 +85,13 @@ def _pipeline_ratio(corpus: str, run_dir: str) -> dict:
     config = charrnn.TrainConfig(data=corpus, run_dir=run_dir, embedding_dim=16, rnn_units=32,
                                  batch_size=16, seq_length=50, val_fraction=0.001, device="/CPU:0", steps_per_loop=10)
     trainer = charrnn.Trainer(config)
-    ids = trainer._train_ids  # noqa: SLF001 - the trainer's own split
+    ids = trainer.data.train_ids
     width = config.seq_length + 1
     windows = np.asarray(ids[: num_windows(len(ids), config.seq_length) * width], np.int32).reshape(-1, width)
     in_memory = (tf.data.Dataset.from_tensor_slices(windows).shuffle(config.shuffle_buffer, seed=0)
                  .map(lambda w: (w[:-1], w[1:])).batch(config.batch_size, drop_remainder=True)
                  .prefetch(tf.data.AUTOTUNE).repeat())
-    from_file = trainer.train_dataset(0).repeat()
+    from_file = trainer.data.dataset(0).repeat()
     rates: dict[str, list[float]] = {"id_file": [], "in_memory": []}
     iterators = {"id_file": iter(from_file), "in_memory": iter(in_memory)}
     for name, iterator in iterators.items():  # trace, warm up
@@ -125,7 +125,7 @@ def main(argv: list[str]) -> None:
             cache = os.path.join(work, f"cache_{size_mb}")
             shutil.rmtree(cache, ignore_errors=True)
             env = dict(os.environ, CHARRNN_DATA_DIR=cache, TF_CPP_MIN_LOG_LEVEL="2")
-            train = [sys.executable, "-m", "charrnn.train", f"--data={corpus}", f"--max_steps={FLAGS.steps}", *TINY]
+            train = [sys.executable, "-m", "charrnn.cli.train", f"--data={corpus}", f"--max_steps={FLAGS.steps}", *TINY]
             first = _timed([*train, f"--run_dir={os.path.join(work, f'run_{size_mb}_a')}"], env)
             cached = _timed([*train, f"--run_dir={os.path.join(work, f'run_{size_mb}_b')}"], env)
             shutil.rmtree(cache)

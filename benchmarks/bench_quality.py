@@ -32,11 +32,11 @@ from pathlib import Path
 
 from absl import app, flags, logging
 
-from charrnn import _cli
+from charrnn.cli import tool
 from charrnn.config import TrainConfig
 
-_cli.define_dataclass_flags(TrainConfig)
-_cli.define_preset_flag()
+tool.define_dataclass_flags(TrainConfig)
+tool.define_preset_flag()
 flags.DEFINE_float("temperature", 0.8, "Temperature of the 300-character sample.")
 FLAGS = flags.FLAGS
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -45,7 +45,7 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 def _config() -> TrainConfig:
     if FLAGS.preset is None:
         FLAGS.preset = "cpu_small"
-    config = _cli.dataclass_from_flags(TrainConfig)
+    config = tool.dataclass_from_flags(TrainConfig)
     if not FLAGS["run_dir"].present:
         config = config.replace(run_dir=tempfile.mkdtemp(prefix="bench_quality_"))
     elif os.path.isdir(config.run_dir) and os.listdir(config.run_dir):
@@ -69,12 +69,12 @@ def main(argv: list[str]) -> None:
           f"({config.lr_schedule}), dropout {config.dropout}, carry_state {config.carry_state}, "
           f"{trainer.config.mixed_precision} ({trainer.precision_reason}); {trainer.model.count_params():,} parameters; "
           f"budget {config.time_budget} s; "
-          f"train/val {len(trainer._train_ids):,}/{len(trainer._val_ids):,} characters; run directory {config.run_dir}",
+          f"train/val {len(trainer.data.train_ids):,}/{len(trainer.data.val_ids):,} characters; run directory {config.run_dir}",
           flush=True)
     trainer.fit(handle_signals=False)
     wall = time.perf_counter() - wall
     steps = int(trainer.step.numpy())
-    best, best_step = trainer.best_val_loss, int(trainer.validation.best_step.numpy())
+    best, best_step = trainer.best_val_loss, trainer.evaluations.best_step
     other = wall - trainer.train_seconds - trainer.eval_seconds
     print(f"\ntrained {steps} steps, {steps * config.batch_size * config.seq_length:,} characters seen, in "
           f"{trainer.train_seconds:.1f} s of training; evaluation {trainer.eval_seconds:.1f} s; start-up, tracing "

@@ -35,13 +35,14 @@ def main(argv: list[str]) -> None:
     import tensorflow as tf
 
     from charrnn import Sampler
-    from charrnn.checkpoint import load_run_files
-    from charrnn.corpus import read_text
     from charrnn.data import split_ids
     from charrnn.exporter import TFLITE_FILE, export_tflite
+    from charrnn.rundir import RunDir
+    from charrnn.traindata import text_ids
 
-    config, vocab = load_run_files(FLAGS.run_dir)
-    val = split_ids(vocab.encode(read_text(config.data)), config.val_fraction)[1][: FLAGS.val_chars]
+    files = RunDir(FLAGS.run_dir).read()
+    config, vocab = files.config, files.vocab
+    val = split_ids(text_ids(config.data, vocab), config.val_fraction)[1][: FLAGS.val_chars]
     sampler = Sampler.from_checkpoint(FLAGS.run_dir, device="/CPU:0")
     work = tempfile.mkdtemp(prefix="charrnn_bench_tflite_")
     results = {}

@@ -143,7 +143,7 @@ def _keras_fit(dataset: tf.data.Dataset, vocab_size: int) -> dict:
 
 
 def _charrnn(trainer: charrnn.Trainer) -> dict:
-    batches = iter(trainer.train_dataset(0).repeat())
+    batches = iter(trainer.data.dataset(0).repeat())
     spl = FLAGS.steps_per_loop
     calls = []
     for i in range(max(1, FLAGS.warmup) + max(1, FLAGS.steps // spl)):
@@ -165,7 +165,7 @@ def main(argv: list[str]) -> None:
             jit_compile=FLAGS.jit_compile, mixed_precision=FLAGS.mixed_precision, lstm_impl=FLAGS.lstm_impl)
         trainer = charrnn.Trainer(config)
         v = len(trainer.vocab)
-        dataset = trainer.train_dataset(0).repeat()
+        dataset = trainer.data.dataset(0).repeat()
         with tf.device(trainer.device):
             if FLAGS.memory_of:
                 if FLAGS.memory_of == "keras_fit":

@@ -35,7 +35,7 @@ run train_b256 90 benchmarks/bench_train.py --batch_size=256 --steps=20 --steps_
 run train_b1024 90 benchmarks/bench_train.py --batch_size=1024 --steps=10 --steps_per_loop=5
 run sample 60 benchmarks/bench_sample.py --baseline_chars=100
 # A short training under tf.distribute's MirroredStrategy over every GPU of the machine.
-run mirrored 120 -m charrnn.train --strategy=mirrored --run_dir="$OUT/mirrored_run" --max_steps=40 \
+run mirrored 120 -m charrnn.cli.train --strategy=mirrored --run_dir="$OUT/mirrored_run" --max_steps=40 \
   --steps_per_loop=10 --log_every=10 --eval_every=40
 
 echo "== summary (s/step: keras fit | charrnn; speed-up; cuDNN in charrnn's step)"

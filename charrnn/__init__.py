@@ -23,7 +23,7 @@ _EXPORTS = {
     "export": "exporter", "export_tflite": "exporter",
     "EpochStats": "loop",
     "CharRNN": "model",
-    "EXIT_PREEMPTED": "preemption", "Preempted": "preemption",
+    "EXIT_PREEMPTED": "stopping", "Preempted": "stopping",
     "MAX_NUM_CHARS": "sampler", "SampleOptions": "sampler", "Sampler": "sampler",
     "Trainer": "trainer",
 }
@@ -39,7 +39,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     from charrnn.exporter import export, export_tflite
     from charrnn.loop import EpochStats
     from charrnn.model import CharRNN
-    from charrnn.preemption import EXIT_PREEMPTED, Preempted
+    from charrnn.stopping import EXIT_PREEMPTED, Preempted
     from charrnn.sampler import MAX_NUM_CHARS, SampleOptions, Sampler
     from charrnn.trainer import Trainer
 

@@ -1,21 +1,48 @@
 """Callbacks: how code watches and steers a training run, and the console's observers.
 
 `Callback` is the protocol `Trainer.fit(callbacks=...)` calls (charrnn.loop's Controller
-calls it); the run's own observers use the same protocol: the console progress here,
-metrics.jsonl (charrnn.checkpoint.MetricsLog), TensorBoard (charrnn.tensorboard) and the
-signal handler (SignalStop). No TensorFlow here.
+calls it) and `TrainerView` what a callback may read of the trainer; the run's own
+observers use the same protocol: the console's progress and samples here, metrics.jsonl
+(charrnn.metrics), TensorBoard (charrnn.tensorboard) and the signal handler
+(charrnn.stopping). No TensorFlow here.
 """
 
 from __future__ import annotations
 
 import math
 import shutil
-import signal
 import sys
 import time
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Protocol, Sequence
 
-from charrnn.preemption import StopRequest
+if TYPE_CHECKING:
+    from charrnn.cadence import Cadence, EvalRecord
+    from charrnn.config import TrainConfig
+
+
+class TrainerView(Protocol):
+    """What a callback may read of the trainer it is given in `on_train_begin`; of it, it may
+    set `stop_training` (and `stop_reason`) only."""
+
+    config: TrainConfig
+    cadence: Cadence  # when evaluations, checkpoints, logs and samples happen
+    restored_from: str | None  # the checkpoint this run resumed from
+    last_losses: Sequence[float]  # the per-step losses of the last chunk
+    stop_training: bool
+    stop_reason: str | None
+
+    def position(self) -> tuple[int, int]:
+        """(step, epoch) of the next step to train."""
+
+    @property
+    def evaluations(self) -> EvalRecord:
+        """The last and the best evaluation so far."""
+
+    def checkpoint_path(self, which: str = "latest") -> str | None:
+        """The newest checkpoint saved of `which` kind (latest or best)."""
+
+    def sample(self, step: int) -> str:
+        """The sample of the model shown at `step` (the same after a resume)."""
 
 
 class Callback:
@@ -40,7 +67,7 @@ class Callback:
     running it again continues it. `trainer.stop_reason` may say why.
     """
 
-    def on_train_begin(self, trainer: Any) -> None:
+    def on_train_begin(self, trainer: TrainerView) -> None:
         """The run starts (or resumes); `trainer` is the `charrnn.Trainer`."""
 
     def on_chunk_end(self, step: int, logs: dict[str, float]) -> None:
@@ -65,7 +92,7 @@ class CallbackList(Callback):
                 raise TypeError(f"callbacks must be charrnn.Callback instances, got {type(callback).__name__}")
         self.callbacks = list(callbacks)
 
-    def on_train_begin(self, trainer: Any) -> None:
+    def on_train_begin(self, trainer: TrainerView) -> None:
         for callback in self.callbacks:
             callback.on_train_begin(trainer)
 
@@ -93,29 +120,6 @@ class CallbackList(Callback):
             raise error
 
 
-class SignalStop(Callback):
-    """While the run lasts, SIGTERM and SIGINT (or `signals`) stop it at the next chunk
-    boundary, with a checkpoint, instead of killing it; `requested` names the signal."""
-
-    def __init__(self, signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)):
-        self._request = StopRequest(signals, on_signal=self._stop)
-        self._trainer: Any = None
-
-    @property
-    def requested(self) -> str | None:
-        return self._request.requested
-
-    def _stop(self, name: str) -> None:
-        self._trainer.stop_training, self._trainer.stop_reason = True, name
-
-    def on_train_begin(self, trainer: Any) -> None:
-        self._trainer = trainer
-        self._request.__enter__()
-
-    def on_train_end(self, logs: dict[str, float]) -> None:
-        self._request.__exit__(None, None, None)
-
-
 class ProgressLogger(Callback):
     """The console: `verbose=1` a live line on a terminal (redrawn in place, cut to the
     terminal's width so that it never wraps), `verbose=2` one line per `log_every` steps
@@ -127,9 +131,9 @@ class ProgressLogger(Callback):
 
     def __init__(self, verbose: int = 1):
         self.live = verbose == 1
-        self._trainer: Any = None
+        self._trainer: TrainerView | None = None
 
-    def on_train_begin(self, trainer: Any) -> None:
+    def on_train_begin(self, trainer: TrainerView) -> None:
         self._trainer, self._cadence = trainer, trainer.cadence
         self.total_steps, self.epochs = trainer.cadence.total_steps, trainer.cadence.num_epochs
         self._start_step, self._step = trainer.position()[0], trainer.position()[0]
@@ -199,9 +203,10 @@ class ProgressLogger(Callback):
         t = self._trainer
         step, reason = t.position()[0], t.stop_reason
         if reason == "patience":
-            _, _, best_step, best_loss, _ = t.evaluation_record()
+            best = t.evaluations
             print(f"Stopped early at step {step}: no lower validation loss in {t.config.patience} evaluations; "
-                  f"the best, {best_loss:.4f} at step {best_step}, is in {t.checkpoint_path('best')}", flush=True)
+                  f"the best, {best.best_loss:.4f} at step {best.best_step}, is in {t.checkpoint_path('best')}",
+                  flush=True)
         elif reason == "time_budget":
             print(f"Time budget of {self._cadence.time_budget:g} s reached at step {step}; run the same command "
                   "again to continue", flush=True)
@@ -215,9 +220,9 @@ class SamplePrinter(Callback):
 
     def __init__(self, live: bool = False):
         self.live = live
-        self._trainer: Any = None
+        self._trainer: TrainerView | None = None
 
-    def on_train_begin(self, trainer: Any) -> None:
+    def on_train_begin(self, trainer: TrainerView) -> None:
         self._trainer = trainer
 
     def on_chunk_end(self, step: int, logs: dict[str, float]) -> None:

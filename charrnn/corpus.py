@@ -33,6 +33,7 @@ import tensorflow as tf
 
 from charrnn.data import Vocabulary
 from charrnn.errors import CharRNNError
+from charrnn.storage import is_local
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,11 +66,6 @@ def cache_dir() -> str:
         return os.environ[DATA_DIR_ENV]
     keras_home = os.environ.get("KERAS_HOME", os.path.join(os.path.expanduser("~"), ".keras"))
     return os.path.join(keras_home, "datasets", "charrnn")
-
-
-def is_local(path: str) -> bool:
-    """Whether `path` is on the local disk (else on a TensorFlow filesystem: gs://, ram://, ...)."""
-    return "://" not in path
 
 
 def resolve_sources(data: str) -> list[str]:

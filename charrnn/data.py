@@ -1,4 +1,4 @@
-"""The vocabulary and the tf.data input pipelines over a text's ids.
+"""The vocabulary, and how a text's ids become batches: `Layout` and its tf.data pipelines.
 
 The ids may be any NumPy integer array, also a memory-mapped id file (charrnn.corpus):
 the pipelines slice windows out of it batch by batch, so the text is never copied whole.
@@ -6,9 +6,10 @@ the pipelines slice windows out of it batch by batch, so the text is never copie
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -38,6 +39,12 @@ class Vocabulary:
 
     def __len__(self) -> int:
         return len(self.chars)
+
+    @property
+    def default_prime(self) -> str:
+        """What samples start from when no prime is given: a newline, or the first character
+        of a vocabulary without one."""
+        return "\n" if "\n" in self.chars else self.chars[0]
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Vocabulary) and self.chars == other.chars
@@ -74,6 +81,12 @@ class Vocabulary:
 def fingerprint(text: str) -> str:
     """A short hash of `text` that tells two texts (or vocabularies) apart."""
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
+def mix_seed(seed: int, index: int) -> int:
+    """A seed of its own for each epoch's data order or each step's sample, a pure function of
+    the run's seed and the index (so a resumed run draws what an uninterrupted one would)."""
+    return (seed * 1_000_003 + index) % 2**63
 
 
 def split_ids(ids: np.ndarray, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
@@ -188,3 +201,42 @@ def make_stream_dataset(ids: np.ndarray, seq_length: int, batch_size: int, *, st
 
     ds = tf.data.Dataset.range(start, num_stream_batches(len(ids), seq_length, batch_size))
     return _fixed_prefetch(ds.map(read))
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """How a text becomes batches of `batch_size` rows of `seq_length` steps, for training and
+    for evaluation alike.
+
+    Windows (the case study's): the text cut into windows of seq_length + 1 ids, each read
+    from a zero state; training shuffles them in an order of each epoch's own (a pure
+    function of `seed` and the epoch). With `carry_state`: `batch_size` contiguous streams
+    read in order, the state carried from one batch to the next (karpathy/char-rnn's).
+    """
+
+    seq_length: int
+    batch_size: int
+    carry_state: bool = False
+    shuffle_buffer: int = 0
+    seed: int = 0
+
+    def num_batches(self, num_ids: int) -> int:
+        """Full training batches (steps) in an epoch of `num_ids` ids."""
+        if self.carry_state:
+            return num_stream_batches(num_ids, self.seq_length, self.batch_size)
+        return num_windows(num_ids, self.seq_length) // self.batch_size
+
+    def training(self, ids: np.ndarray, epoch: int, start: int = 0) -> tf.data.Dataset:
+        """The batches of `epoch` from batch `start` on (the ones before are skipped unread)."""
+        if self.carry_state:
+            return make_stream_dataset(ids, self.seq_length, self.batch_size, start=start)
+        return make_dataset(ids, self.seq_length, self.batch_size, shuffle_buffer=self.shuffle_buffer,
+                            seed=mix_seed(self.seed, epoch), start=start)
+
+    def evaluation(self, ids: np.ndarray) -> Iterable[tuple[np.ndarray, np.ndarray]]:
+        """Every window, or every stream to its end (at most one stream per window of text), in
+        order, the last batch possibly smaller (or shorter in time)."""
+        if self.carry_state:
+            streams = max(1, min(self.batch_size, len(ids) // (self.seq_length + 1)))
+            return stream_batches(ids, self.seq_length, streams, drop_remainder=False)
+        return make_dataset(ids, self.seq_length, self.batch_size, drop_remainder=False).as_numpy_iterator()

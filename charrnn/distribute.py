@@ -81,7 +81,7 @@ class Distribution:
     def preemption_observer(self, manager: tf.train.CheckpointManager, exit_fn: Callable[[], None]) -> Callback | None:
         """Under multi_worker, the observer through which a worker that gets SIGTERM (a
         preempted machine) tells the others; all of them save a checkpoint at the same step,
-        then `exit_fn` runs. None under other strategies."""
+        then `exit_fn` runs (it ends the run). None under other strategies."""
         if not self.multi_worker:
             return None
         return _PreemptionCheckpoint(tf.distribute.experimental.PreemptionCheckpointHandler(
@@ -98,7 +98,7 @@ class _PreemptionCheckpoint(Callback):
         self.handler = handler
 
     def on_chunk_end(self, step: int, logs: dict[str, float]) -> None:
-        # After the other observers (it is the last): a preemption ends the process here.
+        # After the other observers (it is the last): a preemption ends the run here.
         self.handler.save_checkpoint_if_preempted(checkpoint_number=step)
 
 

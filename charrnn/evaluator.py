@@ -11,25 +11,19 @@ from typing import Callable
 import numpy as np
 import tensorflow as tf
 
-from charrnn.data import make_dataset, stream_batches
+from charrnn.data import Layout
 from charrnn.errors import CharRNNError
 from charrnn.model import CharRNN
-from charrnn.preemption import Stopped
+from charrnn.stopping import Stopped
 
 
 class Evaluator:
-    """Mean cross-entropy of `model`'s next-character predictions over a text.
+    """Mean cross-entropy of `model`'s next-character predictions over a text read as `layout`
+    reads it for evaluation: every window from a zero state, or with carry_state every
+    stream from start to end, the state carried from one batch to the next."""
 
-    Without `carry_state` the text is cut into windows of `seq_length + 1` characters,
-    each predicted from a zero state, as training sees them. With `carry_state` it is laid
-    out as up to `batch_size` contiguous streams and the state is carried from one batch to
-    the next, as a stateful training run sees its text.
-    """
-
-    def __init__(self, model: CharRNN, seq_length: int, batch_size: int, *, carry_state: bool = False,
-                 device: str = "/CPU:0"):
-        self.model, self.seq_length, self.batch_size = model, seq_length, batch_size
-        self.carry_state, self.device = carry_state, device
+    def __init__(self, model: CharRNN, layout: Layout, device: str = "/CPU:0"):
+        self.model, self.layout, self.device = model, layout, device
         ids = tf.TensorSpec([None, None], tf.int32)
         layer = tuple(tf.TensorSpec([None, model.rnn_units], model.state_dtype) for _ in range(model.state_size))
         self._step = tf.function(self._step_fn, input_signature=[ids, ids, (layer,) * model.num_layers])
@@ -45,21 +39,16 @@ class Evaluator:
 
         `should_stop` is polled between batches; when it returns True, raises `Stopped`.
         """
-        window = self.seq_length + 1
+        window = self.layout.seq_length + 1
         if len(ids) < window:
             raise CharRNNError(f"text too short to evaluate: {len(ids)} characters, one window of "
                                f"seq_length+1 needs {window}")
-        if self.carry_state:
-            streams = max(1, min(self.batch_size, len(ids) // window))
-            batches = stream_batches(ids, self.seq_length, streams, drop_remainder=False)
-        else:
-            batches = make_dataset(ids, self.seq_length, self.batch_size, drop_remainder=False)
         total, count, state = 0.0, 0, None
-        for inputs, targets in batches:
+        for inputs, targets in self.layout.evaluation(ids):
             if should_stop():
                 raise Stopped
-            if state is None or not self.carry_state:
-                state = self.model.initial_state(tf.shape(inputs)[0])
+            if state is None or not self.layout.carry_state:
+                state = self.model.initial_state(inputs.shape[0])
             batch_total, batch_count, state = self._step(tf.cast(inputs, tf.int32), tf.cast(targets, tf.int32), state)
             total += float(batch_total)
             count += int(batch_count)

@@ -24,13 +24,12 @@ import tempfile
 import keras
 import tensorflow as tf
 
-from charrnn import checkpoint
-from charrnn.checkpoint import STORAGE_ERRORS, storage_error
-from charrnn.corpus import is_local
+from charrnn import storage
 from charrnn.data import Vocabulary
 from charrnn.errors import CharRNNError
 from charrnn.model import CharRNN
 from charrnn.sampler import MAX_NUM_CHARS, MAX_TEMPERATURE, MIN_TEMPERATURE, SampleOptions, Sampler
+from charrnn.trained import load_model
 
 
 class _Generator(tf.Module):
@@ -114,11 +113,11 @@ def export(run_dir: str, export_dir: str, which: str | None = None) -> str:
     """Writes run_dir's `which` checkpoint (best by default, else latest) as a SavedModel
     in `export_dir` (which must not exist yet, or be empty); returns the checkpoint used."""
     _check_export_dir(export_dir)
-    created = not tf.io.gfile.exists(export_dir)
+    created = not storage.exists(export_dir)
     with tf.device("/CPU:0"):
         # Keras' LSTM (the same weights) instead of the fused one: inference needs no
         # hand-written gradient, and a SavedModel holding one warns at every load.
-        model, _, vocab, path = checkpoint.load_model(run_dir, which, "/CPU:0", lstm_impl="keras")
+        model, _, vocab, path = load_model(run_dir, which, "/CPU:0", lstm_impl="keras")
         module = _Generator(model, vocab)
         # Keras' ExportArchive names the variables so that TensorFlow 1-style loaders (TF
         # Serving, saved_model_cli) find them; a plain tf.saved_model.save of a Keras 3
@@ -131,14 +130,13 @@ def export(run_dir: str, export_dir: str, which: str | None = None) -> str:
         archive.add_endpoint("step", module.step)
         try:
             archive.write_out(export_dir, verbose=False)
-        except STORAGE_ERRORS as e:
+        except storage.storage_errors() as e:
             # Half a SavedModel is worse than none. The directory was new or empty (checked
             # above): leave it as it was.
-            if tf.io.gfile.exists(export_dir):
-                tf.io.gfile.rmtree(export_dir)
+            storage.remove(export_dir)
             if not created:
-                tf.io.gfile.makedirs(export_dir)
-            raise storage_error("write the SavedModel to", export_dir, e) from None
+                storage.makedirs(export_dir)
+            raise storage.storage_error("write the SavedModel to", export_dir, e) from None
     return path
 
 
@@ -147,13 +145,13 @@ def _check_export_dir(export_dir: str, may_exist: bool = False) -> None:
     new export (with `may_exist`, it may already hold other files)."""
     if not export_dir:
         raise CharRNNError("--export_dir is empty; pass a new or empty directory for the export")
-    if tf.io.gfile.exists(export_dir):
-        if not tf.io.gfile.isdir(export_dir):
+    if storage.exists(export_dir):
+        if not storage.isdir(export_dir):
             raise CharRNNError(f"--export_dir {export_dir} is a file; pass a new or empty directory")
         if tf.io.gfile.listdir(export_dir) and not may_exist:
             raise CharRNNError(f"export directory {export_dir} is not empty; pass a new --export_dir")
         existing = export_dir
-    elif not is_local(export_dir):
+    elif not storage.is_local(export_dir):
         return  # an object store has no directories to check: a failed write says why
     else:
         existing = os.path.dirname(os.path.abspath(export_dir))
@@ -161,11 +159,12 @@ def _check_export_dir(export_dir: str, may_exist: bool = False) -> None:
             existing = os.path.dirname(existing)
         if not os.path.isdir(existing):
             raise CharRNNError(f"--export_dir {export_dir} is under {existing}, which is a file; pass a directory path")
-    if is_local(existing) and not os.access(existing, os.W_OK | os.X_OK):
+    if storage.is_local(existing) and not os.access(existing, os.W_OK | os.X_OK):
         raise CharRNNError(f"cannot write to {existing} (permission denied or read-only); pass a writable --export_dir")
 
 
 TFLITE_FILE = "model.tflite"
+VOCAB_FILE = "vocab.json"  # beside the TFLite model: its characters in id order
 
 
 def export_tflite(run_dir: str, export_dir: str, which: str | None = None, quantize: str = "none") -> str:
@@ -182,8 +181,8 @@ def export_tflite(run_dir: str, export_dir: str, which: str | None = None, quant
     """
     if export_dir.endswith(".tflite"):
         model_path = export_dir
-        vocab_path = f"{os.path.dirname(export_dir) or '.'}/{checkpoint.VOCAB_FILE}"
-        taken = [p for p in (model_path, vocab_path) if tf.io.gfile.exists(p)]
+        vocab_path = f"{os.path.dirname(export_dir) or '.'}/{VOCAB_FILE}"
+        taken = [p for p in (model_path, vocab_path) if storage.exists(p)]
         if taken:
             raise CharRNNError(f"{taken[0]} exists; pass a new --export_dir (a directory, or a .tflite path whose "
                                "directory has no vocab.json yet)")
@@ -191,9 +190,9 @@ def export_tflite(run_dir: str, export_dir: str, which: str | None = None, quant
     else:
         _check_export_dir(export_dir)
         directory = export_dir.rstrip("/")
-        model_path, vocab_path = f"{directory}/{TFLITE_FILE}", f"{directory}/{checkpoint.VOCAB_FILE}"
+        model_path, vocab_path = f"{directory}/{TFLITE_FILE}", f"{directory}/{VOCAB_FILE}"
     with tf.device("/CPU:0"):
-        model, _, vocab, path = checkpoint.load_model(run_dir, which, "/CPU:0", lstm_impl="keras", float32=True)
+        model, _, vocab, path = load_model(run_dir, which, "/CPU:0", lstm_impl="keras", float32=True)
         saved = tempfile.mkdtemp(prefix="charrnn_tflite_")
         try:
             archive = keras.export.ExportArchive()
@@ -208,10 +207,9 @@ def export_tflite(run_dir: str, export_dir: str, which: str | None = None, quant
         finally:
             shutil.rmtree(saved, ignore_errors=True)
     try:
-        tf.io.gfile.makedirs(os.path.dirname(model_path) or ".")
-        with tf.io.gfile.GFile(model_path, "wb") as f:
-            f.write(flatbuffer)
-        checkpoint.write_atomic(vocab_path, vocab.to_json())
-    except STORAGE_ERRORS as e:
-        raise storage_error("write the TFLite model to", export_dir, e) from None
+        storage.makedirs(os.path.dirname(model_path) or ".")
+        storage.write_atomic(model_path, flatbuffer)
+        storage.write_atomic(vocab_path, vocab.to_json())
+    except storage.storage_errors() as e:
+        raise storage.storage_error("write the TFLite model to", export_dir, e) from None
     return path

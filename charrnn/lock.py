@@ -1,7 +1,8 @@
 """`RunLock`: one trainer per run directory.
 
-The lock is `<run_dir>/train.lock`, held with `flock` for as long as a trainer runs and
-holding its host, pid and start time as JSON so that a refused second trainer can name it.
+The lock is a file of the run directory (`RunDir.lock()` names it), held with `flock` for as
+long as a trainer runs and holding its host, pid and start time as JSON so that a refused
+second trainer can name it.
 The kernel drops an `flock` when its holder dies (SIGKILL, a crash), so a lock file left
 behind by a dead trainer is taken over by the next one without any manual step. A trainer
 that ends normally removes the file.
@@ -26,17 +27,15 @@ import os
 import socket
 import sys
 
-from charrnn.corpus import is_local
 from charrnn.errors import CharRNNError
-
-LOCK_FILE = "train.lock"
+from charrnn.storage import is_local
 
 
 class RunLock:
-    """Context manager: holds the lock of `run_dir` (which must exist) or raises CharRNNError."""
+    """Context manager: holds the lock file `path` (its directory must exist) or raises CharRNNError."""
 
-    def __init__(self, run_dir: str):
-        self.path = os.path.join(run_dir, LOCK_FILE)
+    def __init__(self, path: str):
+        self.path = path
         self._fd: int | None = None
 
     def acquire(self) -> None:

@@ -3,7 +3,7 @@
 Plain Python, no TensorFlow (as Orbit's Controller): `Controller.run()` drives a trainer
 through the protocol `Trainable` epoch by epoch, in compiled chunks that never cross an
 evaluation or checkpoint point, and tells the callbacks (charrnn.callbacks) what happened.
-`Cadence` holds the arithmetic of the schedule. Both are tested without a model.
+Its schedule is charrnn.cadence's arithmetic. Both are tested without a model.
 
 Order at each chunk boundary: evaluate, then checkpoint, then honour a stop request. A
 checkpoint taken at an evaluation point thus holds that evaluation's record, so a resume
@@ -20,9 +20,9 @@ import math
 import time
 from typing import Callable, Protocol, Sequence
 
+from charrnn.cadence import Cadence, EvalRecord
 from charrnn.callbacks import Callback, CallbackList
-from charrnn.config import TrainConfig
-from charrnn.preemption import Stopped
+from charrnn.stopping import Stopped
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,73 +36,6 @@ class EpochStats:
     val_loss: float | None
     val_bpc: float | None
     steps_per_sec: float
-
-
-@dataclasses.dataclass(frozen=True)
-class Cadence:
-    """When things happen, as a function of the step alone.
-
-    `total_steps` is the last step of the run (epochs and max_steps applied); `eval_every`,
-    `patience` and `time_budget` are None when unset.
-    """
-
-    steps_per_epoch: int
-    total_steps: int
-    steps_per_loop: int = 1
-    checkpoint_every: int = 250
-    eval_every: int | None = None
-    log_every: int = 50
-    patience: int | None = None
-    time_budget: float | None = None
-    sample_every: int | None = None
-
-    @classmethod
-    def from_config(cls, config: TrainConfig, steps_per_epoch: int, total_steps: int) -> Cadence:
-        return cls(steps_per_epoch, total_steps, config.steps_per_loop, config.checkpoint_every, config.eval_every,
-                   config.log_every, config.patience, config.time_budget, config.sample_every)
-
-    @property
-    def num_epochs(self) -> int:
-        """Epochs this run trains (a partial last one counts)."""
-        return max(math.ceil(self.total_steps / self.steps_per_epoch), 1)
-
-    def epoch_end(self, epoch: int) -> int:
-        """The step that ends (0-based) `epoch`: its last step, or the run's."""
-        return min((epoch + 1) * self.steps_per_epoch, self.total_steps)
-
-    def chunk(self, step: int, epoch_end: int) -> int:
-        """Steps of the next compiled call from `step`: at most steps_per_loop, never past the
-        epoch's end or the next checkpoint, log, evaluation or sample point, so that those
-        land on the same steps whatever steps_per_loop is (and a callback sees each)."""
-        size = min(self.steps_per_loop, epoch_end - step, self.checkpoint_every - step % self.checkpoint_every)
-        for every in (self.log_every, self.eval_every, self.sample_every):
-            if every is not None:
-                size = min(size, every - step % every)
-        return size
-
-    def evaluation_due(self, step: int, epoch_end: int) -> bool:
-        """Whether `step` is an eval_every point inside its epoch (epoch ends are evaluated
-        when the epoch is finalised)."""
-        return self.eval_every is not None and 0 < step < epoch_end and step % self.eval_every == 0
-
-    def checkpoint_due(self, step: int, epoch_end: int) -> bool:
-        """Whether `step` is a checkpoint_every point inside its epoch (epoch ends are saved
-        when the epoch is finalised)."""
-        return 0 < step < epoch_end and step % self.checkpoint_every == 0
-
-    def log_due(self, step: int) -> bool:
-        """Whether `step` is a log_every point (a chunk ends at each: see `chunk`)."""
-        return step % self.log_every == 0
-
-    def sample_due(self, step: int) -> bool:
-        """Whether `step` is a sample_every point (a chunk ends at each: see `chunk`)."""
-        return self.sample_every is not None and step % self.sample_every == 0
-
-    def patience_exhausted(self, evaluations_since_best: int) -> bool:
-        return self.patience is not None and evaluations_since_best >= self.patience
-
-    def out_of_time(self, train_seconds: float) -> bool:
-        return self.time_budget is not None and train_seconds >= self.time_budget
 
 
 class Trainable(Protocol):
@@ -133,9 +66,9 @@ class Trainable(Protocol):
     def record_evaluation(self, step: int, val_loss: float) -> None:
         """Records an evaluation (and keeps the best checkpoint when it is a new best)."""
 
-    def evaluation_record(self) -> tuple[int, float, int, float, int]:
-        """(last step, last loss, best step, best loss, evaluations since the best); -1 and
-        NaN/inf before any."""
+    @property
+    def evaluations(self) -> EvalRecord:
+        """The evaluations recorded so far."""
 
     def epoch_train_loss(self) -> float:
         """The mean train loss of the current epoch's steps so far, resumes included."""
@@ -192,9 +125,8 @@ class Controller:
             elif self._out_of_time():
                 t.stop_reason = "time_budget"
         finally:
-            _, _, _, best_loss, _ = t.evaluation_record()
-            if math.isfinite(best_loss):
-                logs["best_val_loss"] = best_loss
+            if math.isfinite(t.evaluations.best_loss):
+                logs["best_val_loss"] = t.evaluations.best_loss
             self.callbacks.on_train_end(logs)
         return history
 
@@ -205,7 +137,7 @@ class Controller:
         return done and self.trainer.last_finalized() == step
 
     def _patience_exhausted(self) -> bool:
-        return self.cadence.patience_exhausted(self.trainer.evaluation_record()[4])
+        return self.cadence.patience_exhausted(self.trainer.evaluations.since_best)
 
     def _out_of_time(self) -> bool:
         return self.cadence.out_of_time(self.train_seconds)
@@ -218,7 +150,7 @@ class Controller:
         epoch_end = c.epoch_end(epoch)
         start, start_step = self.clock(), step
         while True:
-            if c.evaluation_due(step, epoch_end) and t.evaluation_record()[0] != step:
+            if c.evaluation_due(step, epoch_end) and t.evaluations.last_step != step:
                 self._evaluate(step)
             if step != start_step and c.checkpoint_due(step, epoch_end):
                 t.save()
@@ -229,9 +161,8 @@ class Controller:
             step = self._train_chunk(step, c.chunk(step, epoch_end))
         steps_per_sec = (step - start_step) / max(self.clock() - start, 1e-9)
 
-        last_step, last_loss, *_ = t.evaluation_record()
         # Evaluated already at this step (mid-epoch, then stopped early): not again.
-        val_loss = last_loss if last_step == step else self._evaluate(step)
+        val_loss = t.evaluations.last_loss if t.evaluations.last_step == step else self._evaluate(step)
         stats = EpochStats(epoch=epoch + 1, step=step, train_loss=t.epoch_train_loss(), val_loss=val_loss,
                            val_bpc=None if val_loss is None else val_loss / math.log(2), steps_per_sec=steps_per_sec)
         self.callbacks.on_epoch_end(epoch + 1, _epoch_logs(stats))
@@ -260,9 +191,8 @@ class Controller:
         if val_loss is None:
             return None
         self.trainer.record_evaluation(step, val_loss)
-        _, _, _, best_loss, _ = self.trainer.evaluation_record()
         self.callbacks.on_evaluate(step, {"val_loss": val_loss, "val_bpc": val_loss / math.log(2),
-                                          "best_val_loss": best_loss})
+                                          "best_val_loss": self.trainer.evaluations.best_loss})
         return val_loss
 
 

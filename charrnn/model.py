@@ -18,6 +18,11 @@ LayerState = tuple[tf.Tensor, ...]
 State = tuple[LayerState, ...]
 
 
+def sequence_loss(targets: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
+    """Per-sequence mean sparse cross-entropy from logits, shape [batch]."""
+    return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(targets, logits), axis=-1)
+
+
 class CharRNN(keras.Model):
     """Character-level recurrent language model.
 

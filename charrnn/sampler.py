@@ -16,11 +16,11 @@ from typing import Iterator
 import numpy as np
 import tensorflow as tf
 
-from charrnn import checkpoint
 from charrnn.data import Vocabulary
 from charrnn.devices import resolve_device
 from charrnn.errors import CharRNNError
 from charrnn.model import CharRNN
+from charrnn.trained import load_model
 
 MAX_NUM_CHARS = 1_000_000
 MAX_NUM_SAMPLES = 4096
@@ -99,7 +99,7 @@ class Sampler:
 
         `which` is `best` (lowest validation loss), `latest`, or None: best when the run has one.
         """
-        model, _, vocab, _ = checkpoint.load_model(run_dir, which, resolve_device(device))
+        model, _, vocab, _ = load_model(run_dir, which, resolve_device(device))
         return cls(model, vocab, device)
 
     def generate(self, prime: str, num_chars: int = 500, temperature: float = 0.5, num_samples: int = 1,

@@ -26,7 +26,7 @@ from google.protobuf import struct_pb2
 from tensorflow.core.framework import summary_pb2
 
 from charrnn.callbacks import Callback
-from charrnn.checkpoint import STORAGE_ERRORS, storage_error
+from charrnn.storage import storage_error, storage_errors
 
 
 def _metadata(plugin: str, data_class: int, content: bytes = b"") -> bytes:
@@ -66,7 +66,7 @@ class TensorBoard(Callback):
     def _guard(self, write: Any) -> None:
         try:
             write()
-        except STORAGE_ERRORS as e:
+        except storage_errors() as e:
             raise storage_error("write TensorBoard logs to", self.log_dir, e) from None
 
     def _scalars(self, writer: str, step: int, values: dict[str, float]) -> None:

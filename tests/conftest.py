@@ -77,9 +77,9 @@ def tiny_config(data: Path | str, run_dir: Path | str, **overrides) -> TrainConf
 
 def run_cli(tool: str, *args: str, env: dict | None = None, cwd: Path | None = None,
             input: str | None = None) -> subprocess.CompletedProcess:  # noqa: A002 - subprocess's name
-    """Runs `python -m charrnn.<tool> args...` and returns the finished process (text output)."""
+    """Runs `python -m charrnn.cli.<tool> args...` and returns the finished process (text output)."""
     full_env = dict(os.environ, **(env or {}))
-    return subprocess.run([sys.executable, "-m", f"charrnn.{tool}", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", f"charrnn.cli.{tool}", *args], capture_output=True, text=True,
                           env=full_env, cwd=cwd, timeout=300, input=input)
 
 
@@ -202,7 +202,7 @@ class CrashAt(Callback):
 
 def logged(run: Path | str, key: str) -> dict[int, float]:
     """{step: value} of the metrics.jsonl lines of `run` that hold `key` (the last one per step)."""
-    from charrnn.checkpoint import read_metrics
+    from charrnn.metrics import read_metrics
 
     return {m["step"]: m[key] for m in read_metrics(str(run)) if m.get(key) is not None}
 

@@ -60,7 +60,7 @@ def main() -> None:
 
     tf.train.CheckpointManager.save = save
     sys.argv = ["charrnn-train", *sys.argv[4:]]
-    from charrnn import train
+    from charrnn.cli import train
     train.run()
 
 

@@ -9,38 +9,12 @@ import re
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import tiny_config
+from conftest import Recorder, StopAt, tiny_config
 from tensorflow.core.util import event_pb2
 
 import charrnn
 from charrnn import Trainer
-from charrnn.checkpoint import read_metrics
-
-
-class Recorder(charrnn.Callback):
-    """Every call with its step and logs, and each chunk's per-step losses."""
-
-    def __init__(self):
-        self.events: list[tuple] = []
-        self.step_losses: dict[int, float] = {}
-
-    def on_train_begin(self, trainer):
-        self.trainer = trainer
-        self.events.append(("begin",))
-
-    def on_chunk_end(self, step, logs):
-        self.events.append(("chunk", step, dict(logs)))
-        losses = self.trainer.last_losses
-        self.step_losses.update({step - len(losses) + 1 + i: float(x) for i, x in enumerate(losses)})
-
-    def on_evaluate(self, step, logs):
-        self.events.append(("evaluate", step, dict(logs)))
-
-    def on_epoch_end(self, epoch, logs):
-        self.events.append(("epoch", epoch, dict(logs)))
-
-    def on_train_end(self, logs):
-        self.events.append(("end", dict(logs)))
+from charrnn.metrics import read_metrics
 
 
 def test_callbacks_see_the_run_as_plain_floats(small_text, tmp_path, capsys):
@@ -89,17 +63,9 @@ def test_verbose_2_prints_a_line_per_log_interval_with_its_mean_loss(small_text,
 
 
 def test_a_callback_stops_the_run_with_a_checkpoint_and_a_rerun_continues(small_text, tmp_path, capsys):
-    class StopAt(charrnn.Callback):
-        def on_train_begin(self, trainer):
-            self.trainer = trainer
-
-        def on_chunk_end(self, step, logs):
-            if step == 4:
-                self.trainer.stop_training = True
-
     config = tiny_config(small_text, tmp_path / "run", max_steps=7, log_every=1)
     trainer = Trainer(config)
-    assert trainer.fit(callbacks=[StopAt()], verbose=2) == []
+    assert trainer.fit(callbacks=[StopAt(4)], verbose=2) == []
     assert int(trainer.step.numpy()) == 4 and trainer.stop_reason == "stop_requested"
     assert trainer.checkpoint_path().endswith("ckpt-4")
     assert "Stopped at step 4 (stop_requested); checkpoint saved to" in capsys.readouterr().out
@@ -175,15 +141,8 @@ def test_samples_while_training_leave_the_run_unchanged_and_survive_a_resume(sma
         np.testing.assert_array_equal(a.numpy(), b.numpy())
     assert read_metrics(tmp_path / "plain") == read_metrics(tmp_path / "sampled")
 
-    class StopAt5(charrnn.Callback):
-        def on_train_begin(self, trainer):
-            self.trainer = trainer
-
-        def on_chunk_end(self, step, logs):
-            self.trainer.stop_training = step == 5
-
     interrupted = sampled.replace(run_dir=str(tmp_path / "interrupted"))
-    Trainer(interrupted).fit(callbacks=[StopAt5()], verbose=2)
+    Trainer(interrupted).fit(callbacks=[StopAt(5)], verbose=2)
     Trainer(interrupted).fit(verbose=2)
     again = re.findall(r"--- sample at step (\d+) ---\n(.*?)\n---\n", capsys.readouterr().out, re.S)
     assert again == printed

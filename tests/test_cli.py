@@ -43,17 +43,17 @@ def test_preset_values_yield_to_explicit_flags_and_flagfile_works(tmp_path, smal
 
 
 def test_tools_answer_help_with_their_own_flags_without_tensorflow():
-    for tool in ("train", "sample", "eval", "export_cli"):  # flags are parsed before TensorFlow starts
-        proc = subprocess.run([sys.executable, "-c", f"import sys, charrnn.{tool}; print('tensorflow' in sys.modules)"],
+    for tool in ("train", "sample", "eval", "export"):  # flags are parsed before TensorFlow starts
+        proc = subprocess.run([sys.executable, "-c", f"import sys, charrnn.cli.{tool}; print('tensorflow' in sys.modules)"],
                               capture_output=True, text=True)
         assert proc.stdout.strip() == "False", proc.stderr
     expected = {
         "train": ["Model:", "--rnn_units (default: 1024)", "Validation:", "--eval_every (default: unset)",
                   "--carry_state (default: false)", "General:", "--preset (default: unset)", "--tf_logs"],
-        "sample": ["charrnn options:", "--temperature (default: 0.5)", "Run to read:", "--run_dir (default: "
+        "sample": ["charrnn-sample options:", "--temperature (default: 0.5)", "Run to read:", "--run_dir (default: "
                    "'runs/charrnn')"],
         "eval": ["--split (default: 'all')", "--which (default: unset)"],
-        "export_cli": ["--export_dir (default: unset)"],
+        "export": ["--export_dir (default: unset)"],
     }
     for tool, lines in expected.items():
         proc = run_cli(tool, "--help")
@@ -83,7 +83,7 @@ def test_the_progress_line_fits_its_width_and_counts_the_run():
     from types import SimpleNamespace
 
     from charrnn.callbacks import ProgressLogger
-    from charrnn.loop import Cadence
+    from charrnn.cadence import Cadence
 
     def _Progress(total_steps, steps_per_epoch, log_every, start_step):  # noqa: N802 - reads as the class it was
         progress = ProgressLogger(verbose=2)
@@ -112,7 +112,7 @@ def test_the_live_progress_line_never_wraps_on_a_50_column_terminal(small_text, 
     main, child = pty.openpty()
     fcntl.ioctl(child, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 50, 0, 0))
     env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
-    proc = subprocess.Popen([sys.executable, "-m", "charrnn.train", f"--data={small_text}",
+    proc = subprocess.Popen([sys.executable, "-m", "charrnn.cli.train", f"--data={small_text}",
                              f"--run_dir={tmp_path / 'run'}", "--max_steps=30", "--eval_every=10", *TINY_FLAGS],
                             stdout=child, stderr=subprocess.PIPE, env=env)
     os.close(child)

@@ -25,7 +25,7 @@ import tensorflow as tf
 
 from charrnn import CharRNNError, Sampler, TrainConfig, Trainer
 from charrnn.distribute import configure_cpu_devices
-from charrnn.preemption import EXIT_PREEMPTED
+from charrnn.stopping import EXIT_PREEMPTED
 from conftest import logged, run_cli, tiny_config
 
 FLAGS = ["--embedding_dim=8", "--rnn_units=32", "--batch_size=8", "--seq_length=20", "--log_every=1",
@@ -97,7 +97,7 @@ def _cluster(count: int = 2):
 def _worker(args: list[str], cluster: dict, index: int, tmp_path, **popen) -> subprocess.Popen:
     env = dict(os.environ, TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}),
                TMPDIR=str(tmp_path))  # where the non-chief worker's scratch checkpoints go
-    return subprocess.Popen([sys.executable, "-m", "charrnn.train", "--strategy=multi_worker", *args], env=env,
+    return subprocess.Popen([sys.executable, "-m", "charrnn.cli.train", "--strategy=multi_worker", *args], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
 
 

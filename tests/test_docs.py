@@ -75,3 +75,11 @@ def test_the_readme_callback_example_runs(corpus_cache, tmp_path, monkeypatch, c
     assert [line.split(":")[0] for line in lines] == ["step 10", "step 20"], lines
     assert all(re.fullmatch(r"step \d+: \d+\.\d{3} bits/char", line) for line in lines)
     assert (tmp_path / "runs" / "watch" / "ckpt" / "checkpoint").exists()
+
+
+def test_the_readmes_table_names_every_module():
+    section = (REPO / "README.md").read_text().split("## How the code is organised", 1)[1].split("\n## ", 1)[0]
+    named = set(re.findall(r"`(?:charrnn/)?(\w+\.py|cli/)`", section))
+    modules = {p.name for p in (REPO / "charrnn").glob("*.py") if p.name != "__init__.py"} | {"cli/"}
+    assert modules - named == set()
+    assert named - modules <= {p.name for p in (REPO / "charrnn" / "cli").glob("*.py")}  # no module that is gone

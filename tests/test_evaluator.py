@@ -9,6 +9,7 @@ import pytest
 import tensorflow as tf
 
 from charrnn import CharRNN, Trainer, Vocabulary
+from charrnn.data import Layout
 from charrnn.evaluator import Evaluator
 from conftest import shakespeare, tiny_config
 
@@ -51,7 +52,7 @@ def model() -> CharRNN:
 @pytest.mark.parametrize("length", [1000, 1013])  # streams and windows with a remainder, or without
 def test_the_evaluator_equals_one_long_pass_of_the_model(model, carry_state, length):
     ids = np.random.default_rng(length).integers(0, 20, length)
-    loss = Evaluator(model, seq_length=20, batch_size=4, carry_state=carry_state).loss(ids)
+    loss = Evaluator(model, Layout(seq_length=20, batch_size=4, carry_state=carry_state)).loss(ids)
     expected = _long_pass_loss(model, ids, 20, 4, carry_state)
     assert loss == pytest.approx(expected, rel=1e-5)
     # Teeth: the other layout (a state reset at every batch, or carried over the windows) is far off.

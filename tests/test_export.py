@@ -144,7 +144,7 @@ def test_export_refuses_a_non_empty_directory(trained_run, tmp_path):
     with pytest.raises(CharRNNError, match="is not empty"):
         charrnn.export(str(trained_run), str(tmp_path))
     assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
-    proc = run_cli("export_cli", f"--run_dir={trained_run}", f"--export_dir={tmp_path}")
+    proc = run_cli("export", f"--run_dir={trained_run}", f"--export_dir={tmp_path}")
     assert proc.returncode == 2 and "is not empty" in proc.stderr.strip().splitlines()[-1]
 
 
@@ -161,7 +161,7 @@ def test_stream_and_interactive_on_the_command_line(trained_run):
     streamed = run_cli("sample", f"--run_dir={trained_run}", "--prime=The ", "--num_chars=80", "--seed=9", "--stream")
     assert streamed.returncode == 0, streamed.stderr
     assert streamed.stdout == Sampler.from_checkpoint(str(trained_run)).generate("The ", 80, 0.5, seed=9) + "\n"
-    proc = subprocess.run([sys.executable, "-m", "charrnn.sample", f"--run_dir={trained_run}", "--num_chars=20",
+    proc = subprocess.run([sys.executable, "-m", "charrnn.cli.sample", f"--run_dir={trained_run}", "--num_chars=20",
                            "--seed=9", "--interactive"], input="The \nbad ~\n\nquick\n", capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]

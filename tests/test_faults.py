@@ -12,6 +12,7 @@ import re
 import signal
 import subprocess
 import sys
+import types
 import typing
 from pathlib import Path
 
@@ -20,9 +21,10 @@ import pytest
 import tensorflow as tf
 
 from charrnn import Callback, CharRNNError, Sampler, TrainConfig, Trainer
-from charrnn.checkpoint import checkpoint_paths, read_metrics
-from charrnn.lock import RunLock
-from charrnn.preemption import EXIT_PREEMPTED, Preempted, StopRequest
+from charrnn.checkpoint import checkpoint_paths
+from charrnn.metrics import read_metrics
+from charrnn.rundir import RunDir
+from charrnn.stopping import EXIT_PREEMPTED, Preempted, SignalStop
 from conftest import (TINY_FLAGS, assert_one_line_error, copy_run, half_written, leftovers, logged, run_cli,
                       shakespeare, snapshot, tiny_config)
 
@@ -41,7 +43,7 @@ def _checkpoint_values(run: Path, directory: str = "ckpt") -> dict[str, np.ndarr
 
 def _train_until(args: list[str], step: int, sig: int) -> subprocess.Popen:
     """Starts charrnn-train, sends `sig` as soon as it reports `step`, and returns the ended process."""
-    proc = subprocess.Popen([sys.executable, "-m", "charrnn.train", *args], stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-m", "charrnn.cli.train", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     for line in proc.stdout:
         match = re.search(r"step (\d+)/", line)
@@ -125,13 +127,15 @@ def test_killed_anywhere_again_and_again_then_a_clean_finish_is_bit_identical(sm
     _assert_same_run(run, tmp_path / "ref", total, f"interrupted at steps up to {step}")
     assert any(k.startswith("validation/") for k in _checkpoint_values(run, "best"))
     assert not leftovers(run)
+    # The save killed before the state file named it was deleted in its turn: max_to_keep.
+    assert len(list((run / "ckpt").glob("*.index"))) == 3
 
 
 def test_a_second_trainer_on_a_run_in_use_is_refused_in_one_line(trained_run, tmp_path):
     """The train tool's error contract: one line, exit status 2, nothing changed."""
     run = copy_run(trained_run, tmp_path / "run")
     before = snapshot(run)
-    with RunLock(str(run)):  # as a trainer in another process holds it
+    with RunDir(str(run)).lock():  # as a trainer in another process holds it
         proc = run_cli("train", f"--data={trained_run.parent / 'text.txt'}", f"--run_dir={run}", "--max_steps=6",
                        *TINY_FLAGS)
     assert_one_line_error(proc, f"run directory {run} is in use by another trainer (pid {os.getpid()} on host ")
@@ -163,7 +167,7 @@ def test_a_stop_during_evaluation_is_prompt_and_the_evaluation_is_redone(small_t
 
     def eval_step_then_signal(*args):
         calls.append(1)
-        os.kill(os.getpid(), signal.SIGTERM)  # handled by fit()'s StopRequest before the next batch
+        os.kill(os.getpid(), signal.SIGTERM)  # handled by fit()'s SignalStop before the next batch
         return real_eval_step(*args)
 
     trainer._evaluator._step = eval_step_then_signal
@@ -182,10 +186,13 @@ def test_a_stop_during_evaluation_is_prompt_and_the_evaluation_is_redone(small_t
 
 def test_second_ctrl_c_falls_through_to_the_default_action():
     before = signal.getsignal(signal.SIGINT)
-    with StopRequest() as stop:
-        os.kill(os.getpid(), signal.SIGINT)
-        assert stop.requested == "SIGINT"
-        assert signal.getsignal(signal.SIGINT) is signal.SIG_DFL  # the next Ctrl-C ends the process at once
+    trainer = types.SimpleNamespace(stop_training=False, stop_reason=None)
+    stop = SignalStop()
+    stop.on_train_begin(trainer)
+    os.kill(os.getpid(), signal.SIGINT)
+    assert stop.requested == "SIGINT" and trainer.stop_training and trainer.stop_reason == "SIGINT"
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_DFL  # the next Ctrl-C ends the process at once
+    stop.on_train_end({})
     assert signal.getsignal(signal.SIGINT) is before
 
 
@@ -227,7 +234,7 @@ def test_damaged_newest_checkpoint_falls_back_to_an_older_one(six_steps, tmp_pat
     for a, b in zip(sampler.model.trainable_variables, resumed.model.trainable_variables):
         np.testing.assert_array_equal(a.numpy(), b.numpy())  # both read checkpoint 4
     resumed.fit(verbose=0)
-    assert checkpoint_paths(str(run))[0].endswith("ckpt-8")
+    assert checkpoint_paths(str(run / "ckpt"))[0].endswith("ckpt-8")
 
 
 def test_no_readable_checkpoint_stops_with_a_message(six_steps, tmp_path):

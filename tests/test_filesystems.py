@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 from charrnn import Sampler, Trainer, export
-from charrnn.checkpoint import read_metrics
+from charrnn.metrics import read_metrics
 from conftest import tiny_config
 
 

@@ -11,7 +11,8 @@ import tensorflow as tf
 from conftest import SHARED_CORPUS, tiny_config
 
 from charrnn import CharRNNError, Trainer
-from charrnn.checkpoint import load_model, read_metrics
+from charrnn.metrics import read_metrics
+from charrnn.trained import load_model
 
 SIZES = dict(embedding_dim=16, rnn_units=48, batch_size=8, seq_length=40, learning_rate=0.01, device="/CPU:0")
 

@@ -11,8 +11,9 @@ import sys
 import pytest
 
 from charrnn.callbacks import Callback
-from charrnn.loop import Cadence, Controller
-from charrnn.preemption import Stopped
+from charrnn.cadence import Cadence, EvalRecord
+from charrnn.loop import Controller
+from charrnn.stopping import Stopped
 
 
 class FakeTrainer:
@@ -76,8 +77,9 @@ class FakeTrainer:
         else:
             r[4] += 1
 
-    def evaluation_record(self):
-        return tuple(self.record)
+    @property
+    def evaluations(self):
+        return EvalRecord(*self.record)
 
     def epoch_train_loss(self):
         return self.loss_sum / max(self.step - self.epoch * self.cadence.steps_per_epoch, 1)
@@ -196,7 +198,7 @@ def test_patience_stops_the_run_and_a_rerun_stays_stopped():
     trainer = FakeTrainer(cadence, val=lambda step: float(step))  # worse every time after the first
     history = Controller(trainer, cadence).run()
     assert trainer.step == 15 and trainer.stop_reason == "patience" and history[-1].val_loss == 15.0
-    assert trainer.evaluation_record()[2] == 5
+    assert trainer.evaluations.best_step == 5
     assert Controller(trainer, cadence).run() == [] and trainer.step == 15
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from charrnn import Trainer
-from charrnn.checkpoint import read_metrics
+from charrnn.metrics import read_metrics
 from conftest import Crash, CrashAt, logged, tiny_config
 
 

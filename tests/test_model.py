@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 from charrnn import CharRNN
-from charrnn.trainer import sequence_loss
+from charrnn.model import sequence_loss
 
 
 def test_case_study_model_has_5326398_parameters_for_62_characters():

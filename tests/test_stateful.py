@@ -7,16 +7,16 @@ import pytest
 import tensorflow as tf
 
 from charrnn import Trainer
-from charrnn.trainer import sequence_loss
+from charrnn.model import sequence_loss
 from conftest import tiny_config
 
 
 def test_each_step_starts_from_the_state_the_previous_one_ended_with(small_text, tmp_path):
     config = tiny_config(small_text, tmp_path / "run", carry_state=True, max_steps=3)
     trainer = Trainer(config)
-    assert trainer.steps_per_epoch == (len(trainer._train_ids) // 4 - 1) // 20
+    assert trainer.steps_per_epoch == (len(trainer.data.train_ids) // 4 - 1) // 20
     assert all(not v.numpy().any() for v in trainer.carried_state)  # an epoch starts from zeros
-    for i, (inputs, targets) in enumerate(trainer.train_dataset(0).take(3)):
+    for i, (inputs, targets) in enumerate(trainer.data.dataset(0).take(3)):
         # What the step must do, computed with the weights and carried state before it.
         logits, end_state = trainer.model(inputs, state=trainer._carried())
         expected_loss = tf.reduce_mean(sequence_loss(targets, logits))
@@ -44,7 +44,7 @@ def test_the_carried_state_is_checkpointed_and_reset_each_epoch(small_text, tmp_
     # The first step of epoch 2 starts from zeros, not from where epoch 1 ended.
     last = Trainer(config.replace(max_steps=first.steps_per_epoch + 1))
     assert all(v.numpy().any() for v in last.carried_state)
-    _, end_state = last.model(next(iter(last.train_dataset(1)))[0])
+    _, end_state = last.model(next(iter(last.data.dataset(1)))[0])
     last.fit()
     assert int(last.epoch.numpy()) == 1
     for variable, value in zip(last.carried_state, tf.nest.flatten(end_state)):

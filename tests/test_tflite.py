@@ -86,7 +86,7 @@ def test_tflite_export_refuses_what_it_cannot_write(trained_run, tmp_path):
     (tmp_path / "full" / "x").write_text("taken")
     with pytest.raises(CharRNNError, match="is not empty"):
         export_tflite(str(trained_run), str(tmp_path / "full"))
-    proc = run_cli("export_cli", f"--run_dir={trained_run}", f"--export_dir={tmp_path / 'sm'}", "--quantize=dynamic")
+    proc = run_cli("export", f"--run_dir={trained_run}", f"--export_dir={tmp_path / 'sm'}", "--quantize=dynamic")
     assert proc.returncode == 2 and "--quantize applies to --format=tflite" in proc.stderr
     assert not (tmp_path / "sm").exists()
 
@@ -95,7 +95,7 @@ def test_a_mixed_precision_run_exports_in_float32_to_a_named_file(small_text, tm
     from conftest import tiny_config
 
     from charrnn import Trainer
-    from charrnn.checkpoint import load_model
+    from charrnn.trained import load_model
 
     run = tmp_path / "run"
     Trainer(tiny_config(small_text, run, max_steps=2, mixed_precision="mixed_bfloat16")).fit(verbose=0)

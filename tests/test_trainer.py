@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 
 from charrnn import CharRNNError, Sampler, Trainer, TrainConfig, Vocabulary
-from charrnn.checkpoint import read_metrics
+from charrnn.metrics import read_metrics
 from conftest import Recorder, read_scalars, shakespeare, tiny_config
 
 
@@ -148,7 +148,7 @@ def test_jit_compiled_step_matches_the_plain_one(small_text, tmp_path):
         trainer.fit()
         losses[jit] = [m["loss"] for m in read_metrics(str(tmp_path / f"jit{jit}")) if "loss" in m]
         # The step that ran: XLA must compile its forward and backward pass with jit_compile.
-        step = trainer._train_loop.get_concrete_function(iter(trainer.train_dataset(0)), tf.constant(1))
+        step = trainer._train_loop.get_concrete_function(iter(trainer.data.dataset(0)), tf.constant(1))
         xla = [f for f in step.graph.as_graph_def().library.function
                if "_XlaMustCompile" in f.attr and f.attr["_XlaMustCompile"].b]
         assert bool(xla) == jit
@@ -157,7 +157,7 @@ def test_jit_compiled_step_matches_the_plain_one(small_text, tmp_path):
 
 def test_learning_rate_schedules():
     from charrnn import TrainConfig
-    from charrnn.trainer import LearningRate
+    from charrnn.optimizer import LearningRate
 
     def lr(step, **kw):
         return float(LearningRate(TrainConfig(learning_rate=0.01, **kw), steps_per_epoch=10, total_steps=110)(step))
@@ -185,7 +185,7 @@ def test_weight_decay_uses_adamw_and_schedule_survives_resume(small_text, tmp_pa
     decayed, undecayed = trainer.model.dense.kernel.numpy(), plain.model.dense.kernel.numpy()
     assert np.abs(decayed).sum() < np.abs(undecayed).sum()  # the decay pulled the weights towards 0
     resumed = Trainer(config.replace(max_steps=6))
-    from charrnn.trainer import LearningRate
+    from charrnn.optimizer import LearningRate
     expected = LearningRate(resumed.config, resumed.steps_per_epoch, 6)(3)  # the curve continues at the restored step
     assert float(resumed.optimizer.learning_rate) == pytest.approx(float(expected))
     resumed.fit()
@@ -278,7 +278,7 @@ def test_each_epoch_is_another_permutation_and_reports_the_mean_of_its_steps(tmp
     windows = {tuple(w): i for i, w in enumerate(ids[: len(ids) // 21 * 21].reshape(-1, 21))}
     orders = []
     for epoch in (0, 1):
-        rows = [np.concatenate([x, y[:, -1:]], 1) for x, y in trainer.train_dataset(epoch).as_numpy_iterator()]
+        rows = [np.concatenate([x, y[:, -1:]], 1) for x, y in trainer.data.dataset(epoch).as_numpy_iterator()]
         order = [windows[tuple(row)] for row in np.concatenate(rows)]  # KeyError: not a window of the text
         assert len(order) == len(set(order)) == trainer.steps_per_epoch * 4
         orders.append(order)
@@ -292,7 +292,7 @@ def test_each_epoch_is_another_permutation_and_reports_the_mean_of_its_steps(tmp
         assert stats.train_loss == pytest.approx(np.mean(steps), rel=1e-6)
 
     replay = Trainer(config.replace(run_dir=str(tmp_path / "replay")))
-    losses = [float(replay.train_step(x, y)[0]) for epoch in (0, 1) for x, y in replay.train_dataset(epoch)]
+    losses = [float(replay.train_step(x, y)[0]) for epoch in (0, 1) for x, y in replay.data.dataset(epoch)]
     np.testing.assert_allclose(losses, [recorder.step_losses[s] for s in range(1, 2 * spe + 1)], rtol=1e-5)
     for a, b in zip(replay.model.trainable_variables, trainer.model.trainable_variables):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)

@@ -6,17 +6,17 @@ settings and --flagfile reads flags from a file.
 
 from __future__ import annotations
 
-from charrnn import _cli
+from charrnn.cli import tool
 from charrnn.config import TrainConfig
 
-_cli.define_dataclass_flags(TrainConfig)
-_cli.define_preset_flag()
+tool.define_dataclass_flags(TrainConfig)
+tool.define_preset_flag()
 
 
 def main() -> None:
     from charrnn.trainer import Trainer  # TensorFlow: after the flags are parsed
 
-    config = _cli.dataclass_from_flags(TrainConfig)
+    config = tool.dataclass_from_flags(TrainConfig)
     trainer = Trainer(config)
     print(f"Corpus {config.data}: {len(trainer.vocab)} distinct characters, "
           f"{trainer.steps_per_epoch} steps per epoch, {trainer.total_steps} steps in all; "
@@ -33,7 +33,7 @@ def main() -> None:
 
 
 def run() -> None:
-    _cli.run(main, __doc__)
+    tool.run(main, __doc__)
 
 
 if __name__ == "__main__":

@@ -7,10 +7,10 @@ from typing import Iterator
 
 from absl import flags
 
-from charrnn import _cli
+from charrnn.cli import tool
 from charrnn.errors import CharRNNError
 
-_cli.define_checkpoint_flags()
+tool.define_checkpoint_flags()
 flags.DEFINE_string("prime", None, "Text to start from (default: a newline if the vocabulary has one, "
                     "else its first character).")
 flags.DEFINE_integer("num_chars", 500, "Characters to generate after the prime.")
@@ -25,21 +25,21 @@ flags.DEFINE_boolean("stream", False, "Print characters as they are produced (co
                      "the same text as without it.")
 flags.DEFINE_boolean("interactive", False, "Read a prime per line from standard input and answer each with a "
                      "streamed sample, until end of input.")
-_cli.define_preset_flag()
+tool.define_preset_flag()
 
 
 def main() -> None:
     from charrnn.sampler import Sampler  # TensorFlow: after the flags are parsed
 
-    sampler = Sampler.from_checkpoint(_cli.flag_value("run_dir"), device=_cli.flag_value("device"),
-                                      which=_cli.flag_value("which"))
-    options = dict(num_chars=_cli.flag_value("num_chars"), temperature=_cli.flag_value("temperature"),
-                   seed=_cli.flag_value("seed"), top_k=_cli.flag_value("top_k"), top_p=_cli.flag_value("top_p"),
-                   greedy=_cli.flag_value("greedy"), stop_at=_cli.flag_value("stop_at"))
-    num_samples = _cli.flag_value("num_samples")
-    if (_cli.flag_value("stream") or _cli.flag_value("interactive")) and num_samples != 1:
+    sampler = Sampler.from_checkpoint(tool.flag_value("run_dir"), device=tool.flag_value("device"),
+                                      which=tool.flag_value("which"))
+    options = dict(num_chars=tool.flag_value("num_chars"), temperature=tool.flag_value("temperature"),
+                   seed=tool.flag_value("seed"), top_k=tool.flag_value("top_k"), top_p=tool.flag_value("top_p"),
+                   greedy=tool.flag_value("greedy"), stop_at=tool.flag_value("stop_at"))
+    num_samples = tool.flag_value("num_samples")
+    if (tool.flag_value("stream") or tool.flag_value("interactive")) and num_samples != 1:
         raise CharRNNError("--stream and --interactive print one sample at a time; leave --num_samples at 1")
-    if _cli.flag_value("interactive"):
+    if tool.flag_value("interactive"):
         for line in sys.stdin:
             prime = line.rstrip("\n")
             if not prime:
@@ -49,10 +49,10 @@ def main() -> None:
             except CharRNNError as e:  # a bad prime does not end the session
                 print(f"error: {e}", file=sys.stderr, flush=True)
         return
-    prime = _cli.flag_value("prime")
+    prime = tool.flag_value("prime")
     if prime is None:
-        prime = "\n" if "\n" in sampler.vocab.chars else sampler.vocab.chars[0]
-    if _cli.flag_value("stream"):
+        prime = sampler.vocab.default_prime
+    if tool.flag_value("stream"):
         _print_stream(prime, sampler.stream(prime, **options))
         return
     texts = sampler.generate(prime, num_samples=num_samples, **options)
@@ -75,7 +75,7 @@ def _print_stream(prime: str, pieces: Iterator[str]) -> None:
 
 
 def run() -> None:
-    _cli.run(main, __doc__)
+    tool.run(main, __doc__)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
-"""Shared plumbing of the command-line tools: flags from a dataclass, presets, --help,
-a quiet TensorFlow start-up, error exits.
+"""What the command-line tools share: flags from a dataclass, presets, --help, a quiet
+TensorFlow start-up, one-line error exits.
 
 Nothing here imports TensorFlow: the tools parse their flags (and answer --help) first,
 and import what needs TensorFlow inside their `main`.
@@ -20,7 +20,7 @@ from absl import app, flags, logging
 
 from charrnn.config import PRESETS, WHICH
 from charrnn.errors import CharRNNError
-from charrnn.preemption import EXIT_PREEMPTED, Preempted
+from charrnn.stopping import EXIT_PREEMPTED, Preempted
 
 FLAGS = flags.FLAGS
 # Flag name -> the heading --help lists it under (flags a tool defines itself go under the
@@ -88,12 +88,11 @@ def dataclass_from_flags(cls: type) -> Any:
 def run(main: Callable[[], None], doc: str) -> None:
     """Runs `main` under absl; a CharRNNError becomes a one-line message and exit status 2.
 
-    `doc` (the tool's module docstring) heads --help, which lists the tool's own flags by
-    group. A preempted training run (SIGTERM, Ctrl-C) exits with EXIT_PREEMPTED after its message.
+    `doc` (the tool's module docstring, which starts with the tool's name) heads --help,
+    which lists the tool's own flags by group. A preempted training run (SIGTERM, Ctrl-C)
+    exits with EXIT_PREEMPTED after its message.
     """
-    prog = os.path.basename(sys.argv[0])
-    if prog in ("__main__.py", "train.py", "sample.py", "eval.py", "export_cli.py"):
-        prog = "charrnn"
+    prog = doc.split(":", 1)[0]
     if any(arg in ("-h", "-?", "--help", "--helpshort") for arg in sys.argv[1:]):
         sys.stdout.write(_help(prog, doc))
         sys.exit(0)

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from absl import flags
 
-from charrnn import _cli
+from charrnn.cli import tool
 
-_cli.define_checkpoint_flags(device=False)
+tool.define_checkpoint_flags(device=False)
 flags.DEFINE_string("export_dir", None, "Directory to write to (new or empty).", required=True)
 flags.DEFINE_enum("format", "savedmodel", ["savedmodel", "tflite"], "savedmodel: generate and step signatures "
                   "for TensorFlow and TF Serving; tflite: model.tflite (one step, TFLite builtin ops) and vocab.json.")
@@ -32,7 +32,7 @@ def main() -> None:
 
 
 def run() -> None:
-    _cli.run(main, __doc__)
+    tool.run(main, __doc__)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,121 @@
+"""`fit`: what `Trainer.fit()` does around the loop, in the order it does it.
+
+1. Claims the run directory: creates it, takes its lock (one trainer per run), removes
+   what an interrupted write left; if another trainer saved a checkpoint since this one was
+   built, continues from that one. A non-chief worker of a multi-worker run writes to a
+   scratch directory instead (every worker takes part in each save; only the chief's files
+   are the run's).
+2. Writes config.json and vocab.json, and sets up the checkpoints (charrnn.checkpoint).
+3. Runs charrnn.loop's Controller with the default observers first (metrics.jsonl,
+   TensorBoard, the console's progress and samples, signals, a worker's preemption), as
+   Keras' CallbackList adds its defaults, then the caller's callbacks.
+4. Turns every stop that a rerun continues into one exception, `Preempted`: a signal, the
+   preemption of a worker, the loss of a worker.
+
+A non-finite loss or gradient stops training with a CharRNNError; that step is not applied
+and no checkpoint is written for it, and no checkpoint is ever written with non-finite
+weights. A storage fault (no space, quota, read-only) raises CharRNNError; the checkpoints
+already saved stay.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from typing import TYPE_CHECKING, Iterator, Literal, Sequence
+
+from charrnn import storage
+from charrnn.callbacks import Callback, ProgressLogger, SamplePrinter
+from charrnn.checkpoint import Checkpointer, checkpoint_paths
+from charrnn.distribute import describe
+from charrnn.errors import CharRNNError
+from charrnn.loop import Controller, EpochStats
+from charrnn.metrics import MetricsLog
+from charrnn.rundir import RunDir, RunFiles
+from charrnn.stopping import Preempted, SignalStop
+from charrnn.tensorboard import TensorBoard
+
+if TYPE_CHECKING:
+    from charrnn.trainer import Trainer
+
+
+def fit(trainer: Trainer, callbacks: Sequence[Callback] = (), verbose: int | Literal["auto"] = "auto",
+        handle_signals: bool = True) -> list[EpochStats]:
+    """Trains `trainer` to the end of its run (see the module docstring); returns the
+    statistics of each epoch finalised, an empty list if the run was complete already."""
+    if verbose == "auto":
+        verbose = 1 if sys.stdout.isatty() else 2
+    if verbose not in (0, 1, 2):
+        raise CharRNNError(f"verbose must be 0, 1, 2 or 'auto', got {verbose!r}")
+    with _claim(trainer) as rundir:
+        c = trainer.config
+        rundir.write(RunFiles(c, trainer.vocab, trainer.origin))
+        trainer.checkpointer = Checkpointer(trainer.checkpoint, rundir, c.max_to_keep,
+                                            finite=trainer.model.variables + trainer.optimizer.variables)
+        own: list[Callback] = [MetricsLog(rundir.metrics_path, int(trainer.step.numpy())), TensorBoard(rundir.log_dir)]
+        if verbose:
+            own.append(ProgressLogger(verbose))
+            if c.sample_every is not None:
+                own.append(SamplePrinter(live=verbose == 1))
+        observers = [*own, *callbacks]
+        signals = SignalStop(trainer.distribution.stop_signals()) if handle_signals else None
+        if signals is not None:
+            preemption = trainer.distribution.preemption_observer(trainer.checkpointer.managers["latest"],
+                                                                  lambda: _preempted(trainer))
+            # Last: a preemption saves once every other observer has seen the chunk.
+            observers += [signals] + ([preemption] if preemption is not None else [])
+        controller = Controller(trainer, trainer.cadence, observers)
+        try:
+            history = controller.run()
+        except Exception as e:
+            if not trainer.distribution.lost_worker(e):
+                raise
+            # The chief's copy of the checkpoint: a non-chief's own copies are scratch.
+            latest = trainer.checkpoint_path()
+            resume = (f"{trainer.start.rundir.checkpoint_dir()}/{os.path.basename(latest)}" if latest
+                      else "the start")
+            raise Preempted(f"lost a worker of the cluster at step {int(trainer.step.numpy())} "
+                            f"({describe(e)}); a relaunch resumes from {resume}: run the "
+                            "same command again on every worker", resume) from None
+        finally:
+            trainer.train_seconds, trainer.eval_seconds = controller.train_seconds, controller.eval_seconds
+    if signals is not None and signals.requested is not None:
+        path = trainer.checkpoint_path()
+        raise Preempted(f"stopped by {signals.requested} at step {int(trainer.step.numpy())}; checkpoint saved to "
+                        f"{path}; run the same command again to continue", path)
+    return history
+
+
+@contextlib.contextmanager
+def _claim(trainer: Trainer) -> Iterator[RunDir]:
+    """The run directory to write to, held for the run (see the module docstring, 1.)."""
+    if not trainer.distribution.is_chief:
+        with RunDir.scratch() as scratch:
+            yield scratch
+        return
+    rundir = trainer.start.rundir
+    rundir.create()
+    lock = rundir.lock()
+    try:
+        lock.acquire()
+    except OSError as e:
+        raise storage.storage_error("lock the run directory", rundir.path, e) from None
+    try:
+        for path in rundir.remove_leftovers():
+            print(f"charrnn: removed {path}, left by an interrupted write", file=sys.stderr)
+        if checkpoint_paths(rundir.checkpoint_dir()) != trainer.seen_checkpoints:
+            # Another trainer saved since this one was built: continue from its state.
+            trainer.start.recheck()
+            trainer.restore()
+        yield rundir
+    finally:
+        lock.release()
+
+
+def _preempted(trainer: Trainer) -> None:
+    """Called by TensorFlow's preemption handler once every worker has saved: ends the run
+    as a signal would (the controller's observers close their files on the way out)."""
+    path = trainer.checkpoint_path()
+    raise Preempted(f"stopped by the preemption of a worker at step {int(trainer.step.numpy())}; checkpoint saved to "
+                    f"{path}; run the same command again on every worker to continue", path)

@@ -1,0 +1,144 @@
+"""The start of a training run, planned once: `plan(config, ...)` reads the run directory,
+resolves the precision, checks that this configuration may continue what the directory
+holds, encodes the text and, for fine-tuning, loads the run the weights come from. Then
+`Start.restore` restores the newest usable checkpoint with the checks that need it (the
+vocabulary's and the text's fingerprints, the position in the epochs), or, for a new
+fine-tuned run, `Start.transfer` copies the weights over.
+
+A new start check goes here, and nowhere else.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+import numpy as np
+import tensorflow as tf
+
+from charrnn import checkpoint
+from charrnn.config import TrainConfig
+from charrnn.devices import choose_precision
+from charrnn.errors import CharRNNError
+from charrnn.model import CharRNN
+from charrnn.rundir import RunDir, RunFiles
+from charrnn.traindata import TrainData
+from charrnn.trained import TrainedModel, load_model
+
+
+class Start:
+    """What a run starts from (see the module docstring). `config` has its precision resolved
+    (`precision_reason` says why); `data` is the text to train on; `origin` is the record of
+    where a fine-tuned run's weights came from (None for other runs), once known."""
+
+    def __init__(self, config: TrainConfig, device: str, tpu: bool = False):
+        self.rundir = RunDir(config.run_dir)
+        saved = self.rundir.read()
+        self.config, self.precision_reason = _precision(config, saved, device, tpu)
+        self._source = _load_source(self.config) if config.init_from else None
+        self.data = TrainData(self.config, base=self._source.vocab if self._source else None)
+        self.sample_prime = self._sample_prime()
+        self.origin: dict | None = None
+        self._check(saved)
+
+    def _sample_prime(self) -> str:
+        """The prime of the samples shown while training: --sample_prime, or the vocabulary's default."""
+        prime = self.config.sample_prime or self.data.vocab.default_prime
+        unknown = sorted(set(prime) - set(self.data.vocab.chars))
+        if unknown:
+            raise CharRNNError(f"--sample_prime has characters that are not in {self.config.data}: "
+                               f"{''.join(unknown)!r}; use characters of the training text")
+        return prime
+
+    def recheck(self) -> None:
+        """Checks the run directory again, as another trainer may have written it since."""
+        self._check(self.rundir.reread())
+
+    def _check(self, saved: RunFiles | None) -> None:
+        """Refuses a run directory whose config or vocabulary this run cannot continue."""
+        if saved is None:
+            return
+        problems = self.config.mismatches(saved.config)
+        if saved.vocab != self.data.vocab:
+            problems.append(f"vocabulary of {len(saved.vocab)} characters in the run, "
+                            f"{len(self.data.vocab)} in {self.config.data}")
+        if problems:
+            raise CharRNNError(f"run directory {self.rundir.path} holds an incompatible run ({'; '.join(problems)}); "
+                               "pass the same settings to resume, or a new --run_dir")
+
+    def restore(self, state: tf.train.Checkpoint, check_finite: list[tf.Variable],
+                position: Callable[[], tuple[int, int]]) -> str | None:
+        """Restores the newest usable checkpoint into `state` (see
+        checkpoint.restore_newest_readable) and checks that this run can continue it: its
+        vocabulary and text (by their fingerprints) and its position (`position()` after the
+        restore) in this text's epochs. Returns its path, or None for a new run."""
+        path = checkpoint.restore_newest_readable(state, self.rundir.checkpoint_dir("latest"),
+                                                  check_finite=check_finite)
+        if path is None:
+            return None
+        saved = checkpoint.check_vocab(path, self.data.vocab, self.rundir)
+        if saved is not None and saved[1] != self.data.fingerprint and not self.config.allow_new_data:
+            raise CharRNNError(f"{self.config.data} is not the text run directory {self.rundir.path} was trained on "
+                               f"(fingerprint {self.data.fingerprint}, the checkpoint's {saved[1]}); pass "
+                               "--allow_new_data to continue training on it, or use a new --run_dir")
+        step, epoch = position()
+        steps_per_epoch = self.data.steps_per_epoch
+        if not 0 <= step - epoch * steps_per_epoch <= steps_per_epoch:
+            raise CharRNNError(f"checkpoint step {step} and epoch {epoch} do not fit {steps_per_epoch} "
+                               "steps per epoch; the run directory belongs to other data, use a new --run_dir")
+        files = self.rundir.read()
+        self.origin = files.origin if files is not None else None
+        return path
+
+    def transfer(self, model: CharRNN) -> None:
+        """For a new fine-tuned run: copies the weights of the run it starts from into `model`.
+        Each of its characters keeps its rows of the embedding and of the output layer; the
+        new text's new characters keep the rows `model` was initialised with."""
+        source = self._source
+        if source is None:
+            return
+        index = {ch: i for i, ch in enumerate(self.data.vocab.chars)}
+        rows = np.array([index[ch] for ch in source.vocab.chars])
+        for variable, value, axis in ((model.embedding.embeddings, source.model.embedding.embeddings, 0),
+                                      (model.dense.kernel, source.model.dense.kernel, 1),
+                                      (model.dense.bias, source.model.dense.bias, 0)):
+            merged = variable.numpy()
+            if axis == 0:
+                merged[rows] = value.numpy()
+            else:
+                merged[:, rows] = value.numpy()
+            variable.assign(merged)
+        for layer, old_layer in zip(model.rnns, source.model.rnns):
+            for variable, value in zip(layer.weights, old_layer.weights):
+                variable.assign(value)
+        self.origin = {"run": self.config.init_from, "checkpoint": source.path, "vocab_size_before": len(source.vocab),
+                       "vocab_size": len(self.data.vocab)}
+
+
+def _precision(config: TrainConfig, saved: RunFiles | None, device: str, tpu: bool) -> tuple[TrainConfig, str]:
+    """The config with `auto` precision resolved, and why: a resumed run keeps its own (its
+    carried state and checkpoints have that precision's dtypes), a new one gets what the
+    hardware computes fastest (charrnn.devices.choose_precision)."""
+    if config.mixed_precision != "auto":
+        return config, "as asked"
+    if saved is not None and saved.config.mixed_precision != "auto":
+        return config.replace(mixed_precision=saved.config.mixed_precision), "auto: the run's own, kept on resume"
+    policy, why = choose_precision(device, tpu=tpu)
+    return config.replace(mixed_precision=policy), f"auto: {why}"
+
+
+def _load_source(c: TrainConfig) -> TrainedModel:
+    """The model, vocabulary and checkpoint of --init_from, checked against this run's model."""
+    if os.path.normpath(c.init_from) == os.path.normpath(c.run_dir):
+        raise CharRNNError("--init_from is the run directory itself; pass another run to start from, or leave "
+                           "--init_from unset to resume")
+    try:
+        source = load_model(c.init_from, None if c.init_which == "best" else "latest")
+    except CharRNNError as e:
+        raise CharRNNError(f"--init_from: {e}") from None
+    different = [f"{name}={getattr(source.config, name)!r} there, {getattr(c, name)!r} here"
+                 for name in TrainConfig.MODEL_FIELDS if getattr(source.config, name) != getattr(c, name)]
+    if different:
+        raise CharRNNError(f"cannot fine-tune from {c.init_from}: its model has other sizes "
+                           f"({'; '.join(different)}); pass the same model flags")
+    return source

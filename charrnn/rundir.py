@@ -1,0 +1,156 @@
+"""`RunDir`: a run directory, and the one owner of its layout.
+
+    <run_dir>/config.json   the TrainConfig of the run (and, for a fine-tuned run, its "origin")
+    <run_dir>/vocab.json    the vocabulary, so sampling never needs the corpus
+    <run_dir>/ckpt/         tf.train.CheckpointManager files: checkpoint, ckpt-<step>.*
+    <run_dir>/best/         the checkpoint with the lowest validation loss so far, ckpt-<step>.*
+    <run_dir>/metrics.jsonl training and validation losses by step, one JSON object a line
+    <run_dir>/logs/         TensorBoard summaries: train/, validation/, hparams and samples
+    <run_dir>/train.lock    held while a trainer runs (charrnn.lock)
+
+Every file name of a run is written here and nowhere else; the modules that write the
+files ask a RunDir for their paths. `read()` reads config.json and vocab.json once and
+checks them; `write()` writes them atomically.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import shutil
+import tempfile
+from typing import Iterator
+
+from charrnn import storage
+from charrnn.config import TrainConfig
+from charrnn.data import Vocabulary
+from charrnn.errors import CharRNNError
+from charrnn.lock import RunLock
+
+_CONFIG, _VOCAB, _METRICS, _LOGS, _LOCK = "config.json", "vocab.json", "metrics.jsonl", "logs", "train.lock"
+_CHECKPOINTS = {"latest": "ckpt", "best": "best"}
+
+
+@dataclasses.dataclass(frozen=True)
+class RunFiles:
+    """What a run directory says of its run: its settings, its vocabulary and, for a
+    fine-tuned run, where its first weights came from (config.json's "origin" record)."""
+
+    config: TrainConfig
+    vocab: Vocabulary
+    origin: dict | None = None
+
+
+class RunDir:
+    """The run directory at `path` (local, or on any TensorFlow filesystem). Refuses a path
+    that exists but is not a directory."""
+
+    def __init__(self, path: str):
+        self.path = path.rstrip("/") or path
+        if storage.exists(self.path) and not storage.isdir(self.path):
+            raise CharRNNError(f"--run_dir {path} is a file, not a directory; pass a directory for the run")
+        self._files: RunFiles | None = None
+        self._read = False
+
+    def __repr__(self) -> str:
+        return f"RunDir({self.path!r})"
+
+    def _join(self, name: str) -> str:
+        return f"{self.path}/{name}"
+
+    @property
+    def metrics_path(self) -> str:
+        return self._join(_METRICS)
+
+    @property
+    def log_dir(self) -> str:
+        return self._join(_LOGS)
+
+    @property
+    def vocab_path(self) -> str:
+        return self._join(_VOCAB)
+
+    def checkpoint_dir(self, which: str = "latest") -> str:
+        """Where the rolling checkpoints (`latest`) or the best one (`best`) are kept."""
+        return self._join(_CHECKPOINTS[which])
+
+    def exists(self) -> bool:
+        return storage.isdir(self.path)
+
+    def read(self) -> RunFiles | None:
+        """The run's files, or None if it holds no run yet; read (and checked) once."""
+        if not self._read:
+            self._files, self._read = self._load(), True
+        return self._files
+
+    def reread(self) -> RunFiles | None:
+        """The run's files as they are now (another trainer may have written them since)."""
+        self._read = False
+        return self.read()
+
+    def _load(self) -> RunFiles | None:
+        config_text, vocab_text = storage.read_utf8(self._join(_CONFIG)), storage.read_utf8(self.vocab_path)
+        if config_text is None and vocab_text is None:
+            return None
+        if config_text is None or vocab_text is None:
+            missing = _CONFIG if config_text is None else _VOCAB
+            raise CharRNNError(f"run directory {self.path} has no {missing}; it is not a complete charrnn run, use "
+                               "another --run_dir")
+        loaded = []
+        for name, text, parse in ((_CONFIG, config_text, TrainConfig.from_json), (_VOCAB, vocab_text,
+                                                                                   Vocabulary.from_json)):
+            try:
+                loaded.append(parse(text))
+            except (ValueError, KeyError, TypeError, CharRNNError) as e:
+                reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+                raise CharRNNError(f"{self._join(name)} is damaged ({reason}); restore it from a backup, or use "
+                                   "another --run_dir") from None
+        origin = json.loads(config_text).get("origin")
+        return RunFiles(loaded[0], loaded[1], origin if isinstance(origin, dict) else None)
+
+    def write(self, files: RunFiles) -> None:
+        """Creates the directory if needed and writes config.json (with `origin`) and vocab.json."""
+        settings = json.loads(files.config.to_json())
+        if files.origin is not None:
+            settings["origin"] = files.origin
+        path = self.path
+        try:
+            storage.makedirs(self.path)
+            for name, text in ((_VOCAB, files.vocab.to_json()), (_CONFIG, json.dumps(settings, indent=2,
+                                                                                     sort_keys=True))):
+                path = self._join(name)
+                storage.write_atomic(path, text)
+        except storage.storage_errors() as e:
+            raise storage.storage_error("write", path, e) from None
+        self._files, self._read = files, True
+
+    def create(self) -> None:
+        try:
+            storage.makedirs(self.path)
+        except storage.storage_errors() as e:
+            raise storage.storage_error("create the run directory", self.path, e) from None
+
+    def lock(self) -> RunLock:
+        """The lock that keeps one trainer per run directory (see charrnn.lock)."""
+        return RunLock(self._join(_LOCK))
+
+    def remove_leftovers(self) -> list[str]:
+        """Removes what an interrupted write leaves behind: checkpoint `_temp` directories, and
+        the temporary files of atomic writes (ours and TensorFlow's); returns them. Only safe
+        while holding the lock."""
+        patterns = [self._join(".*.tmp")] + [f"{self.checkpoint_dir(which)}/{pattern}" for which in _CHECKPOINTS
+                                             for pattern in ("*_temp", "*.tmp*", ".*.tmp")]
+        return [path for pattern in patterns for path in storage.glob(pattern) if storage.remove(path)]
+
+    @staticmethod
+    @contextlib.contextmanager
+    def scratch() -> Iterator[RunDir]:
+        """A run directory of its own in the temporary directory, removed at the end: where a
+        non-chief worker of a multi-worker run writes its share of each save (as
+        TensorFlow's multi-worker guide says: every worker saves, only the chief's files count)."""
+        path = tempfile.mkdtemp(prefix="charrnn_worker_")
+        try:
+            yield RunDir(path)
+        finally:
+            shutil.rmtree(path, ignore_errors=True)

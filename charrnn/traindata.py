@@ -1,0 +1,64 @@
+"""`TrainData`: the text a run trains on, as the run sees it; and `text_ids`, any text as
+the ids of a trained run's vocabulary (for charrnn-eval).
+
+Both turn text into ids the same way, through charrnn.corpus (its id cache), and split it
+the same way (charrnn.data.split_ids), so a validation loss means the same everywhere.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import tensorflow as tf
+
+from charrnn.config import TrainConfig
+from charrnn.corpus import encode
+from charrnn.data import Layout, Vocabulary, num_windows, split_ids
+from charrnn.errors import CharRNNError
+
+
+class TrainData:
+    """The ids of `config.data` (its vocabulary, or with `base` the union of `base`'s
+    characters and the text's: fine-tuning), split into training and validation ids,
+    checked to hold at least one batch (and one validation window), laid out as
+    `config` says (`layout`: windows or carried streams)."""
+
+    def __init__(self, config: TrainConfig, base: Vocabulary | None = None):
+        corpus = encode(config.data, base)
+        self.vocab, self.fingerprint = corpus.vocab, corpus.fingerprint
+        self.train_ids, self.val_ids = split_ids(corpus.ids, config.val_fraction)
+        self.layout = Layout(config.seq_length, config.batch_size, config.carry_state, config.shuffle_buffer,
+                             config.seed)
+        self._check_sizes(config, len(corpus.ids))
+        self.steps_per_epoch = self.layout.num_batches(len(self.train_ids))
+
+    def dataset(self, epoch: int, start: int = 0) -> tf.data.Dataset:
+        """The training batches of `epoch` from batch `start` on, in their order, which depends
+        only on the seed and the epoch (with carry_state, the same streams every epoch)."""
+        return self.layout.training(self.train_ids, epoch, start)
+
+    def _check_sizes(self, c: TrainConfig, num_chars: int) -> None:
+        window = c.seq_length + 1
+        if num_windows(len(self.train_ids), c.seq_length) < c.batch_size:
+            train_needed = c.batch_size * window
+            raise CharRNNError(
+                f"corpus too short: {num_chars:,} characters, but batch_size={c.batch_size} x (seq_length+1)={window} "
+                f"needs {train_needed:,} for training ({math.ceil(train_needed / (1 - c.val_fraction)):,} with "
+                f"val_fraction={c.val_fraction}); use more text or a smaller --batch_size/--seq_length")
+        if c.val_fraction > 0 and len(self.val_ids) < window:
+            raise CharRNNError(
+                f"validation split too short: {len(self.val_ids)} characters, one window needs {window}; "
+                "raise --val_fraction, lower --seq_length, or pass --val_fraction=0")
+
+
+def text_ids(data: str, vocab: Vocabulary) -> np.ndarray:
+    """The ids in `vocab` of the text `data` names (see charrnn.corpus); CharRNNError naming the
+    characters that are not in `vocab`."""
+    corpus = encode(data, base=vocab)  # the union of vocab and the text: vocab itself if it holds them all
+    unknown = sorted(set(corpus.vocab.chars) - set(vocab.chars))
+    if unknown:
+        shown = ", ".join(repr(c) for c in unknown[:20]) + (" ..." if len(unknown) > 20 else "")
+        raise CharRNNError(f"{len(unknown)} character(s) not in the model's vocabulary: {shown}; use only "
+                           "characters of the training text")
+    return corpus.ids

@@ -1,0 +1,59 @@
+"""A trained run read for inference: the model of one of its checkpoints, with the run's
+settings and vocabulary (what the Sampler, the exports, charrnn-eval and fine-tuning load)."""
+
+from __future__ import annotations
+
+import sys
+from typing import NamedTuple
+
+import tensorflow as tf
+
+from charrnn import checkpoint
+from charrnn.config import TrainConfig
+from charrnn.data import Vocabulary
+from charrnn.errors import CharRNNError
+from charrnn.model import CharRNN
+from charrnn.rundir import RunDir
+
+
+class TrainedModel(NamedTuple):
+    model: CharRNN
+    config: TrainConfig
+    vocab: Vocabulary
+    path: str  # the checkpoint it was read from
+
+
+def load_model(run_dir: str, which: str | None = None, device: str = "/CPU:0", lstm_impl: str = "auto",
+               float32: bool = False) -> TrainedModel:
+    """The trained model of `run_dir` from its `which` checkpoint (best or latest; None: best
+    when the run has one), placed on `device` (with `lstm_impl`, see CharRNN; with `float32`,
+    computing in float32 whatever precision it was trained in: the weights are float32
+    either way), with the run's config and vocabulary and the checkpoint's path.
+
+    If no best checkpoint is usable, the latest one is used, with a warning.
+    """
+    rundir = RunDir(run_dir)
+    if not rundir.exists():
+        raise CharRNNError(f"run directory {run_dir} does not exist; pass the --run_dir of a training run")
+    no_checkpoint = f"run directory {run_dir} holds no checkpoint; train first with charrnn-train --run_dir={run_dir}"
+    files = rundir.read()
+    if files is None:
+        raise CharRNNError(no_checkpoint)
+    which = checkpoint.resolve_which(rundir, which)
+    config = files.config.replace(mixed_precision="float32") if float32 else files.config
+    with tf.device(device):
+        model = CharRNN.from_config(config, len(files.vocab), lstm_impl)
+        reader = tf.train.Checkpoint(model=model)
+        try:
+            path = checkpoint.restore_newest_readable(reader, rundir.checkpoint_dir(which),
+                                                      check_finite=model.variables)
+        except CharRNNError as e:
+            if which != "best" or not checkpoint.checkpoint_paths(rundir.checkpoint_dir("latest")):
+                raise
+            print(f"charrnn: warning: {e}; using the latest checkpoint instead", file=sys.stderr)
+            path = checkpoint.restore_newest_readable(reader, rundir.checkpoint_dir("latest"),
+                                                      check_finite=model.variables)
+    if path is None:
+        raise CharRNNError(no_checkpoint)
+    checkpoint.check_vocab(path, files.vocab, rundir)
+    return TrainedModel(model, files.config, files.vocab, path)

@@ -1,0 +1,70 @@
+"""TrainConfig: every setting checked when it is made (range, type, what it needs), its JSON
+form, what a resume must share, and the presets."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+
+import pytest
+
+from charrnn import PRESETS, CharRNNError, TrainConfig
+from conftest import tiny_config
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(learning_rate=float("inf")), "--learning_rate must be a finite number"),
+    (dict(learning_rate=float("nan")), "--learning_rate must be a finite number"),
+    (dict(learning_rate=5.0), "--learning_rate must be in (0, 1]"),
+    (dict(grad_clip=float("inf")), "--grad_clip must be a finite number"),
+    (dict(weight_decay=float("nan")), "--weight_decay must be a finite number"),
+    (dict(time_budget=float("inf")), "--time_budget must be a finite number"),
+    (dict(eval_every=0), "--eval_every must be at least 1"),
+    (dict(patience=0), "--patience must be at least 1"),
+    (dict(patience=3, val_fraction=0), "--patience needs a validation split"),
+    (dict(eval_every=3, val_fraction=0), "--eval_every needs a validation split"),
+    (dict(cell="rnn"), "--cell must be lstm or gru"),
+    (dict(sample_every=5, sample_chars=0), "--sample_every needs --sample_chars"),
+    (dict(devices="/CPU:0"), "--devices applies to --strategy=one_device or mirrored"),
+])
+def test_bad_settings_are_refused_naming_the_flag(tmp_path, overrides, message):
+    with pytest.raises(CharRNNError, match=re.escape(message)):
+        tiny_config(tmp_path / "t.txt", tmp_path / "run", **overrides)
+
+
+@pytest.mark.parametrize("field, value, words", [
+    ("rnn_units", "32", "must be an integer, got '32'"), ("rnn_units", 32.5, "must be an integer, got 32.5"),
+    ("seed", "x", "must be an integer, got 'x'"), ("carry_state", 1, "must be True or False"),
+    ("dropout", "0.1", "must be a number"), ("eval_every", 2.0, "must be an integer or None"),
+    ("seed", 2**40, "must be between 0 and"), ("epochs", True, "must be an integer"),
+])
+def test_train_config_checks_types_and_names_the_field(tmp_path, field, value, words):
+    with pytest.raises(CharRNNError, match=rf"{field}.*{re.escape(words)}"):
+        tiny_config(tmp_path / "t.txt", tmp_path / "run", **{field: value})
+    assert tiny_config(tmp_path / "t.txt", tmp_path / "run", learning_rate=1).learning_rate == 1.0  # int for float
+
+
+def test_json_round_trip_ignores_what_it_does_not_know():
+    config = TrainConfig(rnn_units=128, dropout=0.25, eval_every=10)
+    assert TrainConfig.from_json(config.to_json()) == config
+    record = json.loads(config.to_json()) | {"origin": {"run": "elsewhere"}, "from_a_later_version": 1}
+    assert TrainConfig.from_json(json.dumps(record)) == config
+    with pytest.raises(ValueError, match="expected a JSON object"):
+        TrainConfig.from_json("[1, 2]")
+
+
+def test_a_resume_must_share_the_model_and_the_data_order_only():
+    saved = TrainConfig()
+    changed = {"rnn_units": 512, "seed": 3, "batch_size": 32, "carry_state": True}
+    mismatches = saved.replace(**changed, learning_rate=0.01, max_steps=9, log_every=7).mismatches(saved)
+    assert sorted(m.split("=")[0] for m in mismatches) == sorted(changed)
+    assert "rnn_units=1024 in the run, 512 requested" in mismatches
+
+
+def test_every_preset_names_settings_of_the_tools():
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    for name, values in PRESETS.items():
+        training = {k: v for k, v in values.items() if k not in ("num_chars", "temperature")}  # charrnn-sample's
+        assert set(training) <= fields, name
+        TrainConfig(**training)  # valid as they stand
