@@ -6,7 +6,7 @@ from $CHARRNN_DATA_DIR or the cache, repeated; never committed) in --work_dir, t
   first start   `charrnn-train` on it with an empty id cache, a tiny model, --steps steps:
                 wall time and peak resident memory (VmHWM) of the process;
   cached start  the same command again (the ids come from the cache);
-  encode        MB/s of charrnn.corpus.encode with an empty cache, in a process of its own.
+  encode        MB/s of charrnn.idcache.encode with an empty cache, in a process of its own.
 
 Then, for the first size, steps/s of a small model whose batches come from the id file
 (the pipeline charrnn uses) against the same batches from an in-memory tf.data dataset
@@ -110,7 +110,7 @@ def _pipeline_ratio(corpus: str, run_dir: str) -> dict:
 def main(argv: list[str]) -> None:
     del argv
     if FLAGS.encode_only:
-        from charrnn.corpus import encode
+        from charrnn.idcache import encode
         start = time.perf_counter()
         encode(FLAGS.encode_only)
         print(f"encode_s={time.perf_counter() - start:.3f}")

@@ -19,7 +19,7 @@ _EXPORTS = {
     "PRESETS": "config", "TrainConfig": "config",
     "CORPORA": "corpus", "read_text": "corpus", "resolve_sources": "corpus",
     "Vocabulary": "data",
-    "CharRNNError": "errors",
+    "CharRNNError": "errors", "TryAgain": "errors",
     "export": "exporter", "export_tflite": "exporter",
     "EpochStats": "loop",
     "CharRNN": "model",
@@ -35,7 +35,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     from charrnn.config import PRESETS, TrainConfig
     from charrnn.corpus import CORPORA, read_text, resolve_sources
     from charrnn.data import Vocabulary
-    from charrnn.errors import CharRNNError
+    from charrnn.errors import CharRNNError, TryAgain
     from charrnn.exporter import export, export_tflite
     from charrnn.loop import EpochStats
     from charrnn.model import CharRNN

@@ -8,11 +8,14 @@ the weights, or a resume on other text, is noticed.
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import logging
 import os
 import re
 import sys
 import time
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import tensorflow as tf
 
@@ -77,29 +80,53 @@ def restore_newest_readable(checkpoint: tf.train.Checkpoint, directory: str, *,
     in which any of `check_finite` holds a NaN or an infinity (saved by an older charrnn
     after a diverged step), is reported on stderr and the next older one is tried; every
     checkpoint holds every variable, so a later success overwrites whatever a failed
-    attempt assigned. Returns None if there is no checkpoint; raises CharRNNError if none
-    is usable. The file may hold more than `checkpoint` (a sampler reads only the model, a
-    trainer reads the fingerprints apart), but every object of `checkpoint` must be in it.
+    attempt assigned. One that fails while newer ones appear (a running trainer saved them
+    and deleted it) is passed over quietly for the newest. Returns None if there is no
+    checkpoint; raises CharRNNError if none is usable. The file may hold more than
+    `checkpoint` (a sampler reads only the model, a trainer reads the fingerprints apart),
+    but every object of `checkpoint` must be in it.
     """
     check_finite = list(check_finite)
-    paths = checkpoint_paths(directory)
+    tried: set[str] = set()
     reasons = []
-    for path in paths:
-        try:
-            status = checkpoint.restore(path)
-            status.expect_partial()
-            status.assert_existing_objects_matched()
-            if not all_finite(check_finite):
-                raise ValueError("it holds non-finite weights (saved after the training diverged)")
-            return path
-        except Exception as e:  # noqa: BLE001 - a damaged file surfaces as OpError, IndexError,
-            # ValueError, AssertionError... depending on where the reader trips; all mean "unreadable".
-            reasons.append(str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__)
-            print(f"charrnn: skipping unusable checkpoint {path} ({reasons[-1]})", file=sys.stderr)
-    if paths:
-        raise CharRNNError(f"no usable checkpoint in {directory} ({len(paths)} tried, newest: {reasons[0]}); if "
+    with _quiet_tensorflow():
+        while paths := [p for p in checkpoint_paths(directory) if p not in tried]:
+            path = paths[0]
+            tried.add(path)
+            try:
+                status = checkpoint.restore(path)
+                status.expect_partial()
+                status.assert_existing_objects_matched()
+                if not all_finite(check_finite):
+                    raise ValueError("it holds non-finite weights (saved after the training diverged)")
+                return path
+            except Exception as e:  # noqa: BLE001 - a damaged file surfaces as OpError, IndexError,
+                # ValueError, AssertionError... depending on where the reader trips; all mean "unreadable".
+                if any(_step_of(p) > _step_of(path) and p not in tried for p in checkpoint_paths(directory)):
+                    # Newer ones came meanwhile: a running trainer saved them, and deleted this
+                    # one to keep max_to_keep. A race, not damage: on to the newest, quietly.
+                    continue
+                reasons.append(str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__)
+                print(f"charrnn: skipping unusable checkpoint {path} ({reasons[-1]})", file=sys.stderr)
+    if reasons:
+        raise CharRNNError(f"no usable checkpoint in {directory} ({len(reasons)} tried, newest: {reasons[0]}); if "
                            "config.json was edited, undo that; else train into a new --run_dir")
     return None
+
+
+@contextlib.contextmanager
+def _quiet_tensorflow() -> Iterator[None]:
+    """Keeps TensorFlow's warnings about a restore that failed halfway ("Value in checkpoint
+    could not be found ...", logged when its bookkeeping is collected) off the console:
+    restore_newest_readable says what matters in one line."""
+    logger = tf.get_logger()
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        gc.collect()  # the failed restore's bookkeeping logs as it goes
+        logger.setLevel(level)
 
 
 class Fingerprints(tf.Module):

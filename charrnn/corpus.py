@@ -1,4 +1,4 @@
-"""Corpora: what `--data` names, and its text encoded once into a cached id file.
+"""Corpora: what `--data` names, downloads, and reading the text it names, checked.
 
 `--data` is a registered name (`CORPORA`), a URL (`https://...`, `file://...`; append
 `#sha256=<hex>` to have the download checked), a text file, a directory (its files in
@@ -8,11 +8,10 @@ comma-separated list of any of these. Paths may be on any TensorFlow filesystem
 each one's leading byte-order mark dropped; the fingerprint of the corpus is that of the
 joined text.
 
-`encode(data)` streams the text in chunks, never holding it whole: a hash pass names it;
-if the id cache (`<cache_dir>/ids/`) holds that text, its ids are used as they are; else
-one pass checks the text and collects its characters (the vocabulary) and one writes the
-ids (one byte per character up to 256 characters, two up to 65,536, else four). Local id
-files are memory-mapped, so memory does not grow with the corpus.
+Downloads land in a file of their own and are renamed into the cache only once complete
+(and checked, when a checksum is known), so a download cut short is never a corpus.
+`decoded(sources)` streams the joined text in checked chunks, never holding it whole;
+charrnn.idcache turns it into ids once.
 """
 
 from __future__ import annotations
@@ -20,19 +19,20 @@ from __future__ import annotations
 import codecs
 import dataclasses
 import hashlib
-import json
+import http.client
 import os
-import shutil
 import sys
 import tempfile
 import urllib.parse
+import urllib.request
+from typing import Iterator
 
-import keras
 import numpy as np
 import tensorflow as tf
 
-from charrnn.data import Vocabulary
-from charrnn.errors import CharRNNError
+from charrnn import storage
+from charrnn.config import check_utf8
+from charrnn.errors import CharRNNError, TryAgain
 from charrnn.storage import is_local
 
 
@@ -54,23 +54,30 @@ CORPORA: dict[str, Corpus] = {
 }
 
 DATA_DIR_ENV = "CHARRNN_DATA_DIR"
-_CHUNK = 16 << 20  # bytes read at a time
+CHUNK = 16 << 20  # bytes read at a time
 _BOM = codecs.BOM_UTF8
-_MAX_CODEPOINT = 0x110000
 
 
 def cache_dir() -> str:
-    """Where registered corpora, downloads and id files are kept: $CHARRNN_DATA_DIR, else
-    the Keras dataset cache."""
-    if os.environ.get(DATA_DIR_ENV):
-        return os.environ[DATA_DIR_ENV]
+    """Where registered corpora, downloads and id files are kept: $CHARRNN_DATA_DIR (local, or
+    on any TensorFlow filesystem), else the Keras dataset cache."""
+    return os.environ.get(DATA_DIR_ENV) or _keras_cache()
+
+
+def local_cache_dir() -> str:
+    """Where what must be on the local disk is kept (id files, memory-mapped): the cache, or
+    the Keras dataset cache when $CHARRNN_DATA_DIR is elsewhere (gs://, ...)."""
+    return cache_dir() if is_local(cache_dir()) else _keras_cache()
+
+
+def _keras_cache() -> str:
     keras_home = os.environ.get("KERAS_HOME", os.path.join(os.path.expanduser("~"), ".keras"))
     return os.path.join(keras_home, "datasets", "charrnn")
 
 
 def resolve_sources(data: str) -> list[str]:
     """The text files `data` names, in the order they are joined (see the module docstring)."""
-    if not data.strip():
+    if not check_utf8("--data", data).strip():
         raise CharRNNError("--data is empty; pass a text file, a directory, a glob, a URL or a registered corpus")
     sources = []
     for part in (p.strip() for p in data.split(",")):
@@ -116,17 +123,15 @@ def _registered(name: str) -> str:
     path = os.path.join(cache_dir(), f"{name}.txt")
     hint = (f"pass --data=<path to a text file>, or place the file at {path} (or set ${DATA_DIR_ENV} to a directory "
             f"holding {name}.txt)")
-    fresh = not tf.io.gfile.exists(path)
-    if fresh:
-        _fetch(corpus.url, path, f"corpus {name!r} is not in the cache and could not be downloaded from "
-               f"{corpus.url}", hint)
-    if corpus.sha256 is not None:
+    if not storage.exists(path):
+        _fetch(corpus.url, path, corpus.sha256, f"corpus {name!r} is not in the cache and could not be downloaded "
+               f"from {corpus.url}", hint)
+    elif corpus.sha256 is not None:
         digest = _sha256(path)
         if digest != corpus.sha256:
-            tf.io.gfile.remove(path)
-            what = f"download of corpus {name!r} from {corpus.url}" if fresh else f"the cached copy {path} of {name!r}"
-            raise CharRNNError(f"{what} has sha256 {digest}, expected {corpus.sha256}; the file was removed; run "
-                               f"again to download it, or {hint}")
+            storage.remove(path)
+            raise CharRNNError(f"the cached copy {path} of {name!r} has sha256 {digest}, expected {corpus.sha256}; "
+                               f"the file was removed; run again to download it, or {hint}")
     return path
 
 
@@ -137,50 +142,72 @@ def _download(url: str) -> str:
     origin = urllib.parse.urlunsplit(parts._replace(fragment=""))
     name = os.path.basename(parts.path) or "download.txt"
     path = os.path.join(cache_dir(), "downloads", f"{hashlib.sha256(origin.encode()).hexdigest()[:12]}-{name}")
-    if not tf.io.gfile.exists(path):
-        _fetch(origin, path, f"could not download {origin}", "check the URL, or download it and pass the file")
-    if expected is not None:
-        digest = _sha256(path)
-        if digest != expected.lower():
-            tf.io.gfile.remove(path)
-            raise CharRNNError(f"{origin} has sha256 {digest}, expected {expected}; the file was not kept")
+    if not storage.exists(path):
+        _fetch(origin, path, expected and expected.lower(), f"could not download {origin}",
+               "check the URL, or download it and pass the file")
+    elif expected is not None and (digest := _sha256(path)) != expected.lower():
+        storage.remove(path)
+        raise CharRNNError(f"the cached download {path} of {origin} has sha256 {digest}, expected {expected}; it was "
+                           "removed: run again to download it again")
     return path
 
 
-def _fetch(url: str, path: str, failure: str, hint: str) -> None:
-    """Downloads `url` to `path` with keras.utils.get_file, which leaves no partial file
-    (on a local disk first where `path` is on another filesystem)."""
-    local = is_local(path)
-    directory = os.path.dirname(path) if local else tempfile.mkdtemp(prefix="charrnn_download_")
+def _fetch(url: str, path: str, sha256: str | None, failure: str, hint: str) -> None:
+    """Downloads `url` to `path`: into a file of its own (see part_name; on the local disk
+    where `path` is elsewhere), checked against the length the server announced and
+    against `sha256` when given, then renamed (or copied) into place. A download cut short
+    or refused leaves nothing behind."""
+    local_dir = os.path.dirname(path) if is_local(path) else tempfile.gettempdir()
+    os.makedirs(local_dir, exist_ok=True)
+    storage.remove_dead_parts(local_dir)
+    part = storage.part_name(os.path.join(local_dir, os.path.basename(path)))
+    digest, size = hashlib.sha256(), 0
+    print(f"charrnn: downloading {url}", file=sys.stderr, flush=True)
     try:
-        os.makedirs(directory, exist_ok=True)  # get_file writes elsewhere if it does not exist
-        got = keras.utils.get_file(fname=os.path.basename(path), origin=url, cache_dir=directory, cache_subdir="")
-        if not local:
-            tf.io.gfile.makedirs(path.rsplit("/", 1)[0])
-            tf.io.gfile.copy(got, path, overwrite=True)
-    except Exception as e:  # noqa: BLE001 - get_file raises bare Exceptions for network failures
-        reason = str(e).split(" -- ")[-1] or type(e).__name__
-        raise CharRNNError(f"{failure} ({reason}); {hint}") from None
+        try:
+            with urllib.request.urlopen(url, timeout=60) as response, open(part, "wb") as f:  # noqa: S310 - the user's URL
+                announced = response.headers.get("Content-Length")
+                while chunk := response.read(1 << 20):
+                    f.write(chunk)
+                    digest.update(chunk)
+                    size += len(chunk)
+                f.flush()
+                os.fsync(f.fileno())
+        except (OSError, http.client.HTTPException, ValueError) as e:  # URLError is an OSError
+            reason = getattr(e, "reason", None) or getattr(e, "strerror", None) or str(e) or type(e).__name__
+            raise TryAgain(f"{failure} ({reason}); run again to retry, or {hint}") from None
+        if announced is not None and size != int(announced):
+            raise TryAgain(f"{failure} (the download ended after {size:,} of {int(announced):,} bytes); run again to "
+                           f"retry, or {hint}")
+        if sha256 is not None and digest.hexdigest() != sha256:
+            raise CharRNNError(f"the download of {url} has sha256 {digest.hexdigest()}, expected {sha256}; it was not "
+                               f"kept; {hint}")
+        if is_local(path):
+            os.replace(part, path)
+        else:
+            with open(part, "rb") as f:
+                storage.write_atomic(path, f.read())
     finally:
-        if not local:
-            shutil.rmtree(directory, ignore_errors=True)
+        if os.path.exists(part):
+            os.remove(part)
+    print(f"charrnn: downloaded {size:,} bytes to {path}", file=sys.stderr, flush=True)
 
 
 def _sha256(path: str) -> str:
     digest = hashlib.sha256()
     with tf.io.gfile.GFile(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
+        while chunk := f.read(CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
 
 
-def _chunks(sources: list[str]):
+def raw_chunks(sources: list[str]) -> Iterator[tuple[str, int, bytes]]:
     """(source, offset in it, bytes) of the joined text, each source's leading BOM dropped."""
     for source in sources:
         try:
             with tf.io.gfile.GFile(source, "rb") as f:
                 offset = 0
-                while chunk := f.read(_CHUNK):
+                while chunk := f.read(CHUNK):
                     if offset == 0 and chunk.startswith(_BOM):
                         chunk, offset = chunk[len(_BOM):], len(_BOM)
                     yield source, offset, chunk
@@ -190,12 +217,12 @@ def _chunks(sources: list[str]):
                                "file") from None
 
 
-def _decoded(sources: list[str]):
-    """(bytes, codepoints or None) per chunk, checked: no NUL byte, valid UTF-8. Pure ASCII
-    chunks are not decoded (their bytes are their code points)."""
+def decoded(sources: list[str]) -> Iterator[tuple[bytes, np.ndarray | None]]:
+    """(bytes, code points or None) per chunk of the joined text, checked: no NUL byte, valid
+    UTF-8. Pure ASCII chunks are not decoded (their bytes are their code points)."""
     decoder = codecs.getincrementaldecoder("utf-8")()
     previous = None
-    for source, offset, chunk in _chunks(sources):
+    for source, offset, chunk in raw_chunks(sources):
         if source != previous:
             if previous is not None:
                 _finish(decoder, previous)
@@ -230,100 +257,13 @@ def read_text(data: str) -> str:
     """The whole joined text `data` names (for small texts: evaluation, tests)."""
     sources = resolve_sources(data)
     parts = [chunk.decode("ascii") if cps is None else cps.tobytes().decode("utf-32-le")
-             for chunk, cps in _decoded(sources)]
-    return _nonempty("".join(parts), data, sources)
-
-
-def _nonempty(text: str, data: str, sources: list[str]) -> str:
+             for chunk, cps in decoded(sources)]
+    text = "".join(parts)
     if not text:
-        raise CharRNNError(f"{data} holds no text (empty{', or only a byte-order mark' if sources else ''}); pass a "
-                           "file with some text in it")
+        raise empty_text(data)
     return text
 
 
-@dataclasses.dataclass(frozen=True)
-class Encoded:
-    """A corpus as ids: `ids` (a read-only NumPy array, memory-mapped when the id cache is
-    local), its `vocab` and the `fingerprint` of its text."""
-
-    ids: np.ndarray
-    vocab: Vocabulary
-    fingerprint: str
-
-
-def encode(data: str, base: Vocabulary | None = None) -> Encoded:
-    """The ids of the text `data` names, from the id cache or encoded into it (see module).
-
-    The vocabulary is the text's characters, or with `base` (fine-tuning), the union of
-    `base`'s characters and the text's.
-    """
-    sources = resolve_sources(data)
-    digest = hashlib.sha256()
-    for _, _, chunk in _chunks(sources):
-        digest.update(chunk)
-    key = digest.hexdigest()
-    name = key[:32] if base is None else f"{key[:32]}-{base.fingerprint[:8]}"
-    path = f"{cache_dir().rstrip('/')}/ids/{name}"
-    cached = _load(path, key)
-    if cached is not None:
-        return cached
-    seen = np.zeros(_MAX_CODEPOINT, bool)
-    empty = True
-    for chunk, cps in _decoded(sources):
-        counts = np.bincount(np.frombuffer(chunk, np.uint8) if cps is None else cps)
-        seen[:len(counts)] |= counts > 0
-        empty = empty and not len(chunk)
-    if empty:
-        _nonempty("", data, sources)
-    if base is not None:
-        seen[[ord(c) for c in base.chars]] = True
-    chars = [chr(c) for c in np.flatnonzero(seen)]
-    vocab = Vocabulary(chars)
-    dtype = np.uint8 if len(chars) <= 256 else np.uint16 if len(chars) <= 65536 else np.uint32
-    table = np.zeros(_MAX_CODEPOINT, dtype)
-    table[np.flatnonzero(seen)] = np.arange(len(chars), dtype=dtype)
-    try:
-        return _write(path, key, sources, vocab, table)
-    except (OSError, tf.errors.OpError) as e:
-        # No writable cache: the ids in memory, as one array.
-        print(f"charrnn: warning: cannot write the id cache {path}.ids ({e}); keeping the ids in memory",
-              file=sys.stderr)
-        ids = np.concatenate([table[np.frombuffer(chunk, np.uint8) if cps is None else cps]
-                              for chunk, cps in _decoded(sources)])
-        return Encoded(ids, vocab, key[:16])
-
-
-def _write(base: str, key: str, sources: list[str], vocab: Vocabulary, table: np.ndarray) -> Encoded:
-    tf.io.gfile.makedirs(base.rsplit("/", 1)[0])
-    part = f"{base}.ids.{os.getpid()}.part"  # two processes may encode the same text at once
-    length = 0
-    with tf.io.gfile.GFile(part, "wb") as f:
-        for chunk, cps in _decoded(sources):
-            ids = table[np.frombuffer(chunk, np.uint8) if cps is None else cps]
-            f.write(ids.tobytes())
-            length += len(ids)
-    tf.io.gfile.rename(part, f"{base}.ids", overwrite=True)
-    header = {"chars": "".join(vocab.chars), "dtype": np.dtype(table.dtype).name, "length": length, "sha256": key}
-    with tf.io.gfile.GFile(f"{part}.json", "w") as f:
-        f.write(json.dumps(header, ensure_ascii=False))
-    tf.io.gfile.rename(f"{part}.json", f"{base}.json", overwrite=True)
-    return _load(base, key)
-
-
-def _load(base: str, key: str) -> Encoded | None:
-    """The cached ids of the text with sha256 `key`, or None (missing, or not whole)."""
-    try:
-        with tf.io.gfile.GFile(f"{base}.json", "r") as f:
-            header = json.loads(f.read())
-        dtype, length = np.dtype(header["dtype"]), int(header["length"])
-        if header["sha256"] != key or tf.io.gfile.stat(f"{base}.ids").length != length * dtype.itemsize:
-            return None
-        vocab = Vocabulary(list(header["chars"]))
-    except (OSError, tf.errors.OpError, ValueError, KeyError, TypeError, CharRNNError):
-        return None
-    if is_local(base):
-        ids = np.memmap(f"{base}.ids", dtype=dtype, mode="r", shape=(length,))
-    else:
-        with tf.io.gfile.GFile(f"{base}.ids", "rb") as f:
-            ids = np.frombuffer(f.read(), dtype)
-    return Encoded(ids, vocab, key[:16])
+def empty_text(data: str) -> CharRNNError:
+    """The error for a text that holds nothing."""
+    return CharRNNError(f"{data} holds no text (empty, or only a byte-order mark); pass a file with some text in it")

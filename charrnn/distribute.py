@@ -9,7 +9,6 @@ over several machines, described by the TF_CONFIG environment variable) or `tpu`
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import subprocess
@@ -19,7 +18,7 @@ from typing import Any, Callable
 import tensorflow as tf
 
 from charrnn.callbacks import Callback
-from charrnn.config import TrainConfig
+from charrnn.config import TrainConfig, check_tf_config
 from charrnn.devices import resolve_device
 from charrnn.errors import CharRNNError
 
@@ -140,13 +139,7 @@ def _make_strategy(name: str, devices: str | None = None, tpu: str | None = None
             names = [d.name for d in logical]
         return tf.distribute.MirroredStrategy(names)
     if name == "multi_worker":
-        if "TF_CONFIG" not in os.environ:
-            raise CharRNNError("--strategy=multi_worker needs the TF_CONFIG environment variable describing the "
-                               "cluster and this worker's task (see the README)")
-        try:
-            json.loads(os.environ["TF_CONFIG"])
-        except ValueError as e:
-            raise CharRNNError(f"TF_CONFIG is not valid JSON ({e})") from None
+        check_tf_config(os.environ.get("TF_CONFIG"))
         with _Watchdog(cluster_timeout):
             return tf.distribute.MultiWorkerMirroredStrategy()
     if name == "tpu":

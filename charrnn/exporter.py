@@ -25,6 +25,7 @@ import keras
 import tensorflow as tf
 
 from charrnn import storage
+from charrnn.config import check_utf8
 from charrnn.data import Vocabulary
 from charrnn.errors import CharRNNError
 from charrnn.model import CharRNN
@@ -111,9 +112,20 @@ def _step_function(model: CharRNN, batch: int | None) -> tf.types.experimental.G
 
 def export(run_dir: str, export_dir: str, which: str | None = None) -> str:
     """Writes run_dir's `which` checkpoint (best by default, else latest) as a SavedModel
-    in `export_dir` (which must not exist yet, or be empty); returns the checkpoint used."""
+    in `export_dir` (which must not exist yet, or be empty); returns the checkpoint used.
+
+    On a local disk the SavedModel is written beside `export_dir` under a name of this
+    process and renamed into place once complete, so that a killed export leaves no half
+    SavedModel there (what a dead export left is removed by the next one).
+    """
     _check_export_dir(export_dir)
     created = not storage.exists(export_dir)
+    local = storage.is_local(export_dir)
+    if local:
+        parent = os.path.dirname(os.path.abspath(export_dir))
+        os.makedirs(parent, exist_ok=True)
+        storage.remove_dead_parts(parent)
+    target = storage.part_name(os.path.abspath(export_dir)) if local else export_dir
     with tf.device("/CPU:0"):
         # Keras' LSTM (the same weights) instead of the fused one: inference needs no
         # hand-written gradient, and a SavedModel holding one warns at every load.
@@ -129,13 +141,17 @@ def export(run_dir: str, export_dir: str, which: str | None = None) -> str:
         archive.add_endpoint("generate", module.generate)
         archive.add_endpoint("step", module.step)
         try:
-            archive.write_out(export_dir, verbose=False)
+            archive.write_out(target, verbose=False)
+            if local:
+                os.replace(target, export_dir)  # over the empty directory, if there is one
         except storage.storage_errors() as e:
             # Half a SavedModel is worse than none. The directory was new or empty (checked
             # above): leave it as it was.
-            storage.remove(export_dir)
-            if not created:
-                storage.makedirs(export_dir)
+            storage.remove(target)
+            if not local:
+                storage.remove(export_dir)
+                if not created:
+                    storage.makedirs(export_dir)
             raise storage.storage_error("write the SavedModel to", export_dir, e) from None
     return path
 
@@ -143,7 +159,7 @@ def export(run_dir: str, export_dir: str, which: str | None = None) -> str:
 def _check_export_dir(export_dir: str, may_exist: bool = False) -> None:
     """Refuses, before anything is loaded or written, an export directory that cannot take a
     new export (with `may_exist`, it may already hold other files)."""
-    if not export_dir:
+    if not check_utf8("--export_dir", export_dir).strip():
         raise CharRNNError("--export_dir is empty; pass a new or empty directory for the export")
     if storage.exists(export_dir):
         if not storage.isdir(export_dir):
@@ -179,6 +195,7 @@ def export_tflite(run_dir: str, export_dir: str, which: str | None = None, quant
     phone runs it. `quantize="dynamic"` stores the weights as int8 (dynamic range
     quantization: about a quarter of the size).
     """
+    check_utf8("--export_dir", export_dir)
     if export_dir.endswith(".tflite"):
         model_path = export_dir
         vocab_path = f"{os.path.dirname(export_dir) or '.'}/{VOCAB_FILE}"

@@ -23,7 +23,7 @@ import tempfile
 from typing import Iterator
 
 from charrnn import storage
-from charrnn.config import TrainConfig
+from charrnn.config import TrainConfig, check_utf8
 from charrnn.data import Vocabulary
 from charrnn.errors import CharRNNError
 from charrnn.lock import RunLock
@@ -47,7 +47,7 @@ class RunDir:
     that exists but is not a directory."""
 
     def __init__(self, path: str):
-        self.path = path.rstrip("/") or path
+        self.path = check_utf8("--run_dir", path).rstrip("/") or path
         if storage.exists(self.path) and not storage.isdir(self.path):
             raise CharRNNError(f"--run_dir {path} is a file, not a directory; pass a directory for the run")
         self._files: RunFiles | None = None

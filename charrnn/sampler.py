@@ -16,6 +16,7 @@ from typing import Iterator
 import numpy as np
 import tensorflow as tf
 
+from charrnn.config import check_types
 from charrnn.data import Vocabulary
 from charrnn.devices import resolve_device
 from charrnn.errors import CharRNNError
@@ -44,6 +45,7 @@ class SampleOptions:
     stop_at: str | None = None
 
     def __post_init__(self) -> None:
+        check_types(self, lambda name: name)
         if not MIN_TEMPERATURE <= self.temperature <= MAX_TEMPERATURE:
             raise CharRNNError(f"temperature must be between {MIN_TEMPERATURE:g} and {MAX_TEMPERATURE:g}, got "
                                f"{self.temperature} (for the most likely character every time, use greedy)")
@@ -65,6 +67,12 @@ class SampleOptions:
 
 
 def _check_request(prime: str, num_chars: int, num_samples: int, seed: int | None) -> None:
+    if not isinstance(prime, str):
+        hint = "; decode bytes first: prime.decode('utf-8')" if isinstance(prime, bytes) else ""
+        raise CharRNNError(f"the prime must be a string (str), got {type(prime).__name__}{hint}")
+    for name, value in (("num_chars", num_chars), ("num_samples", num_samples), ("seed", seed)):
+        if not (isinstance(value, int) and not isinstance(value, bool)) and not (name == "seed" and value is None):
+            raise CharRNNError(f"{name} must be an integer{' or None' if name == 'seed' else ''}, got {value!r}")
     if not prime:
         raise CharRNNError("the prime is empty; pass at least one character to start from")
     if seed is not None and not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
@@ -137,8 +145,8 @@ class Sampler:
         The same seed and options give exactly `generate`'s text (one sample)."""
         options = SampleOptions(temperature, top_k, top_p, greedy, stop_at)
         _check_request(prime, num_chars, 1, seed)
-        if chunk < 1:
-            raise CharRNNError(f"chunk must be at least 1, got {chunk}")
+        if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1:
+            raise CharRNNError(f"chunk must be an integer of at least 1, got {chunk!r}")
         if num_chars == 0:
             return
         first, continue_ = self._functions(options)

@@ -19,13 +19,13 @@ from types import FrameType
 from typing import Any
 
 from charrnn.callbacks import Callback
-from charrnn.errors import CharRNNError
+from charrnn.errors import TryAgain
 
 # EX_TEMPFAIL from sysexits.h: the run stopped cleanly and running it again continues it.
-EXIT_PREEMPTED = 75
+EXIT_PREEMPTED = TryAgain.exit_status
 
 
-class Preempted(CharRNNError):
+class Preempted(TryAgain):
     """Training stopped on a signal (or a worker's preemption or loss) after the checkpoint
     `checkpoint` was saved; running the same command again continues it."""
 

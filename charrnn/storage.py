@@ -13,6 +13,7 @@ import glob as _glob
 import os
 import re
 import shutil
+import socket
 import tempfile
 from typing import Any
 
@@ -136,6 +137,31 @@ def read_utf8(path: str) -> str | None:
         cause = e.strerror if isinstance(e, OSError) else str(e).strip().splitlines()[0]
         raise CharRNNError(f"cannot read {path} ({cause}); it should be a readable file written by "
                            "charrnn-train, or use another --run_dir") from None
+
+
+def part_name(path: str) -> str:
+    """Where a file on its way to `path` is written: beside it, named by this host and process
+    (so that two writers never share one, and one left by a dead writer is known)."""
+    return f"{path}.{socket.gethostname()}.{os.getpid()}.part"
+
+
+def remove_dead_parts(directory: str) -> None:
+    """Removes the `.part` files in `directory` (local) left by writers of this host that are gone."""
+    host = socket.gethostname()
+    for path in glob(os.path.join(directory, f"*.{host}.*.part")):
+        pid = path.rsplit(".", 2)[-2]
+        if pid.isdigit() and not _alive(int(pid)):
+            remove(path)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def remove(path: str) -> bool:

@@ -13,7 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 from charrnn.config import TrainConfig
-from charrnn.corpus import encode
+from charrnn.idcache import encode
 from charrnn.data import Layout, Vocabulary, num_windows, split_ids
 from charrnn.errors import CharRNNError
 

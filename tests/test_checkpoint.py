@@ -1,15 +1,18 @@
 """TensorFlow checkpoints of a run: a save killed after its files were written and before the
-state file named it is found, restored, and in its turn deleted like any other."""
+state file named it is found, restored, and in its turn deleted like any other; a checkpoint
+that a running trainer deletes while a reader reads it is no damage."""
 
 from __future__ import annotations
 
 import os
 
+import numpy as np
 import pytest
 import tensorflow as tf
 
-from charrnn import Trainer
+from charrnn import Sampler, Trainer, checkpoint
 from charrnn.checkpoint import checkpoint_paths
+from charrnn.trained import load_model
 from conftest import Crash, tiny_config
 
 
@@ -36,3 +39,27 @@ def test_a_checkpoint_the_state_file_does_not_name_is_restored_and_deleted_in_tu
     assert resumed.restored_from.endswith("ckpt-5") and int(resumed.step.numpy()) == 5
     resumed.fit(verbose=0)
     assert sorted(p.name for p in (run / "ckpt").glob("*.index")) == ["ckpt-7.index", "ckpt-8.index"]
+
+
+def test_a_checkpoint_deleted_by_a_running_trainer_while_it_is_read_is_passed_over_quietly(small_text, tmp_path,
+                                                                                          monkeypatch, capfd):
+    """A sampler lists the checkpoints; the trainer saves two more and deletes the listed ones
+    (max_to_keep); the sampler reads the newest instead, without a word: a race, not damage."""
+    run = tmp_path / "run"
+    Trainer(tiny_config(small_text, run, max_steps=6, checkpoint_every=1, max_to_keep=2)).fit(verbose=0)
+    real = checkpoint.checkpoint_paths
+    stale = [str(run / "ckpt" / "ckpt-4"), str(run / "ckpt" / "ckpt-3")]  # what the listing saw, before steps 5, 6
+    listings = []
+
+    def listed_before_the_last_saves(directory):
+        listings.append(directory)
+        return stale if directory.endswith("ckpt") and len(listings) <= 2 else real(directory)
+
+    monkeypatch.setattr(checkpoint, "checkpoint_paths", listed_before_the_last_saves)
+    capfd.readouterr()
+    sampler = Sampler.from_checkpoint(str(run), which="latest")
+    assert capfd.readouterr().err == ""  # no "skipping", no TensorFlow warnings
+    monkeypatch.undo()
+    newest = load_model(str(run), "latest")
+    assert newest.path.endswith("ckpt-6")
+    np.testing.assert_array_equal(sampler.model.dense.kernel.numpy(), newest.model.dense.kernel.numpy())

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 from charrnn import Sampler
-from conftest import TINY_FLAGS, run_cli, tensorflow_lines
+from conftest import TINY_FLAGS, assert_one_line_error, run_cli, tensorflow_lines
 
 
 def test_console_scripts_run_their_own_tool():
@@ -131,3 +132,22 @@ def test_the_live_progress_line_never_wraps_on_a_50_column_terminal(small_text, 
     live = [p for p in pieces if "ETA" in p]
     assert live and all(len(p) < 50 for p in live), live
     assert any("step 30/30 100%" in p for p in live)
+
+
+def test_ctrl_c_while_streaming_ends_quietly(trained_run):
+    proc = subprocess.Popen([sys.executable, "-m", "charrnn.cli.sample", f"--run_dir={trained_run}", "--stream",
+                             "--num_chars=1000000", "--seed=1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout.read(1)  # the sample has begun
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err.decode()[-2000:]
+    assert "Traceback" not in err.decode() and err.decode().strip().splitlines()[-1] == "charrnn-sample: interrupted"
+
+
+def test_an_argument_that_is_not_utf8_is_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "charrnn.cli.train", b"--data=caf\xe9.txt",
+                           f"--run_dir={tmp_path / 'run'}"], capture_output=True, timeout=300)
+    assert_one_line_error(subprocess.CompletedProcess(proc.args, proc.returncode, proc.stdout.decode(),
+                                                      proc.stderr.decode()),
+                          "(--data) 'caf\\xe9.txt' is not valid UTF-8 (at character 3)")
+    assert not (tmp_path / "run").exists()

@@ -10,6 +10,7 @@ import re
 import pytest
 
 from charrnn import PRESETS, CharRNNError, TrainConfig
+from charrnn.config import check_tf_config
 from conftest import tiny_config
 
 
@@ -68,3 +69,34 @@ def test_every_preset_names_settings_of_the_tools():
         training = {k: v for k, v in values.items() if k not in ("num_chars", "temperature")}  # charrnn-sample's
         assert set(training) <= fields, name
         TrainConfig(**training)  # valid as they stand
+
+
+@pytest.mark.parametrize("field, value", [("data", "caf\udce9.txt"), ("run_dir", "runs/\ud800"),
+                                          ("init_from", "runs/\udcff"), ("sample_prime", "\udc80")])
+def test_text_that_is_not_utf8_is_refused_naming_the_flag(field, value):
+    """Bytes that are not UTF-8 in an argument reach Python as lone surrogates (so do such
+    strings passed in code); no filesystem would take them later."""
+    with pytest.raises(CharRNNError, match=rf"--{field}\)? '.*' is not valid UTF-8 \(at character \d+\)"):
+        TrainConfig(**{field: value})
+
+
+@pytest.mark.parametrize("field", ["data", "run_dir"])
+def test_blank_paths_are_refused(field):
+    with pytest.raises(CharRNNError, match=f"--{field} is empty"):
+        TrainConfig(**{field: "  "})
+
+
+@pytest.mark.parametrize("value, message", [
+    (None, "needs the TF_CONFIG environment variable"),
+    ("[1, 2]", 'TF_CONFIG has no "cluster" of task lists'),
+    ("{not json", "TF_CONFIG is not valid JSON"),
+    ('{"cluster": {"worker": ["a:1", "b:2"]}}', "TF_CONFIG's \"task\" must name this process's type, one of ['worker']"),
+    ('{"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "chief", "index": 0}}', "must name this process's type"),
+    ('{"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 2}}',
+     "task index must be 0 to 1 (its 'worker' list has 2), got 2"),
+    ('{"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": "0"}}', "got '0'"),
+])
+def test_a_tf_config_that_does_not_place_this_process_in_a_cluster_is_refused(value, message):
+    with pytest.raises(CharRNNError, match=re.escape(message)):
+        check_tf_config(value)
+    check_tf_config('{"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 1}}')

@@ -9,6 +9,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import stat
 import subprocess
 from pathlib import Path
@@ -369,3 +370,27 @@ def test_a_failed_export_write_leaves_no_half_savedmodel(base_run, tmp_path, mon
     with pytest.raises(CharRNNError, match="No space left on device"):
         export(str(base_run), str(tmp_path / "empty"))
     assert os.listdir(tmp_path / "empty") == []
+
+
+def test_an_export_appears_whole_or_not_at_all(base_run, tmp_path, monkeypatch):
+    """The SavedModel is written under a name of the exporting process and renamed into place:
+    a killed export leaves no half SavedModel at --export_dir, and the next export removes
+    what a dead one left."""
+    import keras
+
+    dead = tmp_path / f"export.{socket.gethostname()}.{2**22 + 99}.part"  # left by an export killed halfway
+    (dead / "variables").mkdir(parents=True)
+    (dead / "saved_model.pb").write_bytes(b"half")
+    archive_class = type(keras.export.ExportArchive())
+    real_write_out = archive_class.write_out
+    seen = []
+
+    def write_out(self, path, *args, **kwargs):
+        seen.append((path, (tmp_path / "export").exists()))
+        return real_write_out(self, path, *args, **kwargs)
+
+    monkeypatch.setattr(archive_class, "write_out", write_out)
+    export(str(base_run), str(tmp_path / "export"))
+    assert seen == [(str(tmp_path / f"export.{socket.gethostname()}.{os.getpid()}.part"), False)]
+    assert sorted(os.listdir(tmp_path)) == ["export"]
+    assert "serving_default" in tf.saved_model.load(str(tmp_path / "export")).signatures

@@ -3,6 +3,8 @@ long pass of the model, reproducibility, shapes, prime handling, argument checks
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -163,3 +165,26 @@ def test_stop_at_ends_each_sample_before_the_stop_text(sampler):
         sampler.generate("a", num_chars=5, top_p=0)
     with pytest.raises(CharRNNError, match="top_k must be >= 0"):
         sampler.generate("a", num_chars=5, top_k=-1)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(num_chars="10"), "num_chars must be an integer, got '10'"),
+    (dict(num_chars=10.0), "num_chars must be an integer, got 10.0"),
+    (dict(num_chars=True), "num_chars must be an integer, got True"),
+    (dict(num_samples=2.0), "num_samples must be an integer, got 2.0"),
+    (dict(seed="1"), "seed must be an integer or None, got '1'"),
+    (dict(temperature="0.5"), "temperature must be a number, got '0.5'"),
+    (dict(top_k=2.5), "top_k must be an integer, got 2.5"),
+    (dict(top_p="0.9"), "top_p must be a number, got '0.9'"),
+    (dict(greedy=1), "greedy must be True or False, got 1"),
+    (dict(stop_at=5), "stop_at must be a string or None, got 5"),
+    (dict(prime=b"ab"), "the prime must be a string (str), got bytes; decode bytes first: prime.decode('utf-8')"),
+    (dict(prime="a\udcff"), "1 character(s) not in the model's vocabulary: '\\udcff'"),
+])
+def test_arguments_of_the_wrong_type_are_one_error(sampler, kwargs, message):
+    kwargs = {"prime": "ab", **kwargs}
+    with pytest.raises(CharRNNError, match=re.escape(message)):
+        sampler.generate(**kwargs)
+    if "num_samples" not in kwargs:  # stream makes one sample
+        with pytest.raises(CharRNNError, match=re.escape(message)):
+            next(sampler.stream(**kwargs))

@@ -20,7 +20,7 @@ from absl import app, flags, logging
 
 from charrnn.config import PRESETS, WHICH
 from charrnn.errors import CharRNNError
-from charrnn.stopping import EXIT_PREEMPTED, Preempted
+from charrnn.stopping import Preempted
 
 FLAGS = flags.FLAGS
 # Flag name -> the heading --help lists it under (flags a tool defines itself go under the
@@ -86,7 +86,8 @@ def dataclass_from_flags(cls: type) -> Any:
 
 
 def run(main: Callable[[], None], doc: str) -> None:
-    """Runs `main` under absl; a CharRNNError becomes a one-line message and exit status 2.
+    """Runs `main` under absl; a CharRNNError becomes a one-line message and its exit status
+    (2, or 75 for a TryAgain).
 
     `doc` (the tool's module docstring, which starts with the tool's name) heads --help,
     which lists the tool's own flags by group. A preempted training run (SIGTERM, Ctrl-C)
@@ -106,11 +107,14 @@ def run(main: Callable[[], None], doc: str) -> None:
         try:
             _start_tensorflow(quiet=not FLAGS.tf_logs and "TF_CPP_MIN_LOG_LEVEL" not in os.environ)
             main()
-        except Preempted as e:
+        except Preempted as e:  # not an error: the run stopped to be continued
             print(f"{prog}: {e}", file=sys.stderr)
-            sys.exit(EXIT_PREEMPTED)
+            sys.exit(e.exit_status)
         except CharRNNError as e:
-            _fail(prog, str(e))
+            _fail(prog, str(e), e.exit_status)
+        except KeyboardInterrupt:  # Ctrl-C outside training (which stops with a checkpoint)
+            print(f"\n{prog}: interrupted", file=sys.stderr)
+            sys.exit(130)
 
     def parse(argv: list[str]) -> list[str]:
         try:
@@ -179,9 +183,9 @@ def _shown(default: Any) -> str:
     return repr(default) if isinstance(default, str) else str(default)
 
 
-def _fail(prog: str, message: str) -> None:
+def _fail(prog: str, message: str, status: int = 2) -> None:
     print(f"{prog}: error: {message}", file=sys.stderr)
     # Objects torn down at exit (e.g. a half-restored checkpoint) may log warnings that would
     # bury the one line that matters.
     logging.set_verbosity(logging.ERROR)
-    sys.exit(2)
+    sys.exit(status)
