@@ -31,7 +31,7 @@ case "${1:-}" in
     .venv/bin/charrnn-sample --run_dir=runs/demo --prime="ROMEO: " --num_chars=500 --temperature=0.5 --seed=0
     ;;
   test)
-    .venv/bin/python -m pytest -q tests
+    .venv/bin/python -m pytest -q -n auto tests
     ;;
   *)
     echo "usage: ./run.sh demo|test" >&2

@@ -5,7 +5,8 @@
     print(charrnn.Sampler.from_checkpoint("runs/x").generate("ROMEO: "))
 
 Names are imported on first use, so `import charrnn` (and a command-line tool's --help)
-does not wait for TensorFlow.
+does not wait for TensorFlow; the first name that needs it starts TensorFlow without its
+C++ start-up lines (CHARRNN_TF_LOGS=1 shows them; see charrnn/quiet.py).
 """
 
 from __future__ import annotations
@@ -13,12 +14,14 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from charrnn.quiet import start_tensorflow
+
 # Public name -> the module that defines it.
 _EXPORTS = {
     "Callback": "callbacks",
     "PRESETS": "config", "TrainConfig": "config",
     "CORPORA": "corpus", "read_text": "corpus", "resolve_sources": "corpus",
-    "Vocabulary": "data",
+    "Vocabulary": "vocab",
     "CharRNNError": "errors", "TryAgain": "errors",
     "export": "exporter", "export_tflite": "exporter",
     "EpochStats": "loop",
@@ -28,13 +31,14 @@ _EXPORTS = {
     "Trainer": "trainer",
 }
 __all__ = sorted(_EXPORTS)
+# Modules that do not import TensorFlow (tests/test_quiet.py checks each).
+_WITHOUT_TENSORFLOW = {"callbacks", "config", "corpus", "errors", "loop", "vocab"}
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:  # what type checkers and IDEs see
     from charrnn.callbacks import Callback
     from charrnn.config import PRESETS, TrainConfig
     from charrnn.corpus import CORPORA, read_text, resolve_sources
-    from charrnn.data import Vocabulary
     from charrnn.errors import CharRNNError, TryAgain
     from charrnn.exporter import export, export_tflite
     from charrnn.loop import EpochStats
@@ -42,11 +46,14 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     from charrnn.stopping import EXIT_PREEMPTED, Preempted
     from charrnn.sampler import MAX_NUM_CHARS, SampleOptions, Sampler
     from charrnn.trainer import Trainer
+    from charrnn.vocab import Vocabulary
 
 
 def __getattr__(name: str) -> Any:
     if name not in _EXPORTS:
         raise AttributeError(f"module 'charrnn' has no attribute {name!r}")
+    if _EXPORTS[name] not in _WITHOUT_TENSORFLOW:
+        start_tensorflow()
     value = getattr(importlib.import_module(f"charrnn.{_EXPORTS[name]}"), name)
     globals()[name] = value  # later lookups skip this function
     return value

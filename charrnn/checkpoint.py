@@ -21,7 +21,7 @@ import tensorflow as tf
 
 from charrnn import storage
 from charrnn.config import WHICH
-from charrnn.data import Vocabulary
+from charrnn.vocab import Vocabulary
 from charrnn.errors import CharRNNError
 from charrnn.rundir import RunDir
 

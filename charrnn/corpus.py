@@ -28,7 +28,6 @@ import urllib.request
 from typing import Iterator
 
 import numpy as np
-import tensorflow as tf
 
 from charrnn import storage
 from charrnn.config import check_utf8
@@ -91,16 +90,16 @@ def _resolve_one(data: str) -> list[str]:
     scheme = urllib.parse.urlsplit(data).scheme
     if scheme in ("http", "https", "file", "ftp"):
         return [_download(data)]
-    if tf.io.gfile.exists(data):
-        if tf.io.gfile.isdir(data):
-            names = sorted(n.rstrip("/") for n in tf.io.gfile.listdir(data) if not n.startswith("."))
-            files = [f"{data.rstrip('/')}/{n}" for n in names if not tf.io.gfile.isdir(f"{data.rstrip('/')}/{n}")]
+    if storage.exists(data):
+        if storage.isdir(data):
+            names = sorted(n for n in storage.listdir(data) if not n.startswith("."))
+            files = [f"{data.rstrip('/')}/{n}" for n in names if not storage.isdir(f"{data.rstrip('/')}/{n}")]
             if not files:
                 raise CharRNNError(f"--data directory {data} holds no files; put text files in it")
             return [_regular(f) for f in files]
         return [_regular(data)]
     if any(c in data for c in "*?["):
-        matches = sorted(m for m in tf.io.gfile.glob(data) if not tf.io.gfile.isdir(m))
+        matches = sorted(m for m in storage.glob(data) if not storage.isdir(m))
         if not matches:
             raise CharRNNError(f"--data pattern {data!r} matches no file")
         return [_regular(m) for m in matches]
@@ -195,7 +194,7 @@ def _fetch(url: str, path: str, sha256: str | None, failure: str, hint: str) -> 
 
 def _sha256(path: str) -> str:
     digest = hashlib.sha256()
-    with tf.io.gfile.GFile(path, "rb") as f:
+    with storage.open_read(path) as f:
         while chunk := f.read(CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
@@ -205,16 +204,18 @@ def raw_chunks(sources: list[str]) -> Iterator[tuple[str, int, bytes]]:
     """(source, offset in it, bytes) of the joined text, each source's leading BOM dropped."""
     for source in sources:
         try:
-            with tf.io.gfile.GFile(source, "rb") as f:
+            with storage.open_read(source) as f:
                 offset = 0
                 while chunk := f.read(CHUNK):
                     if offset == 0 and chunk.startswith(_BOM):
                         chunk, offset = chunk[len(_BOM):], len(_BOM)
                     yield source, offset, chunk
                     offset += len(chunk)
-        except tf.errors.OpError as e:
-            raise CharRNNError(f"cannot read {source} ({e.message.splitlines()[0]}); pass a readable UTF-8 text "
-                               "file") from None
+        except CharRNNError:
+            raise
+        except Exception as e:  # noqa: BLE001 - OSError, or tf.errors.OpError on another filesystem
+            cause = e.strerror if isinstance(e, OSError) else str(e).strip().splitlines()[0]
+            raise CharRNNError(f"cannot read {source} ({cause}); pass a readable UTF-8 text file") from None
 
 
 def decoded(sources: list[str]) -> Iterator[tuple[bytes, np.ndarray | None]]:

@@ -26,7 +26,7 @@ import tensorflow as tf
 
 from charrnn import storage
 from charrnn.config import check_utf8
-from charrnn.data import Vocabulary
+from charrnn.vocab import Vocabulary
 from charrnn.errors import CharRNNError
 from charrnn.model import CharRNN
 from charrnn.sampler import MAX_NUM_CHARS, MAX_TEMPERATURE, MIN_TEMPERATURE, SampleOptions, Sampler

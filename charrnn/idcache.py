@@ -36,7 +36,7 @@ import numpy as np
 from charrnn import storage
 from charrnn.corpus import CHUNK, cache_dir, decoded, empty_text, local_cache_dir, raw_chunks, resolve_sources
 from charrnn.storage import part_name, remove_dead_parts
-from charrnn.data import Vocabulary
+from charrnn.vocab import Vocabulary
 from charrnn.errors import CharRNNError, TryAgain
 
 _MAX_CODEPOINT = 0x110000

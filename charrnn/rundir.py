@@ -24,7 +24,7 @@ from typing import Iterator
 
 from charrnn import storage
 from charrnn.config import TrainConfig, check_utf8
-from charrnn.data import Vocabulary
+from charrnn.vocab import Vocabulary
 from charrnn.errors import CharRNNError
 from charrnn.lock import RunLock
 

@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from charrnn.config import check_types
-from charrnn.data import Vocabulary
+from charrnn.vocab import Vocabulary
 from charrnn.devices import resolve_device
 from charrnn.errors import CharRNNError
 from charrnn.model import CharRNN

@@ -60,6 +60,15 @@ def isdir(path: str) -> bool:
     return os.path.isdir(path) if is_local(path) else _gfile().isdir(path)
 
 
+def listdir(path: str) -> list[str]:
+    return os.listdir(path) if is_local(path) else [name.rstrip("/") for name in _gfile().listdir(path)]
+
+
+def open_read(path: str) -> Any:
+    """`path` opened for reading bytes: a local file, or TensorFlow's GFile elsewhere."""
+    return open(path, "rb") if is_local(path) else _gfile().GFile(path, "rb")
+
+
 def makedirs(path: str) -> None:
     if is_local(path):
         os.makedirs(path, exist_ok=True)

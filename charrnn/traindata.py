@@ -14,7 +14,8 @@ import tensorflow as tf
 
 from charrnn.config import TrainConfig
 from charrnn.idcache import encode
-from charrnn.data import Layout, Vocabulary, num_windows, split_ids
+from charrnn.data import Layout, num_windows, split_ids
+from charrnn.vocab import Vocabulary
 from charrnn.errors import CharRNNError
 
 

@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from charrnn import checkpoint
 from charrnn.config import TrainConfig
-from charrnn.data import Vocabulary
+from charrnn.vocab import Vocabulary
 from charrnn.errors import CharRNNError
 from charrnn.model import CharRNN
 from charrnn.rundir import RunDir

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from charrnn import CharRNNError, TryAgain, corpus, idcache
-from charrnn.data import fingerprint
+from charrnn.vocab import fingerprint
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ import tensorflow as tf
 
 from charrnn import CharRNNError, Sampler, TrainConfig, Trainer, export, storage
 from charrnn.checkpoint import checkpoint_paths, read_fingerprints
-from charrnn.data import fingerprint
+from charrnn.vocab import fingerprint
 from charrnn.metrics import read_metrics
 from charrnn.rundir import RunDir
 from conftest import TINY_FLAGS, leftovers, run_cli, snapshot, tiny_config

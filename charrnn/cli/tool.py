@@ -8,9 +8,7 @@ and import what needs TensorFlow inside their `main`.
 from __future__ import annotations
 
 import dataclasses
-import os
 import sys
-import tempfile
 import textwrap
 import types
 import typing
@@ -20,6 +18,7 @@ from absl import app, flags, logging
 
 from charrnn.config import PRESETS, WHICH
 from charrnn.errors import CharRNNError
+from charrnn.quiet import start_tensorflow
 from charrnn.stopping import Preempted
 
 FLAGS = flags.FLAGS
@@ -105,7 +104,7 @@ def run(main: Callable[[], None], doc: str) -> None:
             # TensorFlow logs routine INFO lines (e.g. on every checkpoint save) through absl.
             logging.set_verbosity(logging.WARNING)
         try:
-            _start_tensorflow(quiet=not FLAGS.tf_logs and "TF_CPP_MIN_LOG_LEVEL" not in os.environ)
+            start_tensorflow(quiet=False if FLAGS.tf_logs else None)
             main()
         except Preempted as e:  # not an error: the run stopped to be continued
             print(f"{prog}: {e}", file=sys.stderr)
@@ -123,36 +122,6 @@ def run(main: Callable[[], None], doc: str) -> None:
             _fail(prog, f"{e}; see --help")
 
     app.run(wrapped, flags_parser=parse)
-
-
-def _start_tensorflow(quiet: bool) -> None:
-    """Imports TensorFlow and finds its devices; when `quiet`, without its start-up log lines.
-
-    TensorFlow's C++ logging prints its start-up lines (oneDNN, CUDA probing, CPU features)
-    before TF_CPP_MIN_LOG_LEVEL takes effect, so they are caught by pointing file
-    descriptor 2 elsewhere meanwhile, and shown if the start-up fails. After it, only
-    TensorFlow's errors reach the console (TF_CPP_MIN_LOG_LEVEL=2).
-    """
-    if not quiet:
-        import tensorflow as tf
-        tf.config.list_physical_devices()
-        return
-    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as caught:
-        os.dup2(caught.fileno(), 2)
-        try:
-            import tensorflow as tf
-            tf.config.list_physical_devices()  # CUDA is probed here, and says so
-        except BaseException:
-            os.dup2(saved, 2)
-            caught.seek(0)
-            sys.stderr.write(caught.read().decode("utf-8", "replace"))
-            raise
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
 
 
 def _help(prog: str, doc: str) -> str:
