@@ -135,7 +135,6 @@ def main(argv: list[str]) -> None:
             rows.append({"size_mb": size_mb, "first_start_s": round(first[0], 1), "first_peak_rss_mb": round(first[1]),
                          "cached_start_s": round(cached[0], 1), "cached_peak_rss_mb": round(cached[1]),
                          "encode_mb_per_s": round(size_mb / encode_s, 1)})
-            print(rows[-1], flush=True)
             shutil.rmtree(os.path.join(work, f"run_{size_mb}_a"), ignore_errors=True)
             shutil.rmtree(os.path.join(work, f"run_{size_mb}_b"), ignore_errors=True)
         os.environ["CHARRNN_DATA_DIR"] = os.path.join(work, f"cache_{FLAGS.sizes_mb[0]}")

@@ -36,9 +36,14 @@ def main(argv: list[str]) -> None:
 
     from charrnn import Sampler
     from charrnn.data import split_ids
-    from charrnn.exporter import TFLITE_FILE, export_tflite
+    from charrnn.exporter import export_tflite
+    from charrnn.preflight import TFLITE_FILE
     from charrnn.rundir import RunDir
     from charrnn.traindata import text_ids
+    try:  # LiteRT, what the TFLite example uses; else TensorFlow's deprecated one
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        Interpreter = tf.lite.Interpreter  # noqa: N806
 
     files = RunDir(FLAGS.run_dir).read()
     config, vocab = files.config, files.vocab
@@ -50,7 +55,7 @@ def main(argv: list[str]) -> None:
         for quantize in ("none", "dynamic"):
             export_tflite(FLAGS.run_dir, os.path.join(work, quantize), quantize=quantize)
             path = os.path.join(work, quantize, TFLITE_FILE)
-            step = tf.lite.Interpreter(model_path=path).get_signature_runner("step")
+            step = Interpreter(model_path=path).get_signature_runner("step")
             zero = np.zeros(step.get_input_details()["state"]["shape"], np.float32)
             rng, out = np.random.default_rng(0), step(ids=val[:1].astype(np.int32), state=zero)
             start = time.perf_counter()

@@ -27,12 +27,12 @@ _EXPORTS = {
     "EpochStats": "loop",
     "CharRNN": "model",
     "EXIT_PREEMPTED": "stopping", "Preempted": "stopping",
-    "MAX_NUM_CHARS": "sampler", "SampleOptions": "sampler", "Sampler": "sampler",
+    "MAX_NUM_CHARS": "sampling", "SampleOptions": "sampling", "Sampler": "sampler",
     "Trainer": "trainer",
 }
 __all__ = sorted(_EXPORTS)
 # Modules that do not import TensorFlow (tests/test_quiet.py checks each).
-_WITHOUT_TENSORFLOW = {"callbacks", "config", "corpus", "errors", "loop", "vocab"}
+_WITHOUT_TENSORFLOW = {"callbacks", "config", "corpus", "errors", "loop", "sampling", "vocab"}
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:  # what type checkers and IDEs see
@@ -44,7 +44,8 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     from charrnn.loop import EpochStats
     from charrnn.model import CharRNN
     from charrnn.stopping import EXIT_PREEMPTED, Preempted
-    from charrnn.sampler import MAX_NUM_CHARS, SampleOptions, Sampler
+    from charrnn.sampler import Sampler
+    from charrnn.sampling import MAX_NUM_CHARS, SampleOptions
     from charrnn.trainer import Trainer
     from charrnn.vocab import Vocabulary
 

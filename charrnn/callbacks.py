@@ -44,6 +44,9 @@ class TrainerView(Protocol):
     def sample(self, step: int) -> str:
         """The sample of the model shown at `step` (the same after a resume)."""
 
+    def describe(self) -> str:
+        """The run's corpus, plan and model, as the console shows them at its start."""
+
 
 class Callback:
     """Base class of training callbacks: override the methods you need (all do nothing).
@@ -121,7 +124,7 @@ class CallbackList(Callback):
 
 
 class ProgressLogger(Callback):
-    """The console: `verbose=1` a live line on a terminal (redrawn in place, cut to the
+    """The console: the run's corpus, plan and model as it starts; `verbose=1` a live line on a terminal (redrawn in place, cut to the
     terminal's width so that it never wraps), `verbose=2` one line per `log_every` steps
     (the interval's mean loss); evaluations, epoch ends and how the run ended, either way.
 
@@ -139,6 +142,7 @@ class ProgressLogger(Callback):
         self._start_step, self._step = trainer.position()[0], trainer.position()[0]
         self._start, self._last_draw, self._train_seconds = time.monotonic(), 0.0, 0.0
         self._interval_sum = self._interval_steps = 0.0
+        print(trainer.describe(), flush=True)
         if trainer.restored_from is not None:
             step, epoch = trainer.position()
             print(f"Resumed from {trainer.restored_from} at step {step}, epoch {epoch + 1}", flush=True)

@@ -1,5 +1,6 @@
 """TensorFlow checkpoints of a run: finding them, restoring the newest usable one, writing
-them (`Checkpointer`), and the fingerprints each one records.
+them (`Checkpointer`), and two parts of what each one holds: the record of validation
+(`Evaluations`) and the fingerprints.
 
 Every checkpoint records fingerprints of the vocabulary and of the training text
 (`fingerprints/vocab`, `fingerprints/data`), so that a vocab.json that does not belong to
@@ -11,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+import math
 import os
 import re
 import sys
@@ -20,10 +22,11 @@ from typing import Iterable, Iterator
 import tensorflow as tf
 
 from charrnn import storage
+from charrnn.cadence import EvalRecord
 from charrnn.config import WHICH
-from charrnn.vocab import Vocabulary
 from charrnn.errors import CharRNNError
 from charrnn.rundir import RunDir
+from charrnn.vocab import Vocabulary
 
 # Checkpoint keys of the fingerprints (see Fingerprints).
 _FINGERPRINT_KEY = "fingerprints/{}/.ATTRIBUTES/VARIABLE_VALUE"
@@ -137,6 +140,34 @@ class Fingerprints(tf.Module):
         with tf.device("/CPU:0"):
             self.vocab = tf.Variable(vocab, trainable=False, name="vocab")
             self.data = tf.Variable(data, trainable=False, name="data")
+
+
+class Evaluations(tf.Module):
+    """The checkpointed record of validation: the last and the best evaluation, and how
+    many came since the best (read as a charrnn.cadence.EvalRecord)."""
+
+    def __init__(self) -> None:
+        super().__init__(name="validation")
+        self.last_step = tf.Variable(-1, dtype=tf.int64, trainable=False, name="last_step")
+        self.last_loss = tf.Variable(math.nan, dtype=tf.float64, trainable=False, name="last_loss")
+        self.best_loss = tf.Variable(math.inf, dtype=tf.float64, trainable=False, name="best_loss")
+        self.best_step = tf.Variable(-1, dtype=tf.int64, trainable=False, name="best_step")
+        self.since_best = tf.Variable(0, dtype=tf.int64, trainable=False, name="since_best")
+
+    def record(self, step: int, loss: float) -> bool:
+        """Records the evaluation at `step`; True when it is the best so far."""
+        self.last_step.assign(step)
+        self.last_loss.assign(loss)
+        best = loss < float(self.best_loss.numpy())
+        if best:
+            self.best_loss.assign(loss)
+            self.best_step.assign(step)
+        self.since_best.assign(0 if best else self.since_best + 1)
+        return best
+
+    def read(self) -> EvalRecord:
+        return EvalRecord(int(self.last_step.numpy()), float(self.last_loss.numpy()), int(self.best_step.numpy()),
+                          float(self.best_loss.numpy()), int(self.since_best.numpy()))
 
 
 def read_fingerprints(path: str) -> tuple[str, str] | None:

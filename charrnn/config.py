@@ -246,6 +246,15 @@ class TrainConfig:
     def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes)
 
+    @classmethod
+    def preset(cls, name: str, **changes: Any) -> TrainConfig:
+        """The training settings of preset `name` (PRESETS), with `changes` on top: what
+        `charrnn-train --preset=<name>` and flags give."""
+        if name not in PRESETS:
+            raise CharRNNError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{**{k: v for k, v in PRESETS[name].items() if k in known}, **changes})
+
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
 

@@ -74,22 +74,26 @@ def _keras_cache() -> str:
     return os.path.join(keras_home, "datasets", "charrnn")
 
 
-def resolve_sources(data: str) -> list[str]:
-    """The text files `data` names, in the order they are joined (see the module docstring)."""
+def resolve_sources(data: str, fetch: bool = True) -> list[str]:
+    """The text files `data` names, in the order they are joined (see the module docstring).
+    Without `fetch`, only what needs neither a download nor TensorFlow is resolved (and
+    checked): the local files, directories and globs; the rest is left out."""
     if not check_utf8("--data", data).strip():
         raise CharRNNError("--data is empty; pass a text file, a directory, a glob, a URL or a registered corpus")
     sources = []
     for part in (p.strip() for p in data.split(",")):
         if not part:
             raise CharRNNError(f"--data {data!r} has an empty entry; separate files with single commas")
-        sources += _resolve_one(part)
+        sources += _resolve_one(part, fetch)
     return sources
 
 
-def _resolve_one(data: str) -> list[str]:
+def _resolve_one(data: str, fetch: bool) -> list[str]:
     scheme = urllib.parse.urlsplit(data).scheme
     if scheme in ("http", "https", "file", "ftp"):
-        return [_download(data)]
+        return [_download(data)] if fetch else []
+    if not fetch and not is_local(data):
+        return []
     if storage.exists(data):
         if storage.isdir(data):
             names = sorted(n for n in storage.listdir(data) if not n.startswith("."))
@@ -104,7 +108,7 @@ def _resolve_one(data: str) -> list[str]:
             raise CharRNNError(f"--data pattern {data!r} matches no file")
         return [_regular(m) for m in matches]
     if data in CORPORA:
-        return [_registered(data)]
+        return [_registered(data)] if fetch else []
     raise CharRNNError(f"--data {data!r} is neither an existing file, directory or glob nor a registered corpus; "
                        f"pass a UTF-8 text file, a URL or one of: {', '.join(CORPORA)}")
 

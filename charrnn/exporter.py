@@ -4,12 +4,13 @@
 The SavedModel holds the weights, the vocabulary (as TensorFlow tables and constants) and
 two compiled functions:
 
-    generate(prompt: string [batch], num_chars: int32, temperature: float32, seed: int64,
-             top_k: int32 = 0, top_p: float32 = 1.0, greedy: bool = False)
+    generate(prompt: string [batch], num_chars: int32, temperature: float32, seed: int64)
         -> {"text": string [batch]}: each prompt followed by its sample; the same loop as
-        `Sampler.generate` with the same options, so the same seed gives the same text.
-        Called from Python (`loaded.generate(...)`) the last three may be left out; the
-        signature `generate` takes all seven, `serving_default` the first four.
+        `Sampler.generate`, so the same seed gives the same text. Also `serving_default`.
+    generate_with_options(the same, then top_k: int32, top_p: float32, greedy: bool)
+        -> the same, with the Sampler's options. Called from Python
+        (`loaded.generate_with_options(...)`) the last three may be left out (0, 1.0, False);
+        its signature takes all seven (TF Serving fills no defaults).
     step(ids: int32 [batch], state: [layers * state_size, batch, units])
         -> {"logits": float32 [batch, vocab], "state": same as the input state}: one
         character, for clients that stream; the zero state starts a sequence.
@@ -25,11 +26,11 @@ import keras
 import tensorflow as tf
 
 from charrnn import storage
-from charrnn.config import check_utf8
 from charrnn.vocab import Vocabulary
-from charrnn.errors import CharRNNError
 from charrnn.model import CharRNN
-from charrnn.sampler import MAX_NUM_CHARS, MAX_TEMPERATURE, MIN_TEMPERATURE, SampleOptions, Sampler
+from charrnn.preflight import check_export_dir, tflite_paths
+from charrnn.sampler import Sampler
+from charrnn.sampling import MAX_NUM_CHARS, MAX_TEMPERATURE, MIN_TEMPERATURE, SampleOptions
 from charrnn.trained import load_model
 
 
@@ -86,11 +87,11 @@ class _Generator(tf.Module):
                                       tf.TensorSpec([], tf.int32, name="num_chars"),
                                       tf.TensorSpec([], tf.float32, name="temperature"),
                                       tf.TensorSpec([], tf.int64, name="seed")])
-        def generate_default(prompt, num_chars, temperature, seed):
+        def generate_default(prompt, num_chars, temperature, seed):  # the signature of the first exports
             return generate(prompt, num_chars, temperature, seed)
 
-        self.generate = generate
-        self.generate_default = generate_default
+        self.generate_with_options = generate
+        self.generate = generate_default
         self.step = _step_function(model, batch=None)
 
 
@@ -118,7 +119,7 @@ def export(run_dir: str, export_dir: str, which: str | None = None) -> str:
     process and renamed into place once complete, so that a killed export leaves no half
     SavedModel there (what a dead export left is removed by the next one).
     """
-    _check_export_dir(export_dir)
+    check_export_dir(export_dir)
     created = not storage.exists(export_dir)
     local = storage.is_local(export_dir)
     if local:
@@ -137,8 +138,9 @@ def export(run_dir: str, export_dir: str, which: str | None = None) -> str:
         archive = keras.export.ExportArchive()
         archive.track(model)
         archive.track(module)  # the lookup table and constants
-        archive.add_endpoint("serving_default", module.generate_default)
+        archive.add_endpoint("serving_default", module.generate)
         archive.add_endpoint("generate", module.generate)
+        archive.add_endpoint("generate_with_options", module.generate_with_options)
         archive.add_endpoint("step", module.step)
         try:
             archive.write_out(target, verbose=False)
@@ -156,31 +158,6 @@ def export(run_dir: str, export_dir: str, which: str | None = None) -> str:
     return path
 
 
-def _check_export_dir(export_dir: str, may_exist: bool = False) -> None:
-    """Refuses, before anything is loaded or written, an export directory that cannot take a
-    new export (with `may_exist`, it may already hold other files)."""
-    if not check_utf8("--export_dir", export_dir).strip():
-        raise CharRNNError("--export_dir is empty; pass a new or empty directory for the export")
-    if storage.exists(export_dir):
-        if not storage.isdir(export_dir):
-            raise CharRNNError(f"--export_dir {export_dir} is a file; pass a new or empty directory")
-        if tf.io.gfile.listdir(export_dir) and not may_exist:
-            raise CharRNNError(f"export directory {export_dir} is not empty; pass a new --export_dir")
-        existing = export_dir
-    elif not storage.is_local(export_dir):
-        return  # an object store has no directories to check: a failed write says why
-    else:
-        existing = os.path.dirname(os.path.abspath(export_dir))
-        while not os.path.exists(existing):
-            existing = os.path.dirname(existing)
-        if not os.path.isdir(existing):
-            raise CharRNNError(f"--export_dir {export_dir} is under {existing}, which is a file; pass a directory path")
-    if storage.is_local(existing) and not os.access(existing, os.W_OK | os.X_OK):
-        raise CharRNNError(f"cannot write to {existing} (permission denied or read-only); pass a writable --export_dir")
-
-
-TFLITE_FILE = "model.tflite"
-VOCAB_FILE = "vocab.json"  # beside the TFLite model: its characters in id order
 
 
 def export_tflite(run_dir: str, export_dir: str, which: str | None = None, quantize: str = "none") -> str:
@@ -195,19 +172,7 @@ def export_tflite(run_dir: str, export_dir: str, which: str | None = None, quant
     phone runs it. `quantize="dynamic"` stores the weights as int8 (dynamic range
     quantization: about a quarter of the size).
     """
-    check_utf8("--export_dir", export_dir)
-    if export_dir.endswith(".tflite"):
-        model_path = export_dir
-        vocab_path = f"{os.path.dirname(export_dir) or '.'}/{VOCAB_FILE}"
-        taken = [p for p in (model_path, vocab_path) if storage.exists(p)]
-        if taken:
-            raise CharRNNError(f"{taken[0]} exists; pass a new --export_dir (a directory, or a .tflite path whose "
-                               "directory has no vocab.json yet)")
-        _check_export_dir(os.path.dirname(export_dir) or ".", may_exist=True)
-    else:
-        _check_export_dir(export_dir)
-        directory = export_dir.rstrip("/")
-        model_path, vocab_path = f"{directory}/{TFLITE_FILE}", f"{directory}/{VOCAB_FILE}"
+    model_path, vocab_path = tflite_paths(export_dir)
     with tf.device("/CPU:0"):
         model, _, vocab, path = load_model(run_dir, which, "/CPU:0", lstm_impl="keras", float32=True)
         saved = tempfile.mkdtemp(prefix="charrnn_tflite_")

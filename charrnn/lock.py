@@ -49,10 +49,9 @@ class RunLock:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                holder = _describe(_read_holder(fd))
+                message = self._in_use(fd)
                 os.close(fd)
-                raise CharRNNError(f"run directory {os.path.dirname(self.path)} is in use by another trainer "
-                                   f"({holder}); wait for it to finish or stop it, or train into another --run_dir")
+                raise CharRNNError(message) from None
             except OSError as e:
                 if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
                     os.close(fd)
@@ -78,6 +77,30 @@ class RunLock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, (record + "\n").encode(), 0)
         self._fd = fd
+
+    def check_free(self) -> None:
+        """Refuses, as `acquire` would, when a live trainer holds the lock; takes nothing (a
+        shared lock for an instant) and creates nothing. For a refusal before a long start;
+        `acquire` decides."""
+        if not is_local(self.path):
+            return
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except OSError:
+            return  # no lock file: no trainer, or one that acquire will meet
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        except BlockingIOError:
+            raise CharRNNError(self._in_use(fd)) from None
+        except OSError:
+            pass  # a filesystem without locks: acquire warns
+        finally:
+            os.close(fd)
+
+    def _in_use(self, fd: int) -> str:
+        return (f"run directory {os.path.dirname(self.path)} is in use by another trainer ({_describe(_read_holder(fd))}); "
+                "wait for it to finish or stop it, or train into another --run_dir")
 
     def release(self) -> None:
         if self._fd is None:

@@ -21,6 +21,7 @@ from charrnn.config import TrainConfig
 from charrnn.devices import choose_precision
 from charrnn.errors import CharRNNError
 from charrnn.model import CharRNN
+from charrnn.preflight import check_continues
 from charrnn.rundir import RunDir, RunFiles
 from charrnn.traindata import TrainData
 from charrnn.trained import TrainedModel, load_model
@@ -56,15 +57,8 @@ class Start:
 
     def _check(self, saved: RunFiles | None) -> None:
         """Refuses a run directory whose config or vocabulary this run cannot continue."""
-        if saved is None:
-            return
-        problems = self.config.mismatches(saved.config)
-        if saved.vocab != self.data.vocab:
-            problems.append(f"vocabulary of {len(saved.vocab)} characters in the run, "
-                            f"{len(self.data.vocab)} in {self.config.data}")
-        if problems:
-            raise CharRNNError(f"run directory {self.rundir.path} holds an incompatible run ({'; '.join(problems)}); "
-                               "pass the same settings to resume, or a new --run_dir")
+        if saved is not None:
+            check_continues(self.config, saved, self.rundir, self.data.vocab)
 
     def restore(self, state: tf.train.Checkpoint, check_finite: list[tf.Variable],
                 position: Callable[[], tuple[int, int]]) -> str | None:

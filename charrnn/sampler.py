@@ -1,4 +1,4 @@
-"""`Sampler`: text generation in compiled calls, and `SampleOptions`, how it draws.
+"""`Sampler`: text generation in compiled calls (how it draws: charrnn.sampling).
 
 The prime runs through the model once to build the recurrent state and draw the first
 character; then a `tf.range` loop inside a `tf.function` samples each next character from
@@ -9,79 +9,18 @@ reproduces the output exactly.
 
 from __future__ import annotations
 
-import dataclasses
 import secrets
 from typing import Iterator
 
 import numpy as np
 import tensorflow as tf
 
-from charrnn.config import check_types
-from charrnn.vocab import Vocabulary
 from charrnn.devices import resolve_device
 from charrnn.errors import CharRNNError
 from charrnn.model import CharRNN
+from charrnn.sampling import SampleOptions, check_request
 from charrnn.trained import load_model
-
-MAX_NUM_CHARS = 1_000_000
-MAX_NUM_SAMPLES = 4096
-# Below MIN_TEMPERATURE, logits / temperature overflow float32 (use greedy instead); above
-# MAX_TEMPERATURE every character is equally likely anyway.
-MIN_TEMPERATURE, MAX_TEMPERATURE = 1e-6, 1e6
-SEED_RANGE = (-(2**63), 2**63 - 1)  # int64
-
-
-@dataclasses.dataclass(frozen=True)
-class SampleOptions:
-    """How each next character is drawn: from softmax(logits / temperature), restricted to
-    the `top_k` most likely characters (0: all) and to the smallest set whose probability
-    reaches `top_p` (1: all); `greedy` takes the most likely one instead. A sample ends just
-    before the first occurrence of `stop_at` in its generated text. Checked when built."""
-
-    temperature: float = 0.5
-    top_k: int = 0
-    top_p: float = 1.0
-    greedy: bool = False
-    stop_at: str | None = None
-
-    def __post_init__(self) -> None:
-        check_types(self, lambda name: name)
-        if not MIN_TEMPERATURE <= self.temperature <= MAX_TEMPERATURE:
-            raise CharRNNError(f"temperature must be between {MIN_TEMPERATURE:g} and {MAX_TEMPERATURE:g}, got "
-                               f"{self.temperature} (for the most likely character every time, use greedy)")
-        if self.top_k < 0:
-            raise CharRNNError(f"top_k must be >= 0 (0 keeps every character), got {self.top_k}")
-        if not 0 < self.top_p <= 1:
-            raise CharRNNError(f"top_p must be in (0, 1] (1 keeps every character), got {self.top_p}")
-        if self.stop_at == "":
-            raise CharRNNError("stop_at is empty; pass the text that should end a sample, or leave it unset")
-
-    @property
-    def filtering(self) -> bool:
-        return self.top_k > 0 or self.top_p < 1
-
-    def tensors(self, seed: int) -> tuple[tf.Tensor, ...]:
-        """(temperature, seed, top_k, top_p, greedy): the arguments of the compiled loop."""
-        return (tf.constant(self.temperature, tf.float32), tf.constant([seed, 0], tf.int64),
-                tf.constant(self.top_k, tf.int32), tf.constant(self.top_p, tf.float32), tf.constant(self.greedy))
-
-
-def _check_request(prime: str, num_chars: int, num_samples: int, seed: int | None) -> None:
-    if not isinstance(prime, str):
-        hint = "; decode bytes first: prime.decode('utf-8')" if isinstance(prime, bytes) else ""
-        raise CharRNNError(f"the prime must be a string (str), got {type(prime).__name__}{hint}")
-    for name, value in (("num_chars", num_chars), ("num_samples", num_samples), ("seed", seed)):
-        if not (isinstance(value, int) and not isinstance(value, bool)) and not (name == "seed" and value is None):
-            raise CharRNNError(f"{name} must be an integer{' or None' if name == 'seed' else ''}, got {value!r}")
-    if not prime:
-        raise CharRNNError("the prime is empty; pass at least one character to start from")
-    if seed is not None and not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
-        raise CharRNNError(f"seed must be a 64-bit integer, between {SEED_RANGE[0]} and {SEED_RANGE[1]}, got {seed}")
-    if not 0 <= num_chars <= MAX_NUM_CHARS:
-        raise CharRNNError(f"num_chars must be between 0 and {MAX_NUM_CHARS:,}, got {num_chars}")
-    if not 1 <= num_samples <= MAX_NUM_SAMPLES:
-        raise CharRNNError(f"num_samples must be between 1 and {MAX_NUM_SAMPLES}, got {num_samples}")
-
+from charrnn.vocab import Vocabulary
 
 class Sampler:
     """Generates text from a `CharRNN` and its vocabulary.
@@ -120,12 +59,12 @@ class Sampler:
         random seed is drawn.
         """
         options = SampleOptions(temperature, top_k, top_p, greedy, stop_at)
-        _check_request(prime, num_chars, num_samples, seed)
+        check_request(prime, num_chars, num_samples, seed)
         if num_chars == 0:
             texts = [prime] * num_samples
         else:
             first, chunk = self._functions(options)
-            args = options.tensors(secrets.randbits(63) if seed is None else seed)
+            args = _tensors(options, secrets.randbits(63) if seed is None else seed)
             stop_ids = tf.constant(self.vocab.encode(stop_at) if stop_at else np.zeros([0], np.int32))
             batch = tf.tile(tf.constant(self.vocab.encode(prime)[None, :]), [num_samples, 1])
             ids, state, recent, done = first(batch, stop_ids, *args)
@@ -144,13 +83,13 @@ class Sampler:
         as it is produced: compiled chunks of `chunk` steps, the state carried between them.
         The same seed and options give exactly `generate`'s text (one sample)."""
         options = SampleOptions(temperature, top_k, top_p, greedy, stop_at)
-        _check_request(prime, num_chars, 1, seed)
+        check_request(prime, num_chars, 1, seed)
         if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1:
             raise CharRNNError(f"chunk must be an integer of at least 1, got {chunk!r}")
         if num_chars == 0:
             return
         first, continue_ = self._functions(options)
-        args = options.tensors(secrets.randbits(63) if seed is None else seed)
+        args = _tensors(options, secrets.randbits(63) if seed is None else seed)
         stop_ids = tf.constant(self.vocab.encode(stop_at) if stop_at else np.zeros([0], np.int32))
         ids, state, recent, done = first(tf.constant(self.vocab.encode(prime)[None, :]), stop_ids, *args)
         text, emitted, produced = self.vocab.decode(ids.numpy()), 0, 1
@@ -235,7 +174,7 @@ class Sampler:
                    stop_ids: tf.Tensor | None = None, *, filtering: bool = False, stopping: bool = False) -> tf.Tensor:
         """`generate`'s two steps in one graph, for callers that compile them into their own
         function (the SavedModel export): ids [num_chars, batch] (time-major) generated after
-        `prime_ids` [batch, length] (>= 1 id each); `options` as `SampleOptions.tensors`.
+        `prime_ids` [batch, length] (>= 1 id each); `options` as `_tensors` makes them.
         The same seed gives `generate`'s ids."""
         if stop_ids is None:
             stop_ids = tf.zeros([0], tf.int32)
@@ -280,3 +219,9 @@ def filter_logits(logits: tf.Tensor, top_k: tf.Tensor, top_p: tf.Tensor) -> tf.T
                     k)
     threshold = tf.gather(sorted_logits, tf.maximum(keep, 1) - 1, batch_dims=1)
     return tf.where(logits < threshold, tf.constant(-float("inf"), logits.dtype), logits)
+
+
+def _tensors(options: SampleOptions, seed: int) -> tuple[tf.Tensor, ...]:
+    """(temperature, seed, top_k, top_p, greedy): the arguments of the compiled loop."""
+    return (tf.constant(options.temperature, tf.float32), tf.constant([seed, 0], tf.int64),
+            tf.constant(options.top_k, tf.int32), tf.constant(options.top_p, tf.float32), tf.constant(options.greedy))

@@ -3,9 +3,13 @@
 Keras' layout, so that train and validation loss share one chart: `<logs>/train` and
 `<logs>/validation` hold the same tags (`loss`, `bpc`), the train side also the
 learning rate, the global gradient norm and steps/s, each the mean of its `log_every`
-interval; `<logs>` itself holds the run's hyperparameters in the hparams plugin's format
-(so that runs can be compared side by side) and, under the text plugin, a generated sample
-at each evaluation and every `--sample_every` steps (see charrnn.loop.Cadence).
+interval (metrics.jsonl, by contrast, has each logged step's own loss: the console and
+TensorBoard smooth over the interval, the file keeps the raw values). `<logs>` itself
+holds the run's best validation loss so far (`best_val_loss`, the metric the hparams
+plugin offers next to the settings), the settings that tell runs apart (`HPARAMS`) in
+the hparams plugin's format, a Custom Scalars layout with the loss first, and, under the
+text plugin, a generated sample at each evaluation and every `--sample_every` steps (see
+charrnn.loop.Cadence).
 
 Written with `tf.summary.write` and the plugins' metadata, so that logging needs no
 tensorboard package (viewing does). After a resume, the first interval's means cover the
@@ -14,7 +18,6 @@ steps trained since the resume.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import struct
@@ -38,6 +41,17 @@ def _metadata(plugin: str, data_class: int, content: bytes = b"") -> bytes:
 _SCALAR = _metadata("scalars", summary_pb2.DATA_CLASS_SCALAR)
 _TEXT = _metadata("text", summary_pb2.DATA_CLASS_TENSOR)
 _HPARAMS_TAG = "_hparams_/session_start_info"
+# The settings the hparams plugin shows: what tells one model, text, optimizer or precision
+# from another (not where a run writes, computes or how often it logs).
+HPARAMS = ("data", "init_from", "cell", "embedding_dim", "rnn_units", "num_layers", "dropout", "batch_size",
+           "seq_length", "carry_state", "val_fraction", "learning_rate", "lr_schedule", "warmup_steps", "lr_decay",
+           "weight_decay", "grad_clip", "mixed_precision", "seed")
+# The Custom Scalars tab: (category, closed, charts of (title, tag regexes)), loss first.
+_LAYOUT = (("Loss", False, (("loss (nats/char): train and validation", ("^loss$",)),
+                            ("best validation loss so far", ("^best_val_loss$",)),
+                            ("bits per character", ("^bpc$",)))),
+           ("Training", True, (("learning rate", ("^learning_rate$",)), ("gradient norm", ("^grad_norm$",)),
+                               ("steps per second", ("^steps_per_sec$",)), ("epoch mean loss", ("^epoch_loss$",)))))
 
 
 class TensorBoard(Callback):
@@ -57,6 +71,7 @@ class TensorBoard(Callback):
         self._sampled_at = -1
         self._guard(self._open)
         self._guard(lambda: self._write_hparams(trainer.config))
+        self._guard(self._write_layout)
 
     def _open(self) -> None:
         for name, path in (("run", self.log_dir), ("train", os.path.join(self.log_dir, "train")),
@@ -110,6 +125,7 @@ class TensorBoard(Callback):
 
     def on_evaluate(self, step: int, logs: dict[str, float]) -> None:
         self._guard(lambda: self._scalars("validation", step, {"loss": logs["val_loss"], "bpc": logs["val_bpc"]}))
+        self._guard(lambda: self._scalars("run", step, {"best_val_loss": logs["best_val_loss"]}))
         self._sample(step)
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
@@ -122,10 +138,25 @@ class TensorBoard(Callback):
         self._guard(close)
 
     def _write_hparams(self, config: Any) -> None:
-        """The run's settings as the hparams plugin's session start record."""
-        values = {name: value for name, value in dataclasses.asdict(config).items() if value is not None}
+        """The run's settings (HPARAMS) as the hparams plugin's session start record."""
+        values = {name: getattr(config, name) for name in HPARAMS if getattr(config, name) is not None}
         with self._writers["run"].as_default(step=0):
             tf.summary.write(_HPARAMS_TAG, tf.constant(0.0), metadata=_hparams_metadata(values))
+
+    def _write_layout(self) -> None:
+        """The Custom Scalars layout (_LAYOUT), encoded by hand from the plugin's layout.proto:
+        Layout {category = 2}, Category {title = 1; chart = 2; closed = 3},
+        Chart {title = 1; multiline = 2}, MultilineChartContent {tag = 1}."""
+        layout = b""
+        for title, closed, charts in _LAYOUT:
+            category = _field(1, title.encode()) + (bytes([3 << 3, 1]) if closed else b"")
+            for chart_title, tags in charts:
+                category += _field(2, _field(1, chart_title.encode())
+                                   + _field(2, b"".join(_field(1, tag.encode()) for tag in tags)))
+            layout += _field(2, category)
+        with self._writers["run"].as_default(step=0):
+            tf.summary.write("custom_scalars__config__", tf.constant(layout),
+                             metadata=_metadata("custom_scalars", summary_pb2.DATA_CLASS_UNKNOWN))
 
 
 def _hparams_metadata(values: dict[str, Any]) -> bytes:

@@ -13,6 +13,7 @@ from charrnn.config import TrainConfig
 from charrnn.vocab import Vocabulary
 from charrnn.errors import CharRNNError
 from charrnn.model import CharRNN
+from charrnn.preflight import check_run
 from charrnn.rundir import RunDir
 
 
@@ -33,12 +34,8 @@ def load_model(run_dir: str, which: str | None = None, device: str = "/CPU:0", l
     If no best checkpoint is usable, the latest one is used, with a warning.
     """
     rundir = RunDir(run_dir)
-    if not rundir.exists():
-        raise CharRNNError(f"run directory {run_dir} does not exist; pass the --run_dir of a training run")
+    files = check_run(rundir)
     no_checkpoint = f"run directory {run_dir} holds no checkpoint; train first with charrnn-train --run_dir={run_dir}"
-    files = rundir.read()
-    if files is None:
-        raise CharRNNError(no_checkpoint)
     which = checkpoint.resolve_which(rundir, which)
     config = files.config.replace(mixed_precision="float32") if float32 else files.config
     with tf.device(device):

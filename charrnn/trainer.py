@@ -30,18 +30,6 @@ from charrnn.resume import Start
 from charrnn.sampler import Sampler
 
 
-class _Evaluations(tf.Module):
-    """The checkpointed record of validation (see charrnn.loop.EvalRecord)."""
-
-    def __init__(self) -> None:
-        super().__init__(name="validation")
-        self.last_step = tf.Variable(-1, dtype=tf.int64, trainable=False, name="last_step")
-        self.last_loss = tf.Variable(math.nan, dtype=tf.float64, trainable=False, name="last_loss")
-        self.best_loss = tf.Variable(math.inf, dtype=tf.float64, trainable=False, name="best_loss")
-        self.best_step = tf.Variable(-1, dtype=tf.int64, trainable=False, name="best_step")
-        self.since_best = tf.Variable(0, dtype=tf.int64, trainable=False, name="since_best")
-
-
 class Trainer:
     """Trains a `CharRNN` as `config` describes, resuming from `config.run_dir` if it holds a
     run. Construction plans the start, builds the model, optimizer and state in the scope of
@@ -55,8 +43,7 @@ class Trainer:
         self.distribution = Distribution(config)
         self.strategy, self.device = self.distribution.strategy, self.distribution.device
         self.start = Start(config, self.device, tpu=self.distribution.name == "tpu")
-        # The precision policy in use (auto resolved) and why; config.json records it.
-        self.config = config = self.start.config
+        self.config = config = self.start.config  # precision resolved (config.json records it)
         self.precision_reason = self.start.precision_reason
         self.data = self.start.data
         self.vocab, self.steps_per_epoch = self.data.vocab, self.data.steps_per_epoch
@@ -78,7 +65,7 @@ class Trainer:
             # and logged; a step equal to it needs no finalising again after a resume.
             self.finalized_step = tf.Variable(-1, dtype=tf.int64, trainable=False, name="finalized_step")
             self.rng = tf.random.Generator.from_seed(config.seed)
-            self._evaluations = _Evaluations()
+            self._evaluations = checkpoint.Evaluations()
             # With carry_state, the state the last step ended with, flattened: the initial
             # state of the next step. Zero at each epoch's start.
             self.carried_state = [
@@ -127,6 +114,18 @@ class Trainer:
     def origin(self) -> dict | None:
         """Where a fine-tuned run's first weights came from (None for other runs)."""
         return self.start.origin
+
+    def describe(self) -> str:
+        """What the console shows as a run starts: the corpus and plan, a fine-tuned run's
+        origin, the model's table."""
+        c, o = self.config, self.origin
+        lines = [f"Corpus {c.data}: {len(self.vocab)} distinct characters, {self.steps_per_epoch} steps per epoch, "
+                 f"{self.total_steps} steps in all; {self.distribution.describe()}; "
+                 f"precision {c.mixed_precision} ({self.precision_reason})"]
+        if o is not None:
+            lines.append(f"Fine-tuning from {o['checkpoint']}: its {o['vocab_size_before']} characters keep their "
+                         f"weights, {o['vocab_size'] - o['vocab_size_before']} new one(s) from {c.data}")
+        return "\n".join([*lines, self.model.summary_table(c.batch_size)])
 
     def restore(self) -> None:
         """Restores the newest usable checkpoint of the run (charrnn.resume checks it); sets
@@ -279,23 +278,13 @@ class Trainer:
 
     def record_evaluation(self, step: int, val_loss: float) -> None:
         """Records the evaluation at `step`; a new best is saved as the best checkpoint."""
-        v = self._evaluations
-        v.last_step.assign(step)
-        v.last_loss.assign(val_loss)
-        if val_loss < float(v.best_loss.numpy()):
-            v.best_loss.assign(val_loss)
-            v.best_step.assign(step)
-            v.since_best.assign(0)
+        if self._evaluations.record(step, val_loss):
             self.checkpointer.save("best", step)
-        else:
-            v.since_best.assign_add(1)
 
     @property
     def evaluations(self) -> EvalRecord:
         """The last and the best evaluation so far, and how many came since the best."""
-        v = self._evaluations
-        return EvalRecord(int(v.last_step.numpy()), float(v.last_loss.numpy()), int(v.best_step.numpy()),
-                          float(v.best_loss.numpy()), int(v.since_best.numpy()))
+        return self._evaluations.read()
 
     @property
     def best_val_loss(self) -> float | None:

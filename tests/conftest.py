@@ -8,6 +8,7 @@ import math
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -115,6 +116,13 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         patch.setenv("CHARRNN_DATA_DIR", str(base / "cache"))
         Trainer(tiny_config(text, run, rnn_units=16, max_steps=3, checkpoint_every=250, log_every=50)).fit(verbose=0)
     return run
+
+
+def sigint_as_usual() -> None:
+    """preexec_fn for a process that a test interrupts with SIGINT: the default disposition,
+    which Python turns into KeyboardInterrupt (a pytest-xdist worker ignores SIGINT, and a
+    child would inherit that)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def copy_run(run: Path, destination: Path) -> Path:

@@ -81,7 +81,10 @@ def test_tensorboard_logs_as_keras_lays_them_out(small_text, tmp_path, capsys):
     log_every whatever stdout is, the run's hparams and samples, read by TensorBoard itself."""
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.custom_scalar import layout_pb2
     from tensorboard.plugins.hparams import plugin_data_pb2
+
+    from charrnn.tensorboard import HPARAMS
     from tensorboard.util import tensor_util
 
     run = tmp_path / "run"
@@ -116,7 +119,17 @@ def test_tensorboard_logs_as_keras_lays_them_out(small_text, tmp_path, capsys):
     content = root.PluginTagToContent("hparams")["_hparams_/session_start_info"]
     hparams = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info.hparams
     assert hparams["rnn_units"].number_value == 32 and hparams["cell"].string_value == "lstm"
-    assert hparams["carry_state"].bool_value is False and "max_to_keep" in hparams
+    assert hparams["carry_state"].bool_value is False and hparams["learning_rate"].number_value == pytest.approx(0.001)
+    assert set(hparams) <= set(HPARAMS) and "max_to_keep" not in hparams and "run_dir" not in hparams
+    best = {step: min(v for s, v in val.items() if s <= step) for step in val}  # the running minimum
+    assert series(root, "best_val_loss") == pytest.approx(best)  # the hparams plugin's metric
+
+    layout = layout_pb2.Layout.FromString(series(root, "custom_scalars__config__")[0])
+    first = layout.category[0]
+    assert first.title == "Loss" and not first.closed and list(first.chart[0].multiline.tag) == ["^loss$"]
+    charted = {tag.strip("^$") for category in layout.category for chart in category.chart
+               for tag in chart.multiline.tag}
+    assert charted == set(train.Tags()["tensors"]) | {"best_val_loss"}  # every scalar, and nothing else
 
     samples = {step: text.decode() for step, text in series(root, "sample").items()}
     assert sorted(samples) == [6, 12]  # one at each evaluation

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from charrnn import Sampler
-from conftest import TINY_FLAGS, assert_one_line_error, run_cli, tensorflow_lines
+from conftest import TINY_FLAGS, assert_one_line_error, run_cli, sigint_as_usual, tensorflow_lines
 
 
 def test_console_scripts_run_their_own_tool():
@@ -89,7 +89,8 @@ def test_the_progress_line_fits_its_width_and_counts_the_run():
     def _Progress(total_steps, steps_per_epoch, log_every, start_step):  # noqa: N802 - reads as the class it was
         progress = ProgressLogger(verbose=2)
         progress.on_train_begin(SimpleNamespace(cadence=Cadence(steps_per_epoch, total_steps, log_every=log_every),
-                                                position=lambda: (start_step, 0), restored_from=None))
+                                                position=lambda: (start_step, 0), restored_from=None,
+                                                describe=lambda: "a run"))
         return progress
 
     progress = _Progress(total_steps=300, steps_per_epoch=100, log_every=50, start_step=0)
@@ -136,7 +137,8 @@ def test_the_live_progress_line_never_wraps_on_a_50_column_terminal(small_text, 
 
 def test_ctrl_c_while_streaming_ends_quietly(trained_run):
     proc = subprocess.Popen([sys.executable, "-m", "charrnn.cli.sample", f"--run_dir={trained_run}", "--stream",
-                             "--num_chars=1000000", "--seed=1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                             "--num_chars=1000000", "--seed=1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=sigint_as_usual)
     assert proc.stdout.read(1)  # the sample has begun
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)

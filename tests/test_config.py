@@ -100,3 +100,13 @@ def test_a_tf_config_that_does_not_place_this_process_in_a_cluster_is_refused(va
     with pytest.raises(CharRNNError, match=re.escape(message)):
         check_tf_config(value)
     check_tf_config('{"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 1}}')
+
+
+def test_a_preset_in_python_is_what_the_flag_gives():
+    config = TrainConfig.preset("cpu_small", run_dir="runs/x", rnn_units=128)
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    expected = {k: v for k, v in PRESETS["cpu_small"].items() if k in fields} | {"run_dir": "runs/x", "rnn_units": 128}
+    assert {k: getattr(config, k) for k in expected} == expected
+    assert TrainConfig.preset("seed").rnn_units == 1024  # "seed" also holds sampling settings, left out
+    with pytest.raises(CharRNNError, match="unknown preset 'fast'; choose one of: seed, cpu_small"):
+        TrainConfig.preset("fast")

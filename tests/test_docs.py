@@ -58,6 +58,29 @@ def test_every_link_of_readme_and_docs_leads_somewhere():
                 assert (page.parent / target).exists(), f"{page.name} links to {target}, which does not exist"
 
 
+def test_the_readme_python_example_runs_as_written(corpus_cache, tmp_path, monkeypatch, capsys):
+    """The "In Python" example, executed as written with a smaller model and fewer steps: it
+    prints what charrnn-train prints, then the best loss and the sample."""
+    import charrnn
+
+    readme = (REPO / "README.md").read_text()
+    code = re.search(r"```python\n(.*?)```", readme.split("## In Python", 1)[1], re.S).group(1)
+    real = charrnn.TrainConfig.preset
+    small = dict(embedding_dim=8, rnn_units=16, batch_size=4, seq_length=20, max_steps=20, eval_every=10,
+                 val_fraction=0.01, device="/CPU:0")
+    monkeypatch.setattr(charrnn.TrainConfig, "preset", staticmethod(lambda name, **kw: real(name, **kw, **small)))
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "README.md", "exec"), {})  # noqa: S102 - the README's own code
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines[0].startswith("Corpus tinyshakespeare: 65 distinct characters"), lines[0]
+    assert "logits (Dense)" in out and re.search(r"^epoch 1/1 step 20 loss \d", out, re.M), out
+    best = re.search(r"^best validation loss (\d+\.\d{3}) nats/char$", out, re.M)
+    assert best and 0 < float(best.group(1)) < 5, out
+    assert out.split(best.group(0), 1)[1].lstrip("\n").startswith("ROMEO: "), out
+    assert (tmp_path / "runs" / "mine" / "ckpt" / "checkpoint").exists()
+
+
 def test_the_readme_callback_example_runs(corpus_cache, tmp_path, monkeypatch, capsys):
     """The "Watch a run" example, executed as written with a smaller model and fewer steps."""
     import charrnn

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,8 @@ import tensorflow as tf
 
 import charrnn
 from charrnn import CharRNNError, Sampler, Vocabulary
-from conftest import (CONSTANT_CHARS, CONSTANT_LOGITS, constant_logits_model, draws_deviation, run_cli,
+from charrnn.data import mix_seed
+from conftest import (CONSTANT_CHARS, CONSTANT_LOGITS, REPO, constant_logits_model, draws_deviation, run_cli,
                       sampling_probs, write_model_run)
 
 # Runs in a process where importing charrnn fails: the SavedModel must stand on its own.
@@ -34,9 +36,12 @@ except ImportError:
 import tensorflow as tf
 
 model = tf.saved_model.load(sys.argv[1])
-out = model.signatures["generate"](prompt=tf.constant(["The ", "The "]), num_chars=tf.constant(60),
-                                   temperature=tf.constant(0.7), seed=tf.constant(11, tf.int64),
-                                   top_k=tf.constant(0), top_p=tf.constant(1.0), greedy=tf.constant(False))
+inputs = dict(prompt=tf.constant(["The ", "The "]), num_chars=tf.constant(60), temperature=tf.constant(0.7),
+              seed=tf.constant(11, tf.int64))
+out = model.signatures["generate"](**inputs)
+with_options = model.signatures["generate_with_options"](**inputs, top_k=tf.constant(0), top_p=tf.constant(1.0),
+                                                         greedy=tf.constant(False))
+assert with_options["text"].numpy().tolist() == out["text"].numpy().tolist()
 step = model.signatures["step"](ids=tf.constant([1, 2, 3]), state=tf.zeros([2, 3, 16]))
 try:
     model.generate(tf.constant(["The ~ {"]), tf.constant(5), tf.constant(1.0), tf.constant(1, tf.int64))
@@ -80,10 +85,10 @@ def constant_export(tmp_path_factory):
                                      dict(temperature=1.0, top_p=0.7), dict(temperature=0.7, greedy=True)],
                          ids=str)
 def test_the_exported_generate_draws_from_the_distribution_the_options_define(constant_export, options):
-    """4,000 independent draws through the `generate` signature (what TensorFlow Serving
-    calls, all seven inputs) against NumPy (see conftest.draws_deviation)."""
+    """4,000 independent draws through the `generate_with_options` signature (what
+    TensorFlow Serving calls, all seven inputs) against NumPy (see conftest.draws_deviation)."""
     full = dict(temperature=1.0, top_k=0, top_p=1.0, greedy=False) | options
-    out = constant_export.signatures["generate"](
+    out = constant_export.signatures["generate_with_options"](
         prompt=tf.constant(["a"] * 8), num_chars=tf.constant(500), temperature=tf.constant(full["temperature"]),
         seed=tf.constant(21, tf.int64), top_k=tf.constant(full["top_k"]), top_p=tf.constant(full["top_p"]),
         greedy=tf.constant(full["greedy"]))
@@ -114,8 +119,8 @@ def test_exported_generate_takes_the_samplers_options(loaded, sampler, options):
     for num_chars in (0, 1, 40):
         expected = sampler.generate("The ", num_chars, 0.8, num_samples=2, seed=5, **options)
         tensors = {k: tf.constant(v) for k, v in options.items()}  # what is left out takes the default
-        got = loaded.generate(tf.constant(["The ", "The "]), tf.constant(num_chars), tf.constant(0.8),
-                              tf.constant(5, tf.int64), **tensors)
+        got = loaded.generate_with_options(tf.constant(["The ", "The "]), tf.constant(num_chars), tf.constant(0.8),
+                                           tf.constant(5, tf.int64), **tensors)
         assert [t.decode() for t in got["text"].numpy()] == expected, (options, num_chars)
     for bad, message in [(dict(top_k=tf.constant(-1)), "top_k must be >= 0"),
                          (dict(top_p=tf.constant(0.0)), "top_p must be in"),
@@ -123,7 +128,25 @@ def test_exported_generate_takes_the_samplers_options(loaded, sampler, options):
         args = dict(prompt=tf.constant(["The "]), num_chars=tf.constant(5), temperature=tf.constant(1.0),
                     seed=tf.constant(1, tf.int64)) | bad
         with pytest.raises(tf.errors.InvalidArgumentError, match=message):
-            loaded.generate(**args)
+            loaded.generate_with_options(**args)
+
+
+def test_the_serving_requests_of_the_docs_match_their_signatures(loaded):
+    """Each TF Serving request in docs/export.md sends exactly its signature's inputs (TF
+    Serving fills in no defaults), and the signature runs with them; the saved_model_cli line
+    likewise."""
+    doc = (REPO / "docs" / "export.md").read_text()
+    requests = [json.loads(body.replace("\\\n", "")) for body in re.findall(r"curl -d '(\{.*?\})'", doc, re.S)]
+    assert {r["signature_name"] for r in requests} == {"generate", "generate_with_options"}
+    exprs = re.search(r"--signature_def (\w+) --input_exprs '([^']*)'", doc)
+    cli = {k: json.loads(v) for k, v in (e.split("=", 1) for e in exprs.group(2).split(";"))}
+    for name, inputs in [(r["signature_name"], r["inputs"]) for r in requests] + [(exprs.group(1), cli)]:
+        signature = loaded.signatures[name]
+        specs = signature.structured_input_signature[1]
+        assert set(inputs) == set(specs), name
+        inputs = {**inputs, "prompt": ["The "], "num_chars": 20}  # characters and a length this tiny model has
+        out = signature(**{k: tf.constant(v, specs[k].dtype) for k, v in inputs.items()})
+        assert out["text"].numpy()[0].decode().startswith("The "), name
 
 
 def test_serving_default_runs_through_saved_model_cli(trained_run, exported):
@@ -166,5 +189,7 @@ def test_stream_and_interactive_on_the_command_line(trained_run):
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     sampler = Sampler.from_checkpoint(str(trained_run))
-    assert proc.stdout == "".join(sampler.generate(p, 20, 0.5, seed=9) + "\n" for p in ("The ", "quick"))
+    # Each answer has a seed of its own, derived from --seed (charrnn.cli.repl).
+    assert proc.stdout == "".join(sampler.generate(p, 20, 0.5, seed=mix_seed(9, i)) + "\n"
+                                  for i, p in enumerate(("The ", "quick")))
     assert "error: 1 character(s) not in the model's vocabulary: '~'" in proc.stderr

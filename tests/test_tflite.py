@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
+from ai_edge_litert.interpreter import Interpreter
 from conftest import (CONSTANT_CHARS, CONSTANT_LOGITS, REPO, constant_logits_model, draws_deviation, run_cli,
                       sampling_probs, write_model_run)
 
@@ -26,7 +27,7 @@ def exports(trained_run, tmp_path_factory):
 
 
 def _runner(path):
-    interpreter = tf.lite.Interpreter(model_path=str(path))
+    interpreter = Interpreter(model_path=str(path))
     ops = {op["op_name"] for op in interpreter._get_ops_details()}  # noqa: SLF001 - the only listing TFLite has
     return interpreter.get_signature_runner("step"), ops
 

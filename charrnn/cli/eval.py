@@ -7,6 +7,7 @@ import math
 from absl import flags
 
 from charrnn.cli import tool
+from charrnn.corpus import resolve_sources
 from charrnn.errors import CharRNNError
 
 tool.define_checkpoint_flags()
@@ -15,6 +16,14 @@ flags.DEFINE_enum("split", "all", ["all", "val"], "all: the whole text; val: its
                   "training run's validation split.")
 flags.DEFINE_integer("batch_size", None, "Sequences per batch (default: the run's); does not change the loss.")
 FLAGS = flags.FLAGS
+
+
+def check() -> None:
+    if FLAGS.batch_size is not None and FLAGS.batch_size < 1:
+        raise CharRNNError(f"--batch_size must be at least 1, got {FLAGS.batch_size}")
+    tool.local_run()
+    if FLAGS.data is not None:
+        resolve_sources(FLAGS.data, fetch=False)
 
 
 def main() -> None:
@@ -26,8 +35,6 @@ def main() -> None:
     from charrnn.traindata import text_ids
 
     batch_size = FLAGS.batch_size
-    if batch_size is not None and batch_size < 1:
-        raise CharRNNError(f"--batch_size must be at least 1, got {batch_size}")
     device = resolve_device(FLAGS.device)
     model, config, vocab, path = load_model(FLAGS.run_dir, FLAGS.which, device)
     data = FLAGS.data or config.data
@@ -43,7 +50,7 @@ def main() -> None:
 
 
 def run() -> None:
-    tool.run(main, __doc__)
+    tool.run(main, __doc__, check)
 
 
 if __name__ == "__main__":

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 from absl import flags
 
+from charrnn import preflight
 from charrnn.cli import tool
+from charrnn.errors import CharRNNError
 
 tool.define_checkpoint_flags(device=False)
-flags.DEFINE_string("export_dir", None, "Directory to write to (new or empty).", required=True)
+flags.DEFINE_string("export_dir", None, "Directory to write to (new or empty); with --format=tflite, a path ending "
+                    "in .tflite names the model file.")
 flags.DEFINE_enum("format", "savedmodel", ["savedmodel", "tflite"], "savedmodel: generate and step signatures "
                   "for TensorFlow and TF Serving; tflite: model.tflite (one step, TFLite builtin ops) and vocab.json.")
 flags.DEFINE_enum("quantize", "none", ["none", "dynamic"], "With --format=tflite: dynamic stores the weights as "
@@ -16,23 +19,33 @@ flags.DEFINE_enum("quantize", "none", ["none", "dynamic"], "With --format=tflite
 FLAGS = flags.FLAGS
 
 
+def check() -> None:
+    if FLAGS.export_dir is None:
+        raise CharRNNError("--export_dir is missing; pass a new or empty directory to write the export to")
+    if FLAGS.format != "tflite" and FLAGS.quantize != "none":
+        raise CharRNNError("--quantize applies to --format=tflite; a SavedModel keeps float weights")
+    if FLAGS.format == "tflite":
+        preflight.tflite_paths(FLAGS.export_dir)
+    else:
+        preflight.check_export_dir(FLAGS.export_dir)
+    tool.local_run()
+
+
 def main() -> None:
-    from charrnn.errors import CharRNNError
-    from charrnn.exporter import TFLITE_FILE, export, export_tflite  # TensorFlow: after the flags are parsed
+    from charrnn.exporter import export, export_tflite  # TensorFlow: after the flags are parsed
 
     if FLAGS.format == "tflite":
+        model_path, vocab_path = preflight.tflite_paths(FLAGS.export_dir)
         path = export_tflite(FLAGS.run_dir, FLAGS.export_dir, FLAGS.which, FLAGS.quantize)
-        print(f"Exported {path} to {FLAGS.export_dir}/{TFLITE_FILE} and vocab.json "
+        print(f"Exported {path} to {model_path} and {vocab_path} "
               f"({'int8 weights' if FLAGS.quantize == 'dynamic' else 'float32'}; signature: step)")
         return
-    if FLAGS.quantize != "none":
-        raise CharRNNError("--quantize applies to --format=tflite; a SavedModel keeps float weights")
     path = export(FLAGS.run_dir, FLAGS.export_dir, FLAGS.which)
-    print(f"Exported {path} to {FLAGS.export_dir} (signatures: serving_default, generate, step)")
+    print(f"Exported {path} to {FLAGS.export_dir} (signatures: serving_default, generate, generate_with_options, step)")
 
 
 def run() -> None:
-    tool.run(main, __doc__)
+    tool.run(main, __doc__, check)
 
 
 if __name__ == "__main__":

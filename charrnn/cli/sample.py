@@ -9,6 +9,7 @@ from absl import flags
 
 from charrnn.cli import tool
 from charrnn.errors import CharRNNError
+from charrnn.sampling import SampleOptions, check_request
 
 tool.define_checkpoint_flags()
 flags.DEFINE_string("prime", None, "Text to start from (default: a newline if the vocabulary has one, "
@@ -23,39 +24,48 @@ flags.DEFINE_string("stop_at", None, "End a sample just before this text first a
 flags.DEFINE_integer("seed", None, "Seed; the same seed and settings reproduce the same text (default: random).")
 flags.DEFINE_boolean("stream", False, "Print characters as they are produced (compiled chunks of 32 steps); "
                      "the same text as without it.")
-flags.DEFINE_boolean("interactive", False, "Read a prime per line from standard input and answer each with a "
-                     "streamed sample, until end of input.")
+flags.DEFINE_boolean("interactive", False, "A prompt: each line typed is a prime, answered with a streamed "
+                     "sample; :help lists commands that change the settings (see docs/sampling.md). From a pipe: a "
+                     "prime per line until end of input.")
 tool.define_preset_flag()
 
 
-def main() -> None:
-    from charrnn.sampler import Sampler  # TensorFlow: after the flags are parsed
+def _settings() -> dict:
+    """The sampling settings the flags give (with --preset)."""
+    return {name: tool.flag_value(name) for name in ("num_chars", "temperature", "seed", "top_k", "top_p", "greedy",
+                                                     "stop_at")}
 
-    sampler = Sampler.from_checkpoint(tool.flag_value("run_dir"), device=tool.flag_value("device"),
-                                      which=tool.flag_value("which"))
-    options = dict(num_chars=tool.flag_value("num_chars"), temperature=tool.flag_value("temperature"),
-                   seed=tool.flag_value("seed"), top_k=tool.flag_value("top_k"), top_p=tool.flag_value("top_p"),
-                   greedy=tool.flag_value("greedy"), stop_at=tool.flag_value("stop_at"))
-    num_samples = tool.flag_value("num_samples")
+
+def check() -> None:
+    settings, num_samples, prime = _settings(), tool.flag_value("num_samples"), tool.flag_value("prime")
+    SampleOptions(**{k: v for k, v in settings.items() if k not in ("num_chars", "seed")})
+    check_request("x" if prime is None else prime, settings["num_chars"], num_samples, settings["seed"])
     if (tool.flag_value("stream") or tool.flag_value("interactive")) and num_samples != 1:
         raise CharRNNError("--stream and --interactive print one sample at a time; leave --num_samples at 1")
+    files = tool.local_run()
+    if files is not None and prime:
+        files.vocab.encode(prime)
+    if tool.flag_value("interactive") and sys.stdin.isatty():
+        print(f"charrnn-sample: loading {tool.flag_value('run_dir')} ...", file=sys.stderr, flush=True)
+
+
+def main() -> None:
+    from charrnn.cli import repl
+    from charrnn.sampler import Sampler  # TensorFlow: after the flags are parsed
+
+    run_dir = tool.flag_value("run_dir")
+    sampler = Sampler.from_checkpoint(run_dir, device=tool.flag_value("device"), which=tool.flag_value("which"))
+    settings = _settings()
     if tool.flag_value("interactive"):
-        for line in sys.stdin:
-            prime = line.rstrip("\n")
-            if not prime:
-                continue
-            try:
-                _print_stream(prime, sampler.stream(prime, **options))
-            except CharRNNError as e:  # a bad prime does not end the session
-                print(f"error: {e}", file=sys.stderr, flush=True)
+        repl.run(sampler, settings, run_dir)
         return
     prime = tool.flag_value("prime")
     if prime is None:
         prime = sampler.vocab.default_prime
     if tool.flag_value("stream"):
-        _print_stream(prime, sampler.stream(prime, **options))
+        _print_stream(prime, sampler.stream(prime, **settings))
         return
-    texts = sampler.generate(prime, num_samples=num_samples, **options)
+    texts = sampler.generate(prime, num_samples=tool.flag_value("num_samples"), **settings)
     if isinstance(texts, str):
         print(texts)
     else:
@@ -75,7 +85,7 @@ def _print_stream(prime: str, pieces: Iterator[str]) -> None:
 
 
 def run() -> None:
-    tool.run(main, __doc__)
+    tool.run(main, __doc__, check)
 
 
 if __name__ == "__main__":

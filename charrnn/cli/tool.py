@@ -1,5 +1,5 @@
-"""What the command-line tools share: flags from a dataclass, presets, --help, a quiet
-TensorFlow start-up, one-line error exits.
+"""What the command-line tools share: flags from a dataclass, presets, --help, --version,
+refusals before TensorFlow loads, a quiet TensorFlow start-up, one-line error exits.
 
 Nothing here imports TensorFlow: the tools parse their flags (and answer --help) first,
 and import what needs TensorFlow inside their `main`.
@@ -16,9 +16,11 @@ from typing import Any, Callable
 
 from absl import app, flags, logging
 
+from charrnn import __version__, preflight, storage
 from charrnn.config import PRESETS, WHICH
 from charrnn.errors import CharRNNError
 from charrnn.quiet import start_tensorflow
+from charrnn.rundir import RunDir, RunFiles
 from charrnn.stopping import Preempted
 
 FLAGS = flags.FLAGS
@@ -57,13 +59,19 @@ def define_checkpoint_flags(device: bool = True) -> None:
     _GROUPS.update(dict.fromkeys(names, "Run to read"))
 
 
+_PRESET_HELP = {
+    "seed": "the case study's", "cpu_small": "3 minutes of training on a laptop's CPU",
+    "cpu_medium": "10 minutes on a CPU", "gpu": "10 minutes on one GPU",
+}
+
+
 def define_preset_flag() -> None:
     """--preset, offering only the presets that set one of the flags defined so far (so that
     charrnn-sample, say, does not accept a training recipe that would change nothing)."""
     defined = set(FLAGS)
     choices = sorted(name for name, values in PRESETS.items() if defined & set(values))
-    flags.DEFINE_enum("preset", None, choices, "Named set of settings (seed: the case study's; cpu_small, cpu_medium, "
-                      "gpu: the quality benchmark's recipes, for training); explicit flags override it.")
+    described = "; ".join(f"{name}: {_PRESET_HELP[name]}" for name in choices)
+    flags.DEFINE_enum("preset", None, choices, f"Named set of settings ({described}); explicit flags override it.")
     _GROUPS["preset"] = _GENERAL
 
 
@@ -80,13 +88,21 @@ def flag_value(name: str) -> Any:
     return FLAGS[name].value
 
 
+def local_run(flag: str = "run_dir") -> RunFiles | None:
+    """The run files of the trained run the flag names, checked before TensorFlow loads;
+    None for a run directory elsewhere (gs://, ...), which the tool's own load checks."""
+    path = flag_value(flag)
+    return preflight.check_run(RunDir(path)) if storage.is_local(path) else None
+
+
 def dataclass_from_flags(cls: type) -> Any:
     return cls(**{f.name: flag_value(f.name) for f in dataclasses.fields(cls)})
 
 
-def run(main: Callable[[], None], doc: str) -> None:
-    """Runs `main` under absl; a CharRNNError becomes a one-line message and its exit status
-    (2, or 75 for a TryAgain).
+def run(main: Callable[[], None], doc: str, check: Callable[[], None] | None = None) -> None:
+    """Runs `check` (what can be refused without TensorFlow, see charrnn.preflight), then
+    starts TensorFlow and runs `main`, under absl; a CharRNNError becomes a one-line message
+    and its exit status (2, or 75 for a TryAgain). --version prints the version.
 
     `doc` (the tool's module docstring, which starts with the tool's name) heads --help,
     which lists the tool's own flags by group. A preempted training run (SIGTERM, Ctrl-C)
@@ -96,6 +112,9 @@ def run(main: Callable[[], None], doc: str) -> None:
     if any(arg in ("-h", "-?", "--help", "--helpshort") for arg in sys.argv[1:]):
         sys.stdout.write(_help(prog, doc))
         sys.exit(0)
+    if "--version" in sys.argv[1:]:
+        print(f"{prog} (charrnn) {__version__}")
+        sys.exit(0)
 
     def wrapped(argv: list[str]) -> None:
         if len(argv) > 1:
@@ -104,6 +123,8 @@ def run(main: Callable[[], None], doc: str) -> None:
             # TensorFlow logs routine INFO lines (e.g. on every checkpoint save) through absl.
             logging.set_verbosity(logging.WARNING)
         try:
+            if check is not None:
+                check()
             start_tensorflow(quiet=False if FLAGS.tf_logs else None)
             main()
         except Preempted as e:  # not an error: the run stopped to be continued

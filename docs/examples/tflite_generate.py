@@ -3,15 +3,20 @@
     charrnn-export --run_dir=runs/shakespeare --export_dir=export/phone --format=tflite
     python docs/examples/tflite_generate.py export/phone "ROMEO: " 200
 
-On a phone, the same loop runs with the TFLite runtime of the platform; in Python,
-`ai_edge_litert.interpreter.Interpreter` can replace `tf.lite.Interpreter`.
+On a phone the same loop runs with the platform's TFLite runtime; here LiteRT's interpreter
+(pip install ai-edge-litert), else TensorFlow's deprecated tf.lite.Interpreter.
 """
 
 import json
 import sys
 
 import numpy as np
-import tensorflow as tf
+
+try:
+    from ai_edge_litert.interpreter import Interpreter
+except ImportError:
+    import tensorflow as tf
+    Interpreter = tf.lite.Interpreter
 
 export_dir, prime, num_chars = sys.argv[1], sys.argv[2], int(sys.argv[3])
 temperature, rng = 0.5, np.random.default_rng(1)  # the same seed gives the same text
@@ -19,7 +24,7 @@ temperature, rng = 0.5, np.random.default_rng(1)  # the same seed gives the same
 with open(f"{export_dir}/vocab.json", encoding="utf-8") as f:
     chars = json.load(f)["chars"]
 index = {ch: i for i, ch in enumerate(chars)}
-step = tf.lite.Interpreter(model_path=f"{export_dir}/model.tflite").get_signature_runner("step")
+step = Interpreter(model_path=f"{export_dir}/model.tflite").get_signature_runner("step")
 state = np.zeros(step.get_input_details()["state"]["shape"], np.float32)  # zeros start a text
 
 text = prime

@@ -1,0 +1,160 @@
+"""charrnn-sample --interactive: the session's commands and seeds in process, and the
+terminal (banner, prompt, line editing and history, Ctrl-C, Ctrl-D) under a pseudo-terminal."""
+
+from __future__ import annotations
+
+import fcntl
+import io
+import os
+import re
+import select
+import subprocess
+import sys
+import termios
+import time
+
+import pytest
+
+from charrnn import Sampler
+from charrnn.cli.repl import Session
+from charrnn.data import mix_seed
+from conftest import sigint_as_usual
+
+SETTINGS = dict(num_chars=12, temperature=1.0, seed=None, top_k=0, top_p=1.0, greedy=False, stop_at=None)
+
+
+@pytest.fixture(scope="module")
+def sampler(trained_run):
+    return Sampler.from_checkpoint(str(trained_run))
+
+
+def _session(sampler, **settings):
+    out = io.StringIO()
+    return Session(sampler, {**SETTINGS, **settings}, out, terminal=False), out
+
+
+def _answer(session: Session, out: io.StringIO, line: str) -> str:
+    """What the session printed for `line` (an answer ends with a newline of its own)."""
+    before = len(out.getvalue())
+    session.handle(line)
+    return out.getvalue()[before:]
+
+
+def test_a_seeded_session_gives_each_answer_a_seed_of_its_own_and_replays(sampler):
+    session, out = _session(sampler, seed=9)
+    first = _answer(session, out, "The ")
+    assert _answer(session, out, "bad ~") == ""
+    second = _answer(session, out, "The ")
+    assert first == sampler.generate("The ", 12, 1.0, seed=mix_seed(9, 0)) + "\n"  # the bad line used no seed
+    assert second == sampler.generate("The ", 12, 1.0, seed=mix_seed(9, 1)) + "\n" != first
+    session.handle(":seed 9")
+    assert _answer(session, out, "The ") == first
+    session.handle(":seed random")
+    fresh = [_answer(session, out, "The ") for _ in range(2)]
+    assert all(a.startswith("The ") and len(a) == 17 for a in fresh)
+
+
+def test_commands_change_what_follows_and_bad_ones_change_nothing(sampler, capsys):
+    session, out = _session(sampler, seed=3)
+    for line in [":length 5", ":temperature 0.000001", ":top_k 1", ":greedy on", ":temperature -1",
+                 ":length many", ":greedy maybe", ":bogus", ":settings", "::x"]:
+        assert session.handle(line)
+    assert session.settings["num_chars"] == 5 and session.settings["greedy"] is True
+    assert session.settings["temperature"] == 0.000001 and session.settings["top_k"] == 1
+    said = capsys.readouterr().err
+    for expected in ("error: :temperature -1: temperature must be between", "error: :length many:",
+                     "error: :greedy maybe:", "error: unknown command :bogus",
+                     "temperature 1e-06, length 5, seed 3 (answer 1 next), top_k 1, top_p 1, greedy on"):
+        assert expected in said, said
+    # "::x" is the prime ":x", whose ':' the trained run's text does not have.
+    assert out.getvalue() == "" and "not in the model's vocabulary: ':'" in said
+    assert not session.handle(":quit")
+
+
+def test_a_greedy_answer_is_the_most_likely_continuation(sampler):
+    session, out = _session(sampler)
+    session.handle(":greedy on")
+    assert _answer(session, out, "The ") == sampler.generate("The ", 12, greedy=True) + "\n"
+
+
+class _Terminal:
+    """charrnn-sample --interactive with a pseudo-terminal as its controlling terminal."""
+
+    def __init__(self, args: list[str]):
+        master, slave = os.openpty()
+
+        def controlling_terminal() -> None:
+            sigint_as_usual()
+            os.setsid()
+            fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+        self.process = subprocess.Popen(args, stdin=slave, stdout=slave, stderr=slave, close_fds=True,
+                                        preexec_fn=controlling_terminal)  # noqa: PLW1509 - no threads here
+        os.close(slave)
+        self.master, self.seen = master, b""
+
+    def expect(self, pattern: str, timeout: float = 300) -> str:
+        """What the terminal showed up to the end of `pattern` (read as it comes, no sleeps)."""
+        deadline = time.monotonic() + timeout
+        while not (match := re.search(pattern.encode(), self.seen)):
+            if time.monotonic() > deadline or self.process.poll() is not None and not select.select(
+                    [self.master], [], [], 0)[0]:
+                raise AssertionError(f"waited for {pattern!r}; the terminal shows {self.seen[-2000:]!r}")
+            if select.select([self.master], [], [], 1)[0]:
+                try:
+                    self.seen += os.read(self.master, 65536)
+                except OSError:  # the other side closed
+                    pass
+        shown, self.seen = self.seen[:match.end()], self.seen[match.end():]
+        return shown.decode("utf-8", "replace")
+
+    def reading(self, timeout: float = 60) -> None:
+        """Waits until readline reads the terminal (it turns canonical mode off): a Ctrl-C
+        typed before then would reach Python before readline listens for it."""
+        deadline = time.monotonic() + timeout
+        while termios.tcgetattr(self.master)[3] & termios.ICANON:
+            assert time.monotonic() < deadline, "readline never started reading"
+            select.select([], [], [], 0.01)
+
+    def type(self, text: str) -> None:
+        os.write(self.master, text.encode())
+
+
+def _answer_shown(shown: str) -> str:
+    """The answer on the line the prime was typed on (after the cursor moved back to it)."""
+    return shown.split("\x1b[F> ", 1)[1].split("\r\n", 1)[0]
+
+
+def test_the_terminal_session(trained_run):
+    term = _Terminal([sys.executable, "-m", "charrnn.cli.sample", f"--run_dir={trained_run}", "--interactive",
+                      "--num_chars=15", "--temperature=1.0"])
+    assert "loading" in term.expect(r"is ready \(\d+ characters\)")
+    term.expect(r"> ")
+    term.type(":seed 4\r")
+    assert "seed 4 (answer 1 next)" in term.expect(r"\n> ")
+    term.type("The \r")
+    first = _answer_shown(term.expect(r"\n> "))
+    assert first.startswith("The ") and len(first) == 19
+    term.type(":seed 4\r")
+    term.expect(r"\n> ")
+    term.type("\x1b[A\x1b[A\r")  # up twice: "The " from readline's history
+    assert _answer_shown(term.expect(r"\n> ")) == first
+    term.type(":length 100000\r")
+    term.expect(r"\n> ")
+    term.type("The \r")
+    term.expect(r"\x1b\[F> The .")  # the answer has started
+    term.type("\x03")  # Ctrl-C stops the answer, not the session
+    assert term.expect(r"\n> ").rstrip().endswith("[stopped]\r\n>")
+    term.reading()
+    term.type("\x03")  # at the prompt, Ctrl-C ends it
+    assert term.process.wait(timeout=60) == 0
+    assert "Traceback" not in term.seen.decode("utf-8", "replace")
+
+
+def test_ctrl_d_ends_the_terminal_session(trained_run):
+    term = _Terminal([sys.executable, "-m", "charrnn.cli.sample", f"--run_dir={trained_run}", "--interactive"])
+    term.expect(r"is ready")
+    term.expect(r"> ")
+    term.reading()
+    term.type("\x04")
+    assert term.process.wait(timeout=60) == 0
