@@ -1,4 +1,4 @@
-"""Training speed: the case study's Keras `model.fit` against charrnn's compiled train step.
+"""Training speed: the case study's Keras `model.fit` and PyTorch's nn.LSTM against charrnn.
 
 In one process, on the same batches (tiny-shakespeare from $CHARRNN_DATA_DIR or the cache,
 or --data), the same model size, batch and sequence length:
@@ -6,8 +6,10 @@ or --data), the same model size, batch and sequence length:
   (a) the case study ported to Keras 3: Sequential([Input(batch_shape=(B, None)),
       Embedding, LSTM(stateful=True, return_sequences=True), Dense]), compile(adam,
       sparse CE from logits), model.fit;
-  (b) charrnn's Trainer step (fused LSTM on CPUs, cuDNN on GPUs), `--steps_per_loop` steps
-      per compiled call.
+  (b) charrnn's Trainer step with charrnn's defaults (what `auto` picks for this model and
+      CPU), or the --steps_per_loop, --lstm_impl given;
+  (c) where torch is importable, PyTorch's nn.LSTM in the usual training loop
+      (benchmarks/torch_lstm.py, a process of its own; the benchmark never requires torch).
 
 Warm-up steps (tracing included) are timed apart; then --steps steps are timed and the
 median step reported. FLOPs per step = 3 x 2*B*T*(4H*(E+H) + H*V) (forward; the backward
@@ -16,16 +18,21 @@ run at the step's own matrix shapes and at the LSTM's all-rows shapes ([T*B, E] 
 [T*B, H]^T x [T*B, 4H]); the "matmul floor" is the time the step's matmuls alone take at
 their measured rates. Peak resident memory (VmHWM) of each variant is measured in a
 fresh subprocess of this script that builds it and runs --warmup + 2 steps, so neither
-variant is charged for the other's allocations. Prints a table, then one JSON line.
+variant is charged for the other's allocations. Prints the CPU's model and vector
+features, a table, then one JSON line. With --sweep, each size runs in a process of its
+own and one table compares them.
 
     python benchmarks/bench_train.py                    # the case-study model
+    python benchmarks/bench_train.py --sweep=64:64,256:64,1024:256   # units:embedding, a table
     python benchmarks/bench_train.py --rnn_units=32 --embedding_dim=8 --batch_size=8 \\
         --seq_length=16 --steps=2 --warmup=1            # smoke test
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
 import platform
 import re
 import statistics
@@ -47,15 +54,71 @@ flags.DEFINE_integer("embedding_dim", 256, "Embedding size.")
 flags.DEFINE_integer("rnn_units", 1024, "LSTM units.")
 flags.DEFINE_integer("steps", 10, "Timed steps per variant.")
 flags.DEFINE_integer("warmup", 2, "Untimed steps first (the first one traces).")
-flags.DEFINE_integer("steps_per_loop", 1, "charrnn: steps per compiled call.")
+flags.DEFINE_integer("steps_per_loop", None, "charrnn: steps per compiled call (default: charrnn's).")
 flags.DEFINE_boolean("jit_compile", False, "charrnn: XLA-compile the train step.")
 flags.DEFINE_string("mixed_precision", "float32", "Precision policy for both variants.")
 flags.DEFINE_string("lstm_impl", "auto", "charrnn: auto, fused or keras.")
-flags.DEFINE_boolean("baseline", True, "Also run the Keras model.fit baseline.")
+flags.DEFINE_boolean("baseline", True, "Also run the Keras model.fit baseline (and PyTorch's, if installed).")
+flags.DEFINE_boolean("peak_rss", True, "Also measure each variant's peak memory (a process each).")
+flags.DEFINE_list("sweep", [], "Sizes to compare, units:embedding each (e.g. 64:64,256:64,1024:256).")
 flags.DEFINE_string("device", "auto", "Device.")
 flags.DEFINE_enum("memory_of", None, ["keras_fit", "charrnn"], "Internal: run only this variant briefly and "
                   "print its peak resident memory.")
 FLAGS = flags.FLAGS
+
+
+_FEATURES = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+
+
+def cpu() -> dict:
+    """The CPU's model name and which of the vector features that matter here it has."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            info = f.read()
+    except OSError:
+        return {"model": platform.processor() or platform.machine(), "features": []}
+    model = re.search(r"model name\s*:\s*(.*)", info)
+    flags_line = set(re.search(r"flags\s*:\s*(.*)", info).group(1).split())
+    return {"model": model.group(1) if model else platform.machine(), "cores": os.cpu_count(),
+            "features": [f for f in _FEATURES if f in flags_line]}
+
+
+def _torch(b: int, t: int, e: int, h: int) -> dict | None:
+    """PyTorch's nn.LSTM step (benchmarks/torch_lstm.py), or None without torch."""
+    if importlib.util.find_spec("torch") is None:
+        return None
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "torch_lstm.py")
+    proc = subprocess.run([sys.executable, script, f"--data={FLAGS.data}", f"--batch_size={b}", f"--seq_length={t}",
+                           f"--embedding_dim={e}", f"--rnn_units={h}", f"--steps={FLAGS.steps}",
+                           f"--warmup={FLAGS.warmup}"], capture_output=True, text=True, check=True)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _sweep() -> None:
+    """Runs this benchmark once per size of --sweep, each in a process of its own, and
+    prints one table: step times, charrnn against PyTorch and Keras fit, % of matmul peak."""
+    rows = []
+    for size in FLAGS.sweep:
+        units, embedding = (int(x) for x in size.split(":"))
+        args = [a for a in sys.argv[1:] if not a.startswith(("--sweep", "--rnn_units", "--embedding_dim"))]
+        proc = subprocess.run([sys.executable, sys.argv[0], *args, f"--rnn_units={units}",
+                               f"--embedding_dim={embedding}"], capture_output=True, text=True, check=True)
+        rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        print(proc.stdout.strip().splitlines()[-2], flush=True)  # the ratios line of that size
+    features = rows[0]["cpu"]
+    print(f"CPU: {features['model']}, {features['cores']} cores, {' '.join(features['features'])}")
+    print(f"{'model':<18}{'charrnn s':>10}{'torch s':>9}{'fit s':>8}{'vs torch':>9}{'vs fit':>8}"
+          f"{'% peak':>8}{'peak GF/s':>10}  charrnn chose")
+    for r in rows:
+        res = r["results"]
+        torch_s = res["torch"]["median_step_s"] if "torch" in res else None
+        fit_s = res["keras_fit"]["median_step_s"] if "keras_fit" in res else None
+        c = res["charrnn"]["median_step_s"]
+        print(f"{'E' + str(r['embedding_dim']) + ' LSTM ' + str(r['rnn_units']):<18}{c:>10.3f}"
+              f"{torch_s if torch_s else float('nan'):>9.3f}{fit_s if fit_s else float('nan'):>8.3f}"
+              f"{(torch_s or float('nan')) / c:>8.2f}x{(fit_s or float('nan')) / c:>7.2f}x"
+              f"{res['charrnn']['fraction_of_peak']:>8.0%}{r['peak_gflops']:>10.0f}  {r['chosen']}")
+    print(json.dumps({"benchmark": "train_sweep", "cpu": features, "rows": rows}))
 
 
 def _peak_rss_mb() -> float:
@@ -144,7 +207,7 @@ def _keras_fit(dataset: tf.data.Dataset, vocab_size: int) -> dict:
 
 def _charrnn(trainer: charrnn.Trainer) -> dict:
     batches = iter(trainer.data.dataset(0).repeat())
-    spl = FLAGS.steps_per_loop
+    spl = trainer.config.steps_per_loop
     calls = []
     for i in range(max(1, FLAGS.warmup) + max(1, FLAGS.steps // spl)):
         start = time.perf_counter()
@@ -157,12 +220,16 @@ def _charrnn(trainer: charrnn.Trainer) -> dict:
 
 def main(argv: list[str]) -> None:
     del argv
+    if FLAGS.sweep:
+        _sweep()
+        return
     b, t, e, h = FLAGS.batch_size, FLAGS.seq_length, FLAGS.embedding_dim, FLAGS.rnn_units
     with tempfile.TemporaryDirectory() as run_dir:
+        chosen = {} if FLAGS.steps_per_loop is None else {"steps_per_loop": FLAGS.steps_per_loop}
         config = charrnn.TrainConfig(
             data=FLAGS.data, run_dir=run_dir, batch_size=b, seq_length=t, embedding_dim=e, rnn_units=h,
-            val_fraction=0.0, device=FLAGS.device, steps_per_loop=FLAGS.steps_per_loop,
-            jit_compile=FLAGS.jit_compile, mixed_precision=FLAGS.mixed_precision, lstm_impl=FLAGS.lstm_impl)
+            val_fraction=0.0, device=FLAGS.device, jit_compile=FLAGS.jit_compile,
+            mixed_precision=FLAGS.mixed_precision, lstm_impl=FLAGS.lstm_impl, **chosen)
         trainer = charrnn.Trainer(config)
         v = len(trainer.vocab)
         dataset = trainer.data.dataset(0).repeat()
@@ -176,6 +243,9 @@ def main(argv: list[str]) -> None:
                 return
             results = {"keras_fit": _keras_fit(dataset, v)} if FLAGS.baseline else {}
             results["charrnn"] = _charrnn(trainer)
+            torch_result = _torch(b, t, e, h) if FLAGS.baseline else None
+            if torch_result is not None:
+                results["torch"] = torch_result
             inventory = _matmul_inventory(b, t, e, h, v)
             rates = {name: _time_matmul(*shape) for name, _, shape in inventory}
             large = {name: _time_matmul(*shape) for name, shape in _large_shapes(b, t, e, h).items()}
@@ -185,11 +255,13 @@ def main(argv: list[str]) -> None:
     peak = max([*rates.values(), *large.values()])
     floor_s = sum(f / (rates[name] * 1e9) for name, f, _ in inventory)
     for name, r in results.items():
-        r["peak_rss_mb"] = _peak_rss_of(name)
+        r["peak_rss_mb"] = _peak_rss_of(name) if name != "torch" and FLAGS.peak_rss else float("nan")
         r["steps_per_s"] = 1 / r["median_step_s"]
         r["gflops_per_s"] = flops / r["median_step_s"] / 1e9
         r["fraction_of_peak"] = r["gflops_per_s"] / peak
         r["floor_over_step"] = floor_s / r["median_step_s"]
+    c = cpu()
+    print(f"CPU: {c['model']}, {c['cores']} cores, {' '.join(c['features'])}")
     print(f"FLOPs per step = 3 x 2*B*T*(4H*(E+H) + H*V) = {flops / 1e9:.1f} GFLOP "
           f"(B={b} T={t} E={e} H={h} V={v})")
     print("tf.matmul at the step's shapes (GFLOP/s): " + "; ".join(f"{k} {r:.0f}" for k, r in rates.items()))
@@ -201,15 +273,19 @@ def main(argv: list[str]) -> None:
         print(f"{name:<12}{r['first_step_s']:>10.2f}{r['median_step_s']:>10.3f}{r['steps_per_s']:>9.3f}"
               f"{r['gflops_per_s']:>9.1f}{r['fraction_of_peak']:>9.0%}{r['floor_over_step']:>11.0%}"
               f"{r['peak_rss_mb']:>12.0f}")
+    chosen = (f"lstm {'fused' if trainer.model.fused_on(trainer.device) else 'keras'}, steps_per_loop "
+              f"{trainer.config.steps_per_loop}, oneDNN {os.environ.get('TF_ENABLE_ONEDNN_OPTS', 'default')}")
     ratio = results["keras_fit"]["median_step_s"] / results["charrnn"]["median_step_s"] if FLAGS.baseline else None
-    if ratio is not None:
-        print(f"charrnn / keras fit speed: {ratio:.2f}x")
+    torch_ratio = results["torch"]["median_step_s"] / results["charrnn"]["median_step_s"] if "torch" in results else None
+    print(f"charrnn ({chosen}) speed: {ratio or float('nan'):.2f}x keras fit, "
+          f"{torch_ratio or float('nan'):.2f}x PyTorch nn.LSTM")
     print(json.dumps({
-        "benchmark": "train", "machine": platform.machine(), "device": trainer.device, "batch_size": b,
-        "seq_length": t, "embedding_dim": e, "rnn_units": h, "vocab_size": v, "steps_per_loop": FLAGS.steps_per_loop,
+        "benchmark": "train", "machine": platform.machine(), "cpu": cpu(), "chosen": chosen, "device": trainer.device,
+        "batch_size": b,
+        "seq_length": t, "embedding_dim": e, "rnn_units": h, "vocab_size": v, "steps_per_loop": trainer.config.steps_per_loop,
         "jit_compile": FLAGS.jit_compile, "mixed_precision": FLAGS.mixed_precision, "lstm_impl": FLAGS.lstm_impl,
         "flops_per_step": flops, "matmul_gflops": rates | large, "peak_gflops": peak, "matmul_floor_s": floor_s,
-        "results": results, "speedup_vs_fit": ratio, "timed_steps": FLAGS.steps, "cudnn_in_step": cudnn,
+        "results": results, "speedup_vs_fit": ratio, "speedup_vs_torch": torch_ratio, "timed_steps": FLAGS.steps, "cudnn_in_step": cudnn,
     }))
 
 

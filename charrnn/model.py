@@ -23,13 +23,20 @@ def sequence_loss(targets: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
     return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(targets, logits), axis=-1)
 
 
+# `lstm_impl=auto` runs the fused LSTM on a CPU from this many units up. Below, Keras' LSTM
+# steps faster: on a 2-core AVX2 CPU, batch 64 x 100, 0.057 s against 0.079 s at 64 units;
+# at 128 the fused one is ahead, 0.127 s against 0.152 s (benchmarks/RESULTS.md, issue 25).
+FUSED_FROM_UNITS = 128
+
+
 class CharRNN(keras.Model):
     """Character-level recurrent language model.
 
     `cell` is `lstm` or `gru` (keras.layers.GRU, reset_after as cuDNN wants). `seed` fixes
     the initial weights. For LSTMs, `lstm_impl` picks how full sequences run: `keras`
-    (keras.layers.LSTM, which uses cuDNN on a GPU), `fused` (charrnn.lstm, faster on CPUs),
-    or `auto`: Keras on a GPU, fused elsewhere. Both use the same weights. `precision` is
+    (keras.layers.LSTM, which uses cuDNN on a GPU), `fused` (charrnn.lstm, faster on CPUs
+    from 128 units up), or `auto`: Keras on a GPU and for LSTMs under FUSED_FROM_UNITS units,
+    fused on other CPUs. Both use the same weights. `precision` is
     a Keras dtype policy (float32, mixed_float16, mixed_bfloat16); logits are float32.
     `logits, state = model(ids, state=None, training=False, seed=None)` maps int ids of
     shape [batch, time] to logits [batch, time, vocab_size] and the state after the last
@@ -122,14 +129,21 @@ class CharRNN(keras.Model):
         return tf.cast(self.dense(x), tf.float32), tuple(new_state)
 
     def _use_fused(self, x: tf.Tensor) -> bool:
+        # Where the op was placed (charrnn's compiled functions set a device scope; eager
+        # tensors know theirs).
+        return self.fused_on(x.device)
+
+    def fused_on(self, device: str) -> bool:
+        """Whether full sequences run the fused LSTM on `device` (unplaced, "": a GPU whenever
+        there is one)."""
         if self.cell != "lstm":
             return False
         if self.lstm_impl != "auto":
             return self.lstm_impl == "fused"
-        # Where the op was placed (charrnn's compiled functions set a device scope; eager
-        # tensors know theirs); unplaced graph ops go to a GPU whenever there is one.
-        if x.device:
-            return "GPU" not in x.device.upper()
+        if self.rnn_units < FUSED_FROM_UNITS:
+            return False
+        if device:
+            return "GPU" not in device.upper()
         return not tf.config.list_logical_devices("GPU")
 
     def step(self, ids: tf.Tensor, state: State) -> tuple[tf.Tensor, State]:

@@ -224,17 +224,19 @@ def test_grad_clip_changes_the_update(small_text, tmp_path):
     assert np.abs(weights[1e-9] - initial).max() < 0.1 * np.abs(weights[None] - initial).max()
 
 
-@pytest.mark.parametrize("impl", ["fused", "keras"])
-def test_lstm_impl_picks_the_implementation_that_runs(small_text, tmp_path, monkeypatch, impl):
+@pytest.mark.parametrize("impl, units, fused", [("fused", 32, True), ("keras", 32, False), ("auto", 32, False),
+                                                ("auto", 128, True)])
+def test_lstm_impl_picks_the_implementation_that_runs(small_text, tmp_path, monkeypatch, impl, units, fused):
+    """On a CPU, auto runs Keras' LSTM under 128 units and the fused one from 128 up."""
     import charrnn.model
 
     calls = []
     real = charrnn.model.fused_lstm
     monkeypatch.setattr(charrnn.model, "fused_lstm", lambda *args: calls.append(1) or real(*args))
-    trainer = Trainer(tiny_config(small_text, tmp_path / "run", max_steps=2, lstm_impl=impl))
+    trainer = Trainer(tiny_config(small_text, tmp_path / "run", max_steps=2, lstm_impl=impl, rnn_units=units))
     calls.clear()  # building the model may run it once
-    trainer.fit()
-    assert bool(calls) == (impl == "fused")
+    trainer.fit(verbose=0)
+    assert bool(calls) == fused
 
 
 def test_auto_precision_follows_the_hardware_and_a_run_keeps_its_own(small_text, tmp_path, monkeypatch):
