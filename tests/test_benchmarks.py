@@ -19,6 +19,9 @@ TINY = ["--rnn_units=16", "--embedding_dim=8"]
 
 @pytest.mark.parametrize("script, args", [
     ("bench_train.py", [*TINY, "--batch_size=4", "--seq_length=12", "--steps=2", "--warmup=1", "--steps_per_loop=2"]),
+    ("bench_train.py", ["--sweep=16:8", "--batch_size=4", "--seq_length=12", "--steps=2", "--warmup=1",
+                        "--peak_rss=false"]),
+    ("bench_lstm_ops.py", ["--sizes=8:16", "--repeats=1"]),
     ("bench_sample.py", [*TINY, "--num_chars=10", "--baseline_chars=5", "--repeats=1"]),
     ("bench_quality.py", [*TINY, "--batch_size=4", "--seq_length=12", "--time_budget=1", "--eval_every=50"]),
     ("bench_quality.py", [*TINY, "--batch_size=4", "--seq_length=12", "--time_budget=1", "--eval_every=50",
@@ -32,9 +35,17 @@ def test_benchmark_smoke(script, args, small_text, tmp_path):
     proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), *args, *data],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    if script == "bench_lstm_ops.py":  # a line per size, no JSON
+        assert proc.stdout.startswith("E8 H16: fused ") and "BlockLSTMV2" in proc.stdout
+        return
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    if script == "bench_train.py":
+    if result.get("benchmark") == "train_sweep":
+        (row,) = result["rows"]
+        assert row["rnn_units"] == 16 and row["embedding_dim"] == 8 and row["results"]["charrnn"]["median_step_s"] > 0
+        assert "E8 LSTM 16" in proc.stdout and result["cpu"]["cores"] >= 1
+    elif script == "bench_train.py":
         assert result["results"]["charrnn"]["steps_per_s"] > 0 and result["speedup_vs_fit"] > 0
+        assert result["cpu"]["cores"] >= 1 and result["chosen"].startswith("lstm keras")  # auto, 16 units
         assert result["flops_per_step"] == 3 * 2 * 4 * 12 * (4 * 16 * (8 + 16) + 16 * result["vocab_size"])
     elif script == "bench_data.py":
         (row,) = result["rows"]
