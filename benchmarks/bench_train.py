@@ -88,9 +88,9 @@ def _torch(b: int, t: int, e: int, h: int) -> dict | None:
     if importlib.util.find_spec("torch") is None:
         return None
     script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "torch_lstm.py")
-    proc = subprocess.run([sys.executable, script, f"--data={FLAGS.data}", f"--batch_size={b}", f"--seq_length={t}",
-                           f"--embedding_dim={e}", f"--rnn_units={h}", f"--steps={FLAGS.steps}",
-                           f"--warmup={FLAGS.warmup}"], capture_output=True, text=True, check=True)
+    settings = {"data": FLAGS.data, "batch_size": b, "seq_length": t, "embedding_dim": e, "rnn_units": h,
+                "steps": FLAGS.steps, "warmup": FLAGS.warmup}
+    proc = subprocess.run([sys.executable, script, json.dumps(settings)], capture_output=True, text=True, check=True)
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
