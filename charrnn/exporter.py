@@ -54,7 +54,7 @@ class _Generator(tf.Module):
                                       tf.TensorSpec([], tf.int32, name="top_k"),
                                       tf.TensorSpec([], tf.float32, name="top_p"),
                                       tf.TensorSpec([], tf.bool, name="greedy")])
-        def generate(prompt, num_chars, temperature, seed, top_k=tf.constant(defaults.top_k),
+        def generate_with_options(prompt, num_chars, temperature, seed, top_k=tf.constant(defaults.top_k),
                      top_p=tf.constant(defaults.top_p), greedy=tf.constant(defaults.greedy)):
             codepoints = tf.strings.unicode_decode(prompt, "UTF-8")
             ids = tf.ragged.map_flat_values(self.table.lookup, codepoints)
@@ -87,11 +87,11 @@ class _Generator(tf.Module):
                                       tf.TensorSpec([], tf.int32, name="num_chars"),
                                       tf.TensorSpec([], tf.float32, name="temperature"),
                                       tf.TensorSpec([], tf.int64, name="seed")])
-        def generate_default(prompt, num_chars, temperature, seed):  # the signature of the first exports
-            return generate(prompt, num_chars, temperature, seed)
+        def generate(prompt, num_chars, temperature, seed):  # the signature of the first exports
+            return generate_with_options(prompt, num_chars, temperature, seed)
 
-        self.generate_with_options = generate
-        self.generate = generate_default
+        self.generate_with_options = generate_with_options
+        self.generate = generate
         self.step = _step_function(model, batch=None)
 
 

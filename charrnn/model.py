@@ -24,8 +24,8 @@ def sequence_loss(targets: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
 
 
 # `lstm_impl=auto` runs the fused LSTM on a CPU from this many units up. Below, Keras' LSTM
-# steps faster: on a 2-core AVX2 CPU, batch 64 x 100, 0.057 s against 0.079 s at 64 units;
-# at 128 the fused one is ahead, 0.127 s against 0.152 s (benchmarks/RESULTS.md, issue 25).
+# steps faster: on a 2-core AVX2 CPU (Zen 3), batch 64 x 100, 0.047-0.057 s against 0.071-0.079 s
+# a step at 64 units; at 128 the fused one is ahead (benchmarks/RESULTS.md, issue 25).
 FUSED_FROM_UNITS = 128
 
 

@@ -53,9 +53,7 @@ def check_run(rundir: RunDir) -> RunFiles:
 
 def check_continues(config: TrainConfig, saved: RunFiles, rundir: RunDir, vocab: Vocabulary | None = None) -> None:
     """Refuses settings (and, once the text is read, its `vocab`) that cannot continue the
-    run `saved` in `rundir`. An `auto` precision continues the run's own."""
-    if config.mixed_precision == "auto":
-        config = config.replace(mixed_precision=saved.config.mixed_precision)
+    run `saved` in `rundir` (TrainConfig.mismatches says which settings must match)."""
     problems = config.mismatches(saved.config)
     if vocab is not None and saved.vocab != vocab:
         problems.append(f"vocabulary of {len(saved.vocab)} characters in the run, {len(vocab)} in {config.data}")

@@ -5,6 +5,7 @@ before it loads. charrnn.sampler draws; the SavedModel export checks the same li
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 from charrnn.config import check_types
 from charrnn.errors import CharRNNError
@@ -45,6 +46,13 @@ class SampleOptions:
     @property
     def filtering(self) -> bool:
         return self.top_k > 0 or self.top_p < 1
+
+
+def check_settings(settings: dict[str, Any], prime: str = "x", num_samples: int = 1) -> None:
+    """Checks a request's settings as `Sampler.generate` takes them as keywords (num_chars,
+    seed and the fields of SampleOptions), before anything is loaded."""
+    SampleOptions(**{k: v for k, v in settings.items() if k not in ("num_chars", "seed")})
+    check_request(prime, settings["num_chars"], num_samples, settings.get("seed"))
 
 
 def check_request(prime: str, num_chars: int, num_samples: int, seed: int | None) -> None:

@@ -20,7 +20,7 @@ from typing import Any, Callable, TextIO
 from charrnn.data import mix_seed
 from charrnn.errors import CharRNNError
 from charrnn.sampler import Sampler
-from charrnn.sampling import SampleOptions, check_request
+from charrnn.sampling import check_settings
 
 HELP = """Type a prime and press Enter: the model continues it. Commands:
   :temperature T    how adventurous each draw is (lower: more conservative)
@@ -71,7 +71,7 @@ class Session:
         elif name == "seed" and len(args) == 1:
             try:
                 seed = None if args[0].lower() == "random" else int(args[0])
-                check_request("x", 0, 1, seed)
+                check_settings({**self.settings, "seed": seed})
             except (ValueError, CharRNNError) as e:
                 _say(f"error: :seed takes an integer or 'random' ({e})")
                 return True
@@ -81,8 +81,7 @@ class Session:
             key, parse = _SETTINGS[name]
             try:
                 changed = {**self.settings, key: parse(args[0])}
-                SampleOptions(**{k: v for k, v in changed.items() if k != "num_chars"})
-                check_request("x", changed["num_chars"], 1, None)
+                check_settings(changed)
             except (ValueError, KeyError, CharRNNError) as e:
                 _say(f"error: :{name} {args[0]}: {e}")
                 return True
@@ -145,8 +144,7 @@ def run(sampler: Sampler, settings: dict[str, Any], source: str) -> None:
     import readline  # noqa: F401 - importing it gives input() line editing and history
 
     # The first answer compiles the sampling loop: done before the banner, which then means it.
-    sampler.generate(sampler.vocab.default_prime, num_chars=1, **{k: v for k, v in session.settings.items()
-                                                                  if k != "num_chars"})
+    sampler.generate(sampler.vocab.default_prime, **{**session.settings, "num_chars": 1})
     _say(f"charrnn-sample: {source} is ready ({len(sampler.vocab)} characters). Type a prime and press Enter; "
          ":help lists the commands, Ctrl-D ends.")
     while True:

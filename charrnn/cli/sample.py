@@ -9,7 +9,7 @@ from absl import flags
 
 from charrnn.cli import tool
 from charrnn.errors import CharRNNError
-from charrnn.sampling import SampleOptions, check_request
+from charrnn.sampling import check_settings
 
 tool.define_checkpoint_flags()
 flags.DEFINE_string("prime", None, "Text to start from (default: a newline if the vocabulary has one, "
@@ -37,9 +37,8 @@ def _settings() -> dict:
 
 
 def check() -> None:
-    settings, num_samples, prime = _settings(), tool.flag_value("num_samples"), tool.flag_value("prime")
-    SampleOptions(**{k: v for k, v in settings.items() if k not in ("num_chars", "seed")})
-    check_request("x" if prime is None else prime, settings["num_chars"], num_samples, settings["seed"])
+    num_samples, prime = tool.flag_value("num_samples"), tool.flag_value("prime")
+    check_settings(_settings(), "x" if prime is None else prime, num_samples)
     if (tool.flag_value("stream") or tool.flag_value("interactive")) and num_samples != 1:
         raise CharRNNError("--stream and --interactive print one sample at a time; leave --num_samples at 1")
     files = tool.local_run()

@@ -88,10 +88,10 @@ def flag_value(name: str) -> Any:
     return FLAGS[name].value
 
 
-def local_run(flag: str = "run_dir") -> RunFiles | None:
-    """The run files of the trained run the flag names, checked before TensorFlow loads;
+def local_run() -> RunFiles | None:
+    """The run files of the trained run --run_dir names, checked before TensorFlow loads;
     None for a run directory elsewhere (gs://, ...), which the tool's own load checks."""
-    path = flag_value(flag)
+    path = flag_value("run_dir")
     return preflight.check_run(RunDir(path)) if storage.is_local(path) else None
 
 
