@@ -47,6 +47,9 @@ from absl import app, flags
 
 import charrnn
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from cpuinfo import cpu  # noqa: E402 - a sibling module of the benchmarks
+
 flags.DEFINE_string("data", "tinyshakespeare", "Corpus path or registered name.")
 flags.DEFINE_integer("batch_size", 64, "Batch size.")
 flags.DEFINE_integer("seq_length", 100, "Sequence length.")
@@ -65,22 +68,6 @@ flags.DEFINE_string("device", "auto", "Device.")
 flags.DEFINE_enum("memory_of", None, ["keras_fit", "charrnn"], "Internal: run only this variant briefly and "
                   "print its peak resident memory.")
 FLAGS = flags.FLAGS
-
-
-_FEATURES = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
-
-
-def cpu() -> dict:
-    """The CPU's model name and which of the vector features that matter here it has."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            info = f.read()
-    except OSError:
-        return {"model": platform.processor() or platform.machine(), "features": []}
-    model = re.search(r"model name\s*:\s*(.*)", info)
-    flags_line = set(re.search(r"flags\s*:\s*(.*)", info).group(1).split())
-    return {"model": model.group(1) if model else platform.machine(), "cores": os.cpu_count(),
-            "features": [f for f in _FEATURES if f in flags_line]}
 
 
 def _torch(b: int, t: int, e: int, h: int) -> dict | None:

@@ -11,9 +11,12 @@ two compiled functions:
         -> the same, with the Sampler's options. Called from Python
         (`loaded.generate_with_options(...)`) the last three may be left out (0, 1.0, False);
         its signature takes all seven (TF Serving fills no defaults).
-    step(ids: int32 [batch], state: [layers * state_size, batch, units])
+    step(ids: int32 [batch], state: float32 [layers * state_size, batch, units])
         -> {"logits": float32 [batch, vocab], "state": same as the input state}: one
         character, for clients that stream; the zero state starts a sequence.
+
+Every function computes in float32 whatever precision the run trained in
+(charrnn.sampler.GENERATION_PRECISION).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from charrnn import storage
 from charrnn.vocab import Vocabulary
 from charrnn.model import CharRNN
 from charrnn.preflight import check_export_dir, tflite_paths
-from charrnn.sampler import Sampler
+from charrnn.sampler import GENERATION_PRECISION, Sampler
 from charrnn.sampling import MAX_NUM_CHARS, MAX_TEMPERATURE, MIN_TEMPERATURE, SampleOptions
 from charrnn.trained import load_model
 
@@ -130,7 +133,8 @@ def export(run_dir: str, export_dir: str, which: str | None = None) -> str:
     with tf.device("/CPU:0"):
         # Keras' LSTM (the same weights) instead of the fused one: inference needs no
         # hand-written gradient, and a SavedModel holding one warns at every load.
-        model, _, vocab, path = load_model(run_dir, which, "/CPU:0", lstm_impl="keras")
+        model, _, vocab, path = load_model(run_dir, which, "/CPU:0", lstm_impl="keras",
+                                           precision=GENERATION_PRECISION)
         module = _Generator(model, vocab)
         # Keras' ExportArchive names the variables so that TensorFlow 1-style loaders (TF
         # Serving, saved_model_cli) find them; a plain tf.saved_model.save of a Keras 3
@@ -174,7 +178,8 @@ def export_tflite(run_dir: str, export_dir: str, which: str | None = None, quant
     """
     model_path, vocab_path = tflite_paths(export_dir)
     with tf.device("/CPU:0"):
-        model, _, vocab, path = load_model(run_dir, which, "/CPU:0", lstm_impl="keras", float32=True)
+        model, _, vocab, path = load_model(run_dir, which, "/CPU:0", lstm_impl="keras",
+                                           precision=GENERATION_PRECISION)
         saved = tempfile.mkdtemp(prefix="charrnn_tflite_")
         try:
             archive = keras.export.ExportArchive()

@@ -52,6 +52,9 @@ class CharRNN(keras.Model):
                  precision: str = "float32", cell: str = "lstm", **kwargs):
         # No autocast: Keras would cast a bfloat16/float16 state passed to call() to float32.
         super().__init__(autocast=False, **kwargs)
+        # What float32_copy() builds again in float32.
+        self._settings = dict(vocab_size=vocab_size, embedding_dim=embedding_dim, rnn_units=rnn_units,
+                              num_layers=num_layers, dropout=dropout, seed=seed, lstm_impl=lstm_impl, cell=cell)
         self.lstm_impl = lstm_impl
         self.cell = cell
         # Weights stay float32 under every policy; a mixed policy computes in 16 bits.
@@ -92,6 +95,20 @@ class CharRNN(keras.Model):
                     cell=config.cell)
         model.build_for_vocab()
         return model
+
+    def float32_copy(self) -> CharRNN:
+        """A model of the same shape that computes in float32, built, with a copy of this one's
+        weights (`copy_weights` refreshes them). The weights are float32 under every policy,
+        so the copy is exact."""
+        copy = CharRNN(**self._settings, precision="float32")
+        copy.build_for_vocab()
+        copy.copy_weights(self)
+        return copy
+
+    def copy_weights(self, source: CharRNN) -> None:
+        """Sets this model's weights to `source`'s (a model of the same shape)."""
+        for mine, theirs in zip(self.variables, source.variables, strict=True):
+            mine.assign(theirs)
 
     @property
     def rnns(self) -> list[keras.layers.RNN]:

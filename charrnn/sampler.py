@@ -22,20 +22,35 @@ from charrnn.sampling import SampleOptions, check_request
 from charrnn.trained import load_model
 from charrnn.vocab import Vocabulary
 
+# The precision every generation computes in, whatever the run trained in (the weights are
+# float32 under every policy, so nothing is lost). One character at a time, each step is a
+# matrix-vector product bound by memory and latency, which float32 runs fastest on every CPU
+# measured (AVX2; AVX-512 with bfloat16; AMX): a mixed bfloat16 policy casts every weight
+# again at every character, 3x slower at 1024 units (benchmarks/RESULTS.md, issue 29).
+GENERATION_PRECISION = "float32"
+
+
 class Sampler:
     """Generates text from a `CharRNN` and its vocabulary.
 
     Generation is two compiled functions, shared by `generate`, `stream` and the SavedModel
     export (which traces the same bodies, see `sample_ids`): the prime's pass, which draws
     the first character, and a chunk loop that continues from a state.
+
+    A `model` that computes in another precision than GENERATION_PRECISION (a mixed
+    bfloat16 or float16 run) is sampled through a float32 copy of it (`self.model`), whose
+    weights are refreshed from `model` at each call: a model that trains on still samples
+    its current weights.
     """
 
     def __init__(self, model: CharRNN, vocab: Vocabulary, device: str = "auto"):
         if model.vocab_size != len(vocab):
             raise CharRNNError(f"the model has {model.vocab_size} output classes but the vocabulary {len(vocab)} characters")
-        self.model = model
-        self.vocab = vocab
+        self._source = model
         self.device = resolve_device(device)
+        with tf.device(self.device):
+            self.model = model if model.state_dtype == GENERATION_PRECISION else model.float32_copy()
+        self.vocab = vocab
         # One compiled pair per combination of (filtering, stopping): the per-step ops of an
         # option that is off are then absent, not skipped at run time.
         self._compiled: dict[tuple[bool, bool], tuple] = {}
@@ -46,7 +61,7 @@ class Sampler:
 
         `which` is `best` (lowest validation loss), `latest`, or None: best when the run has one.
         """
-        model, _, vocab, _ = load_model(run_dir, which, resolve_device(device))
+        model, _, vocab, _ = load_model(run_dir, which, resolve_device(device), precision=GENERATION_PRECISION)
         return cls(model, vocab, device)
 
     def generate(self, prime: str, num_chars: int = 500, temperature: float = 0.5, num_samples: int = 1,
@@ -60,6 +75,7 @@ class Sampler:
         """
         options = SampleOptions(temperature, top_k, top_p, greedy, stop_at)
         check_request(prime, num_chars, num_samples, seed)
+        self._refresh()
         if num_chars == 0:
             texts = [prime] * num_samples
         else:
@@ -88,6 +104,7 @@ class Sampler:
             raise CharRNNError(f"chunk must be an integer of at least 1, got {chunk!r}")
         if num_chars == 0:
             return
+        self._refresh()
         first, continue_ = self._functions(options)
         args = _tensors(options, secrets.randbits(63) if seed is None else seed)
         stop_ids = tf.constant(self.vocab.encode(stop_at) if stop_at else np.zeros([0], np.int32))
@@ -110,6 +127,11 @@ class Sampler:
                                                             tf.constant(count), stop_ids, *args)
             text += self.vocab.decode(chunk_ids.numpy()[:, 0])
             produced += count
+
+    def _refresh(self) -> None:
+        """Copies the weights of the model sampled into its float32 copy, if it has one."""
+        if self.model is not self._source:
+            self.model.copy_weights(self._source)
 
     def _functions(self, options: SampleOptions) -> tuple:
         """The compiled (first, chunk) pair for `options`' filtering and stopping."""

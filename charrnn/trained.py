@@ -25,11 +25,12 @@ class TrainedModel(NamedTuple):
 
 
 def load_model(run_dir: str, which: str | None = None, device: str = "/CPU:0", lstm_impl: str = "auto",
-               float32: bool = False) -> TrainedModel:
+               precision: str | None = None) -> TrainedModel:
     """The trained model of `run_dir` from its `which` checkpoint (best or latest; None: best
-    when the run has one), placed on `device` (with `lstm_impl`, see CharRNN; with `float32`,
-    computing in float32 whatever precision it was trained in: the weights are float32
-    either way), with the run's config and vocabulary and the checkpoint's path.
+    when the run has one), placed on `device` (with `lstm_impl`, see CharRNN; with
+    `precision`, computing in that policy whatever precision it was trained in: the weights
+    are float32 under every policy), with the run's config and vocabulary and the
+    checkpoint's path.
 
     If no best checkpoint is usable, the latest one is used, with a warning.
     """
@@ -37,7 +38,7 @@ def load_model(run_dir: str, which: str | None = None, device: str = "/CPU:0", l
     files = check_run(rundir)
     no_checkpoint = f"run directory {run_dir} holds no checkpoint; train first with charrnn-train --run_dir={run_dir}"
     which = checkpoint.resolve_which(rundir, which)
-    config = files.config.replace(mixed_precision="float32") if float32 else files.config
+    config = files.config.replace(mixed_precision=precision) if precision else files.config
     with tf.device(device):
         model = CharRNN.from_config(config, len(files.vocab), lstm_impl)
         reader = tf.train.Checkpoint(model=model)

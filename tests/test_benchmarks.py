@@ -52,7 +52,9 @@ def test_benchmark_smoke(script, args, small_text, tmp_path):
         assert row["size_mb"] == 1 and row["encode_mb_per_s"] > 0 and row["cached_peak_rss_mb"] > 0
         assert result["pipeline"]["ratio"] > 0
     elif script == "bench_sample.py":
-        assert [r["num_samples"] for r in result["charrnn"]] == [1, 64] and result["eager_chars_per_s"] > 0
+        rows = [(r["trained_in"], r["num_samples"], r["generates_in"]) for r in result["charrnn"]]
+        assert rows == [(p, n, "float32") for p in ("float32", "mixed_bfloat16") for n in (1, 64)]
+        assert result["eager_chars_per_s"] > 0 and all(r["chars_per_s"] > 0 for r in result["charrnn"])
     else:
         preset = "cpu_medium" if "--preset=cpu_medium" in args else "cpu_small"
         assert result["preset"] == preset and result["steps"] > 0 and math.isfinite(result["best_val_loss"])

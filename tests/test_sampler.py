@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from charrnn import MAX_NUM_CHARS, CharRNN, CharRNNError, Sampler, Trainer, Vocabulary
+from charrnn import MAX_NUM_CHARS, CharRNN, CharRNNError, Sampler, Trainer, Vocabulary, export
 from charrnn.sampler import filter_logits
+from charrnn.sampling import SampleOptions
 from conftest import (CONSTANT_CHARS, CONSTANT_LOGITS, constant_logits_model, draws_deviation, sampling_probs,
                       tiny_config)
 
@@ -188,3 +189,46 @@ def test_arguments_of_the_wrong_type_are_one_error(sampler, kwargs, message):
     if "num_samples" not in kwargs:  # stream makes one sample
         with pytest.raises(CharRNNError, match=re.escape(message)):
             next(sampler.stream(**kwargs))
+
+
+def _graph_dtypes(function) -> set[tf.DType]:
+    """Every dtype an op of `function`'s graph (its nested functions included) computes in."""
+    graph = function.get_concrete_function().graph.as_graph_def()
+    nodes = [*graph.node, *(node for f in graph.library.function for node in f.node_def)]
+    return {tf.as_dtype(attr.type) for node in nodes for key, attr in node.attr.items()
+            if key in ("T", "dtype", "DstT", "SrcT") and attr.type}
+
+
+def test_a_bfloat16_model_is_sampled_in_float32_with_its_current_weights(sampler):
+    """Generation computes in float32 whatever the model trained in (GENERATION_PRECISION):
+    no bfloat16 op in the compiled loop, and the greedy text of a mixed_bfloat16 model is
+    the argmax of one long float32 pass of its weights, also after its weights change."""
+    vocab = sampler.vocab
+    bf16 = CharRNN(len(vocab), embedding_dim=8, rnn_units=16, seed=3, precision="mixed_bfloat16")
+    bf16.build_for_vocab()
+    bf16_sampler = Sampler(bf16, vocab, device="/CPU:0")
+    assert bf16_sampler.model.state_dtype == "float32"
+    for seed in (3, 4):  # the second: the model trained on (its weights changed) since the first
+        weights = CharRNN(len(vocab), embedding_dim=8, rnn_units=16, seed=seed)
+        weights.build_for_vocab()
+        bf16.set_weights([w * 4 for w in weights.get_weights()])
+        text = bf16_sampler.generate("ROMEO:", num_chars=120, greedy=True)
+        float32 = bf16.float32_copy()
+        ids = vocab.encode(text)
+        logits, _ = float32(tf.constant(ids[None, :-1]))
+        np.testing.assert_array_equal(ids[6:], np.argmax(logits.numpy()[0], -1)[5:])
+    for function in bf16_sampler._functions(SampleOptions()):  # noqa: SLF001 - the compiled (first, chunk) pair
+        dtypes = _graph_dtypes(function)
+        assert tf.float32 in dtypes and tf.bfloat16 not in dtypes
+
+
+def test_a_bfloat16_run_samples_and_exports_in_float32(small_text, tmp_path):
+    run = tmp_path / "run"
+    trainer = Trainer(tiny_config(small_text, run, max_steps=3, mixed_precision="mixed_bfloat16"))
+    trainer.fit(verbose=0)
+    restored = Sampler.from_checkpoint(str(run), device="/CPU:0")
+    assert restored.model.state_dtype == "float32" and trainer.model.state_dtype == "bfloat16"
+    assert trainer.generate("The ", 80, temperature=0.8, seed=3) == restored.generate("The ", 80, temperature=0.8, seed=3)
+    export(str(run), str(tmp_path / "export"))
+    _, inputs = tf.saved_model.load(str(tmp_path / "export")).signatures["step"].structured_input_signature
+    assert inputs["state"].dtype == tf.float32

@@ -103,7 +103,7 @@ def test_a_mixed_precision_run_exports_in_float32_to_a_named_file(small_text, tm
     export_tflite(str(run), str(tmp_path / "phone" / "charrnn.tflite"), quantize="none")
     assert sorted(p.name for p in (tmp_path / "phone").iterdir()) == ["charrnn.tflite", "vocab.json"]
     step, _ = _runner(tmp_path / "phone" / "charrnn.tflite")
-    model, _, vocab, _ = load_model(str(run), float32=True)
+    model, _, vocab, _ = load_model(str(run), precision="float32")
     state = np.zeros(step.get_input_details()["state"]["shape"], np.float32)
     expected, _ = model.step(tf.constant([3]), model.initial_state(1))
     np.testing.assert_allclose(step(ids=np.array([3], np.int32), state=state)["logits"], expected.numpy(), atol=1e-4)
