@@ -5,17 +5,20 @@ or --data), the same model size, batch and sequence length:
 
   (a) the case study ported to Keras 3: Sequential([Input(batch_shape=(B, None)),
       Embedding, LSTM(stateful=True, return_sequences=True), Dense]), compile(adam,
-      sparse CE from logits), model.fit;
+      sparse CE from logits), model.fit, in --fit_precision (the case study's float32);
   (b) charrnn's Trainer step with charrnn's defaults (what `auto` picks for this model and
-      CPU), or the --steps_per_loop, --lstm_impl given;
+      CPU: implementation and precision), or the --mixed_precision, --steps_per_loop,
+      --lstm_impl given;
   (c) where torch is importable, PyTorch's nn.LSTM in the usual training loop
-      (benchmarks/torch_lstm.py, a process of its own; the benchmark never requires torch).
+      (benchmarks/torch_lstm.py, a process of its own; the benchmark never requires torch),
+      in float32 and, on a CPU that multiplies bfloat16 natively (avx512_bf16, amx_bf16),
+      under bfloat16 autocast; "vs torch" compares with the faster of the two.
 
 Warm-up steps (tracing included) are timed apart; then --steps steps are timed and the
 median step reported. FLOPs per step = 3 x 2*B*T*(4H*(E+H) + H*V) (forward; the backward
 pass costs about twice the forward). The peak is the best `tf.matmul` rate measured in this
-run at the step's own matrix shapes and at the LSTM's all-rows shapes ([T*B, E] x [E, 4H],
-[T*B, H]^T x [T*B, 4H]); the "matmul floor" is the time the step's matmuls alone take at
+run at the step's own matrix shapes, in the precision the step multiplies in (bfloat16 in a
+mixed_bfloat16 run); the "matmul floor" is the time the step's matmuls alone take at
 their measured rates. Peak resident memory (VmHWM) of each variant is measured in a
 fresh subprocess of this script that builds it and runs --warmup + 2 steps, so neither
 variant is charged for the other's allocations. Prints the CPU's model and vector
@@ -46,6 +49,7 @@ import tensorflow as tf
 from absl import app, flags
 
 import charrnn
+from charrnn.lstm import chains_for
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from cpuinfo import cpu  # noqa: E402 - a sibling module of the benchmarks
@@ -59,7 +63,8 @@ flags.DEFINE_integer("steps", 10, "Timed steps per variant.")
 flags.DEFINE_integer("warmup", 2, "Untimed steps first (the first one traces).")
 flags.DEFINE_integer("steps_per_loop", None, "charrnn: steps per compiled call (default: charrnn's).")
 flags.DEFINE_boolean("jit_compile", False, "charrnn: XLA-compile the train step.")
-flags.DEFINE_string("mixed_precision", "float32", "Precision policy for both variants.")
+flags.DEFINE_string("mixed_precision", "auto", "charrnn's precision policy (auto: what charrnn picks for this CPU).")
+flags.DEFINE_string("fit_precision", "float32", "Precision policy of the Keras fit baseline (the case study's: float32).")
 flags.DEFINE_string("lstm_impl", "auto", "charrnn: auto, fused or keras.")
 flags.DEFINE_boolean("baseline", True, "Also run the Keras model.fit baseline (and PyTorch's, if installed).")
 flags.DEFINE_boolean("peak_rss", True, "Also measure each variant's peak memory (a process each).")
@@ -70,15 +75,24 @@ flags.DEFINE_enum("memory_of", None, ["keras_fit", "charrnn"], "Internal: run on
 FLAGS = flags.FLAGS
 
 
-def _torch(b: int, t: int, e: int, h: int) -> dict | None:
-    """PyTorch's nn.LSTM step (benchmarks/torch_lstm.py), or None without torch."""
+def _torch(b: int, t: int, e: int, h: int) -> dict[str, dict]:
+    """PyTorch's nn.LSTM step (benchmarks/torch_lstm.py) in float32 ("torch_fp32") and, where
+    the CPU multiplies bfloat16 natively, under bfloat16 autocast ("torch_bf16"); none
+    without torch."""
     if importlib.util.find_spec("torch") is None:
-        return None
+        return {}
     script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "torch_lstm.py")
-    settings = {"data": FLAGS.data, "batch_size": b, "seq_length": t, "embedding_dim": e, "rnn_units": h,
-                "steps": FLAGS.steps, "warmup": FLAGS.warmup}
-    proc = subprocess.run([sys.executable, script, json.dumps(settings)], capture_output=True, text=True, check=True)
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    results = {}
+    native_bf16 = {"avx512_bf16", "amx_bf16"} & set(cpu()["features"])
+    for name, autocast in (("torch_fp32", False), ("torch_bf16", True)):
+        if autocast and not native_bf16:
+            continue
+        settings = {"job": "train", "data": FLAGS.data, "batch_size": b, "seq_length": t, "embedding_dim": e,
+                    "rnn_units": h, "steps": FLAGS.steps, "warmup": FLAGS.warmup, "autocast": autocast}
+        proc = subprocess.run([sys.executable, script, json.dumps(settings)], capture_output=True, text=True,
+                              check=True)
+        results[name] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return results
 
 
 def _sweep() -> None:
@@ -94,16 +108,16 @@ def _sweep() -> None:
         print(proc.stdout.strip().splitlines()[-2], flush=True)  # the ratios line of that size
     features = rows[0]["cpu"]
     print(f"CPU: {features['model']}, {features['cores']} cores, {' '.join(features['features'])}")
-    print(f"{'model':<18}{'charrnn s':>10}{'torch s':>9}{'fit s':>8}{'vs torch':>9}{'vs fit':>8}"
-          f"{'% peak':>8}{'peak GF/s':>10}  charrnn chose")
+    print(f"{'model':<18}{'charrnn s':>10}{'torch fp32':>11}{'torch bf16':>11}{'fit s':>8}{'vs torch':>9}"
+          f"{'vs fit':>8}{'% peak':>8}{'peak GF/s':>10}  charrnn chose")
+    nan = float("nan")
     for r in rows:
         res = r["results"]
-        torch_s = res["torch"]["median_step_s"] if "torch" in res else None
-        fit_s = res["keras_fit"]["median_step_s"] if "keras_fit" in res else None
-        c = res["charrnn"]["median_step_s"]
-        print(f"{'E' + str(r['embedding_dim']) + ' LSTM ' + str(r['rnn_units']):<18}{c:>10.3f}"
-              f"{torch_s if torch_s else float('nan'):>9.3f}{fit_s if fit_s else float('nan'):>8.3f}"
-              f"{(torch_s or float('nan')) / c:>8.2f}x{(fit_s or float('nan')) / c:>7.2f}x"
+        step = {name: res[name]["median_step_s"] if name in res else nan
+                for name in ("charrnn", "torch_fp32", "torch_bf16", "keras_fit")}
+        print(f"{'E' + str(r['embedding_dim']) + ' LSTM ' + str(r['rnn_units']):<18}{step['charrnn']:>10.3f}"
+              f"{step['torch_fp32']:>11.3f}{step['torch_bf16']:>11.3f}{step['keras_fit']:>8.3f}"
+              f"{r['speedup_vs_torch'] or nan:>8.2f}x{r['speedup_vs_fit'] or nan:>7.2f}x"
               f"{res['charrnn']['fraction_of_peak']:>8.0%}{r['peak_gflops']:>10.0f}  {r['chosen']}")
     print(json.dumps({"benchmark": "train_sweep", "cpu": features, "rows": rows}))
 
@@ -121,19 +135,26 @@ def _peak_rss_of(variant: str) -> float:
     return float(re.search(r"peak_rss_mb=([\d.]+)", proc.stdout).group(1))
 
 
-def _time_matmul(m: int, k: int, n: int, transpose_a: bool = False, transpose_b: bool = False) -> float:
-    """GFLOP/s of tf.matmul for an [m, k] x [k, n] product laid out as the step lays it out."""
-    a = tf.random.normal([k, m] if transpose_a else [m, k])
-    b = tf.random.normal([n, k] if transpose_b else [k, n])
-    matmul = tf.function(lambda: tf.matmul(a, b, transpose_a=transpose_a, transpose_b=transpose_b))
-    matmul()
+def _time_matmul(dtype: tf.DType, m: int, k: int, n: int, transpose_a: bool = False) -> float:
+    """GFLOP/s of tf.matmul in `dtype` for an [m, k] x [k, n] product laid out as the step lays it
+    out, run `reps` times in one compiled loop (as the step runs its matmuls: no Python call
+    between them)."""
+    a = tf.cast(tf.random.normal([k, m] if transpose_a else [m, k]), dtype)
+    b = tf.cast(tf.random.normal([k, n]), dtype)
     reps = max(3, min(1000, int(1e10 / (2 * m * k * n))))  # about 0.05 s of work at 200 GFLOP/s
+
+    @tf.function
+    def matmuls() -> tf.Tensor:
+        total = tf.zeros([], dtype)
+        for _ in tf.range(reps):
+            total += tf.matmul(a, b, transpose_a=transpose_a)[0, 0]
+        return total
+
+    matmuls()
     best = float("inf")
     for _ in range(3):
         start = time.perf_counter()
-        for _ in range(reps):
-            out = matmul()
-        out.numpy()
+        matmuls().numpy()
         best = min(best, (time.perf_counter() - start) / reps)
     return 2 * m * k * n / best / 1e9
 
@@ -146,21 +167,18 @@ def _uses_cudnn(trainer: charrnn.Trainer) -> bool:
 
 
 def _matmul_inventory(b: int, t: int, e: int, h: int, v: int) -> list[tuple[str, int, tuple]]:
-    """(name, FLOPs per step, matmul shape) of the matmuls in one fused-LSTM train step."""
-    bt, k = b * t, 25 * b  # charrnn.lstm takes weight gradients every 25 steps
+    """(name, FLOPs per step, matmul shape) of the matmuls in one fused-LSTM train step
+    (charrnn.lstm): the recurrent ones per time step and chain, the others over all rows."""
+    bt, rows = b * t, b // chains_for(b, h)
     return [
-        ("gates fwd T x [B,E+H]x[E+H,4H]", 2 * bt * (e + h) * 4 * h, (b, e + h, 4 * h)),
-        ("gates bwd T x [B,4H]x[4H,E+H]", 2 * bt * 4 * h * (e + h), (b, 4 * h, e + h)),
-        ("weight grad T/25 x [25B,E+H]^T x [25B,4H]", 2 * bt * (e + h) * 4 * h, (e + h, k, 4 * h, True)),
-        ("logits fwd+bwd 3 x [BT,H]x[H,V]", 3 * 2 * bt * h * v, (bt, h, v)),
+        ("input projection [TB,E]x[E,4H]", 2 * bt * e * 4 * h, (bt, e, 4 * h)),
+        ("recurrent fwd T x [B/chains,H]x[H,4H]", 2 * bt * h * 4 * h, (rows, h, 4 * h)),
+        ("recurrent bwd T x [B/chains,4H]x[4H,H]", 2 * bt * 4 * h * h, (rows, 4 * h, h)),
+        ("input grad [TB,4H]x[4H,E]", 2 * bt * 4 * h * e, (bt, 4 * h, e)),
+        ("kernel grad [TB,E]^T x [TB,4H]", 2 * bt * e * 4 * h, (e, bt, 4 * h, True)),
+        ("recurrent grad [TB,H]^T x [TB,4H]", 2 * bt * h * 4 * h, (h, bt, 4 * h, True)),
+        ("logits fwd+bwd 3 x [TB,H]x[H,V]", 3 * 2 * bt * h * v, (bt, h, v)),
     ]
-
-
-def _large_shapes(b: int, t: int, e: int, h: int) -> dict[str, tuple]:
-    """The LSTM's products over all T*B rows at once, often the fastest shapes on a CPU."""
-    bt = b * t
-    return {"input projection [BT,E]x[E,4H]": (bt, e, 4 * h),
-            "recurrent grad [BT,H]^T x [BT,4H]": (h, bt, 4 * h, True)}
 
 
 class _BatchTimer(keras.callbacks.Callback):
@@ -177,13 +195,13 @@ class _BatchTimer(keras.callbacks.Callback):
 
 def _keras_fit(dataset: tf.data.Dataset, vocab_size: int) -> dict:
     """The case study's approach: a stateful Keras model trained with compile/fit."""
-    b = FLAGS.batch_size
+    b, precision = FLAGS.batch_size, FLAGS.fit_precision
     model = keras.Sequential([
         keras.Input(batch_shape=(b, None)),
-        keras.layers.Embedding(vocab_size, FLAGS.embedding_dim, dtype=FLAGS.mixed_precision),
+        keras.layers.Embedding(vocab_size, FLAGS.embedding_dim, dtype=precision),
         keras.layers.LSTM(FLAGS.rnn_units, return_sequences=True, stateful=True,
-                          recurrent_initializer="glorot_uniform", dtype=FLAGS.mixed_precision),
-        keras.layers.Dense(vocab_size, dtype=FLAGS.mixed_precision),
+                          recurrent_initializer="glorot_uniform", dtype=precision),
+        keras.layers.Dense(vocab_size, dtype=precision),
     ])
     model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     warm, timed = _BatchTimer(), _BatchTimer()
@@ -230,19 +248,18 @@ def main(argv: list[str]) -> None:
                 return
             results = {"keras_fit": _keras_fit(dataset, v)} if FLAGS.baseline else {}
             results["charrnn"] = _charrnn(trainer)
-            torch_result = _torch(b, t, e, h) if FLAGS.baseline else None
-            if torch_result is not None:
-                results["torch"] = torch_result
+            if FLAGS.baseline:
+                results.update(_torch(b, t, e, h))
             inventory = _matmul_inventory(b, t, e, h, v)
-            rates = {name: _time_matmul(*shape) for name, _, shape in inventory}
-            large = {name: _time_matmul(*shape) for name, shape in _large_shapes(b, t, e, h).items()}
+            step_dtype = tf.as_dtype(trainer.model.state_dtype)  # what the step multiplies in
+            rates = {name: _time_matmul(step_dtype, *shape) for name, _, shape in inventory}
 
     cudnn = _uses_cudnn(trainer)
     flops = 3 * 2 * b * t * (4 * h * (e + h) + h * v)
-    peak = max([*rates.values(), *large.values()])
+    peak = max(rates.values())
     floor_s = sum(f / (rates[name] * 1e9) for name, f, _ in inventory)
     for name, r in results.items():
-        r["peak_rss_mb"] = _peak_rss_of(name) if name != "torch" and FLAGS.peak_rss else float("nan")
+        r["peak_rss_mb"] = _peak_rss_of(name) if not name.startswith("torch") and FLAGS.peak_rss else float("nan")
         r["steps_per_s"] = 1 / r["median_step_s"]
         r["gflops_per_s"] = flops / r["median_step_s"] / 1e9
         r["fraction_of_peak"] = r["gflops_per_s"] / peak
@@ -251,8 +268,8 @@ def main(argv: list[str]) -> None:
     print(f"CPU: {c['model']}, {c['cores']} cores, {' '.join(c['features'])}")
     print(f"FLOPs per step = 3 x 2*B*T*(4H*(E+H) + H*V) = {flops / 1e9:.1f} GFLOP "
           f"(B={b} T={t} E={e} H={h} V={v})")
-    print("tf.matmul at the step's shapes (GFLOP/s): " + "; ".join(f"{k} {r:.0f}" for k, r in rates.items()))
-    print("tf.matmul at the LSTM's all-rows shapes (GFLOP/s): " + "; ".join(f"{k} {r:.0f}" for k, r in large.items()))
+    print(f"tf.matmul in {step_dtype.name} at the step's shapes (GFLOP/s): "
+          + "; ".join(f"{k} {r:.0f}" for k, r in rates.items()))
     print(f"peak {peak:.0f} GFLOP/s; matmul floor {floor_s:.3f} s/step; cuDNN RNN in charrnn's step: {cudnn}")
     print(f"{'variant':<12}{'first (s)':>10}{'step (s)':>10}{'steps/s':>9}{'GFLOP/s':>9}{'of peak':>9}"
           f"{'floor/step':>11}{'peak RSS MB':>12}")
@@ -260,18 +277,22 @@ def main(argv: list[str]) -> None:
         print(f"{name:<12}{r['first_step_s']:>10.2f}{r['median_step_s']:>10.3f}{r['steps_per_s']:>9.3f}"
               f"{r['gflops_per_s']:>9.1f}{r['fraction_of_peak']:>9.0%}{r['floor_over_step']:>11.0%}"
               f"{r['peak_rss_mb']:>12.0f}")
-    chosen = (f"lstm {'fused' if trainer.model.fused_on(trainer.device) else 'keras'}, steps_per_loop "
-              f"{trainer.config.steps_per_loop}, oneDNN {os.environ.get('TF_ENABLE_ONEDNN_OPTS', 'default')}")
-    ratio = results["keras_fit"]["median_step_s"] / results["charrnn"]["median_step_s"] if FLAGS.baseline else None
-    torch_ratio = results["torch"]["median_step_s"] / results["charrnn"]["median_step_s"] if "torch" in results else None
-    print(f"charrnn ({chosen}) speed: {ratio or float('nan'):.2f}x keras fit, "
-          f"{torch_ratio or float('nan'):.2f}x PyTorch nn.LSTM")
+    chosen = (f"lstm {'fused' if trainer.model.fused_on(trainer.device) else 'keras'}, "
+              f"{trainer.config.mixed_precision}, steps_per_loop {trainer.config.steps_per_loop}, "
+              f"oneDNN {os.environ.get('TF_ENABLE_ONEDNN_OPTS', 'default')}")
+    step = results["charrnn"]["median_step_s"]
+    ratio = results["keras_fit"]["median_step_s"] / step if FLAGS.baseline else None
+    torch_steps = [r["median_step_s"] for name, r in results.items() if name.startswith("torch")]
+    torch_ratio = min(torch_steps) / step if torch_steps else None
+    print(f"charrnn ({chosen}) speed: {ratio or float('nan'):.2f}x keras fit ({FLAGS.fit_precision}), "
+          f"{torch_ratio or float('nan'):.2f}x PyTorch nn.LSTM (the faster of {', '.join(r for r in results if r.startswith('torch')) or 'none'})")
     print(json.dumps({
         "benchmark": "train", "machine": platform.machine(), "cpu": cpu(), "chosen": chosen, "device": trainer.device,
         "batch_size": b,
         "seq_length": t, "embedding_dim": e, "rnn_units": h, "vocab_size": v, "steps_per_loop": trainer.config.steps_per_loop,
-        "jit_compile": FLAGS.jit_compile, "mixed_precision": FLAGS.mixed_precision, "lstm_impl": FLAGS.lstm_impl,
-        "flops_per_step": flops, "matmul_gflops": rates | large, "peak_gflops": peak, "matmul_floor_s": floor_s,
+        "jit_compile": FLAGS.jit_compile, "mixed_precision": trainer.config.mixed_precision,
+        "fit_precision": FLAGS.fit_precision, "lstm_impl": FLAGS.lstm_impl, "matmul_dtype": step_dtype.name,
+        "flops_per_step": flops, "matmul_gflops": rates, "peak_gflops": peak, "matmul_floor_s": floor_s,
         "results": results, "speedup_vs_fit": ratio, "speedup_vs_torch": torch_ratio, "timed_steps": FLAGS.steps, "cudnn_in_step": cudnn,
     }))
 

@@ -143,7 +143,7 @@ class TrainConfig:
                                   "float16 with loss scaling on GPUs of compute capability 7.0+, else float32; a run "
                                   "keeps what it started with), float32, mixed_float16 or mixed_bfloat16.", "Speed",
                                   PRECISIONS)
-    lstm_impl: str = _field("auto", "LSTM implementation: auto (keras/cuDNN on a GPU and under 128 units, fused on CPUs from 128 units), fused, keras.", "Speed",
+    lstm_impl: str = _field("auto", "LSTM implementation: auto (keras/cuDNN on a GPU, fused on a CPU), fused, keras.", "Speed",
                             LSTM_IMPLS)
     deterministic: bool = _field(False, "Enable TensorFlow op determinism: a run, interrupted or not, is reproducible bit for bit.", "Speed")
     device: str = _field("auto", "Device: auto (first GPU, else CPU) or a TensorFlow device name such as /GPU:1.", "Devices and distribution")

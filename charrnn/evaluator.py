@@ -13,7 +13,7 @@ import tensorflow as tf
 
 from charrnn.data import Layout
 from charrnn.errors import CharRNNError
-from charrnn.model import CharRNN
+from charrnn.model import CharRNN, token_losses
 from charrnn.stopping import Stopped
 
 
@@ -31,7 +31,7 @@ class Evaluator:
     def _step_fn(self, inputs: tf.Tensor, targets: tf.Tensor, state: tuple) -> tuple[tf.Tensor, tf.Tensor, tuple]:
         with tf.device(self.device):
             logits, state = self.model(inputs, state=state)
-            losses = tf.nn.sparse_softmax_cross_entropy_with_logits(targets, logits)
+            losses = token_losses(targets, logits)
             return tf.reduce_sum(tf.cast(losses, tf.float64)), tf.size(losses), state
 
     def loss(self, ids: np.ndarray, should_stop: Callable[[], bool] = lambda: False) -> float:

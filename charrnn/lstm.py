@@ -1,110 +1,134 @@
 """A fused LSTM layer function for devices without cuDNN, with a hand-written gradient.
 
 Same maths and weight layout as `keras.layers.LSTM` (gates i, f, c, o; kernel [E, 4H],
-recurrent kernel [H, 4H], bias [4H]), arranged for large matrix products:
+recurrent kernel [H, 4H], bias [4H]), arranged for a CPU, where what costs is the chain of
+small ops each time step runs one after the other (benchmarks/RESULTS.md, issue 29):
 
-- forward: each step computes all four gates with one [B, E+H] x [E+H, 4H] matmul of the
-  concatenated input and state;
-- backward (`tf.custom_gradient`): the recurrence runs backwards, one [B, 4H] x [4H, E+H]
-  matmul a step giving the gradients of both the step's input and the previous state;
-  every 25 steps, the weight gradient of those steps is one [E+H, 25*B] x [25*B, 4H]
-  matmul, instead of one small accumulation per step (as autodiff through the loop does).
+- the input projection of every time step is one [T*B, E] x [E, 4H] matmul before the
+  loop; inside it, each step multiplies only the state ([B, H] x [H, 4H]);
+- the four gate activations are one tanh over [B, 4H]: sigmoid(z) = tanh(z/2)/2 + 1/2,
+  the halving folded into the weights' i, f and o columns once per call;
+- inside the loops every elementwise op computes in float32, also in a mixed bfloat16 or
+  float16 run, whose matmuls stay in 16 bits (TensorFlow's 16-bit elementwise kernels
+  convert element by element, 2-3x slower);
+- backward (`tf.custom_gradient`), each step computes the gates' gradient and multiplies
+  it by the recurrent kernel; after the loop, the gradients of the inputs, the kernel and
+  the recurrent kernel are one large matmul each;
+- up to `_CHAINED_UP_TO` units, the batch runs as `_CHAINS` independent recurrences of a
+  part of its rows, which the executor runs side by side: one chain of small ops leaves
+  a second core mostly idle. Larger matmuls keep every core busy on their own, and two
+  chains of them contend (1.10x the step time at 1024 units, against 0.73-0.83x at 256).
 """
 
 from __future__ import annotations
 
+import os
+
 import tensorflow as tf
+
+# Independent recurrences the batch is split into (rows are independent: only the weight
+# gradients add up across them), measured on 2 cores: more than the cores would contend.
+_CHAINS = min(2, os.cpu_count() or 1)
+# The largest layer whose batch is split into chains, and the rows a chain needs at least.
+_CHAINED_UP_TO = 512
+_MIN_CHAIN_ROWS = 8
 
 
 def fused_lstm(inputs: tf.Tensor, h0: tf.Tensor, c0: tf.Tensor, kernel: tf.Tensor, recurrent_kernel: tf.Tensor,
                bias: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
     """Runs an LSTM over `inputs` [B, T, E] from state (h0, c0) [B, H].
 
-    Returns (outputs [B, T, H], h_T, c_T). Differentiable with respect to every argument.
+    Returns (outputs [B, T, H], h_T, c_T), in the inputs' dtype. Differentiable with respect
+    to every argument.
     """
-    return _fused_lstm(inputs, h0, c0, kernel, recurrent_kernel, bias)
+    chains = chains_for(inputs.shape[0], recurrent_kernel.shape[0])
+    if chains == 1:
+        return _lstm(inputs, h0, c0, kernel, recurrent_kernel, bias)
+    parts = zip(*(tf.split(value, chains) for value in (inputs, h0, c0)))
+    chains = [_lstm(x, h, c, kernel, recurrent_kernel, bias) for x, h, c in parts]
+    return tuple(tf.concat(outputs, 0) for outputs in zip(*chains))
 
 
-# Time steps per weight-gradient matmul in the backward pass: large enough that the
-# matmuls ([E+H, K*B] x [K*B, 4H]) run near peak, small enough that the gate gradients
-# waiting for them are a fraction of the activations. A Python constant, so every chunk
-# but one has a static size and the loop compiles under XLA.
-_CHUNK = 25
+def chains_for(batch: int | None, units: int) -> int:
+    """How many independent recurrences `fused_lstm` splits a batch of `batch` rows into (1
+    when the batch size is unknown until run time)."""
+    if batch is None or units > _CHAINED_UP_TO or batch % _CHAINS or batch < _CHAINS * _MIN_CHAIN_ROWS:
+        return 1
+    return _CHAINS
+
+
+def _gate_columns(units: int) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """Per column of the gates [i, f, c, o]: the factor that halves the sigmoid gates' inputs
+    and scales tanh back to a sigmoid (1/2 on i, f, o; 1 on c), the shift that follows (1/2
+    on i, f, o; 0 on c), and 1 on the tanh gate c."""
+    half, one, zero = tf.fill([units], 0.5), tf.ones([units]), tf.zeros([units])
+    return tf.concat([half, half, one, half], 0), tf.concat([half, half, zero, half], 0), tf.concat([zero, zero, one, zero], 0)
 
 
 @tf.custom_gradient
-def _fused_lstm(inputs, h0, c0, kernel, recurrent_kernel, bias):
-    steps = tf.shape(inputs)[1]
+def _lstm(inputs, h0, c0, kernel, recurrent_kernel, bias):
+    dtype = inputs.dtype
+    batch, steps = tf.shape(inputs)[0], tf.shape(inputs)[1]
     features, units = kernel.shape[0], recurrent_kernel.shape[0]  # weights have static shapes
-    inputs_tm = tf.transpose(inputs, [1, 0, 2])  # time-major [T, B, E]
-    # One [B, E+H] x [E+H, 4H] matmul per step computes all four gates from input and state.
-    weights = tf.concat([kernel, recurrent_kernel], 0)
+    scale, shift, tanh_gate = _gate_columns(units)
+    half_scale = tf.cast(scale, dtype)
+    inputs_2d = tf.reshape(tf.transpose(inputs, [1, 0, 2]), [-1, features])  # time-major rows
+    projected = tf.matmul(inputs_2d, kernel * half_scale) + bias * half_scale
+    projected = tf.reshape(tf.cast(projected, tf.float32), [steps, batch, 4 * units])
+    recurrent = recurrent_kernel * half_scale
 
-    def forward_step(t, h, c, gates_ta, c_prev_ta, xh_ta, hs_ta):
-        xh = tf.concat([inputs_tm[t], h], 1)
-        i, f, g, o = tf.split(tf.matmul(xh, weights) + bias, 4, axis=1)
-        i, f, g, o = tf.sigmoid(i), tf.sigmoid(f), tf.tanh(g), tf.sigmoid(o)
-        c_prev_ta, xh_ta = c_prev_ta.write(t, c), xh_ta.write(t, xh)
+    def forward_step(t, h, c, gates_ta, c_prev_ta, tanh_c_ta, hs_ta):
+        z = projected[t] + tf.cast(tf.matmul(tf.cast(h, dtype), recurrent), tf.float32)
+        gates = tf.tanh(z) * scale + shift  # sigmoid on i, f, o; tanh on c
+        i, f, g, o = tf.split(gates, 4, axis=1)
+        c_prev_ta = c_prev_ta.write(t, c)
         c = f * c + i * g
-        h = o * tf.tanh(c)
-        return t + 1, h, c, gates_ta.write(t, tf.concat([i, f, g, o], 1)), c_prev_ta, xh_ta, hs_ta.write(t, h)
+        tanh_c = tf.tanh(c)
+        h = o * tanh_c
+        return t + 1, h, c, gates_ta.write(t, gates), c_prev_ta, tanh_c_ta.write(t, tanh_c), hs_ta.write(t, h)
 
-    def ta(size=steps):
-        return tf.TensorArray(inputs.dtype, size=size)
+    def ta(width: int) -> tf.TensorArray:
+        return tf.TensorArray(tf.float32, size=steps, element_shape=[None, width])
 
-    # The per-step values stay in their TensorArrays for the backward pass: stacking them
-    # would briefly hold two copies of the largest arrays of the step.
-    _, h_last, c_last, gates_ta, c_prev_ta, xh_ta, hs_ta = tf.while_loop(
-        lambda t, *_: t < steps, forward_step, (0, h0, c0, ta(), ta(), ta(), ta()))
-    outputs = tf.transpose(hs_ta.stack(), [1, 0, 2])
+    # The per-step values stay in their TensorArrays for the backward pass.
+    _, h_last, c_last, gates_ta, c_prev_ta, tanh_c_ta, hs_ta = tf.while_loop(
+        lambda t, *_: t < steps, forward_step,
+        (0, tf.cast(h0, tf.float32), tf.cast(c0, tf.float32), ta(4 * units), ta(units), ta(units), ta(units)))
+    hs = hs_ta.stack()  # [T, B, H]
+    outputs = tf.cast(tf.transpose(hs, [1, 0, 2]), dtype)
 
     def grad(d_outputs, d_h_last, d_c_last):
         # Outputs nothing depends on (e.g. the final state in training) come as None.
         d_outputs = tf.zeros_like(outputs) if d_outputs is None else d_outputs
-        d_h_last = tf.zeros_like(h_last) if d_h_last is None else d_h_last
-        d_c_last = tf.zeros_like(c_last) if d_c_last is None else d_c_last
-        d_hs = tf.transpose(d_outputs, [1, 0, 2])
+        d_hs = tf.cast(tf.transpose(d_outputs, [1, 0, 2]), tf.float32)
+        dh = tf.zeros_like(h_last) if d_h_last is None else tf.cast(d_h_last, tf.float32)
+        dc = tf.zeros_like(c_last) if d_c_last is None else tf.cast(d_c_last, tf.float32)
         # Transposed once: a matmul with transpose_b is ~3x slower (oneDNN on CPU).
-        weights_t = tf.transpose(weights)
+        recurrent_t = tf.transpose(recurrent_kernel)
 
-        def backward_step(t, first, dh_next, dc_next, dz_ta, dx_ta):
-            i, f, g, o = tf.split(gates_ta.read(t), 4, axis=1)
-            c_prev = c_prev_ta.read(t)
-            tanh_c = tf.tanh(f * c_prev + i * g)  # c_t, recomputed rather than stored
-            dh = d_hs[t] + dh_next
-            dc = dc_next + dh * o * (1.0 - tanh_c * tanh_c)
-            dz = tf.concat([dc * g * i * (1.0 - i), dc * c_prev * f * (1.0 - f),
-                            dc * i * (1.0 - g * g), dh * tanh_c * o * (1.0 - o)], 1)
-            d_xh = tf.matmul(dz, weights_t)  # gradients of this step's input and previous h at once
-            return (t - 1, first, d_xh[:, features:], dc * f, dz_ta.write(t - first, dz),
-                    dx_ta.write(t, d_xh[:, :features]))
+        def backward_step(t, dh, dc, dz_ta):
+            gates = gates_ta.read(t)
+            i, f, g, o = tf.split(gates, 4, axis=1)
+            tanh_c = tanh_c_ta.read(t)
+            dh = d_hs[t] + dh
+            dc = dc + dh * o * (1.0 - tanh_c * tanh_c)
+            # The gates' gradient before their activations: sigmoid' = s (1 - s) and tanh' =
+            # 1 - g^2 are both (gates + tanh_gate) * (1 - gates).
+            d_gates = tf.concat([dc * g, dc * c_prev_ta.read(t), dc * i, dh * tanh_c], 1)
+            dz = tf.cast(d_gates * ((gates + tanh_gate) * (1.0 - gates)), dtype)
+            dh = tf.cast(tf.matmul(dz, recurrent_t), tf.float32)  # the previous step's h
+            return t - 1, dh, dc * f, dz_ta.write(t, dz)
 
-        def backward_chunk(first, size, dh, dc, d_weights, d_bias, dx_ta):
-            """Steps [first, first + size) backwards, then their weight gradient in one matmul."""
-            _, _, dh, dc, dz_ta, dx_ta = tf.while_loop(
-                lambda t, *_: t >= first, backward_step, (first + size - 1, first, dh, dc, ta(size), dx_ta))
-            dz = tf.reshape(dz_ta.stack(), [-1, 4 * units])
-            # gather, not slice: XLA checks a slice's static size against the array even in a
-            # loop that never runs (sequences shorter than one chunk).
-            xh = tf.reshape(tf.gather(xh_ta_stacked, first + tf.range(size)), [-1, features + units])
-            return dh, dc, d_weights + tf.matmul(xh, dz, transpose_a=True), d_bias + tf.reduce_sum(dz, 0), dx_ta
+        _, dh0, dc0, dz_ta = tf.while_loop(
+            lambda t, *_: t >= 0, backward_step,
+            (steps - 1, dh, dc, tf.TensorArray(dtype, size=steps, element_shape=[None, 4 * units])))
+        dz = tf.reshape(dz_ta.stack(), [-1, 4 * units])  # [T*B, 4H], time-major rows
+        # Transposed once: as above.
+        d_inputs = tf.matmul(dz, tf.transpose(kernel))
+        d_inputs = tf.transpose(tf.reshape(d_inputs, [steps, batch, features]), [1, 0, 2])
+        h_prev = tf.concat([tf.cast(h0, tf.float32)[None], hs[:-1]], 0)
+        d_recurrent = tf.matmul(tf.cast(tf.reshape(h_prev, [-1, units]), dtype), dz, transpose_a=True)
+        return (d_inputs, tf.cast(dh0, h0.dtype), tf.cast(dc0, c0.dtype), tf.matmul(inputs_2d, dz, transpose_a=True),
+                d_recurrent, tf.reduce_sum(dz, 0))
 
-        xh_ta_stacked = xh_ta.stack()  # [T, B, E+H]
-        full = steps // _CHUNK
-        head = steps - full * _CHUNK  # the first steps in time, done last
-
-        def full_chunk(j, dh, dc, d_weights, d_bias, dx_ta):
-            return (j + 1, *backward_chunk(steps - (j + 1) * _CHUNK, _CHUNK, dh, dc, d_weights, d_bias, dx_ta))
-
-        _, dh, dc, d_weights, d_bias, dx_ta = tf.while_loop(
-            lambda j, *_: j < full, full_chunk,
-            (0, d_h_last, d_c_last, tf.zeros_like(weights), tf.zeros_like(bias), ta()))
-        # The first `head` steps (none when T is a multiple of _CHUNK: the loop then runs no
-        # step and the matmul is empty). Not under a tf.cond: a while loop inside a cond,
-        # inside the train loop's while loop, makes Grappler fail to sort the graph
-        # ("topological sort failed" errors, and the optimisations it then skips).
-        dh0, dc0, d_weights, d_bias, dx_ta = backward_chunk(0, head, dh, dc, d_weights, d_bias, dx_ta)
-        d_inputs = tf.transpose(dx_ta.stack(), [1, 0, 2])
-        return d_inputs, dh0, dc0, d_weights[:features], d_weights[features:], d_bias
-
-    return (outputs, h_last, c_last), grad
+    return (outputs, tf.cast(h_last, h0.dtype), tf.cast(c_last, c0.dtype)), grad

