@@ -66,6 +66,8 @@ flags.DEFINE_boolean("jit_compile", False, "charrnn: XLA-compile the train step.
 flags.DEFINE_string("mixed_precision", "auto", "charrnn's precision policy (auto: what charrnn picks for this CPU).")
 flags.DEFINE_string("fit_precision", "float32", "Precision policy of the Keras fit baseline (the case study's: float32).")
 flags.DEFINE_string("lstm_impl", "auto", "charrnn: auto, fused or keras.")
+flags.DEFINE_enum("torch_bf16", "auto", ["auto", "true", "false"], "Also time PyTorch under bfloat16 autocast "
+                  "(auto: where the CPU multiplies bfloat16 natively, avx512_bf16 or amx_bf16).")
 flags.DEFINE_boolean("baseline", True, "Also run the Keras model.fit baseline (and PyTorch's, if installed).")
 flags.DEFINE_boolean("peak_rss", True, "Also measure each variant's peak memory (a process each).")
 flags.DEFINE_list("sweep", [], "Sizes to compare, units:embedding each (e.g. 64:64,256:64,1024:256).")
@@ -83,9 +85,10 @@ def _torch(b: int, t: int, e: int, h: int) -> dict[str, dict]:
         return {}
     script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "torch_lstm.py")
     results = {}
-    native_bf16 = {"avx512_bf16", "amx_bf16"} & set(cpu()["features"])
+    bf16 = bool({"avx512_bf16", "amx_bf16"} & set(cpu()["features"])) if FLAGS.torch_bf16 == "auto" else (
+        FLAGS.torch_bf16 == "true")
     for name, autocast in (("torch_fp32", False), ("torch_bf16", True)):
-        if autocast and not native_bf16:
+        if autocast and not bf16:
             continue
         settings = {"job": "train", "data": FLAGS.data, "batch_size": b, "seq_length": t, "embedding_dim": e,
                     "rnn_units": h, "steps": FLAGS.steps, "warmup": FLAGS.warmup, "autocast": autocast}

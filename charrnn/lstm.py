@@ -16,8 +16,9 @@ small ops each time step runs one after the other (benchmarks/RESULTS.md, issue 
   the recurrent kernel are one large matmul each;
 - up to `_CHAINED_UP_TO` units, the batch runs as `_CHAINS` independent recurrences of a
   part of its rows, which the executor runs side by side: one chain of small ops leaves
-  a second core mostly idle. Larger matmuls keep every core busy on their own, and two
-  chains of them contend (1.10x the step time at 1024 units, against 0.73-0.83x at 256).
+  a second core mostly idle (at 256 units, 0.67-0.82x the step time of one chain on a
+  2-core Zen 4). Larger matmuls keep every core busy on their own, and two chains of them
+  contend (at 1024 units, 1.04-1.06x).
 """
 
 from __future__ import annotations

@@ -27,9 +27,10 @@ TINY = ["--rnn_units=16", "--embedding_dim=8"]
     ("bench_quality.py", [*TINY, "--batch_size=4", "--seq_length=12", "--time_budget=1", "--eval_every=50",
                           "--preset=cpu_medium"]),
     ("bench_data.py", ["--sizes_mb=1", "--steps=2", "--pipeline_steps=20", "--repeats=1"]),
+    ("bench_lstm_ab.py", [*TINY, "--batch_size=4", "--seq_length=12", "--rounds=2", "--warmup=1", "--baseline=HEAD"]),
 ])
 def test_benchmark_smoke(script, args, small_text, tmp_path):
-    data = [f"--data={small_text}"] if script in ("bench_train.py", "bench_quality.py") else []
+    data = [f"--data={small_text}"] if script in ("bench_train.py", "bench_quality.py", "bench_lstm_ab.py") else []
     if script == "bench_quality.py":  # its default run directory is a kept temporary one
         data.append(f"--run_dir={tmp_path / 'run'}")
     proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), *args, *data],
@@ -51,6 +52,9 @@ def test_benchmark_smoke(script, args, small_text, tmp_path):
         (row,) = result["rows"]
         assert row["size_mb"] == 1 and row["encode_mb_per_s"] > 0 and row["cached_peak_rss_mb"] > 0
         assert result["pipeline"]["ratio"] > 0
+    elif script == "bench_lstm_ab.py":
+        assert result["baseline"] == "HEAD" and result["rnn_units"] == 16 and result["ratio"] > 0
+        assert result["current_step_s"] > 0 and result["baseline_step_s"] > 0
     elif script == "bench_sample.py":
         rows = [(r["trained_in"], r["num_samples"], r["generates_in"]) for r in result["charrnn"]]
         assert rows == [(p, n, "float32") for p in ("float32", "mixed_bfloat16") for n in (1, 64)]
