@@ -75,6 +75,11 @@ def all_finite(variables: Iterable[tf.Variable]) -> bool:
     return not checks or bool(tf.reduce_all(tf.stack(checks)))
 
 
+class ModelMismatch(CharRNNError):
+    """A checkpoint of a model of other sizes than the one it is restored into: config.json
+    was edited, or the checkpoint is another run's. Not damage: no other checkpoint helps."""
+
+
 def restore_newest_readable(checkpoint: tf.train.Checkpoint, directory: str, *,
                             check_finite: Iterable[tf.Variable] = ()) -> str | None:
     """Restores the newest checkpoint of `directory` that can be read in full; returns its path.
@@ -105,6 +110,10 @@ def restore_newest_readable(checkpoint: tf.train.Checkpoint, directory: str, *,
                 return path
             except Exception as e:  # noqa: BLE001 - a damaged file surfaces as OpError, IndexError,
                 # ValueError, AssertionError... depending on where the reader trips; all mean "unreadable".
+                if "incompatible tensor with shape" in str(e):  # not damage: a model of other sizes
+                    raise ModelMismatch(f"the checkpoints of {directory} hold a model of other sizes than the run's "
+                                        f"config.json and vocab.json say ({str(e).strip().splitlines()[0][:200]}); if "
+                                        "either was edited, restore it, else train into a new --run_dir") from None
                 if any(_step_of(p) > _step_of(path) and p not in tried for p in checkpoint_paths(directory)):
                     # Newer ones came meanwhile: a running trainer saved them, and deleted this
                     # one to keep max_to_keep. A race, not damage: on to the newest, quietly.

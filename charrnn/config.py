@@ -267,11 +267,12 @@ class TrainConfig:
         return cls(**{k: v for k, v in values.items() if k in known})
 
     def mismatches(self, saved: TrainConfig) -> list[str]:
-        """The resume-critical settings in which this config differs from `saved`."""
+        """The resume-critical settings in which this config differs from `saved`. An unset
+        init_from continues the run's own (a fine-tuned run continues without its source)."""
         return [
             f"{name}={getattr(saved, name)!r} in the run, {getattr(self, name)!r} requested"
             for name in self.MODEL_FIELDS + self.DATA_FIELDS
-            if getattr(self, name) != getattr(saved, name)
+            if getattr(self, name) != getattr(saved, name) and not (name == "init_from" and self.init_from is None)
         ]
 
 

@@ -145,6 +145,10 @@ def _write(base: str, key: str, data: str, sources: list[str], vocab: Vocabulary
                   "sha256": key, "ids_crc32": crc}
         with open(header_part, "w", encoding="utf-8") as f:
             f.write(json.dumps(header | {"check": _check(header)}, ensure_ascii=False))
+        mode = storage.common_mode(sources)  # the ids are the text again: no more readable than it
+        if mode is not None:
+            for part in (ids_part, header_part):
+                os.chmod(part, os.stat(part).st_mode & mode & 0o777 | 0o600)
         os.replace(ids_part, f"{base}.ids")
         os.replace(header_part, f"{base}.json")
     finally:

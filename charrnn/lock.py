@@ -25,6 +25,7 @@ import fcntl
 import json
 import os
 import socket
+import stat
 import sys
 
 from charrnn.errors import CharRNNError
@@ -44,7 +45,7 @@ class RunLock:
                   "cannot be locked; make sure no other trainer uses it", file=sys.stderr)
             return
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            fd = self._open(os.O_RDWR | os.O_CREAT)
             locked = True
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -85,8 +86,8 @@ class RunLock:
         if not is_local(self.path):
             return
         try:
-            fd = os.open(self.path, os.O_RDONLY)
-        except OSError:
+            fd = self._open(os.O_RDONLY)
+        except FileNotFoundError:
             return  # no lock file: no trainer, or one that acquire will meet
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
@@ -97,6 +98,22 @@ class RunLock:
             pass  # a filesystem without locks: acquire warns
         finally:
             os.close(fd)
+
+    def _open(self, flags: int) -> int:
+        """The lock file, opened without waiting: a pipe or a device put in its place would
+        block an open or a read forever; refused in one line."""
+        try:
+            fd = os.open(self.path, flags | os.O_NONBLOCK | os.O_NOFOLLOW, 0o666)
+        except FileNotFoundError:
+            raise
+        except OSError as e:
+            raise CharRNNError(f"cannot open the lock file {self.path} ({e.strerror}); remove it if it is not a "
+                               "plain file, and check the run directory's permissions") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise CharRNNError(f"the lock file {self.path} is not a plain file (a pipe, a device or a socket); remove "
+                               "it, then run again")
+        return fd
 
     def _in_use(self, fd: int) -> str:
         return (f"run directory {os.path.dirname(self.path)} is in use by another trainer ({_describe(_read_holder(fd))}); "

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any
+from typing import Any, Iterable, Iterator
 
 from charrnn import storage
 from charrnn.callbacks import Callback
@@ -31,22 +31,17 @@ class MetricsLog(Callback):
         self.path = path
         self._trainer: Any = None
         try:
-            old = storage.read_bytes(self.path) or b""
-        except storage.storage_errors() as e:
-            raise storage.storage_error("read", self.path, e) from None
-        lines = old.splitlines(keepends=True)
-        steps = [_step(_record(line)) for line in lines]
-        damaged = sum(s is None for s in steps[:-1])
-        if damaged:
-            print(f"charrnn: warning: dropped {damaged} unreadable line(s) of {self.path}", file=sys.stderr)
-        kept = [line.rstrip(b"\n").decode("utf-8") + "\n" for line, s in zip(lines, steps)
-                if s is not None and s <= resumed_step]
-        # Appended to on a local disk; elsewhere every line is kept and the file rewritten.
-        self._lines: list[str] | None = None if storage.is_local(self.path) else kept
-        try:
-            if len(kept) != len(lines) or (lines and not lines[-1].endswith(b"\n")):
-                storage.write_atomic(self.path, "".join(kept))
-            self._file = open(self.path, "a", encoding="utf-8") if self._lines is None else None
+            if storage.is_local(self.path):
+                # Appended to; cut back in place, line by line (it may be far larger than memory).
+                self._lines: list[str] | None = None
+                _cut_back(self.path, resumed_step)
+                self._file = open(self.path, "a", encoding="utf-8")
+            else:  # every line kept in memory, and the file rewritten whole (see the class docstring)
+                old = storage.read_bytes(self.path) or b""
+                self._lines = [line.decode("utf-8") for line in _kept(old.splitlines(keepends=True), resumed_step,
+                                                                       self.path)]
+                storage.write_atomic(self.path, "".join(self._lines))
+                self._file = None
         except storage.storage_errors() as e:
             raise storage.storage_error("write", self.path, e) from None
 
@@ -94,6 +89,56 @@ class MetricsLog(Callback):
             self._file.close()
         except OSError:  # the failed write was already reported
             pass
+
+
+def _kept(lines: Iterable[bytes], resumed_step: int, path: str) -> Iterator[bytes]:
+    """The lines of steps up to `resumed_step`, each ending in a newline; a warning for each
+    unreadable line but a last one (a torn write)."""
+    damaged, pending = 0, None
+    for line in lines:
+        if pending is not None:
+            damaged += 1
+            pending = None
+        step = _step(_record(line))
+        if step is None:
+            pending = line
+        elif step <= resumed_step:
+            yield line.rstrip(b"\n") + b"\n"
+    if damaged:
+        print(f"charrnn: warning: dropped {damaged} unreadable line(s) of {path}", file=sys.stderr)
+
+
+def _cut_back(path: str, resumed_step: int) -> None:
+    """Drops the lines of metrics.jsonl at `path` that _kept drops, reading it line by line:
+    when they all come after the lines it keeps (the usual case: the steps of a crash, a
+    torn last line), by truncating the file; else by rewriting it, line by line."""
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        return
+    with f:
+        kept_end, size, prefix, unreadable, last_unreadable = 0, 0, True, 0, False
+        for line in f:
+            step = _step(_record(line))
+            unreadable, last_unreadable = unreadable + (step is None), step is None
+            if step is not None and step <= resumed_step:
+                if not prefix:  # a line kept after one dropped
+                    break
+                kept_end = size + len(line)
+            else:
+                prefix = False
+            size += len(line)
+        else:
+            if unreadable - last_unreadable:
+                print(f"charrnn: warning: dropped {unreadable - last_unreadable} unreadable line(s) of {path}",
+                      file=sys.stderr)
+            with open(path, "r+b") as f:
+                f.truncate(kept_end)
+                if kept_end and (f.seek(kept_end - 1), f.read(1))[1] != b"\n":
+                    f.write(b"\n")
+            return
+    with open(path, "rb") as f:
+        storage.write_atomic_lines(path, _kept(f, resumed_step, path))
 
 
 def _record(line: bytes) -> dict | None:

@@ -7,10 +7,13 @@ state), sampling (one character at a time, state as loop variables) and any batc
 
 from __future__ import annotations
 
+import os
+
 import keras
 import tensorflow as tf
 
 from charrnn.config import TrainConfig
+from charrnn.errors import CharRNNError
 from charrnn.lstm import fused_lstm
 
 # Per layer, an LSTM's (h, c) or a GRU's (h,); the whole state is one such tuple per layer.
@@ -92,11 +95,31 @@ class CharRNN(keras.Model):
         """The model `config` describes for `vocab_size` characters, its variables created;
         `lstm_impl` overrides the config's (inference may pick another implementation of
         the same weights)."""
+        parameters = cls.parameter_count(config, vocab_size)
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        if 4 * parameters > memory:  # its float32 weights alone
+            raise CharRNNError(f"a model of embedding_dim={config.embedding_dim}, rnn_units={config.rnn_units}, "
+                               f"num_layers={config.num_layers} and {vocab_size} characters has {parameters:,} "
+                               f"weights ({4 * parameters / 2**30:,.1f} GiB), more than this machine's memory "
+                               f"({memory / 2**30:,.1f} GiB); use smaller sizes")
         model = cls(vocab_size, config.embedding_dim, config.rnn_units, config.num_layers, config.dropout,
                     seed=config.seed, lstm_impl=lstm_impl or config.lstm_impl, precision=config.mixed_precision,
                     cell=config.cell)
-        model.build_for_vocab()
+        try:
+            model.build_for_vocab()
+        except tf.errors.ResourceExhaustedError:
+            raise CharRNNError(f"not enough memory for a model of {parameters:,} weights; use smaller sizes") from None
         return model
+
+    @staticmethod
+    def parameter_count(config: TrainConfig, vocab_size: int) -> int:
+        """The weights of the model `config` describes for `vocab_size` characters: the
+        embedding, each recurrent layer's kernels and biases (a GRU's two, as cuDNN's), the
+        output layer."""
+        e, h, gates = config.embedding_dim, config.rnn_units, 4 if config.cell == "lstm" else 3
+        layers = sum(gates * h * (inputs + h) + gates * h * (1 if config.cell == "lstm" else 2)
+                     for inputs in [e] + [h] * (config.num_layers - 1))
+        return vocab_size * e + layers + h * vocab_size + vocab_size
 
     def float32_copy(self) -> CharRNN:
         """A model of the same shape that computes in float32, built, with a copy of this one's

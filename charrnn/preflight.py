@@ -26,18 +26,32 @@ def check_train(config: TrainConfig) -> None:
     if config.strategy == "multi_worker":
         check_tf_config(os.environ.get("TF_CONFIG"))
     rundir = RunDir(config.run_dir)
+    resuming = False
     if storage.is_local(rundir.path):
         if rundir.exists():
             rundir.lock().check_free()
         saved = rundir.read()
         if saved is not None:
             check_continues(config, saved, rundir)
-    if config.init_from and storage.is_local(config.init_from):
+            resuming = rundir.has_checkpoint()
+    if config.init_from and storage.is_local(config.init_from) and not resuming:  # resumed: not read again
         try:
             check_run(RunDir(config.init_from))
         except CharRNNError as e:
             raise CharRNNError(f"--init_from: {e}") from None
-    resolve_sources(config.data, fetch=False)
+    check_apart(config, resolve_sources(config.data, fetch=False))
+
+
+def check_apart(config: TrainConfig, sources: list[str]) -> None:
+    """Refuses text files (local ones: `sources`) inside the run directory: the run's own
+    files would be read as text, and the next launch would see another text."""
+    if not storage.is_local(config.run_dir):
+        return
+    run_dir = os.path.realpath(config.run_dir)
+    inside = [s for s in sources if storage.is_local(s) and os.path.commonpath([run_dir, os.path.realpath(s)]) == run_dir]
+    if inside:
+        raise CharRNNError(f"--data {inside[0]} is inside the run directory {config.run_dir}, whose own files would "
+                           "become part of the text; keep the text and the run apart (another --run_dir)")
 
 
 def check_run(rundir: RunDir) -> RunFiles:

@@ -1,6 +1,6 @@
-"""The start of a training run, planned once: `plan(config, ...)` reads the run directory,
+"""The start of a training run, planned once: `Start(config, device)` reads the run directory,
 resolves the precision, checks that this configuration may continue what the directory
-holds, encodes the text and, for fine-tuning, loads the run the weights come from. Then
+holds, encodes the text and, for a new fine-tuned run, loads the run the weights come from. Then
 `Start.restore` restores the newest usable checkpoint with the checks that need it (the
 vocabulary's and the text's fingerprints, the position in the epochs), or, for a new
 fine-tuned run, `Start.transfer` copies the weights over.
@@ -21,7 +21,8 @@ from charrnn.config import TrainConfig
 from charrnn.devices import choose_precision
 from charrnn.errors import CharRNNError
 from charrnn.model import CharRNN
-from charrnn.preflight import check_continues
+from charrnn.corpus import resolve_sources
+from charrnn.preflight import check_apart, check_continues
 from charrnn.rundir import RunDir, RunFiles
 from charrnn.traindata import TrainData
 from charrnn.trained import TrainedModel, load_model
@@ -36,8 +37,15 @@ class Start:
         self.rundir = RunDir(config.run_dir)
         saved = self.rundir.read()
         self.config, self.precision_reason = _precision(config, saved, device, tpu)
-        self._source = _load_source(self.config) if config.init_from else None
-        self.data = TrainData(self.config, base=self._source.vocab if self._source else None)
+        if saved is not None and saved.config.init_from and not config.init_from:  # the run's own (mismatches)
+            self.config = self.config.replace(init_from=saved.config.init_from, init_which=saved.config.init_which)
+        # A fine-tuned run that saved a checkpoint continues from it: its source is not read
+        # again (it may have moved), and its vocabulary is the run's.
+        check_apart(self.config, resolve_sources(self.config.data, fetch=False))
+        resuming = saved is not None and self.rundir.has_checkpoint()
+        self._source = _load_source(self.config) if self.config.init_from and not resuming else None
+        base = self._source.vocab if self._source else saved.vocab if resuming and self.config.init_from else None
+        self.data = TrainData(self.config, base=base)
         self.sample_prime = self._sample_prime()
         self.origin: dict | None = None
         self._check(saved)

@@ -30,6 +30,9 @@ from charrnn.lock import RunLock
 
 _CONFIG, _VOCAB, _METRICS, _LOGS, _LOCK = "config.json", "vocab.json", "metrics.jsonl", "logs", "train.lock"
 _CHECKPOINTS = {"latest": "ckpt", "best": "best"}
+# The largest config.json and vocab.json there can be (a vocabulary of every code point is
+# about 9 MB): a larger file is not the run's, and is not read whole.
+_CONFIG_LIMIT, _VOCAB_LIMIT = 1 << 20, 32 << 20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +81,10 @@ class RunDir:
     def exists(self) -> bool:
         return storage.isdir(self.path)
 
+    def has_checkpoint(self) -> bool:
+        """Whether the run has saved a rolling checkpoint (it continues from its own weights)."""
+        return bool(storage.glob(f"{self.checkpoint_dir()}/ckpt-*.index"))
+
     def read(self) -> RunFiles | None:
         """The run's files, or None if it holds no run yet; read (and checked) once."""
         if not self._read:
@@ -90,12 +97,26 @@ class RunDir:
         return self.read()
 
     def _load(self) -> RunFiles | None:
-        config_text, vocab_text = storage.read_utf8(self._join(_CONFIG)), storage.read_utf8(self.vocab_path)
-        if config_text is None and vocab_text is None:
+        config_text = storage.read_utf8(self._join(_CONFIG), _CONFIG_LIMIT)
+        vocab_text = storage.read_utf8(self.vocab_path, _VOCAB_LIMIT)
+        if config_text is None:
+            # config.json is written last: without it, nothing here was trained. A vocab.json
+            # alone is a run killed as it began, which a new start writes over; files that a
+            # run writes later are someone else's (or of a damaged run), and stay as they are.
+            theirs = [name for name in (_METRICS, _LOGS, *_CHECKPOINTS.values()) if storage.exists(self._join(name))]
+            if theirs:
+                raise CharRNNError(f"run directory {self.path} holds {', '.join(theirs)} but no config.json: it is "
+                                   "not a charrnn run (or a damaged one), and charrnn changes nothing in it; use "
+                                   "another --run_dir")
+            if vocab_text is not None:
+                try:
+                    Vocabulary.from_json(vocab_text)
+                except (ValueError, KeyError, TypeError, CharRNNError):
+                    raise CharRNNError(f"run directory {self.path} holds a vocab.json that is not charrnn's and no "
+                                       "config.json; charrnn changes nothing in it: use another --run_dir") from None
             return None
-        if config_text is None or vocab_text is None:
-            missing = _CONFIG if config_text is None else _VOCAB
-            raise CharRNNError(f"run directory {self.path} has no {missing}; it is not a complete charrnn run, use "
+        if vocab_text is None:
+            raise CharRNNError(f"run directory {self.path} has no {_VOCAB}; it is not a complete charrnn run, use "
                                "another --run_dir")
         loaded = []
         for name, text, parse in ((_CONFIG, config_text, TrainConfig.from_json), (_VOCAB, vocab_text,
@@ -117,6 +138,7 @@ class RunDir:
         path = self.path
         try:
             storage.makedirs(self.path)
+            # config.json last: it makes the directory a run (see _load).
             for name, text in ((_VOCAB, files.vocab.to_json()), (_CONFIG, json.dumps(settings, indent=2,
                                                                                      sort_keys=True))):
                 path = self._join(name)
@@ -136,12 +158,15 @@ class RunDir:
         return RunLock(self._join(_LOCK))
 
     def remove_leftovers(self) -> list[str]:
-        """Removes what an interrupted write leaves behind: checkpoint `_temp` directories, and
-        the temporary files of atomic writes (ours and TensorFlow's); returns them. Only safe
-        while holding the lock."""
-        patterns = [self._join(".*.tmp")] + [f"{self.checkpoint_dir(which)}/{pattern}" for which in _CHECKPOINTS
-                                             for pattern in ("*_temp", "*.tmp*", ".*.tmp")]
-        return [path for pattern in patterns for path in storage.glob(pattern) if storage.remove(path)]
+        """Removes what an interrupted write of charrnn's left behind, and only that: the
+        temporary files of its atomic writes of the run's files whose writer is gone (see
+        storage.temp_name), and in its checkpoint directories TensorFlow's `_temp`
+        directories and temporary state files; returns them. Only safe while holding the lock."""
+        removed = storage.remove_dead_temps(self.path, (_CONFIG, _VOCAB, _METRICS)) if storage.is_local(self.path) \
+            else []
+        patterns = [f"{self.checkpoint_dir(which)}/{pattern}" for which in _CHECKPOINTS for pattern in ("*_temp",
+                                                                                                     "*.tmp*")]
+        return removed + [path for pattern in patterns for path in storage.glob(pattern) if storage.remove(path)]
 
     @staticmethod
     @contextlib.contextmanager

@@ -14,8 +14,8 @@ import os
 import re
 import shutil
 import socket
-import tempfile
-from typing import Any
+import stat
+from typing import Any, Iterable
 
 from charrnn.errors import CharRNNError
 
@@ -76,10 +76,12 @@ def makedirs(path: str) -> None:
         _gfile().makedirs(path)
 
 
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
+def temp_name(path: str) -> str:
+    """Where an atomic write of `path` writes first: a hidden file beside it, named by this
+    host and process, so that one a dead writer left can be told from anyone else's file
+    (see remove_dead_temps)."""
+    directory, name = path.rsplit("/", 1) if "/" in path else (".", path)
+    return f"{directory}/.{name}.{socket.gethostname()}.{os.getpid()}.tmp"
 
 
 def write_atomic(path: str, data: str | bytes) -> None:
@@ -89,24 +91,30 @@ def write_atomic(path: str, data: str | bytes) -> None:
     the umask) and reaches the disk before the rename; elsewhere (gs://, ...) it is written
     through tf.io.gfile. The temporary file is removed if the write fails.
     """
-    directory, name = path.rsplit("/", 1) if "/" in path else (".", path)
-    mode = "wb" if isinstance(data, bytes) else "w"
+    write_atomic_lines(path, [data])
+
+
+def write_atomic_lines(path: str, pieces: Iterable[str | bytes]) -> None:
+    """`write_atomic` of the concatenation of `pieces` (all str or all bytes), written as they
+    come: a file far larger than memory can be rewritten."""
+    tmp = temp_name(path)
     if not is_local(path):
-        gfile, tmp = _gfile(), f"{directory}/.{name}.{os.getpid()}.tmp"
+        gfile = _gfile()
         try:
-            with gfile.GFile(tmp, mode) as f:
-                f.write(data)
+            with gfile.GFile(tmp, "wb") as f:
+                for piece in pieces:
+                    f.write(piece if isinstance(piece, bytes) else piece.encode("utf-8"))
             gfile.rename(tmp, path, overwrite=True)
         except BaseException:
             if gfile.exists(tmp):
                 gfile.remove(tmp)
             raise
         return
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")
     try:
-        os.fchmod(fd, 0o666 & ~_umask())
-        with os.fdopen(fd, mode, **({} if isinstance(data, bytes) else {"encoding": "utf-8"})) as f:
-            f.write(data)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+        with os.fdopen(fd, "wb") as f:
+            for piece in pieces:
+                f.write(piece if isinstance(piece, bytes) else piece.encode("utf-8"))
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -116,36 +124,76 @@ def write_atomic(path: str, data: str | bytes) -> None:
         raise
 
 
-def read_bytes(path: str) -> bytes | None:
-    """The bytes of `path`, or None if it does not exist."""
+def remove_dead_temps(directory: str, names: Iterable[str]) -> list[str]:
+    """Removes the temporary files of atomic writes of `names` in `directory` (local) that
+    writers of this host left and are gone (see temp_name); returns them. Any other file,
+    whatever its name, is someone else's and stays."""
+    host, removed = socket.gethostname(), []
+    for name in names:
+        for path in _glob.glob(os.path.join(_glob.escape(directory), f".{_glob.escape(name)}.{_glob.escape(host)}.*.tmp")):
+            pid = path.rsplit(".", 2)[-2]
+            if pid.isdigit() and not _alive(int(pid)) and remove(path):
+                removed.append(path)
+    return removed
+
+
+def read_bytes(path: str, limit: int | None = None) -> bytes | None:
+    """The bytes of `path`, or None if it does not exist. A local path must be a regular file
+    (a pipe or a device would block or never end) of at most `limit` bytes when given: else
+    a CharRNNError."""
     if is_local(path):
         try:
-            with open(path, "rb") as f:
-                return f.read()
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
         except FileNotFoundError:
             return None
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise CharRNNError(f"{path} is not a regular file (a pipe, a device or a socket); remove it, or use "
+                                   "another directory")
+            data = f.read(-1 if limit is None else limit + 1)
+        if limit is not None and len(data) > limit:
+            raise CharRNNError(f"{path} is larger than the {limit:,} bytes such a file can be; it is not charrnn's, "
+                               "or it is damaged: restore it from a backup, or use another directory")
+        return data
     import tensorflow as tf
 
     try:
         with tf.io.gfile.GFile(path, "rb") as f:
-            return f.read()
+            data = f.read(-1 if limit is None else limit + 1)
     except tf.errors.NotFoundError:
         return None
+    if limit is not None and len(data) > limit:
+        raise CharRNNError(f"{path} is larger than the {limit:,} bytes such a file can be; restore it from a backup, "
+                           "or use another directory")
+    return data
 
 
-def read_utf8(path: str) -> str | None:
+def read_utf8(path: str, limit: int | None = None) -> str | None:
     """The text of `path`, or None if it does not exist; a one-line CharRNNError if it cannot
-    be read or is not UTF-8."""
+    be read, is not a regular file of at most `limit` bytes, or is not UTF-8."""
     try:
-        raw = read_bytes(path)
+        raw = read_bytes(path, limit)
         return None if raw is None else raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise CharRNNError(f"{path} is damaged (not UTF-8 at byte {e.start}); restore it from a backup, "
                            "or use another --run_dir") from None
+    except CharRNNError:
+        raise
     except Exception as e:  # noqa: BLE001 - OSError, or tf.errors.OpError where TensorFlow reads it
         cause = e.strerror if isinstance(e, OSError) else str(e).strip().splitlines()[0]
         raise CharRNNError(f"cannot read {path} ({cause}); it should be a readable file written by "
                            "charrnn-train, or use another --run_dir") from None
+
+
+def common_mode(paths: list[str]) -> int | None:
+    """The permission bits that every file of `paths` has (a copy made of them should have no
+    more: a text readable only by its owner stays so), or None if one is not on the local disk."""
+    if not all(is_local(p) for p in paths):
+        return None
+    mode = 0o666
+    for path in paths:
+        mode &= os.stat(path).st_mode
+    return mode
 
 
 def part_name(path: str) -> str:

@@ -40,11 +40,16 @@ def load_model(run_dir: str, which: str | None = None, device: str = "/CPU:0", l
     which = checkpoint.resolve_which(rundir, which)
     config = files.config.replace(mixed_precision=precision) if precision else files.config
     with tf.device(device):
-        model = CharRNN.from_config(config, len(files.vocab), lstm_impl)
+        try:
+            model = CharRNN.from_config(config, len(files.vocab), lstm_impl)
+        except CharRNNError as e:
+            raise CharRNNError(f"{rundir.path}/config.json: {e}; if it was edited, restore it") from None
         reader = tf.train.Checkpoint(model=model)
         try:
             path = checkpoint.restore_newest_readable(reader, rundir.checkpoint_dir(which),
                                                       check_finite=model.variables)
+        except checkpoint.ModelMismatch:
+            raise
         except CharRNNError as e:
             if which != "best" or not checkpoint.checkpoint_paths(rundir.checkpoint_dir("latest")):
                 raise

@@ -6,38 +6,43 @@ When the run saves rolling checkpoint STEP, it touches the file MARKER (so the t
 save began) and kills itself with SIGKILL, as a power loss or the OOM killer would:
 
     start   as the save starts, before anything of it is written
-    write   while TensorFlow writes the checkpoint's files: as soon as its `_temp` directory
-            exists (if the write ends before that is seen, right after it)
+    write   inside TensorFlow's write of the checkpoint's files: its shards are written in
+            the `_temp` directory, and the merge into the checkpoint's own files is next
     record  after the checkpoint's files are complete, before the `checkpoint` state file
             names it
     sweep   after the state file names it, before the checkpoints beyond max_to_keep are
             deleted
 
-The points are found with tf.train.CheckpointManager's own methods, so nothing of charrnn is
-changed.
+The points are methods that the save calls in order (tf.train.CheckpointManager's own, and
+for `write` the merge op of TensorFlow's saver, called eagerly between the shards and the
+final files), so each kill lands at its point by construction, however loaded the machine,
+and nothing of charrnn is changed.
 """
 
 import os
 import signal
 import sys
-import threading
 
 import tensorflow as tf
+from tensorflow.python.ops import gen_io_ops
 
 
 def _kill() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _kill_when_written(temp: str, done: threading.Event) -> None:
-    while not os.path.exists(temp) and not done.is_set():
-        pass  # a busy wait: the write may last a millisecond
-    _kill()
-
-
 def main() -> None:
     where, step, marker = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     real_save = tf.train.CheckpointManager.save
+    real_merge = gen_io_ops.merge_v2_checkpoints
+    writing: list[str] = []  # the prefix of the save to kill inside, while it is being written
+
+    def merge(checkpoint_prefixes, destination_prefix, *args, **kwargs):
+        if writing and destination_prefix.numpy().decode() == writing[0]:
+            _kill()  # the shards are in <prefix>_temp; the merge would write <prefix>.index and .data
+        return real_merge(checkpoint_prefixes, destination_prefix, *args, **kwargs)
+
+    gen_io_ops.merge_v2_checkpoints = merge  # the saver looks it up at each save
 
     def save(self, checkpoint_number=None, **kwargs):
         if checkpoint_number != step or os.path.basename(self.directory) != "ckpt":
@@ -49,14 +54,10 @@ def main() -> None:
             self._record_state = _kill  # noqa: SLF001 - the manager's own step, right after the write
         if where == "sweep":
             self._sweep = _kill  # noqa: SLF001
-        done = threading.Event()
         if where == "write":
-            threading.Thread(target=_kill_when_written, args=(f"{self._prefix}-{step}_temp", done),  # noqa: SLF001
-                             daemon=True).start()
-        path = real_save(self, checkpoint_number=checkpoint_number, **kwargs)
-        done.set()
-        threading.Event().wait(60)  # the killing thread ends the process
-        return path
+            writing.append(f"{self._prefix}-{step}")  # noqa: SLF001
+        real_save(self, checkpoint_number=checkpoint_number, **kwargs)
+        raise AssertionError(f"the save of checkpoint {step} ended without reaching its {where!r} point")
 
     tf.train.CheckpointManager.save = save
     sys.argv = ["charrnn-train", *sys.argv[4:]]

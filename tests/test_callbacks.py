@@ -118,9 +118,17 @@ def test_tensorboard_logs_as_keras_lays_them_out(small_text, tmp_path, capsys):
 
     content = root.PluginTagToContent("hparams")["_hparams_/session_start_info"]
     hparams = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info.hparams
-    assert hparams["rnn_units"].number_value == 32 and hparams["cell"].string_value == "lstm"
-    assert hparams["carry_state"].bool_value is False and hparams["learning_rate"].number_value == pytest.approx(0.001)
-    assert set(hparams) <= set(HPARAMS) and "max_to_keep" not in hparams and "run_dir" not in hparams
+    # Every setting of HPARAMS the run has, with its value and kind, falsy ones too (False, 0, 0.0).
+    config = trainer.config
+    settings = {name: getattr(config, name) for name in HPARAMS if getattr(config, name) is not None}
+    assert set(hparams) == set(settings) and "max_to_keep" not in hparams and "run_dir" not in hparams
+    assert {"carry_state", "dropout", "warmup_steps", "weight_decay", "seed"} <= {
+        name for name, value in settings.items() if not value}  # the falsy ones this run has
+    for name, value in settings.items():
+        kind = "bool_value" if isinstance(value, bool) else "number_value" if isinstance(value, (int, float)) \
+            else "string_value"
+        assert hparams[name].WhichOneof("kind") == kind, name
+        assert getattr(hparams[name], kind) == (value if kind != "number_value" else pytest.approx(value)), name
     best = {step: min(v for s, v in val.items() if s <= step) for step in val}  # the running minimum
     assert series(root, "best_val_loss") == pytest.approx(best)  # the hparams plugin's metric
 
@@ -172,3 +180,58 @@ def test_sample_options_are_checked_before_anything_is_written(small_text, tmp_p
         with pytest.raises(charrnn.CharRNNError, match=message):
             tiny_config(small_text, tmp_path / "run", **overrides)
     assert not (tmp_path / "run").exists()
+
+
+class _Clock:
+    """A clock the test sets: what time.monotonic() returns in charrnn.callbacks."""
+
+    def __init__(self, now: float):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.mark.parametrize("start_step", [0, 40])  # a new run, and one resumed at step 40
+def test_the_progress_line_reports_rate_eta_and_epoch_computed_from_the_clock(monkeypatch, capsys, start_step):
+    """The numbers of the progress line against a recorded clock: the rate counts the steps
+    trained since this invocation started (not the resumed ones) over the time since; the ETA
+    is the steps left at that rate; the epoch is the one the last step trained belongs to."""
+    from types import SimpleNamespace
+
+    from charrnn.cadence import Cadence
+    from charrnn.callbacks import ProgressLogger
+
+    clock = _Clock(1000.0)
+    monkeypatch.setattr(charrnn.callbacks.time, "monotonic", clock)
+    cadence = Cadence(steps_per_epoch=30, total_steps=100, log_every=10)
+    progress = ProgressLogger(verbose=2)
+    progress.on_train_begin(SimpleNamespace(cadence=cadence, position=lambda: (start_step, start_step // 30),
+                                            restored_from="ckpt-40" if start_step else None, describe=lambda: "a run"))
+    capsys.readouterr()
+    seconds_per_step = 0.5
+    for step in range(start_step + 5, 101, 5):
+        clock.now = 1000.0 + (step - start_step) * seconds_per_step + 7.0  # 7 s of evaluations and saves, too
+        progress.on_chunk_end(step, {"loss": 2.0, "steps_per_sec": 1 / seconds_per_step})
+        if step % 10:
+            continue
+        line = capsys.readouterr().out.strip()
+        elapsed = clock.now - 1000.0
+        rate = (step - start_step) / elapsed
+        eta = (100 - step) / rate
+        hms = lambda s: f"{int(s) // 3600}:{int(s) % 3600 // 60:02d}:{int(s) % 60:02d}"  # noqa: E731
+        want = (f"epoch {(step - 1) // 30 + 1}/4 step {step}/100 {step}% loss 2.0000 {rate:.2f} steps/s "
+                f"elapsed {hms(elapsed)} ETA {hms(eta)}")
+        assert line == want
+
+
+def test_each_sample_while_training_is_drawn_with_a_seed_of_its_own(small_text, tmp_path):
+    """The same weights, three steps: three texts, each what generate() draws with the seed of
+    its step (mix_seed of the run's seed and the step), so a resumed run shows the same ones."""
+    from charrnn.data import mix_seed
+
+    trainer = Trainer(tiny_config(small_text, tmp_path / "run", sample_chars=60, sample_prime="The ", seed=5))
+    samples = {step: trainer.sample(step) for step in (7, 14, 21)}
+    assert len(set(samples.values())) == 3
+    for step, text in samples.items():
+        assert text == trainer.generate("The ", 60, 0.8, seed=mix_seed(5, step))

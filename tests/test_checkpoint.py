@@ -13,7 +13,7 @@ import tensorflow as tf
 from charrnn import Sampler, Trainer, checkpoint
 from charrnn.checkpoint import checkpoint_paths
 from charrnn.trained import load_model
-from conftest import Crash, tiny_config
+from conftest import Crash, Recorder, tiny_config
 
 
 def test_a_checkpoint_the_state_file_does_not_name_is_restored_and_deleted_in_turn(small_text, tmp_path,
@@ -63,3 +63,23 @@ def test_a_checkpoint_deleted_by_a_running_trainer_while_it_is_read_is_passed_ov
     newest = load_model(str(run), "latest")
     assert newest.path.endswith("ckpt-6")
     np.testing.assert_array_equal(sampler.model.dense.kernel.numpy(), newest.model.dense.kernel.numpy())
+
+
+def test_the_latest_keep_max_to_keep_and_the_best_keep_one(tmp_path):
+    """Retention counted on disk: ckpt/ holds the newest max_to_keep checkpoints, best/ only
+    the one of the lowest validation loss (a checkpoint's files: .index and .data)."""
+    from conftest import shakespeare
+
+    text = tmp_path / "text.txt"
+    text.write_text(shakespeare(1000), encoding="utf-8")  # 10 steps an epoch
+    run = tmp_path / "run"
+    trainer = Trainer(tiny_config(text, run, epochs=3, eval_every=2, checkpoint_every=2, max_to_keep=2,
+                                  learning_rate=0.01))
+    recorder = Recorder()
+    trainer.fit(callbacks=[recorder], verbose=0)
+    assert sum(e[2]["val_loss"] == e[2]["best_val_loss"] for e in recorder.of("evaluate")) >= 3  # several bests
+    latest = sorted(p.name for p in (run / "ckpt").glob("ckpt-*.index"))
+    assert latest == ["ckpt-28.index", "ckpt-30.index"]
+    best = [p.name for p in (run / "best").glob("*.index")]
+    assert best == [f"ckpt-{trainer.evaluations.best_step}.index"]
+    assert len(list((run / "best").glob("*.data-*"))) == 1 and len(list((run / "ckpt").glob("*.data-*"))) == 2

@@ -70,14 +70,16 @@ def test_tools_answer_help_with_their_own_flags_without_tensorflow():
 
 
 def test_tensorflows_own_lines_show_only_when_asked(trained_run):
-    """Hidden by default (test_docs checks the README's commands print none); --tf_logs or a
-    TF_CPP_MIN_LOG_LEVEL of the user's own shows them."""
+    """Hidden by default (test_docs checks the README's commands print none) and with the usual
+    TF_CPP_MIN_LOG_LEVEL=2; --tf_logs or TF_CPP_MIN_LOG_LEVEL=0 shows them."""
     args = [f"--run_dir={trained_run}", "--num_chars=20", "--seed=1"]
     loud = run_cli("sample", *args, "--tf_logs")
     assert loud.returncode == 0 and tensorflow_lines(loud.stderr), loud.stderr
     assert loud.stdout == Sampler.from_checkpoint(str(trained_run)).generate("\n", 20, seed=1) + "\n"
     own = run_cli("sample", *args, env={"TF_CPP_MIN_LOG_LEVEL": "0"})
     assert own.stdout == loud.stdout and tensorflow_lines(own.stderr), own.stderr  # the user's own setting wins
+    quiet = run_cli("sample", *args, env={"TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert quiet.stdout == loud.stdout and quiet.stderr == "", quiet.stderr
 
 
 def test_the_progress_line_fits_its_width_and_counts_the_run():

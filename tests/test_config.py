@@ -28,6 +28,23 @@ from conftest import tiny_config
     (dict(cell="rnn"), "--cell must be lstm or gru"),
     (dict(sample_every=5, sample_chars=0), "--sample_every needs --sample_chars"),
     (dict(devices="/CPU:0"), "--devices applies to --strategy=one_device or mirrored"),
+    # Each range at its bounds: the first value outside it is refused.
+    (dict(dropout=1.0), "--dropout must be in [0, 1)"),
+    (dict(dropout=-0.01), "--dropout must be in [0, 1)"),
+    (dict(val_fraction=1.0), "--val_fraction must be in [0, 1)"),
+    (dict(learning_rate=0.0), "--learning_rate must be in (0, 1]"),
+    (dict(lr_decay=0.0), "--lr_decay must be in (0, 1]"),
+    (dict(lr_decay=1.01), "--lr_decay must be in (0, 1]"),
+    (dict(weight_decay=1.0), "--weight_decay must be in [0, 1)"),
+    (dict(seed=-1), "--seed must be between 0 and 4294967295"),
+    (dict(seed=2**32), "--seed must be between 0 and 4294967295"),
+    (dict(grad_clip=0.0), "--grad_clip must be positive"),
+    (dict(time_budget=0.0), "--time_budget must be positive"),
+    (dict(max_steps=0), "--max_steps must be at least 1"),
+    (dict(warmup_steps=-1), "--warmup_steps must be >= 0"),
+    (dict(max_to_keep=0), "--max_to_keep must be at least 1"),
+    (dict(sample_chars=100_001), "--sample_chars must be between 0 and 100000"),
+    (dict(sample_temperature=0.0), "--sample_temperature must be between 1e-06 and 1e+06"),
 ])
 def test_bad_settings_are_refused_naming_the_flag(tmp_path, overrides, message):
     with pytest.raises(CharRNNError, match=re.escape(message)):

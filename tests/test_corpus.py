@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import http.server
+import os
+import re
 import socket
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -109,10 +112,12 @@ def test_registered_corpora_are_downloaded_once_and_checked_at_every_use(tmp_pat
     assert path == str(corpus_cache / "testcorpus.txt") and corpus.read_text("testcorpus") == "to be or not to be"
     source.unlink()  # served from the cache from now on
     assert corpus.resolve_sources("testcorpus") == [path]
-    with open(path, "r+") as f:  # a truncated cache file is caught
+    with open(path, "r+") as f:  # a truncated cache file is caught, and left as it is
         f.truncate(5)
-    with pytest.raises(CharRNNError, match=r"the cached copy .*testcorpus.txt .* has sha256 .*; the file was removed"):
+    with pytest.raises(CharRNNError, match=r"testcorpus.txt is not 'testcorpus' as published \(sha256 .*; it was left "
+                                           r"as it is: replace it with the file from file://.*, or pass --data="):
         corpus.resolve_sources("testcorpus")
+    assert open(path).read() == "to be"
 
 
 def test_a_download_with_the_wrong_checksum_keeps_nothing(tmp_path, monkeypatch, corpus_cache):
@@ -186,3 +191,180 @@ def test_a_dead_downloads_part_is_removed_and_the_download_done_again(tmp_path, 
     dead.write_text("to be or")
     assert corpus.read_text("testcorpus") == "to be or not to be"
     assert not dead.exists() and (corpus_cache / "testcorpus.txt").read_text() == "to be or not to be"
+
+
+def test_a_copy_the_user_placed_in_the_cache_is_refused_and_never_removed(corpus_cache):
+    """tinyshakespeare.txt with Windows line ends, placed where the README says: not the
+    registered text, so not used as it; but the user's file, so left exactly as it is."""
+    placed = corpus_cache / "tinyshakespeare.txt"
+    crlf = placed.read_bytes().replace(b"\n", b"\r\n")
+    placed.write_bytes(crlf)
+    with pytest.raises(CharRNNError, match=r"is not 'tinyshakespeare' as published .* Windows line ends.*left as it "
+                                           r"is") as info:
+        corpus.resolve_sources("tinyshakespeare")
+    assert info.value.exit_status == 2 and placed.read_bytes() == crlf
+    assert corpus.resolve_sources(str(placed)) == [str(placed)]  # as a text of the user's own, as it says
+
+
+@pytest.fixture
+def web(tmp_path):
+    """A local HTTP server of the files in a directory (with Last-Modified and conditional
+    requests, as Python's file server answers them); yields (directory, base URL, hits)."""
+    root = tmp_path / "www"
+    root.mkdir()
+    hits: list[str] = []
+
+    class Files(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, directory=str(root), **kwargs)
+
+        def send_response(self, code, message=None):
+            hits.append(f"{self.command} {self.path} {code}")
+            super().send_response(code, message)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Files)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield root, f"http://127.0.0.1:{server.server_address[1]}", hits, server
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_url_whose_text_changed_is_downloaded_again(web, corpus_cache, capsys):
+    root, base, hits, server = web
+    (root / "t.txt").write_text("first text")
+    assert corpus.read_text(f"{base}/t.txt") == "first text"
+    assert corpus.read_text(f"{base}/t.txt") == "first text"  # asked, not downloaded again
+    assert hits[-1] == "GET /t.txt 304"
+    (root / "t.txt").write_text("second text, longer")
+    later = os.stat(root / "t.txt").st_mtime + 10
+    os.utime(root / "t.txt", (later, later))
+    assert corpus.read_text(f"{base}/t.txt") == "second text, longer"
+    assert "changed since it was downloaded" in capsys.readouterr().err
+    server.shutdown()  # offline: the copy, with a word
+    server.server_close()
+    assert corpus.read_text(f"{base}/t.txt") == "second text, longer"
+    assert "could not check" in capsys.readouterr().err
+
+
+@pytest.fixture
+def trickle_server():
+    """A server that announces 10,000 bytes and sends one every 50 ms."""
+
+    class Trickle(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            self.send_response(200)
+            self.send_header("Content-Length", "10000")
+            self.end_headers()
+            try:
+                for _ in range(10000):
+                    self.wfile.write(b"x")
+                    self.wfile.flush()
+                    time.sleep(0.05)
+            except OSError:  # the client gave up
+                pass
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Trickle)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_download_that_stalls_is_given_up_and_leaves_nothing(trickle_server, corpus_cache, monkeypatch):
+    monkeypatch.setattr(corpus, "_STALL_SECONDS", 0.5)
+    monkeypatch.setattr(corpus, "_STALL_BYTES", 1000)  # at most 20 bytes a second come
+    with pytest.raises(TryAgain, match=r"could not download .* \(the download stalled: \d+ bytes in the last 0.5 s"):
+        corpus.resolve_sources(f"{trickle_server}/slow.txt")
+    assert [p.name for p in corpus_cache.rglob("*") if p.is_file()] == ["tinyshakespeare.txt"]
+
+
+def test_what_a_rerun_cannot_fix_exits_2_and_what_it_can_75(web, tmp_path, corpus_cache):
+    root, base, _, _ = web
+    cases = {f"{base}/missing.txt": "HTTP 404", (tmp_path / "missing.txt").as_uri(): "No such file or directory"}
+    for url, reason in cases.items():
+        with pytest.raises(CharRNNError, match=re.escape(reason)) as info:
+            corpus.resolve_sources(url)
+        assert info.value.exit_status == 2 and "run again" not in str(info.value)
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()  # nothing listens there: a connection refused may be a server restarting
+    with pytest.raises(TryAgain, match="run again to retry") as info:
+        corpus.resolve_sources(f"http://127.0.0.1:{port}/t.txt")
+    assert info.value.exit_status == 75
+
+
+def test_redirect_loops_and_bad_lengths_are_one_line(corpus_cache):
+    class Odd(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            if self.path == "/loop":
+                self.send_response(302)
+                self.send_header("Location", "/loop")
+                self.end_headers()
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", "twelve")
+            self.end_headers()
+            self.wfile.write(b"odd lengths\n")
+            self.close_connection = True
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Odd)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        with pytest.raises(CharRNNError, match=r"could not download .*/loop \(HTTP 302") as info:
+            corpus.resolve_sources(f"{base}/loop")
+        assert info.value.exit_status == 2
+        assert corpus.read_text(f"{base}/length.txt") == "odd lengths\n"  # a length that is none: not checked
+        long_name = "a" * 300 + ".txt"  # longer than a file name may be: kept under a shorter one
+        assert corpus.read_text(f"{base}/{long_name}") == "odd lengths\n"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_private_text_stays_private_in_the_cache(tmp_path, corpus_cache):
+    """A text readable only by its owner: its id entry (the text again) and, for a file://
+    URL, its downloaded copy are no more readable than it."""
+    private = tmp_path / "diary.txt"
+    private.write_text("dear diary, nobody reads this\n" * 20)
+    private.chmod(0o600)
+    idcache.encode(str(private))
+    (path,) = corpus.resolve_sources(private.as_uri())
+    idcache.encode(private.as_uri())
+    kept = [path, *(p for p in (corpus_cache / "ids").iterdir()), *(corpus_cache / "downloads").glob(".*")]
+    assert len(kept) == 4  # the copy, what was said of it, and the text's one entry (its .ids and .json)
+    for file in kept:
+        assert os.stat(file).st_mode & 0o077 == 0, (file, oct(os.stat(file).st_mode))
+
+
+def test_a_bad_byte_right_after_a_chunk_boundary_is_placed_exactly(tmp_path, small_chunks):
+    """A character that starts in one 7-byte chunk and breaks in the next: the offset is its
+    first byte's in the file."""
+    path = tmp_path / "bad.txt"
+    path.write_bytes(b"abcde\xe6\x9dXYZ more text")  # the lead byte 0xe6 at offset 5, broken at offset 7
+    with pytest.raises(CharRNNError, match=r"bad byte 0xe6 at offset 5\)"):
+        corpus.read_text(str(path))
+
+
+def test_a_cache_that_is_a_file_or_cannot_be_made_is_one_line(tmp_path, monkeypatch):
+    afile = tmp_path / "afile"
+    afile.write_text("not a directory")
+    monkeypatch.setenv("CHARRNN_DATA_DIR", str(afile))
+    with pytest.raises(CharRNNError, match=r"the corpus cache .*afile is a file"):
+        corpus.resolve_sources("tinyshakespeare")
+    monkeypatch.delenv("CHARRNN_DATA_DIR")
+    monkeypatch.delenv("KERAS_HOME", raising=False)
+    monkeypatch.setenv("HOME", str(afile))  # the Keras cache under a HOME that cannot hold it
+    with pytest.raises(CharRNNError, match=r"cannot create the corpus cache .*; set \$CHARRNN_DATA_DIR"):
+        corpus.resolve_sources("tinyshakespeare")

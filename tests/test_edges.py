@@ -22,7 +22,7 @@ from charrnn.checkpoint import checkpoint_paths, read_fingerprints
 from charrnn.vocab import fingerprint
 from charrnn.metrics import read_metrics
 from charrnn.rundir import RunDir
-from conftest import TINY_FLAGS, leftovers, run_cli, snapshot, tiny_config
+from conftest import TINY_FLAGS, half_written, leftovers, run_cli, snapshot, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -168,12 +168,21 @@ def test_a_really_full_disk(text_file, tmp_path):
         assert checkpoint_paths(str(run / "ckpt"))[0].endswith("ckpt-8") and not leftovers(run)
 
 
-def test_leftovers_of_a_killed_save_are_removed_at_the_next_start(text_file, run_copy, capsys):
+def test_leftovers_of_a_killed_save_are_removed_at_the_next_start_and_nothing_else(text_file, run_copy, capsys):
+    """What charrnn's own interrupted writes leave (TensorFlow's in its checkpoint directories,
+    its atomic writes' files of a writer of this host that is gone) goes; files of the same
+    look that it cannot prove its own stay."""
     (run_copy / "ckpt" / "ckpt-5_temp").mkdir()
     (run_copy / "ckpt" / "checkpoint.tmp1234").write_text("x")
-    (run_copy / ".config.json.abc.tmp").write_text("x")
+    dead = run_copy / f".config.json.{socket.gethostname()}.{2**22 + 321}.tmp"  # a writer that is gone
+    dead.write_text("x")
+    alive = run_copy / f".metrics.jsonl.{socket.gethostname()}.{os.getppid()}.tmp"  # one still running
+    others = [run_copy / ".config.json.abc.tmp", run_copy / ".draft.tmp", run_copy / "notes.tmp"]
+    for path in [alive, *others]:
+        path.write_text("mine")
     Trainer(_config(text_file, run_copy, max_steps=6)).fit()
-    assert not leftovers(run_copy)
+    assert sorted(half_written(run_copy)) == sorted(str(p) for p in [alive, *others])
+    assert all(p.read_text() == "mine" for p in [alive, *others]) and not (run_copy / "train.lock").exists()
     assert "ckpt-5_temp, left by an interrupted write" in capsys.readouterr().err
 
 

@@ -164,3 +164,25 @@ def test_a_character_missing_from_the_vocabulary_pass_is_caught_even_when_the_ha
     with pytest.raises(TryAgain, match="changed while it was being encoded"):
         idcache.encode(text)
     assert _entry(".ids") == [] and _entry(".part") == []
+
+
+@pytest.mark.parametrize("size, itemsize", [(255, 1), (256, 2), (257, 2)])
+def test_ids_take_the_smallest_type_with_room_for_the_out_of_vocabulary_id(tmp_path, monkeypatch, size, itemsize):
+    """At 255, 256 and 257 distinct characters: ids 0..size-1 and the id `size` for a
+    character outside the vocabulary must all fit, so 256 characters need 16 bits. Each size
+    round-trips, and a character left out of the vocabulary pass is caught."""
+    monkeypatch.setenv("CHARRNN_DATA_DIR", str(tmp_path / "cache"))
+    chars = [chr(0x4E00 + i) for i in range(size)]  # CJK: more than a byte's worth of code points
+    text = "".join(chars[(i * 7) % size] for i in range(4 * size))
+    path = tmp_path / "t.txt"
+    path.write_text(text, encoding="utf-8")
+    encoded = idcache.encode(str(path))
+    assert len(encoded.vocab) == size and encoded.ids.dtype.itemsize == itemsize
+    assert encoded.vocab.decode(encoded.ids) == text and int(encoded.ids.max()) == size - 1
+    real = idcache._vocabulary
+    last = max(chars)  # its id would be the largest: leaving it out makes the sentinel size - 1
+    monkeypatch.setattr(idcache, "_vocabulary", lambda *args: Vocabulary([c for c in real(*args).chars if c != last]))
+    other = tmp_path / "u.txt"
+    other.write_text(text + "!", encoding="utf-8")  # another text: its own entry
+    with pytest.raises(TryAgain, match="changed while it was being encoded"):
+        idcache.encode(str(other))

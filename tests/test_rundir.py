@@ -3,13 +3,18 @@ scratch directory of a non-chief worker."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import shutil
+import subprocess
+import sys
 
 import pytest
 
 from charrnn import CharRNNError, Trainer, storage
 from charrnn.rundir import RunDir
-from conftest import Recorder, tiny_config
+from conftest import TINY_FLAGS, Recorder, assert_one_line_error, copy_run, run_cli, snapshot, tiny_config
 
 
 def test_every_file_of_a_run_is_one_the_run_directory_names(small_text, tmp_path):
@@ -34,7 +39,7 @@ def test_config_json_is_read_once_per_start(small_text, tmp_path, monkeypatch):
     Trainer(config).fit(verbose=0)
     reads = []
     real = storage.read_bytes
-    monkeypatch.setattr(storage, "read_bytes", lambda path: reads.append(os.path.basename(path)) or real(path))
+    monkeypatch.setattr(storage, "read_bytes", lambda path, *limit: reads.append(os.path.basename(path)) or real(path, *limit))
     resumed = Trainer(config.replace(max_steps=4))  # a resume: precision, checks and origin all need it
     resumed.fit(verbose=0)
     assert reads.count("config.json") == 1 and reads.count("vocab.json") == 1
@@ -52,3 +57,120 @@ def test_a_path_that_is_a_file_is_no_run_directory(tmp_path):
     with pytest.raises(CharRNNError, match="is a file, not a directory"):
         RunDir(str(tmp_path / "file"))
     assert RunDir(str(tmp_path / "new")).read() is None and not (tmp_path / "new").exists()
+
+
+def test_a_directory_with_files_a_run_would_write_is_refused_and_left_as_it_is(small_text, tmp_path):
+    """A user's own metrics.jsonl and a draft in a directory that is not a run: a new run
+    would append to the one and remove the other; it is refused, and nothing changes."""
+    own = tmp_path / "notes"
+    own.mkdir()
+    (own / "metrics.jsonl").write_text('{"step": 1, "loss": 9.0}\n{"step": 2, "loss": 8.0}\n')
+    (own / ".draft.tmp").write_text("my draft")
+    before = snapshot(own)
+    with pytest.raises(CharRNNError, match=r"holds metrics.jsonl but no config.json: it is not a charrnn run .* "
+                                           "changes nothing in it"):
+        Trainer(tiny_config(small_text, own, max_steps=2)).fit(verbose=0)
+    assert snapshot(own) == before
+    proc = run_cli("train", f"--data={small_text}", f"--run_dir={own}", "--max_steps=2", *TINY_FLAGS)
+    assert_one_line_error(proc, "holds metrics.jsonl but no config.json")
+    assert snapshot(own) == before
+
+
+def test_a_run_killed_before_its_config_was_written_starts_over_with_the_same_command(small_text, tmp_path):
+    """vocab.json is written, then config.json: a run killed in between holds a vocabulary
+    (and a lock file whose holder is gone) and nothing else; the same command trains."""
+    run = tmp_path / "run"
+    done = tmp_path / "done"
+    Trainer(tiny_config(small_text, done, max_steps=2)).fit(verbose=0)
+    run.mkdir()
+    shutil.copy(done / "vocab.json", run / "vocab.json")
+    (run / "train.lock").write_text('{"pid": 1234567, "host": "elsewhere"}\n')
+    trainer = Trainer(tiny_config(small_text, run, max_steps=2))
+    assert trainer.restored_from is None
+    trainer.fit(verbose=0)
+    assert RunDir(str(run)).read().config.max_steps == 2 and (run / "ckpt" / "ckpt-2.index").exists()
+
+
+@pytest.mark.parametrize("name", ["config.json", "vocab.json", "train.lock"])
+def test_a_pipe_in_place_of_a_run_file_is_refused_at_once(trained_run, tmp_path, name):
+    """A FIFO where a run file should be: opening or reading it would wait forever for a
+    writer; every tool refuses in one line before TensorFlow loads."""
+    run = copy_run(trained_run, tmp_path / "run")
+    (run / name).unlink(missing_ok=True)
+    os.mkfifo(run / name)
+    tools = [("train", f"--data={trained_run.parent / 'text.txt'}", f"--run_dir={run}", "--max_steps=6", *TINY_FLAGS)]
+    if name != "train.lock":  # the lock is the trainer's only
+        tools += [("sample", f"--run_dir={run}", "--num_chars=5"), ("eval", f"--run_dir={run}")]
+    for tool, *args in tools:
+        proc = run_cli(tool, *args)  # its timeout fails the test instead of hanging it
+        assert_one_line_error(proc, "is not a regular file" if name != "train.lock" else "is not a plain file")
+
+
+def test_a_run_file_larger_than_any_run_writes_is_refused_unread(trained_run, tmp_path):
+    run = copy_run(trained_run, tmp_path / "run")
+    with open(run / "config.json", "ab") as f:
+        f.truncate(2 << 20)  # 2 MB: no config.json is as large
+    with pytest.raises(CharRNNError, match=r"config.json is larger than the 1,048,576 bytes such a file can be"):
+        RunDir(str(run)).read()
+
+
+def test_a_huge_metrics_file_with_a_torn_line_is_cut_back_in_constant_memory(tmp_path):
+    """Resuming at step 5 of a 200 MB metrics.jsonl whose last line was torn: the file is
+    cut back to the lines of steps 1 to 5 without being read into memory (a process that
+    reads it whole peaks above 400 MB)."""
+    path = tmp_path / "metrics.jsonl"
+    with open(path, "wb") as f:
+        for step in range(1, 11):
+            f.write(json.dumps({"step": step, "loss": 1.0 / step}).encode() + b"\n")
+        line = json.dumps({"step": 11, "note": "x" * 1000}).encode() + b"\n"
+        f.write(line * (200_000_000 // len(line)))
+        f.write(b'{"step": 9999, "lo')  # torn by a crash
+    code = ("import re, sys; from charrnn.metrics import MetricsLog; MetricsLog(sys.argv[1], 5); "  # the peak of
+            "print(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1))")  # this process alone
+    proc = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert int(proc.stdout.split()[-1]) < 150_000, proc.stdout  # kB: far below the file's 200 MB
+    assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 2, 3, 4, 5]
+
+
+def test_a_fine_tuned_run_continues_after_its_source_moved(trained_run, tmp_path):
+    """Its weights come from its own checkpoints once it saved one: the source is not read
+    again, and the run goes on with --init_from unset (or still naming the old place)."""
+    source = copy_run(trained_run, tmp_path / "source")
+    text = tmp_path / "new.txt"
+    text.write_text((trained_run.parent / "text.txt").read_text() + "Zebras, quietly.\n" * 50)
+    config = tiny_config(text, tmp_path / "tuned", max_steps=2, init_from=str(source), rnn_units=16)
+    Trainer(config).fit(verbose=0)
+    shutil.move(source, tmp_path / "moved")
+    for init_from in (None, str(source)):
+        resumed = Trainer(config.replace(max_steps=config.max_steps + 2, init_from=init_from))
+        assert resumed.restored_from is not None and resumed.origin["run"] == str(source)
+        resumed.fit(verbose=0)
+        config = resumed.config
+    proc = run_cli("train", f"--data={text}", f"--run_dir={tmp_path / 'tuned'}", "--max_steps=8", *TINY_FLAGS)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_text_inside_the_run_directory_is_refused(small_text, tmp_path):
+    """--data=DIR --run_dir=DIR: the run's own files would be read as text at the next launch."""
+    both = tmp_path / "both"
+    both.mkdir()
+    shutil.copy(small_text, both / "text.txt")
+    before = snapshot(both)
+    proc = run_cli("train", f"--data={both}", f"--run_dir={both}", "--max_steps=2", *TINY_FLAGS)
+    assert_one_line_error(proc, "is inside the run directory")
+    with pytest.raises(CharRNNError, match="is inside the run directory"):
+        Trainer(tiny_config(both / "text.txt", both, max_steps=2))
+    assert snapshot(both) == before
+
+
+def test_an_edited_config_json_is_named_in_one_line(trained_run, tmp_path):
+    run = copy_run(trained_run, tmp_path / "run")
+    settings = json.loads((run / "config.json").read_text())
+    for value, message in [(settings["rnn_units"] * 2, "hold a model of other sizes than the run's config.json"),
+                           (10**7, "config.json: a model of .* weights .* more than this machine's memory"),
+                           ("many", "config.json is damaged .*rnn_units.* must be an integer")]:
+        (run / "config.json").write_text(json.dumps({**settings, "rnn_units": value}))
+        proc = run_cli("sample", f"--run_dir={run}", "--num_chars=5")
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1 and re.search(message, proc.stderr), proc.stderr

@@ -6,6 +6,7 @@ import glob
 import json
 import math
 import os
+import re
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ import tensorflow as tf
 
 from charrnn import CharRNNError, Sampler, Trainer, TrainConfig, Vocabulary
 from charrnn.metrics import read_metrics
+from charrnn.model import sequence_loss
 from conftest import Recorder, read_scalars, shakespeare, tiny_config
 
 
@@ -73,6 +75,59 @@ def test_checkpoints_every_n_steps_and_at_epoch_end(small_text, tmp_path):
     steps = sorted(int(p.split("-")[-1].split(".")[0]) for p in glob.glob(str(tmp_path / "run/ckpt/ckpt-*.index")))
     spe = trainer.steps_per_epoch
     assert steps == sorted(set(list(range(3, spe, 3)) + [spe]))
+
+
+def test_every_event_of_a_run_happens_at_its_steps_once(tmp_path, capsys):
+    """A real run of 2.5 epochs (10 steps each): each evaluation, checkpoint, log line, sample
+    and epoch end counted against the steps that the settings name, each exactly once; the
+    last, partial epoch is finalised, so that running again does nothing."""
+    text = tmp_path / "text.txt"
+    text.write_text(shakespeare(1000), encoding="utf-8")  # 900 for training: 10 steps of 4 x 21
+    config = tiny_config(text, tmp_path / "run", epochs=3, max_steps=25, eval_every=4, checkpoint_every=3,
+                         log_every=5, steps_per_loop=2, sample_every=7, sample_chars=5, max_to_keep=100)
+    recorder = Recorder()
+    trainer = Trainer(config)
+    assert trainer.steps_per_epoch == 10
+    trainer.fit(callbacks=[recorder], verbose=2)
+    printed = capsys.readouterr().out
+    assert [e[1] for e in recorder.of("evaluate")] == [4, 8, 10, 12, 16, 20, 24, 25]
+    assert [e[1] for e in recorder.of("epoch")] == [1, 2, 3]  # at steps 10, 20, 25: the console's lines below
+    assert [e[2]["val_loss"] for e in recorder.of("epoch")] == [
+        e[2]["val_loss"] for e in recorder.of("evaluate") if e[1] in (10, 20, 25)]
+    saved = sorted(int(p.split("-")[-1].split(".")[0]) for p in glob.glob(str(tmp_path / "run/ckpt/ckpt-*.index")))
+    assert saved == [3, 6, 9, 10, 12, 15, 18, 20, 21, 24, 25]  # every 3 steps inside an epoch, and each epoch's end
+    assert [m["step"] for m in read_metrics(tmp_path / "run") if "loss" in m] == [5, 10, 15, 20, 25]
+    assert re.findall(r"--- sample at step (\d+) ---", printed) == ["7", "14", "21"]
+    assert re.findall(r"^epoch \d+/3 step (\d+)/25 ", printed, re.M) == ["5", "10", "15", "20", "25"]  # log lines
+    ends = re.findall(r"^epoch (\d+)/3 step (\d+) loss ([\d.]+) val_loss ([\d.]+) val_bpc ([\d.]+) ", printed, re.M)
+    assert [(int(e), int(s)) for e, s, *_ in ends] == [(1, 10), (2, 20), (3, 25)]
+    evaluations = {e[1]: e[2]["val_loss"] for e in recorder.of("evaluate")}
+    for (_, step, loss, val_loss, val_bpc), first in zip(ends, (1, 11, 21)):
+        # The numbers printed at an epoch's end, against the steps' own losses and the evaluation.
+        assert float(loss) == pytest.approx(np.mean([recorder.step_losses[s] for s in range(first, int(step) + 1)]),
+                                            abs=5e-5)
+        assert float(val_loss) == pytest.approx(evaluations[int(step)], abs=5e-5)
+        assert float(val_bpc) == pytest.approx(evaluations[int(step)] / math.log(2), abs=5e-4)
+    again = Recorder()
+    Trainer(config).fit(callbacks=[again], verbose=0)
+    assert [e[0] for e in again.events] == ["begin", "end"]  # the run was complete: nothing repeated
+
+
+def test_the_corpus_line_and_the_model_table_count_what_they_describe(tmp_path):
+    """The numbers the console shows as a run starts, against counts made here: the text's
+    distinct characters, its windows per batch, the run's steps, and each layer's weights."""
+    text = shakespeare(1000)
+    path = tmp_path / "text.txt"
+    path.write_text(text, encoding="utf-8")
+    trainer = Trainer(tiny_config(path, tmp_path / "run", epochs=7, max_steps=65, embedding_dim=8, rnn_units=32))
+    described = trainer.describe()
+    vocab = len(set(text))
+    steps_per_epoch = (int(len(text) * 0.9) // 21) // 4  # windows of seq_length + 1, batches of 4
+    assert re.match(rf"Corpus \S+: {vocab} distinct characters, {steps_per_epoch} steps per epoch, "
+                    rf"{min(7 * steps_per_epoch, 65)} steps in all;", described), described
+    params = {"embedding": vocab * 8, "lstm_0": 4 * 32 * (8 + 32) + 4 * 32, "logits": 32 * vocab + vocab}
+    rows = {line.split()[0]: int(line.split()[-1].replace(",", "")) for line in described.splitlines()[2:]}
+    assert rows == {**params, "Total": sum(params.values())}
 
 
 def test_incompatible_resume_is_refused_and_touches_nothing(small_text, tmp_path):
@@ -192,6 +247,19 @@ def test_weight_decay_uses_adamw_and_schedule_survives_resume(small_text, tmp_pa
     assert int(resumed.optimizer.iterations.numpy()) == 6
 
 
+def test_weight_decay_is_decoupled_from_the_gradient(small_text, tmp_path):
+    """AdamW's definition: each step first shrinks every weight by lr * weight_decay * w, apart
+    from Adam's own update of the gradient; the same first step with and without the decay
+    differs by exactly that (an L2 penalty in the loss would change the gradient instead)."""
+    config = tiny_config(small_text, tmp_path / "adam", learning_rate=0.01)
+    plain, decayed = Trainer(config), Trainer(config.replace(run_dir=str(tmp_path / "adamw"), weight_decay=0.1))
+    before = [w.numpy() for w in decayed.model.trainable_variables]
+    plain.train(1)
+    decayed.train(1)
+    for w0, a, b in zip(before, plain.model.trainable_variables, decayed.model.trainable_variables):
+        np.testing.assert_allclose(b.numpy() - a.numpy(), -0.01 * 0.1 * w0, atol=1e-7)
+
+
 def test_time_budget_stops_after_a_partial_epoch_and_the_run_continues(small_text, tmp_path, monkeypatch):
     import charrnn.loop
 
@@ -212,16 +280,34 @@ def test_time_budget_stops_after_a_partial_epoch_and_the_run_continues(small_tex
     assert int(resumed.step.numpy()) == 3 * resumed.steps_per_epoch
 
 
-def test_grad_clip_changes_the_update(small_text, tmp_path):
-    weights = {}
-    for clip in (None, 1e-9):
-        trainer = Trainer(tiny_config(small_text, tmp_path / f"clip{clip}", max_steps=2, grad_clip=clip))
-        trainer.fit()
-        weights[clip] = trainer.model.dense.kernel.numpy()
-    # Adam's step is nearly scale-free, but gradients clipped far below its epsilon move the
-    # weights far less.
-    initial = Trainer(tiny_config(small_text, tmp_path / "init", max_steps=2)).model.dense.kernel.numpy()
-    assert np.abs(weights[1e-9] - initial).max() < 0.1 * np.abs(weights[None] - initial).max()
+def test_grad_clip_scales_every_gradient_by_one_global_factor(small_text, tmp_path):
+    """tf.clip_by_global_norm's definition, computed in NumPy: when the gradients' global norm
+    exceeds the clip, every gradient is scaled by clip / global norm. Adam's first moment
+    after one step is (1 - beta_1) times the gradient it applied. The clip lies between the
+    smallest and the largest gradient's own norm, where clipping each gradient to the norm
+    alone would leave the small ones as they are and give other values."""
+    raw_trainer = Trainer(tiny_config(small_text, tmp_path / "raw"))
+    inputs, targets = next(iter(raw_trainer.data.dataset(0)))  # the first step's batch
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_mean(sequence_loss(targets, raw_trainer.model(inputs, training=True)[0]))
+    variables = raw_trainer.model.trainable_variables
+    raw = [tf.convert_to_tensor(g).numpy().astype(np.float64) for g in tape.gradient(loss, variables)]
+    norms = np.array([np.linalg.norm(g) for g in raw])
+    global_norm = np.sqrt(np.sum(norms ** 2))
+    clip = float(np.median(norms))
+    assert norms.min() < clip < global_norm  # the case where the two clippings differ
+    want = [g * clip / global_norm for g in raw]
+    per_tensor = [g * min(1.0, clip / n) for g, n in zip(raw, norms)]
+
+    trainer = Trainer(tiny_config(small_text, tmp_path / "clipped", grad_clip=clip))
+    trainer.train(1)
+    momentums = [v.numpy() for v in trainer.optimizer.variables if v.path.endswith("_momentum")]
+    applied = [m / (1 - trainer.optimizer.beta_1) for m in momentums]
+    assert [a.shape for a in applied] == [g.shape for g in raw]
+    for got, expected in zip(applied, want):
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-7 * clip)
+    assert not all(np.allclose(got, other, rtol=1e-3) for got, other in zip(applied, per_tensor))
+    assert trainer.train_logs()["grad_norm"] == pytest.approx(global_norm, rel=1e-4)  # reported before clipping
 
 
 @pytest.mark.parametrize("impl, units, fused", [("fused", 32, True), ("keras", 32, False), ("auto", 32, True),
