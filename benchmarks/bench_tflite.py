@@ -39,7 +39,7 @@ def main(argv: list[str]) -> None:
     from charrnn.exporter import export_tflite
     from charrnn.preflight import TFLITE_FILE
     from charrnn.rundir import RunDir
-    from charrnn.traindata import text_ids
+    from charrnn.idcache import ids_in
     try:  # LiteRT, what the TFLite example uses; else TensorFlow's deprecated one
         from ai_edge_litert.interpreter import Interpreter
     except ImportError:
@@ -47,7 +47,7 @@ def main(argv: list[str]) -> None:
 
     files = RunDir(FLAGS.run_dir).read()
     config, vocab = files.config, files.vocab
-    val = split_ids(text_ids(config.data, vocab), config.val_fraction)[1][: FLAGS.val_chars]
+    val = split_ids(ids_in(config.data, vocab).ids, config.val_fraction)[1][: FLAGS.val_chars]
     sampler = Sampler.from_checkpoint(FLAGS.run_dir, device="/CPU:0")
     work = tempfile.mkdtemp(prefix="charrnn_bench_tflite_")
     results = {}

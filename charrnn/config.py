@@ -23,6 +23,7 @@ STRATEGIES = ("default", "one_device", "mirrored", "multi_worker", "tpu")
 CELLS = ("lstm", "gru")
 LR_SCHEDULES = ("constant", "cosine", "exponential")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
+MAX_INT = 2**31 - 1  # the largest integer setting: TensorFlow takes sizes and counts as int32
 
 
 def check_types(instance: Any, describe: Callable[[str], str]) -> None:
@@ -80,6 +81,11 @@ def check_tf_config(value: str | None) -> None:
     if not isinstance(cluster, dict) or not cluster or not all(
             isinstance(tasks, list) and tasks and all(isinstance(t, str) for t in tasks) for tasks in cluster.values()):
         raise CharRNNError(f"TF_CONFIG has no \"cluster\" of task lists (got {value[:80]!r}); set it as {example}")
+    for address in (a for tasks in cluster.values() for a in tasks):
+        host, _, port = address.rpartition(":")
+        if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise CharRNNError(f"TF_CONFIG's address {address!r} is not host:port with a port from 1 to 65535; set "
+                               f"it as {example}")
     task = config.get("task")
     if not isinstance(task, dict) or task.get("type") not in cluster:
         raise CharRNNError(f"TF_CONFIG's \"task\" must name this process's type, one of {sorted(cluster)} (got "
@@ -193,6 +199,10 @@ class TrainConfig:
             if getattr(self, name) is not None and not math.isfinite(getattr(self, name)):
                 raise CharRNNError(f"--{name} must be a finite number, got {getattr(self, name)} "
                                    "(leave it unset for no limit)")
+        for field in dataclasses.fields(self):  # ints that TensorFlow takes as int32 (counts: nowhere near)
+            value = getattr(self, field.name)
+            if isinstance(value, int) and not isinstance(value, bool) and value > MAX_INT and field.name != "seed":
+                raise CharRNNError(f"--{field.name} must be at most {MAX_INT}, got {value}")
         if not 0 <= self.seed < 2**32:
             raise CharRNNError(f"--seed must be between 0 and {2**32 - 1}, got {self.seed}")
         if not 0 < self.learning_rate <= 1:
@@ -234,8 +244,8 @@ class TrainConfig:
             raise CharRNNError(f"--lr_decay must be in (0, 1], got {self.lr_decay}")
         if not 0 <= self.weight_decay < 1:
             raise CharRNNError(f"--weight_decay must be in [0, 1), got {self.weight_decay}")
-        if self.num_cpu_devices is not None and self.num_cpu_devices < 1:
-            raise CharRNNError(f"--num_cpu_devices must be at least 1, got {self.num_cpu_devices}")
+        if self.num_cpu_devices is not None and not 1 <= self.num_cpu_devices <= 256:
+            raise CharRNNError(f"--num_cpu_devices must be between 1 and 256, got {self.num_cpu_devices}")
         if self.devices is not None and self.strategy not in ("one_device", "mirrored"):
             raise CharRNNError("--devices applies to --strategy=one_device or mirrored; use --device otherwise")
         if not self.data.strip():

@@ -337,7 +337,7 @@ def _write_record(path: str, record: dict, source: str | None) -> None:
 
 def _read_record(path: str) -> dict | None:
     try:
-        record = json.loads(storage.read_bytes(_record_path(path)) or b"null")
+        record = json.loads(storage.read_bytes(_record_path(path), 1 << 20) or b"null")
     except (ValueError, CharRNNError, OSError):
         return None
     return record if isinstance(record, dict) else None

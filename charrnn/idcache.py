@@ -29,7 +29,7 @@ import json
 import os
 import sys
 import zlib
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 
@@ -95,6 +95,42 @@ def encode(data: str, base: Vocabulary | None = None) -> Encoded:
     if found is None:
         raise TryAgain(f"the id cache entry {local} changed while it was read; run again")
     return found
+
+
+# The largest header an entry can have (its characters: every code point is about 4.5 MB).
+_HEADER_LIMIT = 16 << 20
+
+
+class TextIds(NamedTuple):
+    """A text as the ids of a trained run's vocabulary (see ids_in)."""
+
+    ids: np.ndarray
+    fingerprint: str  # of the text as it is, characters outside the vocabulary included
+    skipped: dict[str, int]  # characters outside the vocabulary that were left out, and how often
+
+
+def ids_in(data: str, vocab: Vocabulary, skip_unknown: bool = False) -> TextIds:
+    """The text `data` names as ids of `vocab` (charrnn-eval's text). Characters outside
+    `vocab` are refused in one CharRNNError naming them, or with `skip_unknown` left out
+    (and counted). No TensorFlow: a tool checks a text before TensorFlow loads."""
+    corpus = encode(data, base=vocab)  # the union of vocab and the text: vocab itself if it holds them all
+    unknown = sorted(set(corpus.vocab.chars) - set(vocab.chars))
+    if not unknown:
+        return TextIds(corpus.ids, corpus.fingerprint, {})
+    if not skip_unknown:
+        shown = ", ".join(repr(c) for c in unknown[:20]) + (" ..." if len(unknown) > 20 else "")
+        raise CharRNNError(f"{len(unknown)} character(s) of {data} are not in the model's vocabulary: {shown}; pass "
+                           "--unknown_chars=skip to score the rest, or use only characters of the training text")
+    own = {c: i for i, c in enumerate(vocab.chars)}
+    table = np.array([own.get(c, -1) for c in corpus.vocab.chars], np.int64)
+    counts = np.zeros(len(corpus.vocab), np.int64)
+    kept = []
+    for start in range(0, len(corpus.ids), CHUNK):  # chunks: the ids may be a memory-mapped corpus
+        chunk = table[corpus.ids[start:start + CHUNK]]
+        counts += np.bincount(corpus.ids[start:start + CHUNK], minlength=len(corpus.vocab))
+        kept.append(chunk[chunk >= 0].astype(corpus.ids.dtype))
+    skipped = {c: int(counts[i]) for i, c in enumerate(corpus.vocab.chars) if c in unknown}
+    return TextIds(np.concatenate(kept), corpus.fingerprint, skipped)
 
 
 def _vocabulary(sources: list[str], base: Vocabulary | None, data: str) -> Vocabulary:
@@ -165,9 +201,9 @@ def _load(base: str, key: str, data: str) -> Encoded | None:
     """The local entry `base` of the text named `key`, checked; None if there is none, or if it
     was damaged (then it is removed, with a message, to be encoded again)."""
     try:
-        raw = storage.read_bytes(f"{base}.json")
-    except OSError:
-        return None
+        raw = storage.read_bytes(f"{base}.json", _HEADER_LIMIT)
+    except (OSError, CharRNNError):  # unreadable: encoded again below, as a damaged entry
+        raw = b"{}"
     if raw is None:
         return None
     try:

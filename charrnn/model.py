@@ -49,7 +49,8 @@ class CharRNN(keras.Model):
     be reproduced and resumed exactly; it is required when training with dropout > 0.
     `rows=(first, total)` says that `ids` are rows first.. of a global batch of `total`
     rows (a replica's share): the dropout masks are then those of the global batch, so
-    that training does not depend on the number of replicas.
+    that training does not depend on the number of replicas. With `last_only`, the logits
+    are those of the last step only ([batch, 1, vocab_size]).
     """
 
     def __init__(self, vocab_size: int, embedding_dim: int = 256, rnn_units: int = 1024,
@@ -150,7 +151,8 @@ class CharRNN(keras.Model):
         return tuple((zeros,) * self.state_size for _ in self.rnns)
 
     def call(self, ids: tf.Tensor, state: State | None = None, training: bool = False,
-             seed: tf.Tensor | None = None, rows: tuple[tf.Tensor, tf.Tensor] | None = None) -> tuple[tf.Tensor, State]:
+             seed: tf.Tensor | None = None, rows: tuple[tf.Tensor, tf.Tensor] | None = None,
+             last_only: bool = False) -> tuple[tf.Tensor, State]:
         if state is None:
             state = self.initial_state(tf.shape(ids)[0])
         x = self.embedding(ids)
@@ -167,6 +169,8 @@ class CharRNN(keras.Model):
                 x, *layer_state = layer(x, initial_state=list(layer_state), training=training)
             new_state.append(tuple(layer_state))
             x = self._dropout(x, training, seed, i, rows)
+        if last_only:  # a prime's pass needs the last step's logits only, not [time, vocab] of them
+            x = x[:, -1][:, None]  # [batch, 1, units], known to be 1 long
         # float32 logits keep the softmax and the loss accurate under a mixed policy.
         return tf.cast(self.dense(x), tf.float32), tuple(new_state)
 
@@ -192,7 +196,9 @@ class CharRNN(keras.Model):
         Runs the recurrent cells directly (same weights as `call`), which avoids the per-call
         loop machinery of a whole layer when sampling one character at a time.
         """
-        x = self.embedding(ids)
+        # The embedding's rows by tf.gather, which refuses an id outside [0, vocab) where Keras'
+        # lookup would wrap a negative one around (the one-step exports take ids from clients).
+        x = tf.cast(tf.gather(self.embedding.embeddings, ids), self.state_dtype)
         new_state = []
         for layer, layer_state in zip(self.rnns, state):
             x, layer_state = layer.cell(x, list(layer_state), training=False)

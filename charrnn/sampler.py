@@ -164,7 +164,7 @@ class Sampler:
                top_k: tf.Tensor, top_p: tf.Tensor, greedy: tf.Tensor, *, filtering: bool, stopping: bool) -> tuple:
         """The prime's pass: the first ids drawn [batch], the state after them, and the
         stop_at bookkeeping (the last len(stop_at) ids of each sample; whether it ended)."""
-        logits, state = self.model(prime_ids)
+        logits, state = self.model(prime_ids, last_only=True)
         ids = _draw(logits[:, -1, :], 0, temperature, seed, top_k, top_p, greedy, filtering)
         batch = tf.shape(prime_ids)[0]
         recent = tf.fill([batch, tf.shape(stop_ids)[0]], -1)

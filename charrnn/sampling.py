@@ -16,6 +16,7 @@ MAX_NUM_SAMPLES = 4096
 # MAX_TEMPERATURE every character is equally likely anyway.
 MIN_TEMPERATURE, MAX_TEMPERATURE = 1e-6, 1e6
 SEED_RANGE = (-(2**63), 2**63 - 1)  # int64
+MAX_TOP_K = 2**31 - 1  # an int32 in the compiled loop
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,8 +37,8 @@ class SampleOptions:
         if not MIN_TEMPERATURE <= self.temperature <= MAX_TEMPERATURE:
             raise CharRNNError(f"temperature must be between {MIN_TEMPERATURE:g} and {MAX_TEMPERATURE:g}, got "
                                f"{self.temperature} (for the most likely character every time, use greedy)")
-        if self.top_k < 0:
-            raise CharRNNError(f"top_k must be >= 0 (0 keeps every character), got {self.top_k}")
+        if not 0 <= self.top_k <= MAX_TOP_K:
+            raise CharRNNError(f"top_k must be between 0 and {MAX_TOP_K} (0 keeps every character), got {self.top_k}")
         if not 0 < self.top_p <= 1:
             raise CharRNNError(f"top_p must be in (0, 1] (1 keeps every character), got {self.top_p}")
         if self.stop_at == "":

@@ -36,9 +36,10 @@ def storage_errors() -> tuple[type[BaseException], ...]:
     errors for the same faults on its filesystems."""
     import tensorflow as tf
 
+    # OutOfRangeError: a write past the file-size limit (ulimit -f: "File too large").
     return (OSError, tf.errors.ResourceExhaustedError, tf.errors.PermissionDeniedError,
             tf.errors.FailedPreconditionError, tf.errors.NotFoundError, tf.errors.DataLossError,
-            tf.errors.UnknownError)
+            tf.errors.UnknownError, tf.errors.OutOfRangeError)
 
 
 def storage_error(what: str, path: str, error: BaseException) -> CharRNNError:
@@ -48,8 +49,8 @@ def storage_error(what: str, path: str, error: BaseException) -> CharRNNError:
     else:  # tf.errors.OpError: "<path...>; No space left on device [Op:SaveV2]"
         message = (getattr(error, "message", "") or str(error)).strip().splitlines()[0]
         cause = re.sub(r"\s*\[Op:\w+\]$", "", message).rsplit("; ", 1)[-1]
-    return CharRNNError(f"cannot {what} {path} ({cause}); nothing older was changed: free space or fix the "
-                        "permissions, then run the same command again")
+    return CharRNNError(f"cannot {what} {path} ({cause}); what was saved before stays: free space, raise the "
+                        "file-size limit or fix the permissions, then run the same command again")
 
 
 def exists(path: str) -> bool:

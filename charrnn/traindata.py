@@ -1,15 +1,14 @@
-"""`TrainData`: the text a run trains on, as the run sees it; and `text_ids`, any text as
-the ids of a trained run's vocabulary (for charrnn-eval).
+"""`TrainData`: the text a run trains on, as the run sees it.
 
-Both turn text into ids the same way, through charrnn.corpus (its id cache), and split it
-the same way (charrnn.data.split_ids), so a validation loss means the same everywhere.
+It turns text into ids through the id cache (charrnn.idcache), as `idcache.ids_in` does
+for charrnn-eval, and splits it with charrnn.data.split_ids, as charrnn-eval does, so a
+validation loss means the same everywhere.
 """
 
 from __future__ import annotations
 
 import math
 
-import numpy as np
 import tensorflow as tf
 
 from charrnn.config import TrainConfig
@@ -51,15 +50,3 @@ class TrainData:
             raise CharRNNError(
                 f"validation split too short: {len(self.val_ids)} characters, one window needs {window}; "
                 "raise --val_fraction, lower --seq_length, or pass --val_fraction=0")
-
-
-def text_ids(data: str, vocab: Vocabulary) -> np.ndarray:
-    """The ids in `vocab` of the text `data` names (see charrnn.corpus); CharRNNError naming the
-    characters that are not in `vocab`."""
-    corpus = encode(data, base=vocab)  # the union of vocab and the text: vocab itself if it holds them all
-    unknown = sorted(set(corpus.vocab.chars) - set(vocab.chars))
-    if unknown:
-        shown = ", ".join(repr(c) for c in unknown[:20]) + (" ..." if len(unknown) > 20 else "")
-        raise CharRNNError(f"{len(unknown)} character(s) not in the model's vocabulary: {shown}; use only "
-                           "characters of the training text")
-    return corpus.ids

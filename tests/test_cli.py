@@ -155,3 +155,66 @@ def test_an_argument_that_is_not_utf8_is_one_line(tmp_path):
                                                       proc.stderr.decode()),
                           "(--data) 'caf\\xe9.txt' is not valid UTF-8 (at character 3)")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_training_run_whose_console_goes_away_trains_on(small_text, tmp_path):
+    """`charrnn-train | head`: the reader closes the pipe early; the run trains to its end
+    and checkpoints, quietly (no traceback), exit status 0."""
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "charrnn.cli.train", f"--data={small_text}", f"--run_dir={run}",
+                             "--max_steps=12", "--log_every=1", *TINY_FLAGS], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    assert proc.stdout.readline()  # the corpus line: the reader has read enough
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=300) == 0 and "Traceback" not in err, err[-2000:]
+    assert (run / "ckpt" / "ckpt-12.index").exists()
+
+
+def test_a_full_standard_output_is_one_line_for_sample_and_no_stop_for_train(trained_run, small_text, tmp_path):
+    with open("/dev/full", "w") as full:
+        sample = subprocess.run([sys.executable, "-m", "charrnn.cli.sample", f"--run_dir={trained_run}",
+                                 "--num_chars=20"], stdout=full, stderr=subprocess.PIPE, text=True, timeout=300)
+        train = subprocess.run([sys.executable, "-m", "charrnn.cli.train", f"--data={small_text}",
+                                f"--run_dir={tmp_path / 'run'}", "--max_steps=4", *TINY_FLAGS], stdout=full,
+                               stderr=subprocess.PIPE, text=True, timeout=300)
+    assert_one_line_error(sample, "cannot write to standard output (No space left on device)")
+    assert train.returncode == 0 and "Traceback" not in train.stderr, train.stderr
+    assert "standard output failed (No space left on device); going on without it" in train.stderr
+    assert (tmp_path / "run" / "ckpt" / "ckpt-4.index").exists()
+
+
+def test_sample_into_a_pipe_closed_early_ends_quietly(trained_run):
+    for stream in ([], ["--stream"]):
+        proc = subprocess.Popen([sys.executable, "-m", "charrnn.cli.sample", f"--run_dir={trained_run}",
+                                 "--num_chars=20000", *stream], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        proc.stdout.close()  # the reader is gone before the first character
+        err = proc.stderr.read().decode()
+        assert proc.wait(timeout=300) == 0 and err == "", err[-2000:]
+
+
+def test_an_output_that_cannot_show_the_runs_characters_is_refused_before_sampling(tmp_path):
+    """PYTHONIOENCODING=ascii and a run of Japanese text: sample refuses in one line (before
+    TensorFlow); a training run shows its samples escaped, and trains on."""
+    text = tmp_path / "jp.txt"
+    text.write_text("東京は日本の首都です。大阪は西にあります。\n" * 60, encoding="utf-8")
+    run = tmp_path / "run"
+    train = run_cli("train", f"--data={text}", f"--run_dir={run}", "--max_steps=4", "--sample_every=2",
+                    "--sample_chars=20", *TINY_FLAGS, env={"PYTHONIOENCODING": "ascii"})
+    assert train.returncode == 0 and "Traceback" not in train.stderr, train.stderr
+    assert "--- sample at step 2 ---" in train.stdout and "\\u" in train.stdout
+    sample = run_cli("sample", f"--run_dir={run}", "--num_chars=20", env={"PYTHONIOENCODING": "ascii"})
+    assert_one_line_error(sample, "standard output's encoding, ascii, cannot show")
+    assert "PYTHONIOENCODING=utf-8" in sample.stderr
+
+
+def test_an_integer_beyond_its_type_is_refused_not_wrapped(trained_run, small_text, tmp_path):
+    """--top_k becomes an int32: 4294967297 would wrap to 1 (greedy text without a word), 2**64
+    raised a ValueError; every integer setting has its range checked."""
+    for value in (4294967297, 2**64):
+        proc = run_cli("sample", f"--run_dir={trained_run}", "--num_chars=5", f"--top_k={value}")
+        assert_one_line_error(proc, f"top_k must be between 0 and 2147483647 (0 keeps every character), got {value}")
+    proc = run_cli("train", f"--data={small_text}", f"--run_dir={tmp_path / 'run'}", "--shuffle_buffer=18446744073709551616",
+                   *TINY_FLAGS)
+    assert_one_line_error(proc, "--shuffle_buffer must be at most 2147483647")
+    assert not (tmp_path / "run").exists()

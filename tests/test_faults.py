@@ -396,3 +396,44 @@ def test_unwritable_run_directory(tmp_path, small_text):
         target = str(locked / "run")
     with pytest.raises(CharRNNError, match="cannot create the run directory"):
         Trainer(tiny_config(small_text, target, max_steps=1)).fit(verbose=0)
+
+
+def _limited(limit: int, soft: int, hard: int):
+    """A preexec_fn that gives the tool's process these resource limits (as `ulimit` would)."""
+    import resource
+
+    def apply() -> None:
+        resource.setrlimit(limit, (soft, hard))
+    return apply
+
+
+def test_resource_limits_a_tool_cannot_start_under_are_one_line(trained_run, small_text, tmp_path):
+    """Too few open files, too little address space for TensorFlow: refused in one line
+    before it loads (it would fail with a traceback, or crash); a low soft limit on open files
+    is raised to the hard one, as any process may."""
+    import resource
+
+    sample = [sys.executable, "-m", "charrnn.cli.sample", f"--run_dir={trained_run}", "--num_chars=5"]
+    for limit, soft, hard, message in [
+            (resource.RLIMIT_NOFILE, 9, 9, "this process may open only 9 files (ulimit -n); charrnn needs at least 64"),
+            (resource.RLIMIT_AS, 2 << 30, resource.RLIM_INFINITY, "this process may use only 2,048 MiB of address "
+                                                                 "space (ulimit -v); TensorFlow needs about 3,072 MiB")]:
+        proc = subprocess.run(sample, capture_output=True, text=True, timeout=300,
+                              preexec_fn=_limited(limit, soft, hard))
+        assert_one_line_error(proc, message)
+    proc = subprocess.run(sample, capture_output=True, text=True, timeout=300,
+                          preexec_fn=_limited(resource.RLIMIT_NOFILE, 9, 4096))
+    assert proc.returncode == 0 and len(proc.stdout) > 5, proc.stderr
+
+
+def test_a_file_size_limit_hit_by_a_checkpoint_is_one_line(small_text, tmp_path):
+    """ulimit -f smaller than a checkpoint: TensorFlow's write fails ("File too large") and
+    the run says so in one line; nothing half-written stays."""
+    import resource
+
+    run = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "charrnn.cli.train", f"--data={small_text}", f"--run_dir={run}",
+                           "--max_steps=2", *TINY_FLAGS, "--rnn_units=128"], capture_output=True, text=True,
+                          timeout=300, preexec_fn=_limited(resource.RLIMIT_FSIZE, 100_000, resource.RLIM_INFINITY))
+    assert_one_line_error(proc, "(File too large); what was saved before stays")
+    assert not half_written(run)

@@ -145,13 +145,21 @@ def test_a_cache_on_another_filesystem_is_used_through_a_checked_local_copy(text
     np.testing.assert_array_equal(idcache.encode(text).ids, _ids_of(TEXT))
 
 
-def test_an_unknown_character_in_charrnn_eval_text_is_named(text):
-    from charrnn.traindata import text_ids
-
-    with pytest.raises(CharRNNError, match=r"2 character\(s\) not in the model's vocabulary: 'W', 'h'"):
-        text_ids(text, Vocabulary.from_text(TEXT.replace("W", "").replace("h", "")))
-    np.testing.assert_array_equal(text_ids(text, Vocabulary.from_text(TEXT + "#")),
-                                  Vocabulary.from_text(TEXT + "#").encode(TEXT))
+def test_characters_outside_the_vocabulary_are_named_or_skipped_and_counted(text):
+    """charrnn-eval's text: refused naming the characters the model does not know, or with
+    skip_unknown scored without them, each counted; a vocabulary with more characters than
+    the text gives the text's ids in it."""
+    vocab = Vocabulary.from_text(TEXT.replace("W", "").replace("h", ""))
+    with pytest.raises(CharRNNError, match=r"2 character\(s\) of .*t.txt are not in the model's vocabulary: 'W', 'h'; "
+                                           "pass --unknown_chars=skip"):
+        idcache.ids_in(text, vocab)
+    skipped = idcache.ids_in(text, vocab, skip_unknown=True)
+    without = TEXT.replace("W", "").replace("h", "")
+    np.testing.assert_array_equal(skipped.ids, vocab.encode(without))
+    assert skipped.skipped == {"W": TEXT.count("W"), "h": TEXT.count("h")}
+    assert skipped.fingerprint == idcache.encode(text).fingerprint  # of the text as it is
+    wider = Vocabulary.from_text(TEXT + "#")
+    np.testing.assert_array_equal(idcache.ids_in(text, wider).ids, wider.encode(TEXT))
     assert storage.glob(os.path.join(local_cache_dir(), "ids", "*.part")) == []
 
 

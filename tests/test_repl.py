@@ -175,3 +175,50 @@ def test_a_line_starting_with_two_colons_is_a_prime_starting_with_one():
     assert _answer(session, out, "::quit") == sampler.generate(":quit", 12, 1.0, seed=mix_seed(1, 0)) + "\n"
     assert session.handle("::help") and out.getvalue().splitlines()[-1].startswith(":help")
     assert not session.handle(":quit")  # the command
+
+
+def test_commands_with_a_missing_or_unreadable_value_say_so_and_change_nothing(sampler, capsys):
+    session, _ = _session(sampler, seed=3)
+    for line in (":temperature", ":temperature abc", ":length 1e3", ":top_k 18446744073709551616", ":greedy maybe",
+                 ":top_k 4294967297"):
+        assert session.handle(line)
+    said = capsys.readouterr().err
+    for expected in ("error: :temperature takes one value, as in :temperature 0.8",
+                     "error: :temperature abc: 'abc' is not a number", "error: :length 1e3: '1e3' is not an integer",
+                     "error: :top_k 18446744073709551616: top_k must be between 0 and 2147483647",
+                     "error: :greedy maybe: 'maybe' is neither on nor off",
+                     "error: :top_k 4294967297: top_k must be between 0 and 2147483647"):
+        assert expected in said, said
+    assert session.settings == {k: v for k, v in SETTINGS.items() if k != "seed"}
+
+
+def test_from_a_pipe_crlf_lines_are_primes_and_quit_ends_the_session(trained_run):
+    primes = "The \r\n:quit\r\nThe quick\r\n"
+    proc = subprocess.run([sys.executable, "-m", "charrnn.cli.sample", f"--run_dir={trained_run}", "--interactive",
+                           "--num_chars=10", "--seed=2"], input=primes, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    answers = proc.stdout.splitlines()
+    assert len(answers) == 1 and answers[0].startswith("The ") and len(answers[0]) == 14  # :quit ended it
+
+
+def test_interactive_with_standard_input_closed_is_one_line(trained_run):
+    proc = subprocess.run([sys.executable, "-m", "charrnn.cli.sample", f"--run_dir={trained_run}", "--interactive"],
+                          stdin=None, capture_output=True, text=True, timeout=300,
+                          preexec_fn=lambda: os.close(0))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "charrnn-sample: error: --interactive reads primes from standard input, which is closed; give it input, "
+        "or pass --prime instead")
+
+
+def test_ctrl_d_typed_during_an_answer_stops_it_and_ends_the_session(trained_run):
+    term = _Terminal([sys.executable, "-m", "charrnn.cli.sample", f"--run_dir={trained_run}", "--interactive",
+                      "--num_chars=200000"])
+    term.expect(r"is ready")
+    term.expect(r"> ")
+    term.reading()
+    term.type("The \r")
+    term.expect(r"\x1b\[F> The .")  # the answer has started
+    term.type("\x04")
+    assert term.process.wait(timeout=120) == 0
+    assert "Traceback" not in term.seen.decode("utf-8", "replace")

@@ -164,7 +164,7 @@ def test_stop_at_ends_each_sample_before_the_stop_text(sampler):
         sampler.generate("a", num_chars=5, stop_at="z")
     with pytest.raises(CharRNNError, match="top_p must be in"):
         sampler.generate("a", num_chars=5, top_p=0)
-    with pytest.raises(CharRNNError, match="top_k must be >= 0"):
+    with pytest.raises(CharRNNError, match="top_k must be between 0 and 2147483647"):
         sampler.generate("a", num_chars=5, top_k=-1)
 
 
@@ -232,3 +232,18 @@ def test_a_bfloat16_run_samples_and_exports_in_float32(small_text, tmp_path):
     export(str(run), str(tmp_path / "export"))
     _, inputs = tf.saved_model.load(str(tmp_path / "export")).signatures["step"].structured_input_signature
     assert inputs["state"].dtype == tf.float32
+
+
+def test_a_prime_costs_the_output_layer_of_its_last_character_only():
+    """The prime's pass runs the recurrent layers over every character and the output layer
+    over the last one: a prime of 8,000 characters on a 70,001-character vocabulary would
+    otherwise hold 2.2 GB of logits at once. Seen where the output layer is called."""
+    vocab = Vocabulary.from_text("abcdefgh ROMEO:\n")
+    model = CharRNN(len(vocab), embedding_dim=8, rnn_units=16, seed=0)
+    model.build_for_vocab()
+    shapes, real = [], model.dense.call
+    model.dense.call = lambda x, *args, **kwargs: shapes.append(tuple(x.shape)) or real(x, *args, **kwargs)
+    text = Sampler(model, vocab, device="/CPU:0").generate("ROMEO: " * 300, num_chars=5, seed=1)
+    assert len(text) == 2100 + 5
+    sequences = [shape for shape in shapes if len(shape) == 3]  # the prime's pass; steps are [batch, units]
+    assert sequences and all(shape[1] == 1 for shape in sequences), shapes

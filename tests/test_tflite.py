@@ -80,6 +80,32 @@ def test_the_documented_example_samples_from_softmax_of_logits_over_temperature(
     ids = vocab.encode(text[1:])
     assert draws_deviation(ids, sampling_probs(CONSTANT_LOGITS, temperature=0.5)) <= 5
     assert draws_deviation(ids, sampling_probs(CONSTANT_LOGITS, temperature=1.0)) > 5
+    unknown = subprocess.run([sys.executable, str(script), str(tmp_path / "phone"), "a~", "10"], capture_output=True,
+                             text=True, timeout=300)
+    assert unknown.returncode == 1 and "Traceback" not in unknown.stderr
+    assert unknown.stderr.strip() == "not in the model's vocabulary: '~'; use characters of its training text"
+
+
+def test_the_one_step_models_refuse_ids_outside_the_vocabulary(trained_run, exports, tmp_path):
+    """The vocabulary's ids are 0..V-1: V and above, and negative ids (which Keras' lookup
+    wraps around), are refused by the SavedModel's `step` and by the TFLite model."""
+    vocab_size = len(json.loads((exports / "none" / "vocab.json").read_text())["chars"])
+    step, _ = _runner(exports / "none" / "model.tflite")
+    state = np.zeros(step.get_input_details()["state"]["shape"], np.float32)
+    step(ids=np.array([vocab_size - 1], np.int32), state=state)
+    for bad in (vocab_size, -1, -vocab_size):
+        with pytest.raises((RuntimeError, ValueError)):
+            step(ids=np.array([bad], np.int32), state=state)
+    charrnn_export = tmp_path / "sm"
+    from charrnn import export
+    export(str(trained_run), str(charrnn_export))
+    saved = tf.saved_model.load(str(charrnn_export)).signatures["step"]
+    zeros = tf.zeros(saved.structured_input_signature[1]["state"].shape.as_list()[:1] + [1] +
+                     saved.structured_input_signature[1]["state"].shape.as_list()[2:])
+    saved(ids=tf.constant([vocab_size - 1]), state=zeros)
+    for bad in (vocab_size, -1, -vocab_size):
+        with pytest.raises(tf.errors.InvalidArgumentError):
+            saved(ids=tf.constant([bad]), state=zeros)
 
 
 def test_tflite_export_refuses_what_it_cannot_write(trained_run, tmp_path):

@@ -12,7 +12,7 @@ import pytest
 from charrnn import CharRNNError, Sampler, TrainConfig, Trainer
 from charrnn.metrics import read_metrics
 from charrnn.trained import load_model
-from conftest import run_cli, tiny_config
+from conftest import assert_one_line_error, run_cli, tiny_config
 
 
 @pytest.fixture
@@ -90,9 +90,28 @@ def test_charrnn_eval_reproduces_the_validation_loss_and_reads_any_text(divergin
     assert float(proc.stdout.split()[1]) < evals[20]  # the trained direction is the easy one
 
     bad = tmp_path / "bad.txt"
-    bad.write_text("abcxyz" * 20)
+    bad.write_text("abcxyz" * 50)
     proc = run_cli("eval", f"--run_dir={run}", f"--data={bad}")
-    assert proc.returncode == 2 and "not in the model's vocabulary: 'x', 'y', 'z'" in proc.stderr
+    assert_one_line_error(proc, "3 character(s) of")  # before TensorFlow loads: no line of its own
+    assert "are not in the model's vocabulary: 'x', 'y', 'z'; pass --unknown_chars=skip" in proc.stderr
+    proc = run_cli("eval", f"--run_dir={run}", f"--data={bad}", "--which=latest", "--unknown_chars=skip")
+    assert proc.returncode == 0, proc.stderr
+    assert "on 150 characters (all of" in proc.stdout  # the "abc" of each "abcxyz", scored as the text above
+    assert "150 characters outside the vocabulary skipped ('x' x50, 'y' x50, 'z' x50)" in proc.stdout
+    assert float(proc.stdout.split()[1]) == pytest.approx(float(run_cli(
+        "eval", f"--run_dir={run}", f"--data={other}", "--which=latest").stdout.split()[1]), abs=1e-4)
+
+
+def test_the_validation_split_of_a_text_that_changed_is_refused(diverging_text, tmp_path):
+    """The checkpoint holds its text's fingerprint: after the file changed (edited, reversed),
+    its last val_fraction is not the run's validation split, and eval says so."""
+    run = tmp_path / "run"
+    Trainer(_config(diverging_text, run, max_steps=5)).fit(verbose=0)
+    diverging_text.write_text(diverging_text.read_text()[::-1])
+    proc = run_cli("eval", f"--run_dir={run}", "--split=val")
+    assert_one_line_error(proc, "is not the text")
+    assert "its last 0.1 is not the run's validation split; evaluate it with --split=all" in proc.stderr
+    assert run_cli("eval", f"--run_dir={run}", "--split=all").returncode == 0
 
 
 def test_which_best_without_a_best_checkpoint_is_a_clear_error(small_text, tmp_path):

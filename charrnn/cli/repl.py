@@ -13,9 +13,12 @@ replays exactly and `:seed N` followed by the same prime gives the same answer a
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
 import sys
-from typing import Any, Callable, TextIO
+import termios
+from typing import Any, Callable, Iterator, TextIO
 
 from charrnn.data import mix_seed
 from charrnn.errors import CharRNNError
@@ -35,10 +38,26 @@ HELP = """Type a prime and press Enter: the model continues it. Commands:
   :quit             end the session (also Ctrl-D; Ctrl-C stops an answer, or ends at the prompt)
 A prime that starts with ':' is written with two (::)."""
 
-# Command -> (the setting it changes, how its argument is read).
-_SETTINGS: dict[str, tuple[str, Callable[[str], Any]]] = {
-    "temperature": ("temperature", float), "length": ("num_chars", int), "top_k": ("top_k", int),
-    "top_p": ("top_p", float), "greedy": ("greedy", lambda v: {"on": True, "off": False}[v.lower()]),
+def _number(kind: type) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            return kind(text)
+        except ValueError:
+            raise ValueError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+    return parse
+
+
+def _switch(text: str) -> bool:
+    if text.lower() not in ("on", "off"):
+        raise ValueError(f"{text!r} is neither on nor off")
+    return text.lower() == "on"
+
+
+# Command -> (the setting it changes, how its argument is read, an example of one).
+_SETTINGS: dict[str, tuple[str, Callable[[str], Any], str]] = {
+    "temperature": ("temperature", _number(float), "0.8"), "length": ("num_chars", _number(int), "300"),
+    "top_k": ("top_k", _number(int), "10"), "top_p": ("top_p", _number(float), "0.9"),
+    "greedy": ("greedy", _switch, "on"),
 }
 
 
@@ -57,7 +76,7 @@ class Session:
             return self._command(line[1:].split())
         prime = line[1:] if line.startswith("::") else line
         if prime:
-            self._answer(prime)
+            return self._answer(prime)
         return True
 
     def _command(self, words: list[str]) -> bool:
@@ -77,8 +96,10 @@ class Session:
                 return True
             self.seed, self.answers = seed, 0
             _say(self._describe())
-        elif name in _SETTINGS and len(args) == 1:
-            key, parse = _SETTINGS[name]
+        elif name in _SETTINGS and len(args) != 1:
+            _say(f"error: :{name} takes one value, as in :{name} {_SETTINGS[name][2]}")
+        elif name in _SETTINGS:
+            key, parse, _ = _SETTINGS[name]
             try:
                 changed = {**self.settings, key: parse(args[0])}
                 check_settings(changed)
@@ -97,14 +118,15 @@ class Session:
         return (f"temperature {s['temperature']:g}, length {s['num_chars']}, seed {seed}, top_k {s['top_k']}, "
                 f"top_p {s['top_p']:g}, greedy {'on' if s['greedy'] else 'off'}")
 
-    def _answer(self, prime: str) -> None:
+    def _answer(self, prime: str) -> bool:
+        """Streams the answer to `prime`; False when Ctrl-D was typed during it (the session ends)."""
         seed = None if self.seed is None else mix_seed(self.seed, self.answers)
         try:
             pieces = self.sampler.stream(prime, seed=seed, **self.settings)
             first = next(pieces, "")  # checks the prime before anything is printed
         except CharRNNError as e:  # a bad prime does not end the session (nor use a seed)
             _say(f"error: {e}")
-            return
+            return True
         self.answers += 1
         width = shutil.get_terminal_size().columns
         if self.terminal and len(_PROMPT + prime) < width:
@@ -112,19 +134,72 @@ class Session:
             self.out.write(f"\033[F{_PROMPT}{prime}")
         elif not self.terminal:
             self.out.write(prime)
-        try:
-            self.out.write(first)
-            self.out.flush()
-            for piece in pieces:
-                self.out.write(piece)
+        ended = False
+        with _keys_typed(self.terminal) as typed:
+            try:
+                self.out.write(first)
                 self.out.flush()
-        except KeyboardInterrupt:  # stops this answer only
-            self.out.write(" [stopped]")
+                for piece in pieces:
+                    self.out.write(piece)
+                    self.out.flush()
+                    if typed.end_of_input():  # Ctrl-D: this answer stops, and the session ends
+                        ended = True
+                        break
+            except KeyboardInterrupt:  # stops this answer only
+                self.out.write(" [stopped]")
         self.out.write("\n")
         self.out.flush()
+        return not ended
 
 
 _PROMPT = "> "
+
+
+class _Keys:
+    """The keys typed on the terminal while an answer streams, read without waiting (the
+    terminal is out of canonical mode, without echo, meanwhile): Ctrl-D among them ends the
+    session; what else was typed, up to a newline, waits at the next prompt."""
+
+    def __init__(self, fd: int | None):
+        self.fd, self.typed, self.eof = fd, b"", False
+
+    def end_of_input(self) -> bool:
+        if self.fd is not None and not self.eof:
+            try:
+                data = os.read(self.fd, 1024)
+            except OSError:
+                data = b""
+            self.eof = b"\x04" in data
+            self.typed += data.split(b"\x04")[0]
+        return self.eof
+
+
+@contextlib.contextmanager
+def _keys_typed(terminal: bool) -> Iterator[_Keys]:
+    if not terminal:
+        yield _Keys(None)
+        return
+    fd = sys.stdin.fileno()
+    before = termios.tcgetattr(fd)
+    reading = termios.tcgetattr(fd)
+    reading[3] &= ~(termios.ICANON | termios.ECHO)  # ISIG stays: Ctrl-C still interrupts
+    reading[6][termios.VMIN], reading[6][termios.VTIME] = 0, 0
+    termios.tcsetattr(fd, termios.TCSANOW, reading)
+    keys = _Keys(fd)
+    try:
+        yield keys
+    finally:
+        termios.tcsetattr(fd, termios.TCSANOW, before)
+        ahead = keys.typed.split(b"\r")[0].split(b"\n")[0].decode("utf-8", "ignore")
+        if ahead.isprintable() and ahead:
+            import readline
+
+            def insert() -> None:
+                readline.insert_text(ahead)
+                readline.redisplay()
+                readline.set_pre_input_hook(None)
+
+            readline.set_pre_input_hook(insert)
 
 
 def _say(text: str) -> None:
@@ -139,7 +214,8 @@ def run(sampler: Sampler, settings: dict[str, Any], source: str) -> None:
     session = Session(sampler, settings, sys.stdout, terminal)
     if not terminal:
         for line in sys.stdin:
-            session.handle(line.rstrip("\n"))
+            if not session.handle(line.rstrip("\r\n")):  # CRLF ends a line as LF does
+                return
         return
     import readline  # noqa: F401 - importing it gives input() line editing and history
 

@@ -10,6 +10,7 @@ from absl import flags
 from charrnn.cli import tool
 from charrnn.errors import CharRNNError
 from charrnn.sampling import check_settings
+from charrnn.vocab import Vocabulary
 
 tool.define_checkpoint_flags()
 flags.DEFINE_string("prime", None, "Text to start from (default: a newline if the vocabulary has one, "
@@ -41,9 +42,14 @@ def check() -> None:
     check_settings(_settings(), "x" if prime is None else prime, num_samples)
     if (tool.flag_value("stream") or tool.flag_value("interactive")) and num_samples != 1:
         raise CharRNNError("--stream and --interactive print one sample at a time; leave --num_samples at 1")
+    if tool.flag_value("interactive") and sys.stdin is None:
+        raise CharRNNError("--interactive reads primes from standard input, which is closed; give it input, or "
+                           "pass --prime instead")
     files = tool.local_run()
-    if files is not None and prime:
-        files.vocab.encode(prime)
+    if files is not None:
+        if prime:
+            files.vocab.encode(prime)
+        _check_shown(files.vocab)
     if tool.flag_value("interactive") and sys.stdin.isatty():
         print(f"charrnn-sample: loading {tool.flag_value('run_dir')} ...", file=sys.stderr, flush=True)
 
@@ -54,6 +60,7 @@ def main() -> None:
 
     run_dir = tool.flag_value("run_dir")
     sampler = Sampler.from_checkpoint(run_dir, device=tool.flag_value("device"), which=tool.flag_value("which"))
+    _check_shown(sampler.vocab)  # again: a run on another filesystem was not read before
     settings = _settings()
     if tool.flag_value("interactive"):
         repl.run(sampler, settings, run_dir)
@@ -70,6 +77,17 @@ def main() -> None:
     else:
         for i, text in enumerate(texts):
             print(f"--- sample {i + 1} ---\n{text}")
+
+
+def _check_shown(vocab: Vocabulary) -> None:
+    """Refuses, before sampling, a standard output whose encoding cannot show every character
+    the run may write (PYTHONIOENCODING=ascii on a run of Japanese text, say)."""
+    encoding = getattr(sys.stdout, "encoding", None) or "utf-8"
+    hidden = [c for c in vocab.chars if not c.encode(encoding, "ignore")]
+    if hidden:
+        shown = ", ".join(repr(c) for c in hidden[:5]) + (" ..." if len(hidden) > 5 else "")
+        raise CharRNNError(f"standard output's encoding, {encoding}, cannot show {len(hidden)} of the run's "
+                           f"characters ({shown}); set PYTHONIOENCODING=utf-8 (or a UTF-8 locale)")
 
 
 def _print_stream(prime: str, pieces: Iterator[str]) -> None:

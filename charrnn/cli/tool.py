@@ -8,6 +8,9 @@ and import what needs TensorFlow inside their `main`.
 from __future__ import annotations
 
 import dataclasses
+import errno
+import os
+import resource
 import sys
 import textwrap
 import types
@@ -99,16 +102,86 @@ def dataclass_from_flags(cls: type) -> Any:
     return cls(**{f.name: flag_value(f.name) for f in dataclasses.fields(cls)})
 
 
-def run(main: Callable[[], None], doc: str, check: Callable[[], None] | None = None) -> None:
+class OutputFailed(Exception):
+    """Standard output cannot take what a tool writes (see _Console); `closed` when its reader
+    went away (a pipe to `head`)."""
+
+    def __init__(self, cause: OSError | UnicodeEncodeError):
+        super().__init__(cause)
+        self.closed = isinstance(cause, BrokenPipeError)
+        self.reason = (f"its encoding, {cause.encoding}, cannot show {cause.object[cause.start:cause.end]!r}; set "
+                       "PYTHONIOENCODING=utf-8" if isinstance(cause, UnicodeEncodeError)
+                       else cause.strerror or str(cause))
+
+
+class _Console:
+    """A standard stream as the tools write to it. When it fails (its reader went away, or
+    it is full: /dev/full, a full disk), the tool's writing ends: with `keep_going` it goes
+    on without it (a training run trains on: its checkpoints, logs and metrics are files),
+    else OutputFailed stops the tool (what it writes is its result). With `keep_going`,
+    characters its encoding cannot show are written escaped (\\u6771). Either way the file
+    descriptor is pointed at /dev/null, so that nothing written later, nor the
+    interpreter's last flush, fails again."""
+
+    def __init__(self, stream: Any, keep_going: bool, on_failure: Callable[[str], None] = lambda reason: None):
+        self._stream, self._keep_going, self._on_failure, self.failed = stream, keep_going, on_failure, False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+    def write(self, text: str) -> int:
+        if not self.failed:
+            try:
+                self._stream.write(text)
+            except UnicodeEncodeError as e:
+                if not self._keep_going:
+                    raise OutputFailed(e) from None
+                encoding = self._stream.encoding
+                self._guarded(self._stream.write, text.encode(encoding, "backslashreplace").decode(encoding))
+            except OSError as e:
+                self._lost(e)
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.failed:
+            self._guarded(self._stream.flush)
+
+    def _guarded(self, write: Callable[..., Any], *args: Any) -> None:
+        try:
+            write(*args)
+        except OSError as e:
+            self._lost(e)
+
+    def _lost(self, error: OSError) -> None:
+        self.failed = True
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), self._stream.fileno())
+        except (OSError, ValueError):  # no file descriptor (a test's stream)
+            pass
+        if not self._keep_going:
+            raise OutputFailed(error) from None
+        if not isinstance(error, BrokenPipeError):  # a reader that left wants no word of it
+            self._on_failure(error.strerror or str(error))
+
+
+def run(main: Callable[[], None], doc: str, check: Callable[[], None] | None = None,
+        keep_going: bool = False) -> None:
     """Runs `check` (what can be refused without TensorFlow, see charrnn.preflight), then
     starts TensorFlow and runs `main`, under absl; a CharRNNError becomes a one-line message
     and its exit status (2, or 75 for a TryAgain). --version prints the version.
 
     `doc` (the tool's module docstring, which starts with the tool's name) heads --help,
     which lists the tool's own flags by group. A preempted training run (SIGTERM, Ctrl-C)
-    exits with EXIT_PREEMPTED after its message.
+    exits with EXIT_PREEMPTED after its message. Standard output that fails (see _Console)
+    ends the tool quietly when its reader went away (exit status 0), with one line on
+    standard error otherwise (2); with `keep_going`, the tool goes on without it.
     """
     prog = doc.split(":", 1)[0]
+    if sys.stdout is not None:
+        sys.stdout = _Console(sys.stdout, keep_going, lambda reason: print(
+            f"{prog}: standard output failed ({reason}); going on without it", file=sys.stderr))
+    if sys.stderr is not None:
+        sys.stderr = _Console(sys.stderr, keep_going=True)
     if any(arg in ("-h", "-?", "--help", "--helpshort") for arg in sys.argv[1:]):
         sys.stdout.write(_help(prog, doc))
         sys.exit(0)
@@ -123,6 +196,7 @@ def run(main: Callable[[], None], doc: str, check: Callable[[], None] | None = N
             # TensorFlow logs routine INFO lines (e.g. on every checkpoint save) through absl.
             logging.set_verbosity(logging.WARNING)
         try:
+            _check_limits()
             if check is not None:
                 check()
             start_tensorflow(quiet=False if FLAGS.tf_logs else None)
@@ -130,11 +204,22 @@ def run(main: Callable[[], None], doc: str, check: Callable[[], None] | None = N
         except Preempted as e:  # not an error: the run stopped to be continued
             print(f"{prog}: {e}", file=sys.stderr)
             sys.exit(e.exit_status)
+        except OutputFailed as e:
+            if e.closed:
+                sys.exit(0)
+            _fail(prog, f"cannot write to standard output ({e.reason})")
         except CharRNNError as e:
             _fail(prog, str(e), e.exit_status)
         except KeyboardInterrupt:  # Ctrl-C outside training (which stops with a checkpoint)
             print(f"\n{prog}: interrupted", file=sys.stderr)
             sys.exit(130)
+        except OSError as e:
+            if e.errno != errno.EMFILE:
+                raise
+            _fail(prog, f"too many open files ({e.filename or e.strerror}): this process may open "
+                  f"{resource.getrlimit(resource.RLIMIT_NOFILE)[0]}; raise the limit (ulimit -n 1024)")
+        except MemoryError:
+            _fail(prog, "out of memory; free some, or raise this process's memory limit (ulimit -v)")
 
     def parse(argv: list[str]) -> list[str]:
         try:
@@ -143,6 +228,30 @@ def run(main: Callable[[], None], doc: str, check: Callable[[], None] | None = N
             _fail(prog, f"{e}; see --help")
 
     app.run(wrapped, flags_parser=parse)
+
+
+# What a tool needs of its process's limits: TensorFlow opens dozens of files (its
+# libraries, Python's modules) and reserves far more address space than it uses (a tiny
+# training run starts at 2.5 GiB of address space, and crashes at 2 GiB).
+_MIN_OPEN_FILES, _MIN_ADDRESS_SPACE = 64, 3 << 30
+
+
+def _check_limits() -> None:
+    """Raises the open-file limit to what the hard limit allows where it is low (as any
+    process may), and refuses in one line limits a tool cannot start under, before
+    TensorFlow would fail (a traceback, or a crash) partway."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < 1024:
+        soft = 1024 if hard == resource.RLIM_INFINITY else min(1024, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    if soft < _MIN_OPEN_FILES:
+        raise CharRNNError(f"this process may open only {soft} files (ulimit -n); charrnn needs at least "
+                           f"{_MIN_OPEN_FILES}: raise the limit (ulimit -n 1024)")
+    space = resource.getrlimit(resource.RLIMIT_AS)[0]
+    if space != resource.RLIM_INFINITY and space < _MIN_ADDRESS_SPACE:
+        raise CharRNNError(f"this process may use only {space >> 20:,} MiB of address space (ulimit -v); TensorFlow "
+                           f"needs about {_MIN_ADDRESS_SPACE >> 20:,} MiB to start (it reserves more than it uses): "
+                           "raise the limit (ulimit -v 8000000), or lift it")
 
 
 def _help(prog: str, doc: str) -> str:

@@ -29,7 +29,7 @@ def main() -> None:
 
 
 def run() -> None:
-    tool.run(main, __doc__, check)
+    tool.run(main, __doc__, check, keep_going=True)  # a run whose console goes away trains on
 
 
 if __name__ == "__main__":

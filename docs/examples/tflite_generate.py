@@ -2,10 +2,8 @@
 
     charrnn-export --run_dir=runs/shakespeare --export_dir=export/phone --format=tflite
     python docs/examples/tflite_generate.py export/phone "ROMEO: " 200
-
 On a phone the same loop runs with the platform's TFLite runtime; here LiteRT's interpreter
-(pip install ai-edge-litert), else TensorFlow's deprecated tf.lite.Interpreter.
-"""
+(pip install ai-edge-litert), else TensorFlow's deprecated tf.lite.Interpreter."""
 
 import json
 import sys
@@ -24,6 +22,8 @@ temperature, rng = 0.5, np.random.default_rng(1)  # the same seed gives the same
 with open(f"{export_dir}/vocab.json", encoding="utf-8") as f:
     chars = json.load(f)["chars"]
 index = {ch: i for i, ch in enumerate(chars)}
+if unknown := "".join(sorted(set(prime) - set(index))):
+    sys.exit(f"not in the model's vocabulary: {unknown!r}; use characters of its training text")
 step = Interpreter(model_path=f"{export_dir}/model.tflite").get_signature_runner("step")
 state = np.zeros(step.get_input_details()["state"]["shape"], np.float32)  # zeros start a text
 
