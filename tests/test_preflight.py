@@ -84,7 +84,7 @@ def test_sampling_evaluation_and_export_refusals(run_copy, tmp_path):
         ("sample", [f"--run_dir={run_copy}", "--top_p=2"], "top_p must be in (0, 1]"),
         ("sample", [f"--run_dir={run_copy}", "--prime=~"], "not in the model's vocabulary: '~'"),
         ("sample", [f"--run_dir={run_copy}", "--stream", "--num_samples=2"], "one sample at a time"),
-        ("eval", [f"--run_dir={run_copy}", "--batch_size=0"], "--batch_size must be at least 1"),
+        ("eval", [f"--run_dir={run_copy}", "--batch_size=0"], "--batch_size must be between 1 and 2147483647, got 0"),
         ("eval", [f"--run_dir={run_copy}", f"--data={tmp_path / 'missing.txt'}"], "missing.txt' is neither"),
         ("export", [f"--run_dir={run_copy}"], "--export_dir is missing"),
         ("export", [f"--run_dir={run_copy}", f"--export_dir={tmp_path / 'e'}", "--quantize=dynamic"],

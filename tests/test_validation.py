@@ -87,7 +87,8 @@ def test_charrnn_eval_reproduces_the_validation_loss_and_reads_any_text(divergin
     other.write_text("abc" * 50)
     proc = run_cli("eval", f"--run_dir={run}", f"--data={other}", "--which=latest")
     assert proc.returncode == 0 and "on 150 characters (all of" in proc.stdout, proc.stderr
-    assert float(proc.stdout.split()[1]) < evals[20]  # the trained direction is the easy one
+    other_loss = float(proc.stdout.split()[1])
+    assert other_loss < evals[20]  # the trained direction is the easy one
 
     bad = tmp_path / "bad.txt"
     bad.write_text("abcxyz" * 50)
@@ -98,8 +99,7 @@ def test_charrnn_eval_reproduces_the_validation_loss_and_reads_any_text(divergin
     assert proc.returncode == 0, proc.stderr
     assert "on 150 characters (all of" in proc.stdout  # the "abc" of each "abcxyz", scored as the text above
     assert "150 characters outside the vocabulary skipped ('x' x50, 'y' x50, 'z' x50)" in proc.stdout
-    assert float(proc.stdout.split()[1]) == pytest.approx(float(run_cli(
-        "eval", f"--run_dir={run}", f"--data={other}", "--which=latest").stdout.split()[1]), abs=1e-4)
+    assert float(proc.stdout.split()[1]) == pytest.approx(other_loss, abs=1e-4)
 
 
 def test_the_validation_split_of_a_text_that_changed_is_refused(diverging_text, tmp_path):
@@ -111,7 +111,6 @@ def test_the_validation_split_of_a_text_that_changed_is_refused(diverging_text, 
     proc = run_cli("eval", f"--run_dir={run}", "--split=val")
     assert_one_line_error(proc, "is not the text")
     assert "its last 0.1 is not the run's validation split; evaluate it with --split=all" in proc.stderr
-    assert run_cli("eval", f"--run_dir={run}", "--split=all").returncode == 0
 
 
 def test_which_best_without_a_best_checkpoint_is_a_clear_error(small_text, tmp_path):
