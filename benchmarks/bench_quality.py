@@ -64,6 +64,7 @@ def main(argv: list[str]) -> None:
 
     wall = time.perf_counter()
     trainer = Trainer(config)
+    config = trainer.config  # resolved: the model's sizes and precision
     print(f"preset {FLAGS.preset}: {config.num_layers}x{config.cell.upper()}({config.rnn_units}), "
           f"embedding {config.embedding_dim}, batch {config.batch_size}x{config.seq_length}, lr {config.learning_rate} "
           f"({config.lr_schedule}), dropout {config.dropout}, carry_state {config.carry_state}, "

@@ -129,7 +129,10 @@ class ProgressLogger(Callback):
     (the interval's mean loss); evaluations, epoch ends and how the run ended, either way.
 
     The rate and the ETA cover this whole invocation (not just the current epoch), and the
-    epoch count is the run's own (charrnn.loop.Cadence: max_steps included).
+    epoch count is the run's own (charrnn.cadence.Cadence: max_steps included). When a
+    --time_budget ends the run before its last step, the totals are the budget's: the step
+    and epoch it will end at, at this invocation's training rate (`~`), and the percentage
+    is the budget's time spent.
     """
 
     def __init__(self, verbose: int = 1):
@@ -140,7 +143,7 @@ class ProgressLogger(Callback):
         self._trainer, self._cadence = trainer, trainer.cadence
         self.total_steps, self.epochs = trainer.cadence.total_steps, trainer.cadence.num_epochs
         self._start_step, self._step = trainer.position()[0], trainer.position()[0]
-        self._start, self._last_draw, self._train_seconds = time.monotonic(), 0.0, 0.0
+        self._start, self._last_draw, self._train_seconds, self._timed_steps = time.monotonic(), 0.0, 0.0, 0
         self._interval_sum = self._interval_steps = 0.0
         print(trainer.describe(), flush=True)
         if trainer.restored_from is not None:
@@ -152,16 +155,30 @@ class ProgressLogger(Callback):
         elapsed = time.monotonic() - self._start
         return (step - self._start_step) / elapsed if elapsed > 0 else 0.0
 
-    def line(self, epoch: int, step: int, loss: float, budget_left: float | None = None,
-             width: int | None = None) -> str:
+    def _plan(self, step: int) -> tuple[str, str, float]:
+        """(epochs, steps, fraction done) of the run as it will really end: its own totals, or,
+        when the time budget ends it first, the budget's (`?` until a training rate is known)."""
+        budget = self._cadence.time_budget
+        if budget is None:
+            return str(self.epochs), str(self.total_steps), step / self.total_steps
+        if self._train_seconds == 0:
+            return "?", "?", 0.0
+        train_rate = self._timed_steps / self._train_seconds
+        end = step + round(max(budget - self._train_seconds, 0.0) * train_rate)
+        if end >= self.total_steps:
+            return str(self.epochs), str(self.total_steps), step / self.total_steps
+        return f"~{math.ceil(end / self._cadence.steps_per_epoch)}", f"~{end}", min(self._train_seconds / budget, 1.0)
+
+    def line(self, epoch: int, step: int, loss: float, width: int | None = None) -> str:
         """The progress line; with `width`, its least useful parts are left out until it fits."""
         rate = self.rate(step)
         eta = (self.total_steps - step) / rate if rate > 0 else float("inf")
-        if budget_left is not None:  # a --time_budget ends the run first
-            eta = min(eta, max(budget_left, 0.0))
+        if self._cadence.time_budget is not None:  # the budget may end the run first
+            eta = min(eta, max(self._cadence.time_budget - self._train_seconds, 0.0))
+        epochs, steps, done = self._plan(step)
         # In the order shown; the number is the rank of what goes first when space is short.
-        parts = [(f"epoch {epoch + 1}/{self.epochs}", 3), (f"step {step}/{self.total_steps}", 6),
-                 (f"{100 * step / self.total_steps:.0f}%", 5), (f"loss {loss:.4f}", 4),
+        parts = [(f"epoch {epoch + 1}/{epochs}", 3), (f"step {step}/{steps}", 6),
+                 (f"{100 * done:.0f}%", 5), (f"loss {loss:.4f}", 4),
                  (f"{rate:.2f} steps/s", 1), (f"elapsed {_hms(time.monotonic() - self._start)}", 0),
                  (f"ETA {_hms(eta)}", 2)]
         while True:
@@ -172,23 +189,22 @@ class ProgressLogger(Callback):
 
     def on_chunk_end(self, step: int, logs: dict[str, float]) -> None:
         previous, self._step = self._step, step
-        if "steps_per_sec" in logs:
+        if "steps_per_sec" in logs:  # not the first chunk's (it traces the step)
             self._train_seconds += (step - previous) / logs["steps_per_sec"]
+            self._timed_steps += step - previous
         self._interval_sum += logs["loss"] * (step - previous)
         self._interval_steps += step - previous
-        budget = self._cadence.time_budget
-        budget_left = None if budget is None else budget - self._train_seconds
         epoch = (step - 1) // self._cadence.steps_per_epoch
         if self.live:
             if time.monotonic() - self._last_draw > 0.5 or step == self.total_steps:
                 self._last_draw = time.monotonic()
                 width = shutil.get_terminal_size().columns
-                sys.stdout.write("\r" + self.line(epoch, step, logs["loss"], budget_left, width) + "\033[K")
+                sys.stdout.write("\r" + self.line(epoch, step, logs["loss"], width) + "\033[K")
                 sys.stdout.flush()
         elif self._cadence.log_due(step):
             loss = self._interval_sum / self._interval_steps
             self._interval_sum = self._interval_steps = 0.0
-            print(self.line(epoch, step, loss, budget_left), flush=True)
+            print(self.line(epoch, step, loss), flush=True)
 
     def _print(self, text: str) -> None:
         """A line of its own, over the live line if there is one."""
@@ -200,7 +216,7 @@ class ProgressLogger(Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
         val = f" val_loss {logs['val_loss']:.4f} val_bpc {logs['val_bpc']:.3f}" if "val_loss" in logs else ""
-        self._print(f"epoch {epoch}/{self.epochs} step {self._step} loss {logs['loss']:.4f}{val} "
+        self._print(f"epoch {epoch}/{self._plan(self._step)[0]} step {self._step} loss {logs['loss']:.4f}{val} "
                     f"{logs['steps_per_sec']:.2f} steps/s")
 
     def on_train_end(self, logs: dict[str, float]) -> None:

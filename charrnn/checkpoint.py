@@ -25,16 +25,11 @@ from charrnn import storage
 from charrnn.cadence import EvalRecord
 from charrnn.config import WHICH
 from charrnn.errors import CharRNNError
-from charrnn.rundir import RunDir
+from charrnn.rundir import RunDir, check_which, checkpoint_step
 from charrnn.vocab import Vocabulary
 
 # Checkpoint keys of the fingerprints (see Fingerprints).
 _FINGERPRINT_KEY = "fingerprints/{}/.ATTRIBUTES/VARIABLE_VALUE"
-
-
-def _step_of(path: str) -> int:
-    match = re.search(r"ckpt-(\d+)$", path)
-    return int(match.group(1)) if match else -1
 
 
 def checkpoint_paths(directory: str) -> list[str]:
@@ -53,20 +48,33 @@ def checkpoint_paths(directory: str) -> list[str]:
         paths.update(f"{directory}/{os.path.basename(p)}" for p in state.all_model_checkpoint_paths)
     for name in storage.glob(f"{directory}/ckpt-*.index") + storage.glob(f"{directory}/ckpt-*.data-*"):
         paths.add(re.sub(r"\.(index|data-\d+-of-\d+)$", "", name))
-    return sorted((p for p in paths if _step_of(p) >= 0), key=_step_of, reverse=True)
+    return sorted((p for p in paths if checkpoint_step(p) >= 0), key=checkpoint_step, reverse=True)
 
 
-def resolve_which(rundir: RunDir, which: str | None) -> str:
-    """`best` or `latest` as asked, checked; None: `best` if the run has one, else `latest`."""
-    has_best = bool(checkpoint_paths(rundir.checkpoint_dir("best")))
-    if which is None:
-        return "best" if has_best else "latest"
-    if which not in WHICH:
-        raise CharRNNError(f"--which must be best or latest, got {which!r}")
-    if which == "best" and not has_best:
-        raise CharRNNError(f"run directory {rundir.path} has no best checkpoint (one is kept once a validation "
-                           "loss has been measured); use --which=latest")
-    return which
+def resolve_which(rundir: RunDir, which: str | None) -> tuple[str, int | None]:
+    """The checkpoint directory `which` names, and the step of the checkpoint it chooses
+    (None: the newest usable one). `which` is `best` or `latest` (checked), None (`best` if
+    the run has one, else `latest`), a step number (of either directory) or a checkpoint's
+    path (`.../ckpt-N`, or one of its files)."""
+    if which is None or which in WHICH:
+        has_best = bool(checkpoint_paths(rundir.checkpoint_dir("best")))
+        if which == "best" and not has_best:
+            raise CharRNNError(f"run directory {rundir.path} has no best checkpoint (one is kept once a validation "
+                               "loss has been measured); use --which=latest")
+        return rundir.checkpoint_dir(which or ("best" if has_best else "latest")), None
+    check_which(which)
+    if which.isdigit():
+        kept = {kind: checkpoint_paths(rundir.checkpoint_dir(kind)) for kind in WHICH}
+        for kind in ("latest", "best"):
+            if any(checkpoint_step(p) == int(which) for p in kept[kind]):
+                return rundir.checkpoint_dir(kind), int(which)
+        steps = sorted({checkpoint_step(p) for paths in kept.values() for p in paths})
+        raise CharRNNError(f"run directory {rundir.path} keeps no checkpoint of step {int(which)}; it keeps steps "
+                           f"{', '.join(map(str, steps)) or 'none'}")
+    path = re.sub(r"\.(index|data-\d+-of-\d+)$", "", which)
+    if path not in checkpoint_paths(os.path.dirname(path) or "."):
+        raise CharRNNError(f"--which: no checkpoint {path} (pass the path of a ckpt-N file without its suffix)")
+    return os.path.dirname(path) or ".", checkpoint_step(path)
 
 
 def all_finite(variables: Iterable[tf.Variable]) -> bool:
@@ -81,7 +89,7 @@ class ModelMismatch(CharRNNError):
 
 
 def restore_newest_readable(checkpoint: tf.train.Checkpoint, directory: str, *,
-                            check_finite: Iterable[tf.Variable] = ()) -> str | None:
+                            check_finite: Iterable[tf.Variable] = (), step: int | None = None) -> str | None:
     """Restores the newest checkpoint of `directory` that can be read in full; returns its path.
 
     An unreadable one (truncated or corrupted data, missing index, other variables), or one
@@ -92,13 +100,14 @@ def restore_newest_readable(checkpoint: tf.train.Checkpoint, directory: str, *,
     and deleted it) is passed over quietly for the newest. Returns None if there is no
     checkpoint; raises CharRNNError if none is usable. The file may hold more than
     `checkpoint` (a sampler reads only the model, a trainer reads the fingerprints apart),
-    but every object of `checkpoint` must be in it.
+    but every object of `checkpoint` must be in it. With `step`, only that step's checkpoint
+    is a candidate.
     """
     check_finite = list(check_finite)
     tried: set[str] = set()
     reasons = []
     with _quiet_tensorflow():
-        while paths := [p for p in checkpoint_paths(directory) if p not in tried]:
+        while paths := [p for p in checkpoint_paths(directory) if p not in tried and step in (None, checkpoint_step(p))]:
             path = paths[0]
             tried.add(path)
             try:
@@ -114,7 +123,7 @@ def restore_newest_readable(checkpoint: tf.train.Checkpoint, directory: str, *,
                     raise ModelMismatch(f"the checkpoints of {directory} hold a model of other sizes than the run's "
                                         f"config.json and vocab.json say ({str(e).strip().splitlines()[0][:200]}); if "
                                         "either was edited, restore it, else train into a new --run_dir") from None
-                if any(_step_of(p) > _step_of(path) and p not in tried for p in checkpoint_paths(directory)):
+                if any(checkpoint_step(p) > checkpoint_step(path) and p not in tried for p in checkpoint_paths(directory)):
                     # Newer ones came meanwhile: a running trainer saved them, and deleted this
                     # one to keep max_to_keep. A race, not damage: on to the newest, quietly.
                     continue

@@ -117,10 +117,11 @@ class TrainConfig:
                                        "tracing and evaluation not counted); running again continues the run.", "How long")
     batch_size: int = _field(64, "Sequences per batch.", "Optimisation")
     seq_length: int = _field(100, "Characters per training sequence (windows are seq_length + 1 long).", "Optimisation")
-    embedding_dim: int = _field(256, "Embedding size.", "Model")
-    rnn_units: int = _field(1024, "Units per recurrent layer.", "Model")
-    num_layers: int = _field(1, "Stacked recurrent layers.", "Model")
-    cell: str = _field("lstm", "Recurrent cell: lstm or gru.", "Model", CELLS)
+    embedding_dim: int | None = _field(None, "Embedding size (unset: 256, or the run's own or its --init_from run's).", "Model")
+    rnn_units: int | None = _field(None, "Units per recurrent layer (unset: 1024, or the run's own or --init_from's).", "Model")
+    num_layers: int | None = _field(None, "Stacked recurrent layers (unset: 1, or the run's own or --init_from's).", "Model")
+    cell: str | None = _field(None, "Recurrent cell: lstm or gru (unset: lstm, or the run's own or --init_from's).", "Model",
+                              CELLS)
     dropout: float = _field(0.0, "Dropout rate after each recurrent layer during training (0 disables).", "Model")
     learning_rate: float = _field(0.001, "Adam learning rate, in (0, 1].", "Optimisation")
     lr_schedule: str = _field("constant", "Learning-rate schedule after warm-up: constant, cosine (to 0 at the last "
@@ -188,7 +189,7 @@ class TrainConfig:
         check_types(self, lambda name: f"TrainConfig.{name} (--{name})")
         for field in dataclasses.fields(self):
             choices = field.metadata.get("choices")
-            if choices and getattr(self, field.name) not in choices:
+            if choices and getattr(self, field.name) is not None and getattr(self, field.name) not in choices:
                 raise CharRNNError(f"--{field.name} must be {', '.join(choices[:-1])} or {choices[-1]}, "
                                    f"got {getattr(self, field.name)!r}")
         for name in ("learning_rate", "lr_decay", "weight_decay", "dropout", "val_fraction", "cluster_timeout",
@@ -213,7 +214,7 @@ class TrainConfig:
         positive = ["epochs", "batch_size", "seq_length", "embedding_dim", "rnn_units", "num_layers",
                     "checkpoint_every", "max_to_keep", "log_every", "shuffle_buffer", "steps_per_loop"]
         for name in positive:
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise CharRNNError(f"--{name} must be at least 1, got {getattr(self, name)}")
         if self.max_steps is not None and self.max_steps < 1:
             raise CharRNNError(f"--max_steps must be at least 1, got {self.max_steps} (leave it unset for no limit)")
@@ -278,13 +279,25 @@ class TrainConfig:
 
     def mismatches(self, saved: TrainConfig) -> list[str]:
         """The resume-critical settings in which this config differs from `saved`. An unset
-        init_from continues the run's own (a fine-tuned run continues without its source)."""
+        init_from continues the run's own (a fine-tuned run continues without its source),
+        and so do unset model sizes (the run's are taken)."""
+        inherited = self.MODEL_FIELDS + ("init_from",)
         return [
             f"{name}={getattr(saved, name)!r} in the run, {getattr(self, name)!r} requested"
             for name in self.MODEL_FIELDS + self.DATA_FIELDS
-            if getattr(self, name) != getattr(saved, name) and not (name == "init_from" and self.init_from is None)
+            if getattr(self, name) != getattr(saved, name) and not (name in inherited and getattr(self, name) is None)
         ]
 
+    def with_model_sizes(self, sizes: TrainConfig | None) -> TrainConfig:
+        """This config with its unset model sizes taken from `sizes` (the run resumed, or the
+        --init_from run), or MODEL_DEFAULTS (the case study's) when None."""
+        return self.replace(**{name: getattr(sizes, name) if sizes is not None else MODEL_DEFAULTS[name]
+                               for name in self.MODEL_FIELDS if getattr(self, name) is None})
+
+
+# The model's sizes when they are left unset (the case study's), except where a run has
+# sizes already: a resumed run keeps its own, a fine-tuned one takes its --init_from run's.
+MODEL_DEFAULTS: dict[str, Any] = {"embedding_dim": 256, "rnn_units": 1024, "num_layers": 1, "cell": "lstm"}
 
 # Named sets of flag values; flags given explicitly on the command line override them.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -295,13 +308,14 @@ PRESETS: dict[str, dict[str, Any]] = {
         "seq_length": 100, "batch_size": 64, "num_chars": 500, "temperature": 0.5,
     },
     # Best validation loss on tiny-shakespeare in 3 minutes of training on a 2-core CPU
-    # (benchmarks/bench_quality.py; tuning runs in benchmarks/RESULTS.md). auto: bfloat16
+    # (benchmarks/bench_quality.py; tuning runs in benchmarks/RESULTS.md), with a sample
+    # every 100 steps so that a first look shows what the model writes. auto: bfloat16
     # on CPUs with AVX512_BF16 or AMX (where it was tuned), float32 elsewhere.
     "cpu_small": {
         "data": "tinyshakespeare", "val_fraction": 0.1, "time_budget": 180.0, "epochs": 1000,
         "embedding_dim": 64, "rnn_units": 384, "num_layers": 1, "batch_size": 64, "seq_length": 100,
         "learning_rate": 0.005, "grad_clip": 1.0, "carry_state": True, "eval_every": 250, "checkpoint_every": 1000,
-        "steps_per_loop": 10, "log_every": 100, "mixed_precision": "auto",
+        "steps_per_loop": 10, "log_every": 100, "sample_every": 100, "mixed_precision": "auto",
     },
     # The same in 10 minutes: two stacked LSTMs with dropout after each, and a learning
     # rate that decays each epoch (benchmarks/RESULTS.md, issue 16).
@@ -310,7 +324,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "embedding_dim": 64, "rnn_units": 384, "num_layers": 2, "dropout": 0.3, "batch_size": 64, "seq_length": 100,
         "learning_rate": 0.004, "lr_schedule": "exponential", "lr_decay": 0.85, "grad_clip": 1.0,
         "carry_state": True, "eval_every": 250, "checkpoint_every": 1000, "steps_per_loop": 10, "log_every": 100,
-        "mixed_precision": "auto",
+        "sample_every": 250, "mixed_precision": "auto",
     },
     # The same on one modern GPU in 10 minutes (cuDNN LSTMs, float16 with loss scaling).
     "gpu": {

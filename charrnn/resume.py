@@ -44,6 +44,9 @@ class Start:
         check_apart(self.config, resolve_sources(self.config.data, fetch=False))
         resuming = saved is not None and self.rundir.has_checkpoint()
         self._source = _load_source(self.config) if self.config.init_from and not resuming else None
+        # Unset model sizes: the run's own, else the --init_from run's, else the defaults.
+        self.config = self.config.with_model_sizes(saved.config if saved is not None else
+                                                   self._source.config if self._source else None)
         base = self._source.vocab if self._source else saved.vocab if resuming and self.config.init_from else None
         self.data = TrainData(self.config, base=base)
         self.sample_prime = self._sample_prime()
@@ -139,8 +142,8 @@ def _load_source(c: TrainConfig) -> TrainedModel:
     except CharRNNError as e:
         raise CharRNNError(f"--init_from: {e}") from None
     different = [f"{name}={getattr(source.config, name)!r} there, {getattr(c, name)!r} here"
-                 for name in TrainConfig.MODEL_FIELDS if getattr(source.config, name) != getattr(c, name)]
+                 for name in TrainConfig.MODEL_FIELDS if getattr(c, name) not in (None, getattr(source.config, name))]
     if different:
         raise CharRNNError(f"cannot fine-tune from {c.init_from}: its model has other sizes "
-                           f"({'; '.join(different)}); pass the same model flags")
+                           f"({'; '.join(different)}); leave those flags unset to take its sizes")
     return source

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import re
 import shutil
 import tempfile
 from typing import Iterator
@@ -30,6 +31,19 @@ from charrnn.lock import RunLock
 
 _CONFIG, _VOCAB, _METRICS, _LOGS, _LOCK = "config.json", "vocab.json", "metrics.jsonl", "logs", "train.lock"
 _CHECKPOINTS = {"latest": "ckpt", "best": "best"}
+
+
+def checkpoint_step(path: str) -> int:
+    """The step of a checkpoint's path (`.../ckpt-N`, or one of its files), -1 if it is not one."""
+    match = re.search(r"ckpt-(\d+)(\.index|\.data-\d+-of-\d+)?$", path)
+    return int(match.group(1)) if match else -1
+
+
+def check_which(which: str) -> None:
+    """Refuses a --which that is neither best, latest, a step number nor a checkpoint's path."""
+    if which not in _CHECKPOINTS and not which.isdigit() and checkpoint_step(which) < 0:
+        raise CharRNNError(f"--which must be best, latest, a step number or a checkpoint's path (.../ckpt-N), "
+                           f"got {which!r}")
 # The largest config.json and vocab.json there can be (a vocabulary of every code point is
 # about 9 MB): a larger file is not the run's, and is not read whole.
 _CONFIG_LIMIT, _VOCAB_LIMIT = 1 << 20, 32 << 20

@@ -27,7 +27,8 @@ class TrainedModel(NamedTuple):
 def load_model(run_dir: str, which: str | None = None, device: str = "/CPU:0", lstm_impl: str = "auto",
                precision: str | None = None) -> TrainedModel:
     """The trained model of `run_dir` from its `which` checkpoint (best or latest; None: best
-    when the run has one), placed on `device` (with `lstm_impl`, see CharRNN; with
+    when the run has one; or a step number, or a checkpoint's path: see
+    checkpoint.resolve_which), placed on `device` (with `lstm_impl`, see CharRNN; with
     `precision`, computing in that policy whatever precision it was trained in: the weights
     are float32 under every policy), with the run's config and vocabulary and the
     checkpoint's path.
@@ -37,7 +38,7 @@ def load_model(run_dir: str, which: str | None = None, device: str = "/CPU:0", l
     rundir = RunDir(run_dir)
     files = check_run(rundir)
     no_checkpoint = f"run directory {run_dir} holds no checkpoint; train first with charrnn-train --run_dir={run_dir}"
-    which = checkpoint.resolve_which(rundir, which)
+    directory, step = checkpoint.resolve_which(rundir, which)
     config = files.config.replace(mixed_precision=precision) if precision else files.config
     with tf.device(device):
         try:
@@ -46,12 +47,12 @@ def load_model(run_dir: str, which: str | None = None, device: str = "/CPU:0", l
             raise CharRNNError(f"{rundir.path}/config.json: {e}; if it was edited, restore it") from None
         reader = tf.train.Checkpoint(model=model)
         try:
-            path = checkpoint.restore_newest_readable(reader, rundir.checkpoint_dir(which),
-                                                      check_finite=model.variables)
+            path = checkpoint.restore_newest_readable(reader, directory, check_finite=model.variables, step=step)
         except checkpoint.ModelMismatch:
             raise
         except CharRNNError as e:
-            if which != "best" or not checkpoint.checkpoint_paths(rundir.checkpoint_dir("latest")):
+            if directory != rundir.checkpoint_dir("best") or step is not None or \
+                    not checkpoint.checkpoint_paths(rundir.checkpoint_dir("latest")):
                 raise
             print(f"charrnn: warning: {e}; using the latest checkpoint instead", file=sys.stderr)
             path = checkpoint.restore_newest_readable(reader, rundir.checkpoint_dir("latest"),

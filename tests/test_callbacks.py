@@ -235,3 +235,34 @@ def test_each_sample_while_training_is_drawn_with_a_seed_of_its_own(small_text, 
     assert len(set(samples.values())) == 3
     for step, text in samples.items():
         assert text == trainer.generate("The ", 60, 0.8, seed=mix_seed(5, step))
+
+
+def test_under_a_time_budget_the_progress_line_shows_the_budgets_totals(monkeypatch, capsys):
+    """A 50-s budget on a plan of 100,000 steps, training at 2 steps/s: the line counts to the
+    step and epoch the budget will end at (this invocation's training rate times the budget
+    left), its percentage is the budget's, and the epoch-end line says the same total."""
+    from types import SimpleNamespace
+
+    from charrnn.cadence import Cadence
+    from charrnn.callbacks import ProgressLogger
+
+    clock = _Clock(1000.0)
+    monkeypatch.setattr(charrnn.callbacks.time, "monotonic", clock)
+    cadence = Cadence(steps_per_epoch=30, total_steps=100_000, log_every=10, time_budget=50.0)
+    progress = ProgressLogger(verbose=2)
+    progress.on_train_begin(SimpleNamespace(cadence=cadence, position=lambda: (0, 0), restored_from=None,
+                                            describe=lambda: "a run"))
+    capsys.readouterr()
+    progress.on_chunk_end(10, {"loss": 3.0})  # the first chunk traces: no rate yet
+    assert capsys.readouterr().out.startswith("epoch 1/? step 10/? 0% loss 3.0000 ")
+    for step in range(20, 101, 10):
+        clock.now += 5.0
+        progress.on_chunk_end(step, {"loss": 2.0, "steps_per_sec": 2.0})
+        trained = (step - 10) / 2.0  # seconds of training (the first chunk has none)
+        end = step + round((50.0 - trained) * 2.0)
+        line = capsys.readouterr().out.strip()
+        assert line.startswith(f"epoch {(step - 1) // 30 + 1}/~{math.ceil(end / 30)} step {step}/~{end} "
+                               f"{100 * trained / 50:.0f}% loss 2.0000 "), line
+        assert line.endswith(f" ETA 0:00:{int(50 - trained):02d}"), line
+    progress.on_epoch_end(4, {"loss": 2.0, "steps_per_sec": 2.0})
+    assert capsys.readouterr().out.startswith(f"epoch 4/~{math.ceil(end / 30)} step 100 ")

@@ -52,7 +52,7 @@ def test_bad_settings_are_refused_naming_the_flag(tmp_path, overrides, message):
 
 
 @pytest.mark.parametrize("field, value, words", [
-    ("rnn_units", "32", "must be an integer, got '32'"), ("rnn_units", 32.5, "must be an integer, got 32.5"),
+    ("rnn_units", "32", "must be an integer or None, got '32'"), ("rnn_units", 32.5, "must be an integer or None, got 32.5"),
     ("seed", "x", "must be an integer, got 'x'"), ("carry_state", 1, "must be True or False"),
     ("dropout", "0.1", "must be a number"), ("eval_every", 2.0, "must be an integer or None"),
     ("seed", 2**40, "must be between 0 and"), ("epochs", True, "must be an integer"),
@@ -73,7 +73,9 @@ def test_json_round_trip_ignores_what_it_does_not_know():
 
 
 def test_a_resume_must_share_the_model_and_the_data_order_only():
-    saved = TrainConfig()
+    saved = TrainConfig().with_model_sizes(None)  # as config.json holds it: sizes resolved
+    assert (saved.embedding_dim, saved.rnn_units, saved.num_layers, saved.cell) == (256, 1024, 1, "lstm")
+    assert TrainConfig().mismatches(saved.replace(rnn_units=384, num_layers=2)) == []  # unset: the run's own
     changed = {"rnn_units": 512, "seed": 3, "batch_size": 32, "carry_state": True}
     mismatches = saved.replace(**changed, learning_rate=0.01, max_steps=9, log_every=7).mismatches(saved)
     assert sorted(m.split("=")[0] for m in mismatches) == sorted(changed)

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import SHARED_CORPUS, tiny_config
+from conftest import SHARED_CORPUS, run_cli, tiny_config
 
 from charrnn import CharRNNError, Trainer
 from charrnn.metrics import read_metrics
@@ -83,3 +83,19 @@ def test_fine_tuning_refuses_what_it_cannot_start_from(texts, origin_run, tmp_pa
         with pytest.raises(CharRNNError, match=message):
             Trainer(tiny_config(texts[1], tmp_path / "tuned", max_steps=5, **values))
     assert not (tmp_path / "tuned").exists()
+
+
+def test_fine_tuning_takes_the_sizes_of_the_run_it_starts_from(texts, origin_run, tmp_path):
+    """charrnn-train --init_from without model flags: the source's sizes (48 units, not the
+    default 1024), recorded in config.json; a rerun without --init_from or sizes continues it."""
+    run = tmp_path / "tuned"
+    proc = run_cli("train", f"--data={texts[1]}", f"--run_dir={run}", f"--init_from={origin_run}", "--max_steps=2",
+                   "--batch_size=8", "--seq_length=40", "--mixed_precision=float32", "--device=/CPU:0")
+    assert proc.returncode == 0, proc.stderr
+    assert ", None, 48)" in proc.stdout, proc.stdout  # the model table: 48 units
+    saved = json.loads((run / "config.json").read_text())
+    assert {k: saved[k] for k in ("embedding_dim", "rnn_units", "num_layers", "cell")} == \
+        {"embedding_dim": 16, "rnn_units": 48, "num_layers": 1, "cell": "lstm"}
+    values = {k: v for k, v in SIZES.items() if k not in ("embedding_dim", "rnn_units")}
+    resumed = Trainer(tiny_config(texts[1], run, max_steps=3, **{**values, "embedding_dim": None, "rnn_units": None}))
+    assert resumed.restored_from is not None and resumed.config.rnn_units == 48 and resumed.origin["run"] == str(origin_run)

@@ -13,7 +13,7 @@ from charrnn import MAX_NUM_CHARS, CharRNN, CharRNNError, Sampler, Trainer, Voca
 from charrnn.sampler import filter_logits
 from charrnn.sampling import SampleOptions
 from conftest import (CONSTANT_CHARS, CONSTANT_LOGITS, constant_logits_model, draws_deviation, sampling_probs,
-                      tiny_config)
+                      run_cli, tiny_config)
 
 
 @pytest.fixture(scope="module")
@@ -247,3 +247,29 @@ def test_a_prime_costs_the_output_layer_of_its_last_character_only():
     assert len(text) == 2100 + 5
     sequences = [shape for shape in shapes if len(shape) == 3]  # the prime's pass; steps are [batch, units]
     assert sequences and all(shape[1] == 1 for shape in sequences), shapes
+
+
+def test_sample_from_a_chosen_checkpoint_with_a_prime_read_from_a_file(small_text, tmp_path):
+    """--which=N or a checkpoint's path picks that checkpoint (not the newest, not the best);
+    --prime_file starts from a file's text as it is; the tool prints what a Sampler of that
+    checkpoint generates."""
+    from charrnn.trained import load_model
+
+    run = tmp_path / "run"
+    Trainer(tiny_config(small_text, run, max_steps=4, checkpoint_every=2, learning_rate=0.05)).fit(verbose=0)
+    chosen, by_path = load_model(str(run), "2"), load_model(str(run), str(run / "ckpt" / "ckpt-2.index"))
+    latest = load_model(str(run), "latest")
+    assert chosen.path == by_path.path == f"{run}/ckpt/ckpt-2" and latest.path == f"{run}/ckpt/ckpt-4"
+    for a, b in zip(chosen.model.weights, by_path.model.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    assert any(not np.array_equal(a.numpy(), b.numpy()) for a, b in zip(chosen.model.weights, latest.model.weights))
+    with pytest.raises(CharRNNError, match=r"keeps no checkpoint of step 3; it keeps steps 2, 4$"):
+        load_model(str(run), "3")
+
+    prime = "The quick\nbrown "
+    (tmp_path / "prime.txt").write_text(prime)
+    proc = run_cli("sample", f"--run_dir={run}", "--which=2", f"--prime_file={tmp_path / 'prime.txt'}",
+                   "--num_chars=40", "--seed=5", "--temperature=0.7")
+    assert proc.returncode == 0, proc.stderr
+    expected = Sampler.from_checkpoint(str(run), which="2").generate(prime, num_chars=40, seed=5, temperature=0.7)
+    assert proc.stdout == expected + "\n" and expected.startswith(prime)

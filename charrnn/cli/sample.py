@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Iterator
 
 from absl import flags
 
+from charrnn import storage
 from charrnn.cli import tool
 from charrnn.errors import CharRNNError
 from charrnn.sampling import check_settings
@@ -15,6 +17,8 @@ from charrnn.vocab import Vocabulary
 tool.define_checkpoint_flags()
 flags.DEFINE_string("prime", None, "Text to start from (default: a newline if the vocabulary has one, "
                     "else its first character).")
+flags.DEFINE_string("prime_file", None, "Read the text to start from from this UTF-8 file, as it is (nanoGPT's "
+                    "--start=FILE:...); instead of --prime.")
 flags.DEFINE_integer("num_chars", 500, "Characters to generate after the prime.")
 flags.DEFINE_float("temperature", 0.5, "Sampling temperature, in [1e-6, 1e6]: lower is more conservative.")
 flags.DEFINE_integer("num_samples", 1, "Samples to generate in parallel.")
@@ -37,8 +41,41 @@ def _settings() -> dict:
                                                      "stop_at")}
 
 
+# A prime file longer than this is a mistake (a corpus given by accident): the prime's pass
+# reads it whole.
+_PRIME_FILE_LIMIT = 16 << 20
+
+
+def _prime() -> str | None:
+    """--prime, or the text of --prime_file (None when neither is given)."""
+    path = tool.flag_value("prime_file")
+    if path is None:
+        return tool.flag_value("prime")
+    if tool.flag_value("prime") is not None:
+        raise CharRNNError("--prime and --prime_file both give a prime; pass one of them")
+    if storage.is_local(path) and os.path.exists(path):
+        if not os.path.isfile(path):
+            raise CharRNNError(f"--prime_file: {path} is not a regular file; pass a text file")
+        if os.path.getsize(path) > _PRIME_FILE_LIMIT:
+            raise CharRNNError(f"--prime_file: {path} is larger than {_PRIME_FILE_LIMIT >> 20} MiB; a prime is the "
+                               "start of a text, pass a shorter one")
+    try:
+        raw = storage.read_bytes(path, _PRIME_FILE_LIMIT)
+    except CharRNNError as e:
+        raise CharRNNError(f"--prime_file: {e}") from None
+    if raw is None:
+        raise CharRNNError(f"--prime_file: {path} does not exist")
+    try:
+        prime = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise CharRNNError(f"--prime_file: {path} is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+    if not prime:
+        raise CharRNNError(f"--prime_file: {path} is empty; write the text to start from in it")
+    return prime
+
+
 def check() -> None:
-    num_samples, prime = tool.flag_value("num_samples"), tool.flag_value("prime")
+    num_samples, prime = tool.flag_value("num_samples"), _prime()
     check_settings(_settings(), "x" if prime is None else prime, num_samples)
     if (tool.flag_value("stream") or tool.flag_value("interactive")) and num_samples != 1:
         raise CharRNNError("--stream and --interactive print one sample at a time; leave --num_samples at 1")
@@ -65,7 +102,7 @@ def main() -> None:
     if tool.flag_value("interactive"):
         repl.run(sampler, settings, run_dir)
         return
-    prime = tool.flag_value("prime")
+    prime = _prime()
     if prime is None:
         prime = sampler.vocab.default_prime
     if tool.flag_value("stream"):

@@ -20,10 +20,10 @@ from typing import Any, Callable
 from absl import app, flags, logging
 
 from charrnn import __version__, preflight, storage
-from charrnn.config import PRESETS, WHICH
+from charrnn.config import PRESETS
 from charrnn.errors import CharRNNError
 from charrnn.quiet import start_tensorflow
-from charrnn.rundir import RunDir, RunFiles
+from charrnn.rundir import RunDir, RunFiles, check_which
 from charrnn.stopping import Preempted
 
 FLAGS = flags.FLAGS
@@ -49,11 +49,22 @@ def define_dataclass_flags(cls: type) -> None:
         _GROUPS[field.name] = field.metadata["group"]
 
 
+def _valid_which(which: str) -> bool:
+    try:
+        check_which(which)
+    except CharRNNError:
+        return False
+    return True
+
+
 def define_checkpoint_flags(device: bool = True) -> None:
     """The flags of the tools that read a trained run: --run_dir, --which (and --device)."""
     flags.DEFINE_string("run_dir", "runs/charrnn", "Run directory written by charrnn-train.")
-    flags.DEFINE_enum("which", None, list(WHICH), "Checkpoint: best (lowest validation loss) or latest "
-                      "(default: best when the run has one).")
+    flags.DEFINE_string("which", None, "Checkpoint: best (lowest validation loss), latest, a step number (of a "
+                        "checkpoint the run keeps) or a checkpoint's path (.../ckpt-N) (default: best when the run "
+                        "has one).")
+    flags.register_validator("which", lambda which: which is None or _valid_which(which),
+                             "must be best, latest, a step number or a checkpoint's path (.../ckpt-N)")
     names = ["run_dir", "which"]
     if device:
         flags.DEFINE_string("device", "auto",
@@ -73,9 +84,16 @@ def define_preset_flag() -> None:
     charrnn-sample, say, does not accept a training recipe that would change nothing)."""
     defined = set(FLAGS)
     choices = sorted(name for name, values in PRESETS.items() if defined & set(values))
-    described = "; ".join(f"{name}: {_PRESET_HELP[name]}" for name in choices)
-    flags.DEFINE_enum("preset", None, choices, f"Named set of settings ({described}); explicit flags override it.")
+    described = "; ".join(f"{name} ({_PRESET_HELP[name]}): {preset_flags(name, defined)}" for name in choices)
+    flags.DEFINE_enum("preset", None, choices, f"Named set of settings, each flag of which an explicit flag "
+                      f"overrides. {described}.")
     _GROUPS["preset"] = _GENERAL
+
+
+def preset_flags(name: str, defined: set[str] | None = None) -> str:
+    """The flags preset `name` sets (of those `defined`, by default all), as a command line would."""
+    return " ".join(f"--{flag}={_shown(value).strip(chr(39))}" for flag, value in PRESETS[name].items()
+                    if defined is None or flag in defined)
 
 
 flags.DEFINE_boolean("tf_logs", False, "Show TensorFlow's own start-up and C++ log lines (hidden by default; "
