@@ -25,12 +25,14 @@ import os
 import sys
 from typing import TYPE_CHECKING, Iterator, Literal, Sequence
 
-from charrnn import storage
+import keras
+
+from charrnn import keras_callbacks, storage
 from charrnn.callbacks import Callback, ProgressLogger, SamplePrinter
 from charrnn.checkpoint import Checkpointer, checkpoint_paths
 from charrnn.distribute import describe
 from charrnn.errors import CharRNNError
-from charrnn.loop import Controller, EpochStats
+from charrnn.loop import Controller
 from charrnn.metrics import MetricsLog
 from charrnn.rundir import RunDir, RunFiles
 from charrnn.stopping import Preempted, SignalStop
@@ -40,14 +42,20 @@ if TYPE_CHECKING:
     from charrnn.trainer import Trainer
 
 
-def fit(trainer: Trainer, callbacks: Sequence[Callback] = (), verbose: int | Literal["auto"] = "auto",
-        handle_signals: bool = True) -> list[EpochStats]:
-    """Trains `trainer` to the end of its run (see the module docstring); returns the
-    statistics of each epoch finalised, an empty list if the run was complete already."""
+def fit(trainer: Trainer, callbacks: Sequence[Callback | keras.callbacks.Callback] = (),
+        verbose: int | Literal["auto"] = "auto", handle_signals: bool = True) -> keras.callbacks.History:
+    """Trains `trainer` to the end of its run (see the module docstring); returns a Keras
+    History of the epochs this call finalised (none if the run was complete already).
+    Keras callbacks come after charrnn's (charrnn.keras_callbacks)."""
     if verbose == "auto":
         verbose = 1 if sys.stdout.isatty() else 2
     if verbose not in (0, 1, 2):
         raise CharRNNError(f"verbose must be 0, 1, 2 or 'auto', got {verbose!r}")
+    keras_callbacks.check(callbacks)
+    history = keras.callbacks.History()
+    keras_ones = [*(c for c in callbacks if keras_callbacks.is_keras_callback(c)), history]
+    callbacks = [*(c for c in callbacks if not keras_callbacks.is_keras_callback(c)),
+                 keras_callbacks.KerasCallbacks(keras_ones, trainer.model)]
     with _claim(trainer) as rundir:
         c = trainer.config
         rundir.write(RunFiles(c, trainer.vocab, trainer.origin))
@@ -67,7 +75,7 @@ def fit(trainer: Trainer, callbacks: Sequence[Callback] = (), verbose: int | Lit
             observers += [signals] + ([preemption] if preemption is not None else [])
         controller = Controller(trainer, trainer.cadence, observers)
         try:
-            history = controller.run()
+            controller.run()
         except Exception as e:
             if not trainer.distribution.lost_worker(e):
                 raise

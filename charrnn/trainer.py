@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from typing import Callable, Literal, Sequence
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -23,7 +24,6 @@ from charrnn.errors import CharRNNError
 from charrnn.evaluator import Evaluator
 from charrnn.fit import fit
 from charrnn.cadence import Cadence, EvalRecord
-from charrnn.loop import EpochStats
 from charrnn.model import CharRNN, sequence_loss
 from charrnn.optimizer import LearningRate, make_optimizer
 from charrnn.resume import Start
@@ -328,11 +328,12 @@ class Trainer:
             self._sampler = Sampler(self.model, self.vocab, self.config.device)
         return self._sampler.generate(prime, num_chars, temperature, num_samples, seed, **options)
 
-    def fit(self, callbacks: Sequence[Callback] = (), verbose: int | Literal["auto"] = "auto",
-            handle_signals: bool = True) -> list[EpochStats]:
-        """Trains until `epochs` (or `max_steps`) is reached, with checkpoints, and returns the
-        statistics of each epoch run; `callbacks` (charrnn.Callback) come after the run's own
-        observers; `verbose` 0 is silent, 1 a live line, 2 a line per `log_every` steps,
+    def fit(self, callbacks: Sequence[Callback | keras.callbacks.Callback] = (),
+            verbose: int | Literal["auto"] = "auto", handle_signals: bool = True) -> keras.callbacks.History:
+        """Trains until `epochs` (or `max_steps`) is reached, with checkpoints, and returns a
+        Keras History of the epochs it ran (`history.history["loss"]`, `["val_loss"]`, ...);
+        `callbacks` (charrnn.Callback, or Keras' own: charrnn.keras_callbacks) come after the
+        run's own observers; `verbose` 0 is silent, 1 a live line, 2 a line per `log_every` steps,
         "auto" 1 on a terminal, else 2; with `handle_signals`, SIGTERM and Ctrl-C stop the
         run with a checkpoint and raise `Preempted`. The whole contract: charrnn.fit."""
         return fit(self, callbacks, verbose, handle_signals)

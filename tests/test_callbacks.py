@@ -65,7 +65,7 @@ def test_verbose_2_prints_a_line_per_log_interval_with_its_mean_loss(small_text,
 def test_a_callback_stops_the_run_with_a_checkpoint_and_a_rerun_continues(small_text, tmp_path, capsys):
     config = tiny_config(small_text, tmp_path / "run", max_steps=7, log_every=1)
     trainer = Trainer(config)
-    assert trainer.fit(callbacks=[StopAt(4)], verbose=2) == []
+    assert trainer.fit(callbacks=[StopAt(4)], verbose=2).epoch == []
     assert int(trainer.step.numpy()) == 4 and trainer.stop_reason == "stop_requested"
     assert trainer.checkpoint_path().endswith("ckpt-4")
     assert "Stopped at step 4 (stop_requested); checkpoint saved to" in capsys.readouterr().out
@@ -266,3 +266,56 @@ def test_under_a_time_budget_the_progress_line_shows_the_budgets_totals(monkeypa
         assert line.endswith(f" ETA 0:00:{int(50 - trained):02d}"), line
     progress.on_epoch_end(4, {"loss": 2.0, "steps_per_sec": 2.0})
     assert capsys.readouterr().out.startswith(f"epoch 4/~{math.ceil(end / 30)} step 100 ")
+
+
+def test_keras_callbacks_run_as_keras_fit_calls_them_and_may_stop_the_run(small_text, tmp_path, capsys):
+    """EarlyStopping (min_delta so large that only the first epoch counts as better) stops
+    the run after its second epoch, with a checkpoint; CSVLogger writes each epoch's logs;
+    LambdaCallback sees the hooks in Keras' order with Keras' 0-based epochs; the History
+    returned holds the same numbers. Callbacks whose job charrnn does are refused by name."""
+    import csv
+
+    import keras
+
+    from charrnn.metrics import read_metrics
+
+    calls = []
+    hooks = keras.callbacks.LambdaCallback(
+        on_train_begin=lambda logs: calls.append("train_begin"),
+        on_epoch_begin=lambda epoch, logs: calls.append(f"epoch_begin {epoch}"),
+        on_train_batch_end=lambda batch, logs: calls.append("batch"),
+        on_epoch_end=lambda epoch, logs: calls.append(f"epoch_end {epoch} {sorted(logs)}"),
+        on_train_end=lambda logs: calls.append("train_end"))
+    stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=1, min_delta=10.0)
+    config = tiny_config(small_text, tmp_path / "run", epochs=5, steps_per_loop=2)
+    trainer = charrnn.Trainer(config)
+    spe = trainer.steps_per_epoch
+    history = trainer.fit(callbacks=[hooks, keras.callbacks.CSVLogger(str(tmp_path / "log.csv")), stop], verbose=2)
+
+    assert int(trainer.step.numpy()) == 2 * spe and history.epoch == [0, 1] and stop.stopped_epoch == 1
+    assert f"Stopped at step {2 * spe} (a Keras callback set model.stop_training); checkpoint saved" in \
+        capsys.readouterr().out
+    assert tf.train.latest_checkpoint(str(tmp_path / "run" / "ckpt")).endswith(f"ckpt-{2 * spe}")
+    keys = "['loss', 'steps_per_sec', 'val_bpc', 'val_loss']"
+    chunks = math.ceil(spe / 2)
+    assert calls == ["train_begin", "epoch_begin 0", *["batch"] * chunks, f"epoch_end 0 {keys}", "epoch_begin 1",
+                     *["batch"] * chunks, f"epoch_end 1 {keys}", "train_end"]
+    with open(tmp_path / "log.csv") as f:
+        rows = list(csv.DictReader(f))
+    epochs = [m for m in read_metrics(tmp_path / "run") if "epoch" in m]
+    assert [int(r["epoch"]) for r in rows] == [0, 1]
+    assert [float(r["val_loss"]) for r in rows] == pytest.approx([m["val_loss"] for m in epochs])
+    assert history.history["loss"] == pytest.approx([m["train_loss"] for m in epochs])
+
+    resumed = charrnn.Trainer(config.replace(epochs=3))  # a resume: Keras sees the run's own epoch
+    calls.clear()
+    resumed.fit(callbacks=[hooks], verbose=0)
+    assert calls[:2] == ["train_begin", "epoch_begin 2"] and calls[-2:] == [f"epoch_end 2 {keys}", "train_end"]
+
+    for refused, words in [(keras.callbacks.BackupAndRestore(str(tmp_path / "b")), "BackupAndRestore does not apply"),
+                           (keras.callbacks.ModelCheckpoint(str(tmp_path / "m.keras")), "keeps the best in"),
+                           (keras.callbacks.ReduceLROnPlateau(), "--lr_schedule")]:
+        with pytest.raises(charrnn.CharRNNError, match=words):
+            resumed.fit(callbacks=[refused], verbose=0)
+    with pytest.raises(TypeError, match="charrnn.Callback or keras.callbacks.Callback instances, got object"):
+        resumed.fit(callbacks=[object()], verbose=0)

@@ -37,7 +37,7 @@ def test_eval_every_logs_validation_and_keeps_the_best_checkpoint_apart(divergin
     evals = {m["step"]: m["val_loss"] for m in read_metrics(run) if m.get("val_loss") is not None}
     assert sorted(evals) == [5, 10, 15, 20]
     assert all(m["val_bpc"] == pytest.approx(m["val_loss"] / math.log(2)) for m in read_metrics(run) if "val_bpc" in m)
-    assert history[-1].val_loss == evals[20]
+    assert history.history["val_loss"][-1] == evals[20]
     best_step = min(evals, key=evals.get)
     assert best_step == 5 and evals[20] > evals[5]  # the fixture's point: validation gets worse
     assert trainer.best_val_loss == pytest.approx(evals[5])
@@ -59,11 +59,11 @@ def test_patience_stops_early_and_a_rerun_stays_stopped(diverging_text, tmp_path
     trainer = Trainer(config)
     history = trainer.fit()
     # Evaluations at 5 (best), 10 and 15 (no better): patience 2 runs out at step 15.
-    assert int(trainer.step.numpy()) == 15 and history[-1].step == 15
+    assert int(trainer.step.numpy()) == 15 and history.epoch == [0]
     assert "Stopped early at step 15: no lower validation loss in 2 evaluations" in capsys.readouterr().out
     val_steps = [m["step"] for m in read_metrics(tmp_path / "run") if m.get("val_loss") is not None]
     assert val_steps == [5, 10, 15, 15]  # the early stop's epoch line reuses the evaluation at 15
-    assert Trainer(config).fit() == []
+    assert Trainer(config).fit().epoch == []
     # More patience on the same run continues it from where it stopped.
     more = Trainer(config.replace(patience=4))
     more.fit()

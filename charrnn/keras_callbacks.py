@@ -1,0 +1,93 @@
+"""Keras' callbacks in a charrnn run: `Trainer.fit(callbacks=[keras.callbacks.EarlyStopping()])`.
+
+`KerasCallbacks` calls them as Keras' `fit` would, with what a charrnn run can give them:
+`set_model` (the `CharRNN`) and `set_params` (`epochs`, `steps`, `verbose`) first, then
+`on_train_begin`, `on_epoch_begin` / `on_epoch_end` (epochs counted from 0, as Keras
+does; the logs hold `loss`, `val_loss`, `val_bpc`, `steps_per_sec`), `on_train_batch_end`
+once per compiled chunk of steps (`--steps_per_loop`; `batch` is the chunk's last step in
+its epoch, the logs hold its mean `loss`) and `on_train_end`. A callback that sets
+`model.stop_training` (EarlyStopping, TerminateOnNaN) stops the run as a charrnn callback
+does: at the next chunk boundary, with a checkpoint. Batch-begin hooks are not called
+(a chunk of steps runs compiled, in one call).
+
+Callbacks whose job charrnn does itself, in its own way, are refused by name (`check`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import keras
+
+from charrnn.callbacks import Callback, TrainerView
+from charrnn.errors import CharRNNError
+
+# Keras callbacks that would fight what a charrnn run does, and what does that job instead.
+_REFUSED = {
+    "BackupAndRestore": "a charrnn run checkpoints itself and resumes when the same command runs again",
+    "ModelCheckpoint": "a charrnn run checkpoints every --checkpoint_every steps and keeps the best in <run_dir>/best",
+    "TensorBoard": "a charrnn run writes TensorBoard logs into its run directory",
+    "ReduceLROnPlateau": "the learning rate follows --lr_schedule, checkpointed with the run",
+    "LearningRateScheduler": "the learning rate follows --lr_schedule, checkpointed with the run",
+    "ProgbarLogger": "the console's progress is charrnn's (fit's verbose=)",
+    "History": "fit() returns a History of its own",
+    "SwapEMAWeights": "charrnn's optimizer keeps no moving average of the weights",
+}
+
+
+def is_keras_callback(callback: Any) -> bool:
+    return isinstance(callback, keras.callbacks.Callback)
+
+
+def check(callbacks: Sequence[Any]) -> None:
+    """Refuses what `fit(callbacks=...)` cannot honour: an object that is no callback, and
+    the Keras callbacks of _REFUSED (by name, with what to do instead)."""
+    for callback in callbacks:
+        if not isinstance(callback, (Callback, keras.callbacks.Callback)):
+            raise TypeError(f"callbacks must be charrnn.Callback or keras.callbacks.Callback instances, got "
+                            f"{type(callback).__name__}")
+        for kind in type(callback).__mro__:
+            if kind.__module__.startswith("keras") and kind.__name__ in _REFUSED:
+                raise CharRNNError(f"keras.callbacks.{kind.__name__} does not apply to a charrnn run: "
+                                   f"{_REFUSED[kind.__name__]}")
+
+
+class KerasCallbacks(Callback):
+    """Keras callbacks, called as Keras' fit calls them (see the module docstring)."""
+
+    def __init__(self, callbacks: Sequence[keras.callbacks.Callback], model: keras.Model):
+        self.callbacks, self.model = list(callbacks), model
+        self._trainer: TrainerView | None = None
+        self._epoch = 0
+
+    def on_train_begin(self, trainer: TrainerView) -> None:
+        self._trainer = trainer
+        self.model.stop_training = False
+        cadence = trainer.cadence
+        self._epoch = trainer.position()[1]
+        for callback in self.callbacks:
+            callback.set_model(self.model)
+            callback.set_params({"epochs": cadence.num_epochs, "steps": cadence.steps_per_epoch, "verbose": 0})
+        self._call("on_train_begin", {})
+        self._call("on_epoch_begin", self._epoch, {})
+
+    def on_chunk_end(self, step: int, logs: dict[str, float]) -> None:
+        batch = step - 1 - self._epoch * self._trainer.cadence.steps_per_epoch
+        self._call("on_train_batch_end", batch, {"loss": logs["loss"]})
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
+        self._call("on_epoch_end", epoch - 1, dict(logs))
+        self._epoch = epoch
+        if not self._trainer.stop_training and epoch < self._trainer.cadence.num_epochs:
+            self._call("on_epoch_begin", epoch, {})
+
+    def on_train_end(self, logs: dict[str, float]) -> None:
+        for callback in self.callbacks:
+            callback.on_train_end(dict(logs))
+
+    def _call(self, hook: str, *args: Any) -> None:
+        for callback in self.callbacks:
+            getattr(callback, hook)(*args)
+        if self.model.stop_training and not self._trainer.stop_training:
+            self._trainer.stop_training = True
+            self._trainer.stop_reason = "a Keras callback set model.stop_training"
