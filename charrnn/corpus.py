@@ -42,6 +42,7 @@ import numpy as np
 from charrnn import storage
 from charrnn.config import check_utf8
 from charrnn.errors import CharRNNError, TryAgain
+from charrnn.progress import Progress
 from charrnn.storage import is_local
 
 
@@ -242,11 +243,13 @@ def _fetch(url: str, path: str, sha256: str | None, failure: str, hint: str, hea
                 validators = {"etag": response.headers.get("ETag"),
                               "last_modified": response.headers.get("Last-Modified")}
                 window_start, window_bytes = time.monotonic(), 0
+                progress = Progress(f"downloading {url}", announced or 0)
                 while chunk := response.read1(1 << 16):  # what has come: a stall is seen as it happens
                     f.write(chunk)
                     digest.update(chunk)
                     size += len(chunk)
                     window_bytes += len(chunk)
+                    progress.update(size)
                     if time.monotonic() - window_start >= _STALL_SECONDS:
                         if window_bytes < _STALL_BYTES:
                             raise TryAgain(f"{failure} (the download stalled: {window_bytes:,} bytes in the last "
@@ -351,17 +354,23 @@ def _sha256(path: str) -> str:
     return digest.hexdigest()
 
 
-def raw_chunks(sources: list[str]) -> Iterator[tuple[str, int, bytes]]:
-    """(source, offset in it, bytes) of the joined text, each source's leading BOM dropped."""
+def raw_chunks(sources: list[str], doing: str | None = None) -> Iterator[tuple[str, int, bytes]]:
+    """(source, offset in it, bytes) of the joined text, each source's leading BOM dropped;
+    a long read shows progress (charrnn.progress) when it says what it is `doing`."""
+    progress = Progress(doing, sum(storage.size(s) for s in sources)) if doing else None
+    done = 0
     for source in sources:
         try:
             with storage.open_read(source) as f:
                 offset = 0
                 while chunk := f.read(CHUNK):
+                    done += len(chunk)
                     if offset == 0 and chunk.startswith(_BOM):
                         chunk, offset = chunk[len(_BOM):], len(_BOM)
                     yield source, offset, chunk
                     offset += len(chunk)
+                    if progress is not None:
+                        progress.update(done)
         except CharRNNError:
             raise
         except Exception as e:  # noqa: BLE001 - OSError, or tf.errors.OpError on another filesystem
@@ -369,12 +378,12 @@ def raw_chunks(sources: list[str]) -> Iterator[tuple[str, int, bytes]]:
             raise CharRNNError(f"cannot read {source} ({cause}); pass a readable UTF-8 text file") from None
 
 
-def decoded(sources: list[str]) -> Iterator[tuple[bytes, np.ndarray | None]]:
+def decoded(sources: list[str], doing: str | None = None) -> Iterator[tuple[bytes, np.ndarray | None]]:
     """(bytes, code points or None) per chunk of the joined text, checked: no NUL byte, valid
     UTF-8. Pure ASCII chunks are not decoded (their bytes are their code points)."""
     decoder = codecs.getincrementaldecoder("utf-8")()
     previous = None
-    for source, offset, chunk in raw_chunks(sources):
+    for source, offset, chunk in raw_chunks(sources, doing):
         if source != previous:
             if previous is not None:
                 _finish(decoder, previous)

@@ -34,10 +34,12 @@ class Evaluator:
             losses = token_losses(targets, logits)
             return tf.reduce_sum(tf.cast(losses, tf.float64)), tf.size(losses), state
 
-    def loss(self, ids: np.ndarray, should_stop: Callable[[], bool] = lambda: False) -> float:
+    def loss(self, ids: np.ndarray, should_stop: Callable[[], bool] = lambda: False,
+             progress: Callable[[int], None] | None = None) -> float:
         """Mean loss per predicted character of `ids`, in nats.
 
         `should_stop` is polled between batches; when it returns True, raises `Stopped`.
+        `progress` is told the characters predicted so far after each batch.
         """
         window = self.layout.seq_length + 1
         if len(ids) < window:
@@ -52,4 +54,6 @@ class Evaluator:
             batch_total, batch_count, state = self._step(tf.cast(inputs, tf.int32), tf.cast(targets, tf.int32), state)
             total += float(batch_total)
             count += int(batch_count)
+            if progress is not None:
+                progress(count)
         return total / count

@@ -61,7 +61,7 @@ def fit(trainer: Trainer, callbacks: Sequence[Callback | keras.callbacks.Callbac
         rundir.write(RunFiles(c, trainer.vocab, trainer.origin))
         trainer.checkpointer = Checkpointer(trainer.checkpoint, rundir, c.max_to_keep,
                                             finite=trainer.model.variables + trainer.optimizer.variables)
-        own: list[Callback] = [MetricsLog(rundir.metrics_path, int(trainer.step.numpy())), TensorBoard(rundir.log_dir)]
+        own: list[Callback] = [MetricsLog(rundir.metrics_path, int(trainer.step.numpy())), TensorBoard(rundir.log_dirs)]
         if verbose:
             own.append(ProgressLogger(verbose))
             if c.sample_every is not None:

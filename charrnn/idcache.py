@@ -50,6 +50,7 @@ class Encoded:
     ids: np.ndarray
     vocab: Vocabulary
     fingerprint: str
+    num_files: int = 1  # the files the text was joined from
 
 
 def encode(data: str, base: Vocabulary | None = None) -> Encoded:
@@ -60,7 +61,7 @@ def encode(data: str, base: Vocabulary | None = None) -> Encoded:
     """
     sources = resolve_sources(data)
     digest = hashlib.sha256()
-    for _, _, chunk in raw_chunks(sources):
+    for _, _, chunk in raw_chunks(sources, f"hashing {data}"):
         digest.update(chunk)
     key = digest.hexdigest()
     name = key[:32] if base is None else f"{key[:32]}-{base.fingerprint[:8]}"
@@ -74,7 +75,7 @@ def encode(data: str, base: Vocabulary | None = None) -> Encoded:
     if found is None and shared != local and _copy_entry(shared, local):
         found = _load(local, key, data)
     if found is not None:
-        return found
+        return dataclasses.replace(found, num_files=len(sources))
     vocab = _vocabulary(sources, base, data)
     # The smallest id type with room for one more id: characters not in the vocabulary map
     # to it, so that the ids' maximum shows a text that changed since its characters were read.
@@ -88,13 +89,13 @@ def encode(data: str, base: Vocabulary | None = None) -> Encoded:
               "memory", file=sys.stderr)
         parts: list[np.ndarray] = []
         _ids_pass(sources, table, len(vocab), key, data, parts.append)
-        return Encoded(np.concatenate(parts), vocab, key[:16])
+        return Encoded(np.concatenate(parts), vocab, key[:16], len(sources))
     if shared != local:
         _share(local, shared)
     found = _load(local, key, data)
     if found is None:
         raise TryAgain(f"the id cache entry {local} changed while it was read; run again")
-    return found
+    return dataclasses.replace(found, num_files=len(sources))
 
 
 # The largest header an entry can have (its characters: every code point is about 4.5 MB).
@@ -136,7 +137,7 @@ def ids_in(data: str, vocab: Vocabulary, skip_unknown: bool = False) -> TextIds:
 def _vocabulary(sources: list[str], base: Vocabulary | None, data: str) -> Vocabulary:
     """The text's characters (with `base`'s)."""
     seen = np.zeros(_MAX_CODEPOINT, bool)
-    for chunk, cps in decoded(sources):
+    for chunk, cps in decoded(sources, f"reading the characters of {data}"):
         counts = np.bincount(np.frombuffer(chunk, np.uint8) if cps is None else cps)
         seen[:len(counts)] |= counts > 0
     if not seen.any():
@@ -152,7 +153,7 @@ def _ids_pass(sources: list[str], table: np.ndarray, size: int, key: str, data: 
     giving them to `sink` chunk by chunk, and checks that the text is the one named `key`
     and has no character outside the vocabulary; TryAgain if it changed since."""
     digest, beyond = hashlib.sha256(), False
-    for chunk, cps in decoded(sources):
+    for chunk, cps in decoded(sources, f"encoding {data}"):
         digest.update(chunk)
         ids = table[np.frombuffer(chunk, np.uint8) if cps is None else cps]
         beyond = beyond or (len(ids) > 0 and int(ids.max()) >= size)

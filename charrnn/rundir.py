@@ -5,7 +5,9 @@
     <run_dir>/ckpt/         tf.train.CheckpointManager files: checkpoint, ckpt-<step>.*
     <run_dir>/best/         the checkpoint with the lowest validation loss so far, ckpt-<step>.*
     <run_dir>/metrics.jsonl training and validation losses by step, one JSON object a line
-    <run_dir>/logs/         TensorBoard summaries: train/, validation/, hparams and samples
+    <run_dir>/events.*      TensorBoard summaries: hparams, best validation loss, samples
+    <run_dir>/train/, validation/   TensorBoard summaries of each side (Keras' layout), so that
+                            `tensorboard --logdir runs` names them <run>/train, <run>/validation
     <run_dir>/train.lock    held while a trainer runs (charrnn.lock)
 
 Every file name of a run is written here and nowhere else; the modules that write the
@@ -29,7 +31,9 @@ from charrnn.vocab import Vocabulary
 from charrnn.errors import CharRNNError
 from charrnn.lock import RunLock
 
-_CONFIG, _VOCAB, _METRICS, _LOGS, _LOCK = "config.json", "vocab.json", "metrics.jsonl", "logs", "train.lock"
+_CONFIG, _VOCAB, _METRICS, _LOCK = "config.json", "vocab.json", "metrics.jsonl", "train.lock"
+# TensorBoard's writers: the run's own events beside config.json, each side in a directory.
+_LOGS = {"run": "", "train": "train", "validation": "validation"}
 _CHECKPOINTS = {"latest": "ckpt", "best": "best"}
 
 
@@ -81,8 +85,9 @@ class RunDir:
         return self._join(_METRICS)
 
     @property
-    def log_dir(self) -> str:
-        return self._join(_LOGS)
+    def log_dirs(self) -> dict[str, str]:
+        """TensorBoard's directories: `run` (the run directory), `train` and `validation`."""
+        return {name: self._join(sub) if sub else self.path for name, sub in _LOGS.items()}
 
     @property
     def vocab_path(self) -> str:
@@ -117,7 +122,8 @@ class RunDir:
             # config.json is written last: without it, nothing here was trained. A vocab.json
             # alone is a run killed as it began, which a new start writes over; files that a
             # run writes later are someone else's (or of a damaged run), and stay as they are.
-            theirs = [name for name in (_METRICS, _LOGS, *_CHECKPOINTS.values()) if storage.exists(self._join(name))]
+            theirs = [name for name in (_METRICS, "logs", *(s for s in _LOGS.values() if s), *_CHECKPOINTS.values())
+                      if storage.exists(self._join(name))]
             if theirs:
                 raise CharRNNError(f"run directory {self.path} holds {', '.join(theirs)} but no config.json: it is "
                                    "not a charrnn run (or a damaged one), and charrnn changes nothing in it; use "

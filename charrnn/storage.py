@@ -65,6 +65,11 @@ def listdir(path: str) -> list[str]:
     return os.listdir(path) if is_local(path) else [name.rstrip("/") for name in _gfile().listdir(path)]
 
 
+def size(path: str) -> int:
+    """The size of the file `path` in bytes."""
+    return os.path.getsize(path) if is_local(path) else _gfile().stat(path).length
+
+
 def open_read(path: str) -> Any:
     """`path` opened for reading bytes: a local file, or TensorFlow's GFile elsewhere."""
     return open(path, "rb") if is_local(path) else _gfile().GFile(path, "rb")

@@ -1,15 +1,15 @@
 """`TensorBoard`: the run's TensorBoard logs, an observer of the training loop.
 
-Keras' layout, so that train and validation loss share one chart: `<logs>/train` and
-`<logs>/validation` hold the same tags (`loss`, `bpc`), the train side also the
+Keras' layout, so that train and validation loss share one chart: `<run_dir>/train` and
+`<run_dir>/validation` hold the same tags (`loss`, `bpc`), the train side also the
 learning rate, the global gradient norm and steps/s, each the mean of its `log_every`
 interval (metrics.jsonl, by contrast, has each logged step's own loss: the console and
-TensorBoard smooth over the interval, the file keeps the raw values). `<logs>` itself
+TensorBoard smooth over the interval, the file keeps the raw values). `<run_dir>` itself
 holds the run's best validation loss so far (`best_val_loss`, the metric the hparams
 plugin offers next to the settings), the settings that tell runs apart (`HPARAMS`) in
 the hparams plugin's format, a Custom Scalars layout with the loss first, and, under the
 text plugin, a generated sample at each evaluation and every `--sample_every` steps (see
-charrnn.loop.Cadence).
+charrnn.cadence.Cadence).
 
 Written with `tf.summary.write` and the plugins' metadata, so that logging needs no
 tensorboard package (viewing does). After a resume, the first interval's means cover the
@@ -19,7 +19,6 @@ steps trained since the resume.
 from __future__ import annotations
 
 import math
-import os
 import struct
 import time
 from typing import Any
@@ -55,10 +54,11 @@ _LAYOUT = (("Loss", False, (("loss (nats/char): train and validation", ("^loss$"
 
 
 class TensorBoard(Callback):
-    """Writes the run's TensorBoard logs to `log_dir` (see the module docstring)."""
+    """Writes the run's TensorBoard logs to `log_dirs` (`run`, `train` and `validation`:
+    charrnn.rundir.RunDir.log_dirs; see the module docstring)."""
 
-    def __init__(self, log_dir: str):
-        self.log_dir = log_dir
+    def __init__(self, log_dirs: dict[str, str]):
+        self.log_dirs = log_dirs
         self._trainer: Any = None
         self._writers: dict[str, tf.summary.SummaryWriter] = {}
 
@@ -74,15 +74,14 @@ class TensorBoard(Callback):
         self._guard(self._write_layout)
 
     def _open(self) -> None:
-        for name, path in (("run", self.log_dir), ("train", os.path.join(self.log_dir, "train")),
-                           ("validation", os.path.join(self.log_dir, "validation"))):
-            self._writers[name] = tf.summary.create_file_writer(path)
+        for name in ("run", "train", "validation"):
+            self._writers[name] = tf.summary.create_file_writer(self.log_dirs[name])
 
     def _guard(self, write: Any) -> None:
         try:
             write()
         except storage_errors() as e:
-            raise storage_error("write TensorBoard logs to", self.log_dir, e) from None
+            raise storage_error("write TensorBoard logs to", self.log_dirs["run"], e) from None
 
     def _scalars(self, writer: str, step: int, values: dict[str, float]) -> None:
         with self._writers[writer].as_default(step=step):

@@ -27,6 +27,7 @@ class TrainData:
     def __init__(self, config: TrainConfig, base: Vocabulary | None = None):
         corpus = encode(config.data, base)
         self.vocab, self.fingerprint = corpus.vocab, corpus.fingerprint
+        self.num_files, self.num_chars = corpus.num_files, len(corpus.ids)
         self.train_ids, self.val_ids = split_ids(corpus.ids, config.val_fraction)
         self.layout = Layout(config.seq_length, config.batch_size, config.carry_state, config.shuffle_buffer,
                              config.seed)

@@ -119,7 +119,9 @@ class Trainer:
         """What the console shows as a run starts: the corpus and plan, a fine-tuned run's
         origin, the model's table."""
         c, o = self.config, self.origin
-        lines = [f"Corpus {c.data}: {len(self.vocab)} distinct characters, {self.steps_per_epoch} steps per epoch, "
+        files = f"{self.data.num_files} files" if self.data.num_files != 1 else "1 file"
+        lines = [f"Corpus {c.data}: {self.data.num_chars:,} characters ({files}), {len(self.vocab)} distinct; "
+                 f"{self.steps_per_epoch} steps per epoch, "
                  f"{self.total_steps} steps in all; {self.distribution.describe()}; "
                  f"precision {c.mixed_precision} ({self.precision_reason})"]
         if o is not None:

@@ -73,7 +73,7 @@ def test_the_readme_python_example_runs_as_written(corpus_cache, tmp_path, monke
     exec(compile(code, "README.md", "exec"), {})  # noqa: S102 - the README's own code
     out = capsys.readouterr().out
     lines = out.splitlines()
-    assert lines[0].startswith("Corpus tinyshakespeare: 65 distinct characters"), lines[0]
+    assert lines[0].startswith("Corpus tinyshakespeare: 1,115,394 characters (1 file), 65 distinct;"), lines[0]
     assert "logits (Dense)" in out and re.search(r"^epoch 1/1 step 20 loss \d", out, re.M), out
     best = re.search(r"^best validation loss (\d+\.\d{3}) nats/char$", out, re.M)
     assert best and 0 < float(best.group(1)) < 5, out

@@ -38,9 +38,9 @@ def test_train_resume_evaluate_sample_and_export_on_ram(small_text, tmp_path, mo
     assert resumed.evaluate() == pytest.approx(min(m["val_loss"] for m in read_metrics("ram://runs/one")
                                                    if m.get("val_loss") is not None and m["step"] == 6))
     names = set(tf.io.gfile.listdir("ram://runs/one"))
-    assert {"config.json", "vocab.json", "metrics.jsonl", "ckpt/", "best/", "logs/"} <= names | {
+    assert {"config.json", "vocab.json", "metrics.jsonl", "ckpt/", "best/", "train/", "validation/"} <= names | {
         n + "/" for n in names}
-    assert tf.io.gfile.glob("ram://runs/one/logs/train/events.*") and tf.io.gfile.glob("ram://cache/ids/*.ids")
+    assert tf.io.gfile.glob("ram://runs/one/train/events.*") and tf.io.gfile.glob("ram://cache/ids/*.ids")
 
     sampler = Sampler.from_checkpoint("ram://runs/one", which="latest")
     text = sampler.generate("First", num_chars=20, seed=3)

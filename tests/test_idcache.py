@@ -194,3 +194,33 @@ def test_ids_take_the_smallest_type_with_room_for_the_out_of_vocabulary_id(tmp_p
     other.write_text(text + "!", encoding="utf-8")  # another text: its own entry
     with pytest.raises(TryAgain, match="changed while it was being encoded"):
         idcache.encode(str(other))
+
+
+def test_long_phases_show_progress_on_standard_error(tmp_path, monkeypatch, capsys):
+    """Encoding (its three passes over the text) and evaluating show a line each time the
+    reporter's interval passes (set to 0 here: every chunk, every batch), with what is being
+    done and how far; with the usual interval, short work shows none."""
+    from charrnn import progress
+    from charrnn.data import Layout
+    from charrnn.evaluator import Evaluator
+    from charrnn.model import CharRNN
+
+    monkeypatch.setenv("CHARRNN_DATA_DIR", str(tmp_path / "cache"))
+    path = tmp_path / "t.txt"
+    path.write_text("abcd" * 300_000)  # 1.2 MB
+    encoded = idcache.encode(str(path))
+    assert capsys.readouterr().err == ""  # under FIRST_AFTER seconds: nothing
+    monkeypatch.setattr(progress, "FIRST_AFTER", 0.0)
+    monkeypatch.setattr(progress, "EVERY", 0.0)
+    path.write_text("abcd" * 300_000 + "e")  # another text: encoded again, its three passes shown
+    idcache.encode(str(path))
+    lines = capsys.readouterr().err.splitlines()
+    for doing in ("hashing", "reading the characters of", "encoding"):
+        assert f"charrnn: {doing} {path}: 1 of 1 MB (100%), 0:00:00 left" in lines, lines
+    model = CharRNN(len(encoded.vocab), 4, 8)
+    seen = []
+    Evaluator(model, Layout(20, 4, False)).loss(np.asarray(encoded.ids[:2000]), progress=seen.append)
+    assert seen == sorted(seen) and seen[-1] == 95 * 20  # every window of 21 characters: 20 predictions each
+    shown = progress.Progress("evaluating t.txt", 2000, unit="characters", scale=1)
+    shown.update(500)
+    assert capsys.readouterr().err == "charrnn: evaluating t.txt: 500 of 2,000 characters (25%), 0:00:00 left\n"

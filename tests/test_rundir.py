@@ -28,9 +28,12 @@ def test_every_file_of_a_run_is_one_the_run_directory_names(small_text, tmp_path
             assert os.path.exists(rundir.lock().path)  # held while the run trains
 
     Trainer(tiny_config(small_text, run, max_steps=4, eval_every=2)).fit(callbacks=[SeesTheLock()], verbose=0)
-    named = {os.path.basename(path) for path in (rundir.vocab_path, rundir.metrics_path, rundir.log_dir,
-                                                 rundir.checkpoint_dir("latest"), rundir.checkpoint_dir("best"))}
-    assert set(os.listdir(run)) == named | {"config.json"}  # the lock is gone with the trainer
+    named = {os.path.basename(path) for path in (rundir.vocab_path, rundir.metrics_path, rundir.log_dirs["train"],
+                                                 rundir.log_dirs["validation"], rundir.checkpoint_dir("latest"),
+                                                 rundir.checkpoint_dir("best"))}
+    assert rundir.log_dirs["run"] == str(run)  # TensorBoard's run: its events beside config.json
+    events = {name for name in os.listdir(run) if name.startswith("events.out.tfevents.")}
+    assert len(events) == 1 and set(os.listdir(run)) == named | events | {"config.json"}  # the lock is gone
     files = rundir.read()
     assert files.config.max_steps == 4 and len(files.vocab) > 30 and files.origin is None
 

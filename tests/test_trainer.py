@@ -126,11 +126,14 @@ def test_the_corpus_line_and_the_model_table_count_what_they_describe(tmp_path):
     described = trainer.describe()
     vocab = len(set(text))
     steps_per_epoch = (int(len(text) * 0.9) // 21) // 4  # windows of seq_length + 1, batches of 4
-    assert re.match(rf"Corpus \S+: {vocab} distinct characters, {steps_per_epoch} steps per epoch, "
-                    rf"{min(7 * steps_per_epoch, 65)} steps in all;", described), described
+    assert re.match(rf"Corpus \S+: {len(text):,} characters \(1 file\), {vocab} distinct; {steps_per_epoch} steps "
+                    rf"per epoch, {min(7 * steps_per_epoch, 65)} steps in all;", described), described
     params = {"embedding": vocab * 8, "lstm_0": 4 * 32 * (8 + 32) + 4 * 32, "logits": 32 * vocab + vocab}
     rows = {line.split()[0]: int(line.split()[-1].replace(",", "")) for line in described.splitlines()[2:]}
     assert rows == {**params, "Total": sum(params.values())}
+    (tmp_path / "more.txt").write_text(text[:500], encoding="utf-8")
+    joined = Trainer(tiny_config(f"{path},{tmp_path / 'more.txt'}", tmp_path / "two", max_steps=1))
+    assert f": {len(text) + 500:,} characters (2 files), " in joined.describe()
 
 
 def test_incompatible_resume_is_refused_and_touches_nothing(small_text, tmp_path):
@@ -414,7 +417,7 @@ def test_the_logged_learning_rate_is_the_schedules_at_the_step_that_ran(tmp_path
     expected = {s: _scheduled_rate(s - 1, 0.01, 5, schedule, 0.5, 32, 70) for s in range(1, 71)}
     seen = {step: logs["learning_rate"] for _, step, logs in recorder.of("chunk")}
     assert len(seen) > 30 and seen == pytest.approx({s: expected[s] for s in seen}, rel=1e-5)
-    tensorboard = read_scalars(tmp_path / "run" / "logs" / "train")["learning_rate"]
+    tensorboard = read_scalars(tmp_path / "run" / "train")["learning_rate"]
     assert sorted(tensorboard) == list(range(3, 70, 3))
     assert tensorboard == pytest.approx({s: expected[s] for s in tensorboard}, rel=1e-5)
 

@@ -12,6 +12,7 @@ from charrnn.config import MAX_INT
 from charrnn.corpus import resolve_sources
 from charrnn.errors import CharRNNError
 from charrnn.idcache import TextIds, ids_in
+from charrnn.progress import Progress
 
 tool.define_checkpoint_flags()
 flags.DEFINE_string("data", None, "Text file or registered corpus to evaluate on (default: the run's --data).")
@@ -56,7 +57,8 @@ def main() -> None:
         ids = split_ids(ids, config.val_fraction)[1]
         what = f"the validation split (last {config.val_fraction:g})"
     layout = Layout(config.seq_length, FLAGS.batch_size or config.batch_size, config.carry_state)
-    loss = Evaluator(model, layout, device=device).loss(ids)
+    shown = Progress(f"evaluating {data}", len(ids), unit="characters", scale=1)
+    loss = Evaluator(model, layout, device=device).loss(ids, progress=shown.update)
     print(f"loss {loss:.4f} nats/char, {loss / math.log(2):.4f} bits/char on {len(ids):,} characters "
           f"({what} of {data}){_skipped(text)}; checkpoint {path}")
 
