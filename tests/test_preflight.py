@@ -84,6 +84,9 @@ def test_sampling_evaluation_and_export_refusals(run_copy, tmp_path):
         ("sample", [f"--run_dir={run_copy}", "--top_p=2"], "top_p must be in (0, 1]"),
         ("sample", [f"--run_dir={run_copy}", "--prime=~"], "not in the model's vocabulary: '~'"),
         ("sample", [f"--run_dir={run_copy}", "--stream", "--num_samples=2"], "one sample at a time"),
+        ("sample", ["--length=300"], "unknown flag --length; charrnn's is --num_chars"),  # char-rnn's name
+        ("train", ["--rnn_size=512"], "unknown flag --rnn_size; charrnn's is --rnn_units"),
+        ("train", ["--max_new_tokens=5"], "Unknown command line flag 'max_new_tokens'"),  # a sampling flag: no hint
         ("sample", [f"--run_dir={run_copy}", "--which=newest"], "--which=newest: must be best, latest, a step number"),
         ("sample", [f"--run_dir={run_copy}", f"--prime_file={tmp_path / 'no.txt'}"], "no.txt does not exist"),
         ("sample", [f"--run_dir={run_copy}", f"--prime_file={tmp_path}"], "is not a regular file; pass a text file"),

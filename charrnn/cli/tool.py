@@ -242,11 +242,27 @@ def run(main: Callable[[], None], doc: str, check: Callable[[], None] | None = N
     def parse(argv: list[str]) -> list[str]:
         try:
             return FLAGS(argv)
+        except flags.UnrecognizedFlagError as e:
+            ours = _FOREIGN.get(e.flagname)
+            if ours is not None and ours.split("=")[0] in FLAGS:
+                _fail(prog, f"unknown flag --{e.flagname}; charrnn's is --{ours} (see --help)")
+            _fail(prog, f"{e}; see --help")
         except flags.Error as e:  # absl would print two lines and exit 1
             _fail(prog, f"{e}; see --help")
 
     app.run(wrapped, flags_parser=parse)
 
+
+# The names karpathy/char-rnn and nanoGPT give settings charrnn has under another name.
+_FOREIGN = {
+    "rnn_size": "rnn_units", "model": "cell", "max_epochs": "epochs", "data_dir": "data", "checkpoint_dir": "run_dir",
+    "eval_val_every": "eval_every", "train_frac": "val_fraction", "learning_rate_decay": "lr_decay",
+    "length": "num_chars", "primetext": "prime", "sample": "greedy", "gpuid": "device",
+    "n_layer": "num_layers", "n_embd": "embedding_dim", "block_size": "seq_length", "max_iters": "max_steps",
+    "eval_interval": "eval_every", "out_dir": "run_dir", "dataset": "data", "warmup_iters": "warmup_steps",
+    "decay_lr": "lr_schedule", "start": "prime", "max_new_tokens": "num_chars", "compile": "jit_compile",
+    "dtype": "mixed_precision",
+}
 
 # What a tool needs of its process's limits: TensorFlow opens dozens of files (its
 # libraries, Python's modules) and reserves far more address space than it uses (a tiny
