@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 import shlex
@@ -11,38 +12,80 @@ import sys
 from pathlib import Path
 
 from charrnn import TrainConfig
-from conftest import REPO, tensorflow_lines
+from conftest import REPO, shakespeare, tensorflow_lines
 
-# Appended to the README's training command (absl: the last value of a flag wins), so that
-# the quick start runs in seconds. seq_length 100: whole chunks of the fused LSTM's backward
-# pass, where Grappler used to fail with errors on the console.
-TINY = ["--max_steps=3", "--embedding_dim=8", "--rnn_units=16", "--batch_size=4", "--seq_length=100",
-        "--device=/CPU:0"]
+# Appended to every tool's command line (charrnn.cli.tool: $CHARRNN_EXTRA_FLAGS; each tool
+# takes the ones it defines), so that the README's and docs' commands run in seconds.
+# seq_length 100: whole chunks of the fused LSTM's backward pass, where Grappler used to
+# fail with errors on the console.
+TINY = ("--max_steps=3 --embedding_dim=8 --rnn_units=16 --batch_size=4 --seq_length=100 --device=/CPU:0 "
+        "--num_chars=40 --eval_every=2 --checkpoint_every=2")
+PAGES = ["README.md", "docs/training.md", "docs/sampling.md", "docs/export.md", "docs/distributed.md",
+         "docs/faults.md", "docs/run-directory.md", "docs/benchmarks.md", "docs/api.md"]
+# Commands a test cannot run, and why: each is named here, so a new command runs by default.
+NOT_RUN = {
+    "pip install .": "CI installs the project itself",
+    "export TF_CONFIG=": "a cluster of hosts",
+    "charrnn-train --strategy=multi_worker": "a cluster of hosts",
+    "docker run": "a TensorFlow Serving container",
+    "curl ": "a TensorFlow Serving container",
+}
 
 
-def _quick_start() -> list[list[str]]:
-    readme = (REPO / "README.md").read_text()
-    section = readme.split("## Train, sample, evaluate, export", 1)[1]
-    block = re.search(r"```sh\n(.*?)```", section, re.S).group(1)
-    return [shlex.split(line) for line in block.splitlines() if line.strip()]
+def _shell_commands() -> list[tuple[str, str]]:
+    """(page, command) of every shell block of the README and docs/, in reading order,
+    continuation lines joined."""
+    commands = []
+    for page in PAGES:
+        for block in re.findall(r"```(?:sh|bash|shell)\n(.*?)```", (REPO / page).read_text(), re.S):
+            joined = re.sub(r"\\\n\s*", " ", block)
+            text = ""
+            for line in joined.splitlines():
+                text = f"{text}\n{line}" if text else line
+                try:
+                    words = shlex.split(text, comments=True)
+                except ValueError:  # a quote that spans lines: go on
+                    continue
+                if words:
+                    commands.append((page, text.strip()))
+                text = ""
+    return commands
 
 
-def test_the_readme_quick_start_runs_as_written(corpus_cache, tmp_path):
-    commands = _quick_start()
-    assert [c[0] for c in commands] == ["charrnn-train", "charrnn-sample", "charrnn-eval", "charrnn-export"]
-    scripts = Path(sys.executable).parent
-    outputs = []
-    for command in commands:
-        args = command[1:] + (TINY if command[0] == "charrnn-train" else [])
-        proc = subprocess.run([str(scripts / command[0]), *args], cwd=tmp_path, capture_output=True, text=True,
-                              env=dict(os.environ), timeout=300)
-        assert proc.returncode == 0, f"{command}: {proc.stderr[-2000:]}"
+def test_the_readme_and_docs_commands_run_in_sequence_as_written(corpus_cache, tmp_path):
+    """A reader's session: every shell command of the README, then of each docs/ page, run
+    in one directory as written (with the reader's own texts, other.txt and my_letters/, in
+    place), tiny through $CHARRNN_EXTRA_FLAGS. Each exits 0 and shows no TensorFlow line."""
+    commands = _shell_commands()
+    assert commands[:5] == [("README.md", "pip install ."),
+                            *(("README.md", c) for c in [
+                                "charrnn-train --preset=cpu_small --run_dir=runs/shakespeare",
+                                'charrnn-sample --run_dir=runs/shakespeare --prime="ROMEO: " --num_chars=300 --seed=1',
+                                "charrnn-eval --run_dir=runs/shakespeare --split=val",
+                                "charrnn-export --run_dir=runs/shakespeare --export_dir=exports/shakespeare/1"])]
+    (tmp_path / "other.txt").write_text(shakespeare(3000))
+    (tmp_path / "my_letters").mkdir()
+    (tmp_path / "my_letters" / "one.txt").write_text(shakespeare(5000)[::-1])
+    (tmp_path / "docs").symlink_to(REPO / "docs")  # docs/examples/... as from a clone
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "CHARRNN_EXTRA_FLAGS": TINY}
+    outputs, ran = {}, 0
+    for page, command in commands:
+        if any(command.startswith(prefix) for prefix in NOT_RUN):
+            continue
+        proc = subprocess.run(["bash", "-c", command], cwd=tmp_path, capture_output=True, text=True, env=env,
+                              timeout=300)
+        assert proc.returncode == 0, f"{page}: {command}: {proc.stderr[-2000:]}"
         assert tensorflow_lines(proc.stderr) == [], proc.stderr  # the tools show charrnn's lines only
-        outputs.append(proc.stdout)
-    assert "Done at step 3" in outputs[0] and "logits (Dense)" in outputs[0] and "Total" in outputs[0]
-    assert outputs[1].startswith("ROMEO: ")
-    assert re.search(r"loss \d+\.\d+ nats/char", outputs[2])
+        outputs[command] = proc.stdout
+        ran += 1
+    assert ran >= 11
+    train, sample, evaluate = (outputs[c] for _, c in commands[1:4])
+    assert "Done at step 3" in train and "logits (Dense)" in train and "Total" in train
+    assert sample.startswith("ROMEO: ")
+    assert re.search(r"loss \d+\.\d+ nats/char", evaluate)
     assert (tmp_path / "exports" / "shakespeare" / "1" / "saved_model.pb").exists()
+    assert json.loads((tmp_path / "runs" / "letters" / "config.json").read_text())["origin"]["run"] == "runs/big"
 
 
 def test_every_training_flag_is_documented():

@@ -3,6 +3,10 @@ refusals before TensorFlow loads, a quiet TensorFlow start-up, one-line error ex
 
 Nothing here imports TensorFlow: the tools parse their flags (and answer --help) first,
 and import what needs TensorFlow inside their `main`.
+
+$CHARRNN_EXTRA_FLAGS holds flags appended to every tool's command line (those the tool
+defines; the last value of a flag wins), so that the tests run the commands of the README
+and docs/ as written, on tiny settings.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import dataclasses
 import errno
 import os
 import resource
+import shlex
 import sys
 import textwrap
 import types
@@ -240,8 +245,9 @@ def run(main: Callable[[], None], doc: str, check: Callable[[], None] | None = N
             _fail(prog, "out of memory; free some, or raise this process's memory limit (ulimit -v)")
 
     def parse(argv: list[str]) -> list[str]:
+        extra = shlex.split(os.environ.get("CHARRNN_EXTRA_FLAGS", ""))
         try:
-            return FLAGS(argv)
+            return FLAGS(argv + [f for f in extra if f.lstrip("-").split("=")[0] in FLAGS])
         except flags.UnrecognizedFlagError as e:
             ours = _FOREIGN.get(e.flagname)
             if ours is not None and ours.split("=")[0] in FLAGS:
