@@ -275,7 +275,8 @@ class TrainConfig:
         if not isinstance(values, dict):
             raise ValueError(f"expected a JSON object of settings, got {type(values).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in known})
+        # A saved run has sizes: any left unset (a hand-written file) are the defaults.
+        return cls(**{k: v for k, v in values.items() if k in known}).with_model_sizes(None)
 
     def mismatches(self, saved: TrainConfig) -> list[str]:
         """The resume-critical settings in which this config differs from `saved`. An unset

@@ -49,7 +49,7 @@ def test_tools_answer_help_with_their_own_flags_without_tensorflow():
                               capture_output=True, text=True)
         assert proc.stdout.strip() == "False", proc.stderr
     expected = {
-        "train": ["Model:", "--rnn_units (default: 1024)", "Validation:", "--eval_every (default: unset)",
+        "train": ["Model:", "--rnn_units (default: unset)", "Validation:", "--eval_every (default: unset)",
                   "--carry_state (default: false)", "General:", "--preset (default: unset)", "--tf_logs"],
         "sample": ["charrnn-sample options:", "--temperature (default: 0.5)", "Run to read:", "--run_dir (default: "
                    "'runs/charrnn')"],
