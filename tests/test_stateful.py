@@ -29,6 +29,26 @@ def test_each_step_starts_from_the_state_the_previous_one_ended_with(small_text,
             np.testing.assert_allclose(variable.numpy(), value.numpy(), rtol=1e-5, atol=1e-6)
 
 
+def test_each_stream_starts_over_from_zeros_once_every_carry_restart_steps(small_text, tmp_path, monkeypatch):
+    """Stream j starts step s from a zero state when (s + j) % CARRY_RESTART_EVERY == 0 (3
+    here): the loss and the state carried on are those of the model run from that state."""
+    import charrnn.trainer
+
+    monkeypatch.setattr(charrnn.trainer, "CARRY_RESTART_EVERY", 3)
+    trainer = Trainer(tiny_config(small_text, tmp_path / "run", carry_state=True, max_steps=6))
+    for step, (inputs, targets) in enumerate(trainer.data.dataset(0).take(6)):
+        keep = np.array([(step + j) % 3 != 0 for j in range(4)], np.float32)[:, None]
+        state = tf.nest.map_structure(lambda v: v * keep, trainer._carried())
+        if step > 0:
+            assert all(v.numpy()[~keep[:, 0].astype(bool)].any() for v in trainer.carried_state)  # zeroed here
+        logits, end_state = trainer.model(inputs, state=state)
+        loss, finite, _ = trainer.train_step(inputs, targets)
+        assert bool(finite)
+        np.testing.assert_allclose(loss, tf.reduce_mean(sequence_loss(targets, logits)), rtol=1e-5)
+        for variable, value in zip(trainer.carried_state, tf.nest.flatten(end_state)):
+            np.testing.assert_allclose(variable.numpy(), value.numpy(), rtol=1e-5, atol=1e-6)
+
+
 def test_the_carried_state_is_checkpointed_and_reset_each_epoch(small_text, tmp_path):
     config = tiny_config(small_text, tmp_path / "run", carry_state=True, cell="gru", num_layers=2, epochs=2,
                          max_steps=5, steps_per_loop=10)
