@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+import builtins
 import dataclasses
 import json
 import os
@@ -149,3 +151,56 @@ def test_the_readmes_table_names_every_module():
     modules = {p.name for p in (REPO / "charrnn").glob("*.py") if p.name != "__init__.py"} | {"cli/"}
     assert modules - named == set()
     assert named - modules <= {p.name for p in (REPO / "charrnn" / "cli").glob("*.py")}  # no module that is gone
+
+
+def _defined(path: Path) -> dict[str, set[str]]:
+    """The names a module defines at its top level (imports included), each with the members
+    of a class or function: methods, nested definitions, attributes set on `self`."""
+    names: dict[str, set[str]] = {}
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            names[node.name] = {n.name for n in ast.walk(node) if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+            names[node.name] |= {n.attr for n in ast.walk(node) if isinstance(n, ast.Attribute)
+                                 and isinstance(n.value, ast.Name) and n.value.id == "self"}
+            names[node.name] |= {t.id for n in node.body if isinstance(n, ast.AnnAssign) for t in [n.target]
+                                 if isinstance(t, ast.Name)}
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            for target in [node.target] if isinstance(node, ast.AnnAssign) else node.targets:
+                names.update({n.id: set() for n in ast.walk(target) if isinstance(n, ast.Name)})
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names.update({(a.asname or a.name).split(".")[0]: set() for a in node.names})
+    return names
+
+
+def test_every_name_the_docs_and_docstrings_give_exists():
+    """`charrnn.<module>.<name>[.<member>]` anywhere in the package, the README or docs/ names
+    something defined there; a call a docstring shows (`name(...)`) is defined in the package;
+    what a row of the README's layout table names in backticks is in that module."""
+    modules = {".".join(p.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__"): p
+               for p in sorted((REPO / "charrnn").rglob("*.py"))}
+    defined = {name: _defined(path) for name, path in modules.items()}
+    exported = set(re.findall(r'"(\w+)": "\w+"', (REPO / "charrnn" / "__init__.py").read_text()))
+    members = set().union(*(set(d) | set().union(*d.values()) for d in defined.values()))
+    wrong = []
+    for page in [*modules.values(), REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
+        for dotted in re.findall(r"\bcharrnn(?:\.[A-Za-z_]\w*)+", page.read_text()):
+            parts = dotted.split(".")
+            module = next(".".join(parts[:i]) for i in range(len(parts), 0, -1) if ".".join(parts[:i]) in modules)
+            rest = parts[len(module.split(".")):]
+            if module == "charrnn" and rest and rest[0] in exported:
+                continue
+            if rest and (rest[0] not in defined[module] or
+                         len(rest) > 1 and defined[module][rest[0]] and rest[1] not in defined[module][rest[0]]):
+                wrong.append(f"{page.name}: {dotted}")
+        if page.suffix == ".py":
+            for node in ast.walk(ast.parse(page.read_text())):
+                if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef)):
+                    for call in re.findall(r"`([A-Za-z_]\w*)(?:\.\w+)*\(", ast.get_docstring(node) or ""):
+                        if call not in members and call not in dir(builtins) and call not in ("trainer", "loaded"):
+                            wrong.append(f"{page.name}: {call}(")
+    readme = (REPO / "README.md").read_text()
+    for path, owns in re.findall(r"^\| `charrnn/([\w/]+\.py)` \| (.*) \|$", readme, re.M):
+        source = (REPO / "charrnn" / path).read_text()
+        wrong += [f"README.md: {path} owns {name}" for name in re.findall(r"`([A-Za-z_]\w*)(?:\(\))?`", owns)
+                  if not re.search(rf"\b{name}\b", source)]
+    assert wrong == []
