@@ -31,6 +31,7 @@ case "${1:-}" in
     .venv/bin/charrnn-sample --run_dir=runs/demo --prime="ROMEO: " --num_chars=500 --temperature=0.5 --seed=0
     ;;
   test)
+    .venv/bin/ruff check charrnn benchmarks tests  # the lint gate (pyproject.toml's [tool.ruff])
     .venv/bin/python -m pytest -q -n auto tests
     ;;
   *)

@@ -138,7 +138,8 @@ def main(argv: list[str]) -> None:
             shutil.rmtree(os.path.join(work, f"run_{size_mb}_a"), ignore_errors=True)
             shutil.rmtree(os.path.join(work, f"run_{size_mb}_b"), ignore_errors=True)
         os.environ["CHARRNN_DATA_DIR"] = os.path.join(work, f"cache_{FLAGS.sizes_mb[0]}")
-        pipeline = _pipeline_ratio(os.path.join(work, f"corpus_{FLAGS.sizes_mb[0]}mb.txt"), os.path.join(work, "run_pipeline"))
+        pipeline = _pipeline_ratio(os.path.join(work, f"corpus_{FLAGS.sizes_mb[0]}mb.txt"),
+                                   os.path.join(work, "run_pipeline"))
     finally:
         if not FLAGS.work_dir:
             shutil.rmtree(work, ignore_errors=True)

@@ -68,9 +68,11 @@ def main(argv: list[str]) -> None:
     print(f"preset {FLAGS.preset}: {config.num_layers}x{config.cell.upper()}({config.rnn_units}), "
           f"embedding {config.embedding_dim}, batch {config.batch_size}x{config.seq_length}, lr {config.learning_rate} "
           f"({config.lr_schedule}), dropout {config.dropout}, carry_state {config.carry_state}, "
-          f"{trainer.config.mixed_precision} ({trainer.precision_reason}); {trainer.model.count_params():,} parameters; "
+          f"{trainer.config.mixed_precision} ({trainer.precision_reason}); {trainer.model.count_params():,} "
+          f"parameters; "
           f"budget {config.time_budget} s; "
-          f"train/val {len(trainer.data.train_ids):,}/{len(trainer.data.val_ids):,} characters; run directory {config.run_dir}",
+          f"train/val {len(trainer.data.train_ids):,}/{len(trainer.data.val_ids):,} characters; run "
+          f"directory {config.run_dir}",
           flush=True)
     trainer.fit(handle_signals=False)
     wall = time.perf_counter() - wall
@@ -88,7 +90,8 @@ def main(argv: list[str]) -> None:
         "best_val_loss": round(best, 4), "steps": steps, "chars_seen": steps * config.batch_size * config.seq_length,
         "train_seconds": round(trainer.train_seconds, 1), "preset": FLAGS.preset, "best_step": best_step,
         "eval_seconds": round(trainer.eval_seconds, 1), "other_seconds": round(other, 1),
-        "parameters": trainer.model.count_params(), "device": trainer.device, "precision": trainer.config.mixed_precision, "machine": platform.processor()
+        "parameters": trainer.model.count_params(), "device": trainer.device,
+        "precision": trainer.config.mixed_precision, "machine": platform.processor()
         or platform.machine(), "cpus": os.cpu_count(), "argv": sys.argv[1:], "run_dir": config.run_dir,
     }))
 

@@ -150,8 +150,8 @@ def main(argv: list[str]) -> None:
     print(f"{'sampler':<52}{'chars/s':>12}{'x eager':>10}{'x PyTorch':>11}")
     print(f"{'case study (eager, batch 1)':<52}{baseline_cps:>12,.1f}{1.0:>10.1f}")
     if torch_cps:
-        print(f"{'PyTorch nn.LSTM, per-character loop (batch 1)':<52}{torch_cps:>12,.1f}{torch_cps / baseline_cps:>10.1f}"
-              f"{1.0:>11.1f}")
+        name = "PyTorch nn.LSTM, per-character loop (batch 1)"
+        print(f"{name:<52}{torch_cps:>12,.1f}{torch_cps / baseline_cps:>10.1f}{1.0:>11.1f}")
     for row in rows:
         name = f"charrnn, {row['trained_in']} run ({row['generates_in']}), num_samples={row['num_samples']}"
         print(f"{name:<52}{row['chars_per_s']:>12,.1f}{row['ratio_vs_eager']:>10.1f}"
@@ -162,11 +162,14 @@ def main(argv: list[str]) -> None:
           f"{bandwidth / 1e9:.1f} GB/s DRAM copy = {bound_cps:,.0f} chars/s; / {cached_bandwidth / 1e9:.1f} GB/s "
           f"copy of a weights-sized buffer = {cached_bound_cps:,.0f} chars/s")
     print(json.dumps({
-        "benchmark": "sample", "machine": platform.machine(), "cpu": c, "rnn_units": h, "embedding_dim": e, "vocab_size": v,
-        "num_chars": FLAGS.num_chars, "eager_chars_per_s": baseline_cps, "eager_first_char_s": baseline_first, "torch_chars_per_s": torch_cps,
+        "benchmark": "sample", "machine": platform.machine(), "cpu": c, "rnn_units": h, "embedding_dim": e,
+        "vocab_size": v,
+        "num_chars": FLAGS.num_chars, "eager_chars_per_s": baseline_cps, "eager_first_char_s": baseline_first,
+        "torch_chars_per_s": torch_cps,
         "charrnn": rows, "charrnn_first_char_s": first_char_s, "weight_bytes_per_char": weight_bytes,
         "copy_bandwidth_bytes_per_s": bandwidth, "batch1_bound_chars_per_s": bound_cps,
-        "weights_sized_copy_bandwidth_bytes_per_s": cached_bandwidth, "batch1_cached_bound_chars_per_s": cached_bound_cps,
+        "weights_sized_copy_bandwidth_bytes_per_s": cached_bandwidth,
+        "batch1_cached_bound_chars_per_s": cached_bound_cps,
     }))
 
 

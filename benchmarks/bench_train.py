@@ -64,7 +64,8 @@ flags.DEFINE_integer("warmup", 2, "Untimed steps first (the first one traces).")
 flags.DEFINE_integer("steps_per_loop", None, "charrnn: steps per compiled call (default: charrnn's).")
 flags.DEFINE_boolean("jit_compile", False, "charrnn: XLA-compile the train step.")
 flags.DEFINE_string("mixed_precision", "auto", "charrnn's precision policy (auto: what charrnn picks for this CPU).")
-flags.DEFINE_string("fit_precision", "float32", "Precision policy of the Keras fit baseline (the case study's: float32).")
+flags.DEFINE_string("fit_precision", "float32", "Precision policy of the Keras fit baseline (the case "
+                                                "study's: float32).")
 flags.DEFINE_string("lstm_impl", "auto", "charrnn: auto, fused or keras.")
 flags.DEFINE_enum("torch_bf16", "auto", ["auto", "true", "false"], "Also time PyTorch under bfloat16 autocast "
                   "(auto: where the CPU multiplies bfloat16 natively, avx512_bf16 or amx_bf16).")
@@ -287,16 +288,19 @@ def main(argv: list[str]) -> None:
     ratio = results["keras_fit"]["median_step_s"] / step if FLAGS.baseline else None
     torch_steps = [r["median_step_s"] for name, r in results.items() if name.startswith("torch")]
     torch_ratio = min(torch_steps) / step if torch_steps else None
+    torches = ", ".join(r for r in results if r.startswith("torch")) or "none"
     print(f"charrnn ({chosen}) speed: {ratio or float('nan'):.2f}x keras fit ({FLAGS.fit_precision}), "
-          f"{torch_ratio or float('nan'):.2f}x PyTorch nn.LSTM (the faster of {', '.join(r for r in results if r.startswith('torch')) or 'none'})")
+          f"{torch_ratio or float('nan'):.2f}x PyTorch nn.LSTM (the faster of {torches})")
     print(json.dumps({
         "benchmark": "train", "machine": platform.machine(), "cpu": cpu(), "chosen": chosen, "device": trainer.device,
         "batch_size": b,
-        "seq_length": t, "embedding_dim": e, "rnn_units": h, "vocab_size": v, "steps_per_loop": trainer.config.steps_per_loop,
+        "seq_length": t, "embedding_dim": e, "rnn_units": h, "vocab_size": v,
+        "steps_per_loop": trainer.config.steps_per_loop,
         "jit_compile": FLAGS.jit_compile, "mixed_precision": trainer.config.mixed_precision,
         "fit_precision": FLAGS.fit_precision, "lstm_impl": FLAGS.lstm_impl, "matmul_dtype": step_dtype.name,
         "flops_per_step": flops, "matmul_gflops": rates, "peak_gflops": peak, "matmul_floor_s": floor_s,
-        "results": results, "speedup_vs_fit": ratio, "speedup_vs_torch": torch_ratio, "timed_steps": FLAGS.steps, "cudnn_in_step": cudnn,
+        "results": results, "speedup_vs_fit": ratio, "speedup_vs_torch": torch_ratio, "timed_steps": FLAGS.steps,
+        "cudnn_in_step": cudnn,
     }))
 
 

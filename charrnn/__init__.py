@@ -43,9 +43,9 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     from charrnn.exporter import export, export_tflite
     from charrnn.loop import EpochStats
     from charrnn.model import CharRNN
-    from charrnn.stopping import EXIT_PREEMPTED, Preempted
     from charrnn.sampler import Sampler
     from charrnn.sampling import MAX_NUM_CHARS, SampleOptions
+    from charrnn.stopping import EXIT_PREEMPTED, Preempted
     from charrnn.trainer import Trainer
     from charrnn.vocab import Vocabulary
 

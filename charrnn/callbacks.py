@@ -13,7 +13,8 @@ import math
 import shutil
 import sys
 import time
-from typing import TYPE_CHECKING, Protocol, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from charrnn.cadence import Cadence, EvalRecord
@@ -124,9 +125,10 @@ class CallbackList(Callback):
 
 
 class ProgressLogger(Callback):
-    """The console: the run's corpus, plan and model as it starts; `verbose=1` a live line on a terminal (redrawn in place, cut to the
-    terminal's width so that it never wraps), `verbose=2` one line per `log_every` steps
-    (the interval's mean loss); evaluations, epoch ends and how the run ended, either way.
+    """The console: the run's corpus, plan and model as it starts; `verbose=1` a live line on
+    a terminal (redrawn in place, cut to the terminal's width so that it never wraps),
+    `verbose=2` one line per `log_every` steps (the interval's mean loss); evaluations, epoch
+    ends and how the run ended, either way.
 
     The rate and the ETA cover this whole invocation (not just the current epoch), and the
     epoch count is the run's own (charrnn.cadence.Cadence: max_steps included). When a

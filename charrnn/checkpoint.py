@@ -17,7 +17,7 @@ import os
 import re
 import sys
 import time
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 import tensorflow as tf
 
@@ -107,7 +107,8 @@ def restore_newest_readable(checkpoint: tf.train.Checkpoint, directory: str, *,
     tried: set[str] = set()
     reasons = []
     with _quiet_tensorflow():
-        while paths := [p for p in checkpoint_paths(directory) if p not in tried and step in (None, checkpoint_step(p))]:
+        while paths := [p for p in checkpoint_paths(directory) if p not in tried and step in (None,
+                                                                                              checkpoint_step(p))]:
             path = paths[0]
             tried.add(path)
             try:
@@ -123,7 +124,8 @@ def restore_newest_readable(checkpoint: tf.train.Checkpoint, directory: str, *,
                     raise ModelMismatch(f"the checkpoints of {directory} hold a model of other sizes than the run's "
                                         f"config.json and vocab.json say ({str(e).strip().splitlines()[0][:200]}); if "
                                         "either was edited, restore it, else train into a new --run_dir") from None
-                if any(checkpoint_step(p) > checkpoint_step(path) and p not in tried for p in checkpoint_paths(directory)):
+                if any(checkpoint_step(p) > checkpoint_step(path) and p not in tried
+                       for p in checkpoint_paths(directory)):
                     # Newer ones came meanwhile: a running trainer saved them, and deleted this
                     # one to keep max_to_keep. A race, not damage: on to the newest, quietly.
                     continue

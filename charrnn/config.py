@@ -11,7 +11,8 @@ import json
 import math
 import types
 import typing
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from charrnn.errors import CharRNNError
 
@@ -111,16 +112,23 @@ class TrainConfig:
                        "paths may be on gs:// or any TensorFlow filesystem.", "Data and run")
     run_dir: str = _field("runs/charrnn", "Run directory: config, vocabulary, checkpoints, TensorBoard logs (a local "
                           "path, or gs:// or any TensorFlow filesystem).", "Data and run")
-    epochs: int = _field(20, "Epochs to train, counted from the start of the run (a resume does not restart the count).", "How long")
-    max_steps: int | None = _field(None, "Stop after this many steps in total, counted from the start of the run.", "How long")
+    epochs: int = _field(20, "Epochs to train, counted from the start of the run (a resume does not restart "
+                             "the count).", "How long")
+    max_steps: int | None = _field(None, "Stop after this many steps in total, counted from the start of "
+                                         "the run.", "How long")
     time_budget: float | None = _field(None, "Stop after this many seconds of training in this invocation (start-up, "
-                                       "tracing and evaluation not counted); running again continues the run.", "How long")
+                                       "tracing and evaluation not counted); running again continues the run.",
+                                       "How long")
     batch_size: int = _field(64, "Sequences per batch.", "Optimisation")
     seq_length: int = _field(100, "Characters per training sequence (windows are seq_length + 1 long).", "Optimisation")
-    embedding_dim: int | None = _field(None, "Embedding size (unset: 256, or the run's own or its --init_from run's).", "Model")
-    rnn_units: int | None = _field(None, "Units per recurrent layer (unset: 1024, or the run's own or --init_from's).", "Model")
-    num_layers: int | None = _field(None, "Stacked recurrent layers (unset: 1, or the run's own or --init_from's).", "Model")
-    cell: str | None = _field(None, "Recurrent cell: lstm or gru (unset: lstm, or the run's own or --init_from's).", "Model",
+    embedding_dim: int | None = _field(None, "Embedding size (unset: 256, or the run's own or its "
+                                             "--init_from run's).", "Model")
+    rnn_units: int | None = _field(None, "Units per recurrent layer (unset: 1024, or the run's own or "
+                                         "--init_from's).", "Model")
+    num_layers: int | None = _field(None, "Stacked recurrent layers (unset: 1, or the run's own or "
+                                          "--init_from's).", "Model")
+    cell: str | None = _field(None, "Recurrent cell: lstm or gru (unset: lstm, or the run's own or "
+                                    "--init_from's).", "Model",
                               CELLS)
     dropout: float = _field(0.0, "Dropout rate after each recurrent layer during training (0 disables).", "Model")
     learning_rate: float = _field(0.001, "Adam learning rate, in (0, 1].", "Optimisation")
@@ -131,54 +139,68 @@ class TrainConfig:
     lr_decay: float = _field(0.97, "Per-epoch factor of the exponential schedule.", "Optimisation")
     weight_decay: float = _field(0.0, "Decoupled weight decay (AdamW) when > 0; plain Adam when 0.", "Optimisation")
     grad_clip: float | None = _field(None, "Clip gradients to this global norm (unset: no clipping).", "Optimisation")
-    val_fraction: float = _field(0.1, "Fraction of the text, taken from its end, held out for validation (0 disables).", "Validation")
+    val_fraction: float = _field(0.1, "Fraction of the text, taken from its end, held out for validation (0 "
+                                      "disables).", "Validation")
     eval_every: int | None = _field(None, "Also evaluate on the validation split every this many steps "
-                                    "(unset: at epoch ends only); the best checkpoint is kept in <run_dir>/best.", "Validation")
+                                    "(unset: at epoch ends only); the best checkpoint is kept in "
+                                    "<run_dir>/best.", "Validation")
     patience: int | None = _field(None, "Stop early after this many evaluations without a new best validation "
                                   "loss (unset: never).", "Validation")
     carry_state: bool = _field(False, "Stateful truncated BPTT: lay the text out as batch_size contiguous streams "
                                "and carry each batch's final state into the next (no shuffling).", "Optimisation")
     shuffle_buffer: int = _field(10000, "Shuffle buffer in windows (as in the case study).", "Optimisation")
-    checkpoint_every: int = _field(250, "Save a checkpoint every this many steps (and at every epoch end).", "Checkpoints and logs")
+    checkpoint_every: int = _field(250, "Save a checkpoint every this many steps (and at every epoch end).",
+                                   "Checkpoints and logs")
     max_to_keep: int = _field(5, "Checkpoints to keep.", "Checkpoints and logs")
     log_every: int = _field(50, "Every this many steps: a metrics.jsonl line, TensorBoard's interval means and, "
                             "off a terminal, a progress line.", "Checkpoints and logs")
     seed: int = _field(0, f"Seed for initialisation, data order and dropout (0 to {2**32 - 1}).", "Optimisation")
-    steps_per_loop: int = _field(1, "Train steps per compiled call: fewer Python round trips (helps small models and GPUs).", "Speed")
+    steps_per_loop: int = _field(1, "Train steps per compiled call: fewer Python round trips (helps small "
+                                    "models and GPUs).", "Speed")
     jit_compile: bool = _field(False, "Compile the train step with XLA.", "Speed")
     mixed_precision: str = _field("auto", "Precision policy: auto (bfloat16 on CPUs with native bfloat16 and on TPUs, "
                                   "float16 with loss scaling on GPUs of compute capability 7.0+, else float32; a run "
                                   "keeps what it started with), float32, mixed_float16 or mixed_bfloat16.", "Speed",
                                   PRECISIONS)
-    lstm_impl: str = _field("auto", "LSTM implementation: auto (keras/cuDNN on a GPU, fused on a CPU), fused, keras.", "Speed",
+    lstm_impl: str = _field("auto", "LSTM implementation: auto (keras/cuDNN on a GPU, fused on a CPU), "
+                                    "fused, keras.", "Speed",
                             LSTM_IMPLS)
-    deterministic: bool = _field(False, "Enable TensorFlow op determinism: a run, interrupted or not, is reproducible bit for bit.", "Speed")
-    device: str = _field("auto", "Device: auto (first GPU, else CPU) or a TensorFlow device name such as /GPU:1.", "Devices and distribution")
+    deterministic: bool = _field(False, "Enable TensorFlow op determinism: a run, interrupted or not, is "
+                                        "reproducible bit for bit.", "Speed")
+    device: str = _field("auto", "Device: auto (first GPU, else CPU) or a TensorFlow device name such as "
+                                 "/GPU:1.", "Devices and distribution")
     strategy: str = _field("default", "tf.distribute strategy: default (one device, --device), one_device, mirrored "
-                           "(all GPUs or --devices of this machine), multi_worker (TF_CONFIG), tpu.", "Devices and distribution",
+                           "(all GPUs or --devices of this machine), multi_worker (TF_CONFIG), tpu.",
+                           "Devices and distribution",
                            STRATEGIES)
     devices: str | None = _field(None, "Comma-separated devices for --strategy=one_device or mirrored "
-                                 "(default: the first GPU; all GPUs, else all CPU devices).", "Devices and distribution")
+                                 "(default: the first GPU; all GPUs, else all CPU devices).", "Devices and "
+                                                                                              "distribution")
     tpu: str | None = _field(None, "TPU address for --strategy=tpu (default: the local or Cloud TPU found by "
                              "TPUClusterResolver).", "Devices and distribution")
     num_cpu_devices: int | None = _field(None, "Split the host CPU into this many logical devices before "
-                                         "TensorFlow starts (to try mirrored without GPUs).", "Devices and distribution")
+                                         "TensorFlow starts (to try mirrored without GPUs).", "Devices and "
+                                                                                              "distribution")
     cluster_timeout: float = _field(300.0, "With --strategy=multi_worker: seconds to wait for every worker of "
-                                    "TF_CONFIG to come up before giving up (exit status 75).", "Devices and distribution")
+                                    "TF_CONFIG to come up before giving up (exit status 75).", "Devices and "
+                                                                                               "distribution")
     sample_every: int | None = _field(None, "Print a sample (and log it to TensorBoard) every this many steps "
-                                      "(unset: none; TensorBoard also gets one at each evaluation).", "Samples while training")
+                                      "(unset: none; TensorBoard also gets one at each evaluation).",
+                                      "Samples while training")
     sample_chars: int = _field(200, "Characters per sample shown while training (0: no samples, not even in "
                                "TensorBoard at evaluations).", "Samples while training")
     sample_prime: str = _field("", "Text the samples shown while training start from (default: a newline, or "
                                "the text's first character if it has none).", "Samples while training")
-    sample_temperature: float = _field(0.8, "Temperature of the samples shown while training.", "Samples while training")
+    sample_temperature: float = _field(0.8, "Temperature of the samples shown while training.", "Samples "
+                                                                                                "while training")
     init_from: str | None = _field(None, "Fine-tune: start this new run from the weights of that run directory "
                                    "(step 0, a fresh optimizer); the vocabulary grows by the new text's characters.",
                                    "Fine-tuning")
     init_which: str = _field("best", "Checkpoint of --init_from: best (lowest validation loss, else the latest) or "
                              "latest.", "Fine-tuning", WHICH)
     allow_new_data: bool = _field(False, "Resume even though --data is not the text the run was trained on "
-                                  "(every checkpoint records a fingerprint of its training text).", "Checkpoints and logs")
+                                  "(every checkpoint records a fingerprint of its training text).",
+                                  "Checkpoints and logs")
 
     # Settings a resume must share with the run it continues: the model's shape, and
     # what decides the order of the training data.
@@ -219,7 +241,8 @@ class TrainConfig:
         if self.max_steps is not None and self.max_steps < 1:
             raise CharRNNError(f"--max_steps must be at least 1, got {self.max_steps} (leave it unset for no limit)")
         if self.sample_every is not None and self.sample_every < 1:
-            raise CharRNNError(f"--sample_every must be at least 1, got {self.sample_every} (leave it unset for no samples)")
+            raise CharRNNError(f"--sample_every must be at least 1, got {self.sample_every} (leave it unset "
+                               f"for no samples)")
         if not 0 <= self.sample_chars <= 100_000:
             raise CharRNNError(f"--sample_chars must be between 0 and 100000, got {self.sample_chars}")
         if self.sample_every is not None and self.sample_chars == 0:
@@ -228,7 +251,8 @@ class TrainConfig:
             raise CharRNNError(f"--sample_temperature must be between 1e-06 and 1e+06, got {self.sample_temperature}")
         for name in ("eval_every", "patience"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise CharRNNError(f"--{name} must be at least 1, got {getattr(self, name)} (leave it unset to disable)")
+                raise CharRNNError(f"--{name} must be at least 1, got {getattr(self, name)} (leave it unset "
+                                   f"to disable)")
             if getattr(self, name) is not None and self.val_fraction == 0:
                 raise CharRNNError(f"--{name} needs a validation split; set --val_fraction above 0")
         if self.time_budget is not None and not self.time_budget > 0:

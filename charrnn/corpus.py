@@ -35,7 +35,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -195,7 +195,8 @@ def _revalidate(url: str, path: str, hint: str) -> None:
     if record is None:
         return
     headers = {key: record[field] for key, field in (("If-None-Match", "etag"), ("If-Modified-Since",
-                                                                                  "last_modified")) if record.get(field)}
+                                                                                  "last_modified"))
+        if record.get(field)}
     try:
         changed = _fetch(url, path, None, f"could not download {url}", hint, headers=headers, quiet_if_same=True)
     except CharRNNError as e:

@@ -7,7 +7,7 @@ the pipelines slice windows out of it batch by batch, so the text is never copie
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 import tensorflow as tf

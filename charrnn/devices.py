@@ -42,7 +42,8 @@ def choose_precision(device: str, tpu: bool = False) -> tuple[str, str]:
         details = tf.config.experimental.get_device_details(tf.config.list_physical_devices("GPU")[index])
         capability = details.get("compute_capability")
         if capability and tuple(capability) >= (7, 0):
-            return "mixed_float16", f"a GPU of compute capability {capability[0]}.{capability[1]} has float16 tensor cores"
+            return "mixed_float16", (f"a GPU of compute capability {capability[0]}.{capability[1]} has "
+                                     "float16 tensor cores")
         return "float32", "a GPU without float16 tensor cores (compute capability below 7.0)"
     native = {"avx512_bf16", "amx_bf16"} & _cpu_flags()
     if native:

@@ -13,7 +13,8 @@ import os
 import signal
 import subprocess
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import tensorflow as tf
 
@@ -21,7 +22,6 @@ from charrnn.callbacks import Callback
 from charrnn.config import TrainConfig, check_tf_config
 from charrnn.devices import resolve_device
 from charrnn.errors import CharRNNError
-
 
 # What a collective op raises when a peer worker died or became unreachable.
 PEER_ERRORS = (tf.errors.UnavailableError, tf.errors.AbortedError, tf.errors.CancelledError,

@@ -6,7 +6,7 @@ training and `charrnn-eval` use, so the two measure exactly the same thing.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import tensorflow as tf

@@ -23,7 +23,8 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from typing import TYPE_CHECKING, Iterator, Literal, Sequence
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Literal
 
 import keras
 

@@ -29,15 +29,16 @@ import json
 import os
 import sys
 import zlib
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 
 from charrnn import storage
 from charrnn.corpus import CHUNK, cache_dir, decoded, empty_text, local_cache_dir, raw_chunks, resolve_sources
+from charrnn.errors import CharRNNError, TryAgain
 from charrnn.storage import part_name, remove_dead_parts
 from charrnn.vocab import Vocabulary
-from charrnn.errors import CharRNNError, TryAgain
 
 _MAX_CODEPOINT = 0x110000
 

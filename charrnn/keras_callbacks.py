@@ -15,7 +15,8 @@ Callbacks whose job charrnn does itself, in its own way, are refused by name (`c
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import keras
 

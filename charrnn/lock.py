@@ -116,7 +116,8 @@ class RunLock:
         return fd
 
     def _in_use(self, fd: int) -> str:
-        return (f"run directory {os.path.dirname(self.path)} is in use by another trainer ({_describe(_read_holder(fd))}); "
+        return (f"run directory {os.path.dirname(self.path)} is in use by another trainer "
+                f"({_describe(_read_holder(fd))}); "
                 "wait for it to finish or stop it, or train into another --run_dir")
 
     def release(self) -> None:

@@ -18,7 +18,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from typing import Callable, Protocol, Sequence
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 from charrnn.cadence import Cadence, EvalRecord
 from charrnn.callbacks import Callback, CallbackList

@@ -63,7 +63,8 @@ def _gate_columns(units: int) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
     and scales tanh back to a sigmoid (1/2 on i, f, o; 1 on c), the shift that follows (1/2
     on i, f, o; 0 on c), and 1 on the tanh gate c."""
     half, one, zero = tf.fill([units], 0.5), tf.ones([units]), tf.zeros([units])
-    return tf.concat([half, half, one, half], 0), tf.concat([half, half, zero, half], 0), tf.concat([zero, zero, one, zero], 0)
+    return tf.concat([half, half, one, half], 0), tf.concat([half, half, zero, half], 0), tf.concat([zero, zero,
+                                                                                                     one, zero], 0)
 
 
 @tf.custom_gradient

@@ -48,7 +48,8 @@ def check_apart(config: TrainConfig, sources: list[str]) -> None:
     if not storage.is_local(config.run_dir):
         return
     run_dir = os.path.realpath(config.run_dir)
-    inside = [s for s in sources if storage.is_local(s) and os.path.commonpath([run_dir, os.path.realpath(s)]) == run_dir]
+    inside = [s for s in sources if storage.is_local(s) and os.path.commonpath([run_dir,
+                                                                                os.path.realpath(s)]) == run_dir]
     if inside:
         raise CharRNNError(f"--data {inside[0]} is inside the run directory {config.run_dir}, whose own files would "
                            "become part of the text; keep the text and the run apart (another --run_dir)")

@@ -11,17 +11,17 @@ A new start check goes here, and nowhere else.
 from __future__ import annotations
 
 import os
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import tensorflow as tf
 
 from charrnn import checkpoint
 from charrnn.config import TrainConfig
+from charrnn.corpus import resolve_sources
 from charrnn.devices import choose_precision
 from charrnn.errors import CharRNNError
 from charrnn.model import CharRNN
-from charrnn.corpus import resolve_sources
 from charrnn.preflight import check_apart, check_continues
 from charrnn.rundir import RunDir, RunFiles
 from charrnn.traindata import TrainData

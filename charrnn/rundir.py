@@ -23,13 +23,13 @@ import json
 import re
 import shutil
 import tempfile
-from typing import Iterator
+from collections.abc import Iterator
 
 from charrnn import storage
 from charrnn.config import TrainConfig, check_utf8
-from charrnn.vocab import Vocabulary
 from charrnn.errors import CharRNNError
 from charrnn.lock import RunLock
+from charrnn.vocab import Vocabulary
 
 _CONFIG, _VOCAB, _METRICS, _LOCK = "config.json", "vocab.json", "metrics.jsonl", "train.lock"
 # TensorBoard's writers: the run's own events beside config.json, each side in a directory.

@@ -10,7 +10,7 @@ reproduces the output exactly.
 from __future__ import annotations
 
 import secrets
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import tensorflow as tf
@@ -45,7 +45,8 @@ class Sampler:
 
     def __init__(self, model: CharRNN, vocab: Vocabulary, device: str = "auto"):
         if model.vocab_size != len(vocab):
-            raise CharRNNError(f"the model has {model.vocab_size} output classes but the vocabulary {len(vocab)} characters")
+            raise CharRNNError(f"the model has {model.vocab_size} output classes but the vocabulary "
+                               f"{len(vocab)} characters")
         self._source = model
         self.device = resolve_device(device)
         with tf.device(self.device):

@@ -15,7 +15,8 @@ import re
 import shutil
 import socket
 import stat
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from charrnn.errors import CharRNNError
 
@@ -136,7 +137,8 @@ def remove_dead_temps(directory: str, names: Iterable[str]) -> list[str]:
     whatever its name, is someone else's and stays."""
     host, removed = socket.gethostname(), []
     for name in names:
-        for path in _glob.glob(os.path.join(_glob.escape(directory), f".{_glob.escape(name)}.{_glob.escape(host)}.*.tmp")):
+        for path in _glob.glob(os.path.join(_glob.escape(directory),
+                                            f".{_glob.escape(name)}.{_glob.escape(host)}.*.tmp")):
             pid = path.rsplit(".", 2)[-2]
             if pid.isdigit() and not _alive(int(pid)) and remove(path):
                 removed.append(path)

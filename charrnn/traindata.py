@@ -12,10 +12,10 @@ import math
 import tensorflow as tf
 
 from charrnn.config import TrainConfig
-from charrnn.idcache import encode
 from charrnn.data import Layout, num_windows, split_ids
-from charrnn.vocab import Vocabulary
 from charrnn.errors import CharRNNError
+from charrnn.idcache import encode
+from charrnn.vocab import Vocabulary
 
 
 class TrainData:

@@ -10,11 +10,11 @@ import tensorflow as tf
 
 from charrnn import checkpoint
 from charrnn.config import TrainConfig
-from charrnn.vocab import Vocabulary
 from charrnn.errors import CharRNNError
 from charrnn.model import CharRNN
 from charrnn.preflight import check_run
 from charrnn.rundir import RunDir
+from charrnn.vocab import Vocabulary
 
 
 class TrainedModel(NamedTuple):

@@ -9,13 +9,15 @@ in the epoch's data order (a pure function of the seed and the epoch)."""
 from __future__ import annotations
 
 import math
-from typing import Callable, Literal, Sequence
+from collections.abc import Callable, Sequence
+from typing import Literal
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from charrnn import checkpoint
+from charrnn.cadence import Cadence, EvalRecord
 from charrnn.callbacks import Callback
 from charrnn.config import TrainConfig
 from charrnn.data import mix_seed
@@ -23,12 +25,10 @@ from charrnn.distribute import Distribution
 from charrnn.errors import CharRNNError
 from charrnn.evaluator import Evaluator
 from charrnn.fit import fit
-from charrnn.cadence import Cadence, EvalRecord
 from charrnn.model import CharRNN, sequence_loss
 from charrnn.optimizer import LearningRate, make_optimizer
 from charrnn.resume import Start
 from charrnn.sampler import Sampler
-
 
 # With carry_state, each stream starts over from a zero state once every this many steps,
 # the streams in turn (stream j at the steps s with (s + j) % CARRY_RESTART_EVERY == 0).

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -55,7 +55,8 @@ class Vocabulary:
         if missing:
             shown = ", ".join(repr(c) for c in missing[:20]) + (" ..." if len(missing) > 20 else "")
             raise CharRNNError(
-                f"{len(missing)} character(s) not in the model's vocabulary: {shown}; use only characters of the training text"
+                f"{len(missing)} character(s) not in the model's vocabulary: {shown}; use only characters "
+                f"of the training text"
             )
         codepoints = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
         return np.searchsorted(self._codepoints, codepoints).astype(np.int32)

@@ -9,12 +9,12 @@ import re
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import Recorder, StopAt, tiny_config
 from tensorflow.core.util import event_pb2
 
 import charrnn
 from charrnn import Trainer
 from charrnn.metrics import read_metrics
+from conftest import Recorder, StopAt, tiny_config
 
 
 def test_callbacks_see_the_run_as_plain_floats(small_text, tmp_path, capsys):
@@ -83,9 +83,9 @@ def test_tensorboard_logs_as_keras_lays_them_out(small_text, tmp_path, capsys):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from tensorboard.plugins.custom_scalar import layout_pb2
     from tensorboard.plugins.hparams import plugin_data_pb2
+    from tensorboard.util import tensor_util
 
     from charrnn.tensorboard import HPARAMS
-    from tensorboard.util import tensor_util
 
     run = tmp_path / "run"
     recorder = Recorder()

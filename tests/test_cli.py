@@ -45,7 +45,8 @@ def test_preset_values_yield_to_explicit_flags_and_flagfile_works(tmp_path, smal
 
 def test_tools_answer_help_with_their_own_flags_without_tensorflow():
     for tool in ("train", "sample", "eval", "export"):  # flags are parsed before TensorFlow starts
-        proc = subprocess.run([sys.executable, "-c", f"import sys, charrnn.cli.{tool}; print('tensorflow' in sys.modules)"],
+        proc = subprocess.run([sys.executable, "-c", f"import sys, charrnn.cli.{tool}; print('tensorflow' "
+                                                     f"in sys.modules)"],
                               capture_output=True, text=True)
         assert proc.stdout.strip() == "False", proc.stderr
     expected = {
@@ -85,8 +86,8 @@ def test_tensorflows_own_lines_show_only_when_asked(trained_run):
 def test_the_progress_line_fits_its_width_and_counts_the_run():
     from types import SimpleNamespace
 
-    from charrnn.callbacks import ProgressLogger
     from charrnn.cadence import Cadence
+    from charrnn.callbacks import ProgressLogger
 
     def _Progress(total_steps, steps_per_epoch, log_every, start_step):  # noqa: N802 - reads as the class it was
         progress = ProgressLogger(verbose=2)
@@ -213,7 +214,8 @@ def test_an_integer_beyond_its_type_is_refused_not_wrapped(trained_run, small_te
     for value in (4294967297, 2**64):
         proc = run_cli("sample", f"--run_dir={trained_run}", "--num_chars=5", f"--top_k={value}")
         assert_one_line_error(proc, f"top_k must be between 0 and 2147483647 (0 keeps every character), got {value}")
-    proc = run_cli("train", f"--data={small_text}", f"--run_dir={tmp_path / 'run'}", "--shuffle_buffer=18446744073709551616",
+    proc = run_cli("train", f"--data={small_text}", f"--run_dir={tmp_path / 'run'}",
+                   "--shuffle_buffer=18446744073709551616",
                    *TINY_FLAGS)
     assert_one_line_error(proc, "--shuffle_buffer must be at most 2147483647")
     assert not (tmp_path / "run").exists()

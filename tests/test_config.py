@@ -52,7 +52,8 @@ def test_bad_settings_are_refused_naming_the_flag(tmp_path, overrides, message):
 
 
 @pytest.mark.parametrize("field, value, words", [
-    ("rnn_units", "32", "must be an integer or None, got '32'"), ("rnn_units", 32.5, "must be an integer or None, got 32.5"),
+    ("rnn_units", "32", "must be an integer or None, got '32'"), ("rnn_units", 32.5, "must be an integer or "
+                                                                                     "None, got 32.5"),
     ("seed", "x", "must be an integer, got 'x'"), ("carry_state", 1, "must be True or False"),
     ("dropout", "0.1", "must be a number"), ("eval_every", 2.0, "must be an integer or None"),
     ("seed", 2**40, "must be between 0 and"), ("epochs", True, "must be an integer"),
@@ -111,7 +112,8 @@ def test_blank_paths_are_refused(field):
     (None, "needs the TF_CONFIG environment variable"),
     ("[1, 2]", 'TF_CONFIG has no "cluster" of task lists'),
     ("{not json", "TF_CONFIG is not valid JSON"),
-    ('{"cluster": {"worker": ["a:1", "b:2"]}}', "TF_CONFIG's \"task\" must name this process's type, one of ['worker']"),
+    ('{"cluster": {"worker": ["a:1", "b:2"]}}', "TF_CONFIG's \"task\" must name this process's type, one of "
+                                                "['worker']"),
     ('{"cluster": {"worker": ["a:1", "b"]}, "task": {"type": "worker", "index": 0}}',
      "TF_CONFIG's address 'b' is not host:port with a port from 1 to 65535"),
     ('{"cluster": {"worker": ["a:70000", "b:2"]}, "task": {"type": "worker", "index": 0}}',

@@ -15,8 +15,16 @@ import tensorflow as tf
 import charrnn
 from charrnn import CharRNNError, Sampler, Vocabulary
 from charrnn.data import mix_seed
-from conftest import (CONSTANT_CHARS, CONSTANT_LOGITS, REPO, constant_logits_model, draws_deviation, run_cli,
-                      sampling_probs, write_model_run)
+from conftest import (
+    CONSTANT_CHARS,
+    CONSTANT_LOGITS,
+    REPO,
+    constant_logits_model,
+    draws_deviation,
+    run_cli,
+    sampling_probs,
+    write_model_run,
+)
 
 # Runs in a process where importing charrnn fails: the SavedModel must stand on its own.
 LOAD_WITHOUT_CHARRNN = r"""

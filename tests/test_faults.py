@@ -25,8 +25,18 @@ from charrnn.checkpoint import checkpoint_paths
 from charrnn.metrics import read_metrics
 from charrnn.rundir import RunDir
 from charrnn.stopping import EXIT_PREEMPTED, Preempted, SignalStop
-from conftest import (TINY_FLAGS, assert_one_line_error, copy_run, half_written, leftovers, logged, run_cli,
-                      shakespeare, snapshot, tiny_config)
+from conftest import (
+    TINY_FLAGS,
+    assert_one_line_error,
+    copy_run,
+    half_written,
+    leftovers,
+    logged,
+    run_cli,
+    shakespeare,
+    snapshot,
+    tiny_config,
+)
 
 # A model big enough that a step takes a few milliseconds, so a kill lands mid-run.
 KILL_FLAGS = ["--embedding_dim=16", "--rnn_units=64", "--batch_size=8", "--seq_length=32", "--dropout=0.1",
@@ -417,7 +427,8 @@ def test_resource_limits_a_tool_cannot_start_under_are_one_line(trained_run, sma
     for limit, soft, hard, message in [
             (resource.RLIMIT_NOFILE, 9, 9, "this process may open only 9 files (ulimit -n); charrnn needs at least 64"),
             (resource.RLIMIT_AS, 2 << 30, resource.RLIM_INFINITY, "this process may use only 2,048 MiB of address "
-                                                                 "space (ulimit -v); TensorFlow needs about 3,072 MiB")]:
+                                                                 "space (ulimit -v); TensorFlow needs about "
+                                                                 "3,072 MiB")]:
         proc = subprocess.run(sample, capture_output=True, text=True, timeout=300,
                               preexec_fn=_limited(limit, soft, hard))
         assert_one_line_error(proc, message)

@@ -8,11 +8,11 @@ import json
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import SHARED_CORPUS, run_cli, tiny_config
 
 from charrnn import CharRNNError, Trainer
 from charrnn.metrics import read_metrics
 from charrnn.trained import load_model
+from conftest import SHARED_CORPUS, run_cli, tiny_config
 
 SIZES = dict(embedding_dim=16, rnn_units=48, batch_size=8, seq_length=40, learning_rate=0.01, device="/CPU:0")
 
@@ -98,4 +98,5 @@ def test_fine_tuning_takes_the_sizes_of_the_run_it_starts_from(texts, origin_run
         {"embedding_dim": 16, "rnn_units": 48, "num_layers": 1, "cell": "lstm"}
     values = {k: v for k, v in SIZES.items() if k not in ("embedding_dim", "rnn_units")}
     resumed = Trainer(tiny_config(texts[1], run, max_steps=3, **{**values, "embedding_dim": None, "rnn_units": None}))
-    assert resumed.restored_from is not None and resumed.config.rnn_units == 48 and resumed.origin["run"] == str(origin_run)
+    assert resumed.restored_from is not None and resumed.config.rnn_units == 48
+    assert resumed.origin["run"] == str(origin_run)

@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from charrnn.callbacks import Callback
 from charrnn.cadence import Cadence, EvalRecord
+from charrnn.callbacks import Callback
 from charrnn.loop import Controller
 from charrnn.stopping import Stopped
 

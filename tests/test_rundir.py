@@ -43,7 +43,8 @@ def test_config_json_is_read_once_per_start(small_text, tmp_path, monkeypatch):
     Trainer(config).fit(verbose=0)
     reads = []
     real = storage.read_bytes
-    monkeypatch.setattr(storage, "read_bytes", lambda path, *limit: reads.append(os.path.basename(path)) or real(path, *limit))
+    monkeypatch.setattr(storage, "read_bytes", lambda path, *limit: reads.append(os.path.basename(path))
+                        or real(path, *limit))
     resumed = Trainer(config.replace(max_steps=4))  # a resume: precision, checks and origin all need it
     resumed.fit(verbose=0)
     assert reads.count("config.json") == 1 and reads.count("vocab.json") == 1

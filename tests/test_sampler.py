@@ -12,8 +12,15 @@ import tensorflow as tf
 from charrnn import MAX_NUM_CHARS, CharRNN, CharRNNError, Sampler, Trainer, Vocabulary, export
 from charrnn.sampler import filter_logits
 from charrnn.sampling import SampleOptions
-from conftest import (CONSTANT_CHARS, CONSTANT_LOGITS, constant_logits_model, draws_deviation, sampling_probs,
-                      run_cli, tiny_config)
+from conftest import (
+    CONSTANT_CHARS,
+    CONSTANT_LOGITS,
+    constant_logits_model,
+    draws_deviation,
+    run_cli,
+    sampling_probs,
+    tiny_config,
+)
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +75,8 @@ def test_trainer_generate_equals_sampler_from_checkpoint(small_text, tmp_path):
     trainer = Trainer(tiny_config(small_text, tmp_path / "run", max_steps=3))
     trainer.fit()
     restored = Sampler.from_checkpoint(str(tmp_path / "run"), device="/CPU:0")
-    assert trainer.generate("The ", 80, temperature=0.8, seed=3) == restored.generate("The ", 80, temperature=0.8, seed=3)
+    assert trainer.generate("The ", 80, temperature=0.8, seed=3) == restored.generate("The ", 80, temperature=0.8,
+                                                                                      seed=3)
 
 
 def test_from_checkpoint_errors(tmp_path):
@@ -87,7 +95,9 @@ def test_top_k_1_equals_greedy(sampler):
 def test_filter_logits_top_p_keeps_the_smallest_set_reaching_p():
     probs = np.array([[0.5, 0.05, 0.3, 0.15]], np.float32)  # sorted: 0.5, 0.3, 0.15, 0.05
     logits = tf.constant(np.log(probs))
-    kept = lambda p, k=0: np.isfinite(filter_logits(logits, tf.constant(k), tf.constant(p)).numpy()[0]).tolist()
+    def kept(p: float, k: int = 0) -> list[bool]:
+        return np.isfinite(filter_logits(logits, tf.constant(k), tf.constant(p)).numpy()[0]).tolist()
+
     assert kept(0.5) == [True, False, False, False]  # 0.5 alone reaches 0.5
     assert kept(0.51) == [True, False, True, False]  # needs 0.5 + 0.3
     assert kept(0.8) == [True, False, True, False]
@@ -228,7 +238,8 @@ def test_a_bfloat16_run_samples_and_exports_in_float32(small_text, tmp_path):
     trainer.fit(verbose=0)
     restored = Sampler.from_checkpoint(str(run), device="/CPU:0")
     assert restored.model.state_dtype == "float32" and trainer.model.state_dtype == "bfloat16"
-    assert trainer.generate("The ", 80, temperature=0.8, seed=3) == restored.generate("The ", 80, temperature=0.8, seed=3)
+    assert trainer.generate("The ", 80, temperature=0.8, seed=3) == restored.generate("The ", 80, temperature=0.8,
+                                                                                      seed=3)
     export(str(run), str(tmp_path / "export"))
     _, inputs = tf.saved_model.load(str(tmp_path / "export")).signatures["step"].structured_input_signature
     assert inputs["state"].dtype == tf.float32

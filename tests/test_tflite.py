@@ -11,11 +11,19 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
-from conftest import (CONSTANT_CHARS, CONSTANT_LOGITS, REPO, constant_logits_model, draws_deviation, run_cli,
-                      sampling_probs, write_model_run)
 
 from charrnn import CharRNNError, Sampler, Vocabulary
 from charrnn.exporter import export_tflite
+from conftest import (
+    CONSTANT_CHARS,
+    CONSTANT_LOGITS,
+    REPO,
+    constant_logits_model,
+    draws_deviation,
+    run_cli,
+    sampling_probs,
+    write_model_run,
+)
 
 
 @pytest.fixture(scope="module")
@@ -119,10 +127,9 @@ def test_tflite_export_refuses_what_it_cannot_write(trained_run, tmp_path):
 
 
 def test_a_mixed_precision_run_exports_in_float32_to_a_named_file(small_text, tmp_path):
-    from conftest import tiny_config
-
     from charrnn import Trainer
     from charrnn.trained import load_model
+    from conftest import tiny_config
 
     run = tmp_path / "run"
     Trainer(tiny_config(small_text, run, max_steps=2, mixed_precision="mixed_bfloat16")).fit(verbose=0)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from charrnn import CharRNNError, Sampler, Trainer, TrainConfig, Vocabulary
+from charrnn import CharRNNError, Sampler, TrainConfig, Trainer, Vocabulary
 from charrnn.metrics import read_metrics
 from charrnn.model import sequence_loss
 from conftest import Recorder, read_scalars, shakespeare, tiny_config

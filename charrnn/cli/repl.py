@@ -18,7 +18,8 @@ import os
 import shutil
 import sys
 import termios
-from typing import Any, Callable, Iterator, TextIO
+from collections.abc import Callable, Iterator
+from typing import Any, TextIO
 
 from charrnn.data import mix_seed
 from charrnn.errors import CharRNNError

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Iterator
+from collections.abc import Iterator
 
 from absl import flags
 
@@ -23,7 +23,8 @@ flags.DEFINE_integer("num_chars", 500, "Characters to generate after the prime."
 flags.DEFINE_float("temperature", 0.5, "Sampling temperature, in [1e-6, 1e6]: lower is more conservative.")
 flags.DEFINE_integer("num_samples", 1, "Samples to generate in parallel.")
 flags.DEFINE_integer("top_k", 0, "Sample only from the k most likely characters (0: all).")
-flags.DEFINE_float("top_p", 1.0, "Sample only from the smallest set of characters whose probability reaches p (1: all).")
+flags.DEFINE_float("top_p", 1.0, "Sample only from the smallest set of characters whose probability reaches "
+                                 "p (1: all).")
 flags.DEFINE_boolean("greedy", False, "Always take the most likely character (no sampling).")
 flags.DEFINE_string("stop_at", None, "End a sample just before this text first appears in what it generated.")
 flags.DEFINE_integer("seed", None, "Seed; the same seed and settings reproduce the same text (default: random).")

@@ -20,7 +20,8 @@ import sys
 import textwrap
 import types
 import typing
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from absl import app, flags, logging
 
