@@ -32,6 +32,7 @@ case "${1:-}" in
     ;;
   test)
     .venv/bin/ruff check charrnn benchmarks tests  # the lint gate (pyproject.toml's [tool.ruff])
+    .venv/bin/mypy                                   # the type gate ([tool.mypy])
     .venv/bin/python -m pytest -q -n auto tests
     ;;
   *)

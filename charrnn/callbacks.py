@@ -28,12 +28,15 @@ class TrainerView(Protocol):
     config: TrainConfig
     cadence: Cadence  # when evaluations, checkpoints, logs and samples happen
     restored_from: str | None  # the checkpoint this run resumed from
-    last_losses: Sequence[float]  # the per-step losses of the last chunk
-    stop_training: bool
-    stop_reason: str | None
+    stop_training: bool  # set (by a callback, a signal) to stop at the next chunk boundary
+    stop_reason: str | None  # why the last run ended before its end (charrnn.loop.Controller sets it)
 
     def position(self) -> tuple[int, int]:
         """(step, epoch) of the next step to train."""
+
+    @property
+    def last_losses(self) -> Sequence[float]:
+        """The per-step losses of the last chunk."""
 
     @property
     def evaluations(self) -> EvalRecord:
@@ -137,9 +140,10 @@ class ProgressLogger(Callback):
     is the budget's time spent.
     """
 
+    _trainer: TrainerView  # from on_train_begin
+
     def __init__(self, verbose: int = 1):
         self.live = verbose == 1
-        self._trainer: TrainerView | None = None
 
     def on_train_begin(self, trainer: TrainerView) -> None:
         self._trainer, self._cadence = trainer, trainer.cadence
@@ -240,9 +244,10 @@ class ProgressLogger(Callback):
 class SamplePrinter(Callback):
     """Prints `trainer.sample(step)` every `--sample_every` steps."""
 
+    _trainer: TrainerView  # from on_train_begin
+
     def __init__(self, live: bool = False):
         self.live = live
-        self._trainer: TrainerView | None = None
 
     def on_train_begin(self, trainer: TrainerView) -> None:
         self._trainer = trainer

@@ -39,7 +39,7 @@ def checkpoint_paths(directory: str) -> list[str]:
     checkpoint whose index is missing, or one the state file does not name (a save killed
     before it was recorded), still shows up here.
     """
-    paths = set()
+    paths: set[str] = set()
     try:
         state = tf.train.get_checkpoint_state(directory) if storage.isdir(directory) else None
     except (tf.errors.OpError, ValueError):  # a damaged state file: the listing below still finds them

@@ -313,6 +313,13 @@ class TrainConfig:
             if getattr(self, name) != getattr(saved, name) and not (name in inherited and getattr(self, name) is None)
         ]
 
+    def model_sizes(self) -> tuple[int, int, int, str]:
+        """(embedding_dim, rnn_units, num_layers, cell), resolved (see with_model_sizes)."""
+        e, h, n, cell = (getattr(self, name) for name in self.MODEL_FIELDS)
+        if e is None or h is None or n is None or cell is None:
+            raise ValueError("the model's sizes are not resolved yet (TrainConfig.with_model_sizes)")
+        return e, h, n, cell
+
     def with_model_sizes(self, sizes: TrainConfig | None) -> TrainConfig:
         """This config with its unset model sizes taken from `sizes` (the run resumed, or the
         --init_from run), or MODEL_DEFAULTS (the case study's) when None."""

@@ -282,7 +282,7 @@ def _fetch(url: str, path: str, sha256: str | None, failure: str, hint: str, hea
             _write_record(path, record, source)  # the same text: what the server says of it now
             return False
         if source is not None:  # a copy of a local file is no more readable than it (its owner's aside)
-            os.chmod(part, os.stat(part).st_mode & storage.common_mode([source]) & 0o777 | 0o600)
+            os.chmod(part, os.stat(part).st_mode & (storage.common_mode([source]) or 0o777) & 0o777 | 0o600)
         if is_local(path):
             os.replace(part, path)
         else:
@@ -336,7 +336,8 @@ def _write_record(path: str, record: dict, source: str | None) -> None:
     """Writes what the server said of the download at `path`, as private as a local source."""
     storage.write_atomic(_record_path(path), json.dumps(record))
     if source is not None and is_local(path):
-        os.chmod(_record_path(path), os.stat(_record_path(path)).st_mode & storage.common_mode([source]) | 0o600)
+        os.chmod(_record_path(path), os.stat(_record_path(path)).st_mode & (storage.common_mode([source]) or 0o777)
+                 | 0o600)
 
 
 def _read_record(path: str) -> dict | None:

@@ -200,5 +200,7 @@ class _Watchdog:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._process.stdin.close()  # end of input: the watchdog exits
-        self._process.wait()
+        process = self._process
+        assert process is not None and process.stdin is not None  # __enter__ started it
+        process.stdin.close()  # end of input: the watchdog exits
+        process.wait()

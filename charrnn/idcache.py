@@ -173,7 +173,7 @@ def _write(base: str, key: str, data: str, sources: list[str], vocab: Vocabulary
             def sink(ids: np.ndarray) -> None:
                 nonlocal length, crc
                 f.write(ids.tobytes())
-                crc = zlib.crc32(ids, crc)
+                crc = zlib.crc32(ids.data, crc)
                 length += len(ids)
 
             _ids_pass(sources, table, len(vocab), key, data, sink)
@@ -181,8 +181,8 @@ def _write(base: str, key: str, data: str, sources: list[str], vocab: Vocabulary
             os.fsync(f.fileno())
         header = {"chars": "".join(vocab.chars), "dtype": np.dtype(table.dtype).name, "length": length,
                   "sha256": key, "ids_crc32": crc}
-        with open(header_part, "w", encoding="utf-8") as f:
-            f.write(json.dumps(header | {"check": _check(header)}, ensure_ascii=False))
+        with open(header_part, "w", encoding="utf-8") as text:
+            text.write(json.dumps(header | {"check": _check(header)}, ensure_ascii=False))
         mode = storage.common_mode(sources)  # the ids are the text again: no more readable than it
         if mode is not None:
             for part in (ids_part, header_part):

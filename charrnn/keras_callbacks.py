@@ -56,9 +56,10 @@ def check(callbacks: Sequence[Any]) -> None:
 class KerasCallbacks(Callback):
     """Keras callbacks, called as Keras' fit calls them (see the module docstring)."""
 
+    _trainer: TrainerView  # from on_train_begin
+
     def __init__(self, callbacks: Sequence[keras.callbacks.Callback], model: keras.Model):
         self.callbacks, self.model = list(callbacks), model
-        self._trainer: TrainerView | None = None
         self._epoch = 0
 
     def on_train_begin(self, trainer: TrainerView) -> None:

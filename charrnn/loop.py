@@ -18,11 +18,11 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Protocol
 
-from charrnn.cadence import Cadence, EvalRecord
-from charrnn.callbacks import Callback, CallbackList
+from charrnn.cadence import Cadence
+from charrnn.callbacks import Callback, CallbackList, TrainerView
 from charrnn.stopping import Stopped
 
 
@@ -39,23 +39,18 @@ class EpochStats:
     steps_per_sec: float
 
 
-class Trainable(Protocol):
-    """What `Controller` needs of a trainer (charrnn.Trainer is one).
+class Trainable(TrainerView, Protocol):
+    """What `Controller` needs of a trainer (charrnn.Trainer is one): what its callbacks may
+    read (TrainerView), and the entry points below.
 
     The trainer keeps, in its checkpoint, the run's position and the records below, so that
     a resumed run continues the schedule exactly.
     """
 
-    stop_training: bool  # set (by a callback, a signal) to stop at the next chunk boundary
-    stop_reason: str | None  # why the last run() ended before the end: set by the Controller
-
-    def position(self) -> tuple[int, int]:
-        """(step, epoch) of the next step to train."""
-
     def begin_epoch(self, epoch: int) -> None:
         """Prepares to train `epoch` from the current step (its start resets its records)."""
 
-    def train(self, num_steps: int) -> Sequence[float]:
+    def train(self, num_steps: int) -> Collection[float]:
         """Trains `num_steps` steps of the current epoch; returns their losses."""
 
     def train_logs(self) -> dict[str, float]:
@@ -66,10 +61,6 @@ class Trainable(Protocol):
 
     def record_evaluation(self, step: int, val_loss: float) -> None:
         """Records an evaluation (and keeps the best checkpoint when it is a new best)."""
-
-    @property
-    def evaluations(self) -> EvalRecord:
-        """The evaluations recorded so far."""
 
     def epoch_train_loss(self) -> float:
         """The mean train loss of the current epoch's steps so far, resumes included."""
@@ -200,5 +191,5 @@ class Controller:
 def _epoch_logs(stats: EpochStats) -> dict[str, float]:
     logs = {"loss": stats.train_loss, "steps_per_sec": stats.steps_per_sec}
     if stats.val_loss is not None:
-        logs.update(val_loss=stats.val_loss, val_bpc=stats.val_bpc)
+        logs.update(val_loss=stats.val_loss, val_bpc=stats.val_loss / math.log(2))
     return logs

@@ -46,8 +46,8 @@ def fused_lstm(inputs: tf.Tensor, h0: tf.Tensor, c0: tf.Tensor, kernel: tf.Tenso
     if chains == 1:
         return _lstm(inputs, h0, c0, kernel, recurrent_kernel, bias)
     parts = zip(*(tf.split(value, chains) for value in (inputs, h0, c0)))
-    chains = [_lstm(x, h, c, kernel, recurrent_kernel, bias) for x, h, c in parts]
-    return tuple(tf.concat(outputs, 0) for outputs in zip(*chains))
+    results = [_lstm(x, h, c, kernel, recurrent_kernel, bias) for x, h, c in parts]
+    return tuple(tf.concat(outputs, 0) for outputs in zip(*results))
 
 
 def chains_for(batch: int | None, units: int) -> int:

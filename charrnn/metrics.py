@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import Any, TextIO
 
 from charrnn import storage
 from charrnn.callbacks import Callback
@@ -36,7 +36,7 @@ class MetricsLog(Callback):
                 # Appended to; cut back in place, line by line (it may be far larger than memory).
                 self._lines: list[str] | None = None
                 _cut_back(self.path, resumed_step)
-                self._file = open(self.path, "a", encoding="utf-8")
+                self._file: TextIO | None = open(self.path, "a", encoding="utf-8")
             else:  # every line kept in memory, and the file rewritten whole (see the class docstring)
                 old = storage.read_bytes(self.path) or b""
                 self._lines = [line.decode("utf-8") for line in _kept(old.splitlines(keepends=True), resumed_step,
@@ -51,6 +51,7 @@ class MetricsLog(Callback):
         if self._lines is not None:
             self._lines.append(line)
             return
+        assert self._file is not None  # appended to (else _lines, above)
         try:
             self._file.write(line)
             self._file.flush()
@@ -87,7 +88,8 @@ class MetricsLog(Callback):
             self._rewrite()
             return
         try:
-            self._file.close()
+            if self._file is not None:
+                self._file.close()
         except OSError:  # the failed write was already reported
             pass
 
@@ -133,8 +135,8 @@ def _cut_back(path: str, resumed_step: int) -> None:
             if unreadable - last_unreadable:
                 print(f"charrnn: warning: dropped {unreadable - last_unreadable} unreadable line(s) of {path}",
                       file=sys.stderr)
-            with open(path, "r+b") as f:
-                f.truncate(kept_end)
+            with open(path, "r+b") as cut:
+                cut.truncate(kept_end)
                 if kept_end and (f.seek(kept_end - 1), f.read(1))[1] != b"\n":
                     f.write(b"\n")
             return

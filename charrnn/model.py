@@ -97,15 +97,15 @@ class CharRNN(keras.Model):
         `lstm_impl` overrides the config's (inference may pick another implementation of
         the same weights)."""
         parameters = cls.parameter_count(config, vocab_size)
+        embedding_dim, rnn_units, num_layers, cell = config.model_sizes()
         memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
         if 4 * parameters > memory:  # its float32 weights alone
-            raise CharRNNError(f"a model of embedding_dim={config.embedding_dim}, rnn_units={config.rnn_units}, "
-                               f"num_layers={config.num_layers} and {vocab_size} characters has {parameters:,} "
+            raise CharRNNError(f"a model of embedding_dim={embedding_dim}, rnn_units={rnn_units}, "
+                               f"num_layers={num_layers} and {vocab_size} characters has {parameters:,} "
                                f"weights ({4 * parameters / 2**30:,.1f} GiB), more than this machine's memory "
                                f"({memory / 2**30:,.1f} GiB); use smaller sizes")
-        model = cls(vocab_size, config.embedding_dim, config.rnn_units, config.num_layers, config.dropout,
-                    seed=config.seed, lstm_impl=lstm_impl or config.lstm_impl, precision=config.mixed_precision,
-                    cell=config.cell)
+        model = cls(vocab_size, embedding_dim, rnn_units, num_layers, config.dropout, seed=config.seed,
+                    lstm_impl=lstm_impl or config.lstm_impl, precision=config.mixed_precision, cell=cell)
         try:
             model.build_for_vocab()
         except tf.errors.ResourceExhaustedError:
@@ -117,16 +117,17 @@ class CharRNN(keras.Model):
         """The weights of the model `config` describes for `vocab_size` characters: the
         embedding, each recurrent layer's kernels and biases (a GRU's two, as cuDNN's), the
         output layer."""
-        e, h, gates = config.embedding_dim, config.rnn_units, 4 if config.cell == "lstm" else 3
-        layers = sum(gates * h * (inputs + h) + gates * h * (1 if config.cell == "lstm" else 2)
-                     for inputs in [e] + [h] * (config.num_layers - 1))
+        e, h, num_layers, cell = config.model_sizes()
+        gates = 4 if cell == "lstm" else 3
+        layers = sum(gates * h * (inputs + h) + gates * h * (1 if cell == "lstm" else 2)
+                     for inputs in [e] + [h] * (num_layers - 1))
         return vocab_size * e + layers + h * vocab_size + vocab_size
 
     def float32_copy(self) -> CharRNN:
         """A model of the same shape that computes in float32, built, with a copy of this one's
         weights (`copy_weights` refreshes them). The weights are float32 under every policy,
         so the copy is exact."""
-        copy = CharRNN(**self._settings, precision="float32")
+        copy = CharRNN(**self._settings, precision="float32")  # type: ignore[arg-type]  # its own settings
         copy.build_for_vocab()
         copy.copy_weights(self)
         return copy
@@ -158,16 +159,16 @@ class CharRNN(keras.Model):
         x = self.embedding(ids)
         fused = self._use_fused(x)
         new_state = []
-        for i, (layer, layer_state) in enumerate(zip(self.rnns, state)):
+        for i, (layer, initial) in enumerate(zip(self.rnns, state)):
             if fused:
                 if not layer.built:
                     layer.build(x.shape)
                 cell = layer.cell
                 weights = [tf.cast(w.value, x.dtype) for w in (cell.kernel, cell.recurrent_kernel, cell.bias)]
-                x, *layer_state = fused_lstm(x, *layer_state, *weights)
+                x, *final = fused_lstm(x, *initial, *weights)
             else:
-                x, *layer_state = layer(x, initial_state=list(layer_state), training=training)
-            new_state.append(tuple(layer_state))
+                x, *final = layer(x, initial_state=list(initial), training=training)
+            new_state.append(tuple(final))
             x = self._dropout(x, training, seed, i, rows)
         if last_only:  # a prime's pass needs the last step's logits only, not [time, vocab] of them
             x = x[:, -1][:, None]  # [batch, 1, units], known to be 1 long

@@ -47,7 +47,8 @@ class Start:
         # Unset model sizes: the run's own, else the --init_from run's, else the defaults.
         self.config = self.config.with_model_sizes(saved.config if saved is not None else
                                                    self._source.config if self._source else None)
-        base = self._source.vocab if self._source else saved.vocab if resuming and self.config.init_from else None
+        base = (self._source.vocab if self._source else
+                saved.vocab if saved is not None and resuming and self.config.init_from else None)
         self.data = TrainData(self.config, base=base)
         self.sample_prime = self._sample_prime()
         self.origin: dict | None = None
@@ -134,6 +135,7 @@ def _precision(config: TrainConfig, saved: RunFiles | None, device: str, tpu: bo
 
 def _load_source(c: TrainConfig) -> TrainedModel:
     """The model, vocabulary and checkpoint of --init_from, checked against this run's model."""
+    assert c.init_from is not None  # only a fine-tuned run has a source
     if os.path.normpath(c.init_from) == os.path.normpath(c.run_dir):
         raise CharRNNError("--init_from is the run directory itself; pass another run to start from, or leave "
                            "--init_from unset to resume")

@@ -138,17 +138,17 @@ class RunDir:
         if vocab_text is None:
             raise CharRNNError(f"run directory {self.path} has no {_VOCAB}; it is not a complete charrnn run, use "
                                "another --run_dir")
-        loaded = []
-        for name, text, parse in ((_CONFIG, config_text, TrainConfig.from_json), (_VOCAB, vocab_text,
-                                                                                   Vocabulary.from_json)):
-            try:
-                loaded.append(parse(text))
-            except (ValueError, KeyError, TypeError, CharRNNError) as e:
-                reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-                raise CharRNNError(f"{self._join(name)} is damaged ({reason}); restore it from a backup, or use "
-                                   "another --run_dir") from None
+        try:
+            name = _CONFIG
+            config = TrainConfig.from_json(config_text)
+            name = _VOCAB
+            vocab = Vocabulary.from_json(vocab_text)
+        except (ValueError, KeyError, TypeError, CharRNNError) as e:
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise CharRNNError(f"{self._join(name)} is damaged ({reason}); restore it from a backup, or use "
+                               "another --run_dir") from None
         origin = json.loads(config_text).get("origin")
-        return RunFiles(loaded[0], loaded[1], origin if isinstance(origin, dict) else None)
+        return RunFiles(config, vocab, origin if isinstance(origin, dict) else None)
 
     def write(self, files: RunFiles) -> None:
         """Creates the directory if needed and writes config.json (with `origin`) and vocab.json."""

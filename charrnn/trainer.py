@@ -68,7 +68,8 @@ class Trainer:
         self.precision_reason = self.start.precision_reason
         self.data = self.start.data
         self.vocab, self.steps_per_epoch = self.data.vocab, self.data.steps_per_epoch
-        self.total_steps = min(config.epochs * self.steps_per_epoch, config.max_steps or math.inf)
+        epochs_steps = config.epochs * self.steps_per_epoch
+        self.total_steps = min(epochs_steps, config.max_steps or epochs_steps)
         # When evaluation, checkpoints, logs and samples happen.
         self.cadence = Cadence.from_config(config, self.steps_per_epoch, self.total_steps)
 
@@ -90,9 +91,9 @@ class Trainer:
             # With carry_state, the state the last step ended with, flattened: the initial
             # state of the next step. Zero at each epoch's start.
             self.carried_state = [
-                tf.Variable(tf.zeros([config.batch_size, config.rnn_units], self.model.state_dtype), trainable=False,
-                            name=f"carried_state_{i}")
-                for i in range(config.num_layers * self.model.state_size if config.carry_state else 0)]
+                tf.Variable(tf.zeros([config.batch_size, self.model.rnn_units], self.model.state_dtype),
+                            trainable=False, name=f"carried_state_{i}")
+                for i in range(self.model.num_layers * self.model.state_size if config.carry_state else 0)]
             state = dict(model=self.model, optimizer=self.optimizer, step=self.step, epoch=self.epoch,
                          epoch_loss_sum=self.epoch_loss_sum, finalized_step=self.finalized_step, rng=self.rng,
                          validation=self._evaluations, carried_state=self.carried_state)
@@ -122,7 +123,7 @@ class Trainer:
         self._samples: dict[int, str] = {}
         self.checkpointer: checkpoint.Checkpointer | None = None  # where fit() saves
         # The per-step losses of the last train() call, and its last step's gradient norm.
-        self.last_losses = np.zeros([0], np.float32)
+        self.last_losses: list[float] = []
         self._grad_norm = math.nan
         # Set by a callback (or a signal) to end fit() at the next chunk boundary, with a
         # checkpoint; stop_reason says why the last fit() ended early (charrnn.stopping).
@@ -240,7 +241,7 @@ class Trainer:
 
     def _carried(self) -> tuple:
         size = self.model.state_size
-        return tuple(tuple(self.carried_state[i * size:(i + 1) * size]) for i in range(self.config.num_layers))
+        return tuple(tuple(self.carried_state[i * size:(i + 1) * size]) for i in range(self.model.num_layers))
 
     # -- the entry points of the loop (charrnn.loop.Trainable) ---------------------------
 
@@ -284,7 +285,7 @@ class Trainer:
                 f"loss or gradients not finite at step {step + len(losses)} (loss {losses[-1]}); the step was not "
                 f"applied and the last checkpoint ({self.checkpoint_path() or 'none'}) is kept; "
                 "lower --learning_rate or set --grad_clip, then run again")
-        self.last_losses, self._grad_norm = losses, float(norm)
+        self.last_losses, self._grad_norm = losses.tolist(), float(norm)
         return losses
 
     def train_logs(self) -> dict[str, float]:
@@ -302,7 +303,7 @@ class Trainer:
     def record_evaluation(self, step: int, val_loss: float) -> None:
         """Records the evaluation at `step`; a new best is saved as the best checkpoint."""
         if self._evaluations.record(step, val_loss):
-            self.checkpointer.save("best", step)
+            self._saver().save("best", step)
 
     @property
     def evaluations(self) -> EvalRecord:
@@ -328,7 +329,12 @@ class Trainer:
 
     def save(self) -> str:
         """Saves a checkpoint of the current state where fit() set up; returns its path."""
-        return self.checkpointer.save("latest", int(self.step.numpy()))
+        return self._saver().save("latest", int(self.step.numpy()))
+
+    def _saver(self) -> checkpoint.Checkpointer:
+        if self.checkpointer is None:
+            raise CharRNNError("a checkpoint is saved only while fit() runs (it sets up the run directory)")
+        return self.checkpointer
 
     def checkpoint_path(self, which: str = "latest") -> str | None:
         """The newest checkpoint fit() saved in `which` (latest or best), if any."""
@@ -340,8 +346,10 @@ class Trainer:
         the same samples as an uninterrupted one, and the training RNG is not touched."""
         if step not in self._samples:
             c = self.config
-            self._samples = {step: self.generate(self.start.sample_prime, c.sample_chars, c.sample_temperature,
-                                                 seed=mix_seed(c.seed, step))}
+            text = self.generate(self.start.sample_prime, c.sample_chars, c.sample_temperature,
+                                 seed=mix_seed(c.seed, step))
+            assert isinstance(text, str)  # one sample
+            self._samples = {step: text}
         return self._samples[step]
 
     def generate(self, prime: str, num_chars: int = 500, temperature: float = 0.5, num_samples: int = 1,

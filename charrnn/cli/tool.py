@@ -21,7 +21,7 @@ import textwrap
 import types
 import typing
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 from absl import app, flags, logging
 
@@ -46,12 +46,13 @@ def define_dataclass_flags(cls: type) -> None:
         kind = hints[field.name]
         if typing.get_origin(kind) in (typing.Union, types.UnionType):  # `T | None`
             kind = next(a for a in typing.get_args(kind) if a is not type(None))
+        default: Any = field.default
         if field.metadata.get("choices"):
-            flags.DEFINE_enum(field.name, field.default, list(field.metadata["choices"]), field.metadata["help"])
+            flags.DEFINE_enum(field.name, default, list(field.metadata["choices"]), field.metadata["help"])
         else:
-            define = {int: flags.DEFINE_integer, float: flags.DEFINE_float, str: flags.DEFINE_string,
-                      bool: flags.DEFINE_boolean}[kind]
-            define(field.name, field.default, field.metadata["help"])
+            defines: dict[Any, Callable[..., Any]] = {int: flags.DEFINE_integer, float: flags.DEFINE_float,
+                                                      str: flags.DEFINE_string, bool: flags.DEFINE_boolean}
+            defines[kind](field.name, default, field.metadata["help"])
         _GROUPS[field.name] = field.metadata["group"]
 
 
@@ -207,7 +208,7 @@ def run(main: Callable[[], None], doc: str, check: Callable[[], None] | None = N
     if sys.stderr is not None:
         sys.stderr = _Console(sys.stderr, keep_going=True)
     if any(arg in ("-h", "-?", "--help", "--helpshort") for arg in sys.argv[1:]):
-        sys.stdout.write(_help(prog, doc))
+        print(_help(prog, doc), end="")
         sys.exit(0)
     if "--version" in sys.argv[1:]:
         print(f"{prog} (charrnn) {__version__}")
@@ -323,7 +324,7 @@ def _shown(default: Any) -> str:
     return repr(default) if isinstance(default, str) else str(default)
 
 
-def _fail(prog: str, message: str, status: int = 2) -> None:
+def _fail(prog: str, message: str, status: int = 2) -> NoReturn:
     print(f"{prog}: error: {message}", file=sys.stderr)
     # Objects torn down at exit (e.g. a half-restored checkpoint) may log warnings that would
     # bury the one line that matters.
