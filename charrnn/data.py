@@ -1,4 +1,5 @@
-"""How a text's ids become batches: `Layout` and its tf.data pipelines.
+"""How a text's ids become batches: `Layout` and its tf.data pipelines, and when a carried
+stream starts over (`restart_streams`).
 
 The ids may be any NumPy integer array, also a memory-mapped id file (charrnn.idcache):
 the pipelines slice windows out of it batch by batch, so the text is never copied whole.
@@ -11,6 +12,27 @@ from collections.abc import Iterable
 
 import numpy as np
 import tensorflow as tf
+
+# With carry_state, each stream starts over from a zero state once every this many steps,
+# the streams in turn (stream j at the steps s with (s + j) % CARRY_RESTART_EVERY == 0).
+# Sampling and evaluation start from a zero state; a model whose carried state is never
+# zero learns to lean on it: through its first epoch (cpu_small: 156 steps) a few cell
+# units charge to large, nearly constant values the rest treats as biases, and from a
+# zero state some inputs never charge them again, so the samples shown then are garbage
+# (32 of 32 from "\n" at step 156; 7 of 64 validation streams near 8 nats/char). 2% of
+# the stream-batches from zero removes that (none of either) for +0.01-0.02 nats after the
+# first epoch (tiny-shakespeare, cpu_small; docs/training.md).
+CARRY_RESTART_EVERY = 50
+
+
+def restart_streams(state: tuple, step: tf.Variable) -> tuple:
+    """`state` (each tensor [batch, units], a row per carried stream) with the rows that
+    start over at `step` zeroed (see CARRY_RESTART_EVERY)."""
+    def restart(s: tf.Tensor) -> tf.Tensor:
+        rows = tf.range(tf.shape(s, out_type=tf.int64)[0], dtype=tf.int64)
+        keep = tf.math.floormod(step + rows, CARRY_RESTART_EVERY) != 0
+        return s * tf.cast(keep, s.dtype)[:, None]
+    return tf.nest.map_structure(restart, state)
 
 
 def mix_seed(seed: int, index: int) -> int:

@@ -19,9 +19,10 @@ from typing import Any
 import tensorflow as tf
 
 from charrnn.callbacks import Callback
-from charrnn.config import TrainConfig, check_tf_config
+from charrnn.config import TrainConfig
 from charrnn.devices import resolve_device
 from charrnn.errors import CharRNNError
+from charrnn.validate import check_tf_config
 
 # What a collective op raises when a peer worker died or became unreachable.
 PEER_ERRORS = (tf.errors.UnavailableError, tf.errors.AbortedError, tf.errors.CancelledError,

@@ -14,10 +14,11 @@ from __future__ import annotations
 import os
 
 from charrnn import storage
-from charrnn.config import TrainConfig, check_tf_config, check_utf8
+from charrnn.config import TrainConfig
 from charrnn.corpus import resolve_sources
 from charrnn.errors import CharRNNError
 from charrnn.rundir import RunDir, RunFiles
+from charrnn.validate import check_tf_config, check_utf8
 from charrnn.vocab import Vocabulary
 
 

@@ -26,9 +26,10 @@ import tempfile
 from collections.abc import Iterator
 
 from charrnn import storage
-from charrnn.config import TrainConfig, check_utf8
+from charrnn.config import TrainConfig
 from charrnn.errors import CharRNNError
 from charrnn.lock import RunLock
+from charrnn.validate import check_utf8
 from charrnn.vocab import Vocabulary
 
 _CONFIG, _VOCAB, _METRICS, _LOCK = "config.json", "vocab.json", "metrics.jsonl", "train.lock"

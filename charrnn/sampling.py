@@ -7,8 +7,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from charrnn.config import check_types
 from charrnn.errors import CharRNNError
+from charrnn.validate import check_types
 
 MAX_NUM_CHARS = 1_000_000
 MAX_NUM_SAMPLES = 4096

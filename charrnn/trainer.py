@@ -20,7 +20,7 @@ from charrnn import checkpoint
 from charrnn.cadence import Cadence, EvalRecord
 from charrnn.callbacks import Callback
 from charrnn.config import TrainConfig
-from charrnn.data import mix_seed
+from charrnn.data import mix_seed, restart_streams
 from charrnn.distribute import Distribution
 from charrnn.errors import CharRNNError
 from charrnn.evaluator import Evaluator
@@ -29,26 +29,6 @@ from charrnn.model import CharRNN, sequence_loss
 from charrnn.optimizer import LearningRate, make_optimizer
 from charrnn.resume import Start
 from charrnn.sampler import Sampler
-
-# With carry_state, each stream starts over from a zero state once every this many steps,
-# the streams in turn (stream j at the steps s with (s + j) % CARRY_RESTART_EVERY == 0).
-# Sampling and evaluation start from a zero state; a model whose carried state is never
-# zero learns to lean on it: through its first epoch (cpu_small: 156 steps) a few cell
-# units charge to large, nearly constant values the rest treats as biases, and from a
-# zero state some inputs never charge them again, so the samples shown then are garbage
-# (32 of 32 from "\n" at step 156; 7 of 64 validation streams near 8 nats/char). 2% of
-# the stream-batches from zero removes that (none of either) for +0.01-0.02 nats after the
-# first epoch (tiny-shakespeare, cpu_small; docs/training.md).
-CARRY_RESTART_EVERY = 50
-
-
-def _restart_some(state: tuple, step: tf.Variable) -> tuple:
-    """`state` (each tensor [batch, units]) with the rows that start over at `step` zeroed."""
-    def restart(s: tf.Tensor) -> tf.Tensor:
-        rows = tf.range(tf.shape(s, out_type=tf.int64)[0], dtype=tf.int64)
-        keep = tf.math.floormod(step + rows, CARRY_RESTART_EVERY) != 0
-        return s * tf.cast(keep, s.dtype)[:, None]
-    return tf.nest.map_structure(restart, state)
 
 
 class Trainer:
@@ -191,7 +171,7 @@ class Trainer:
         dropout_seed = self.rng.make_seeds(1)[:, 0]
         # Carried state enters as a constant (the tape does not watch non-trainable
         # variables): gradients stop at the batch boundary, as truncated BPTT wants.
-        state = _restart_some(self._carried(), self.step) if self.config.carry_state else ()
+        state = restart_streams(self._carried(), self.step) if self.config.carry_state else ()
         loss, grads, final_state = self.strategy.run(self._replica_step, args=(inputs, targets, dropout_seed, state))
         # The replicas' losses and gradients are shares of the global batch's: their sum
         # is the global mean, whatever the number of replicas.

@@ -10,7 +10,7 @@ import re
 import pytest
 
 from charrnn import PRESETS, CharRNNError, TrainConfig
-from charrnn.config import check_tf_config
+from charrnn.validate import check_tf_config
 from conftest import tiny_config
 
 

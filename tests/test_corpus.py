@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from charrnn import CharRNNError, TryAgain, corpus, idcache
+from charrnn import CharRNNError, TryAgain, corpus, download, idcache
 from charrnn.vocab import fingerprint
 
 
@@ -278,8 +278,8 @@ def trickle_server():
 
 
 def test_a_download_that_stalls_is_given_up_and_leaves_nothing(trickle_server, corpus_cache, monkeypatch):
-    monkeypatch.setattr(corpus, "_STALL_SECONDS", 0.5)
-    monkeypatch.setattr(corpus, "_STALL_BYTES", 1000)  # at most 20 bytes a second come
+    monkeypatch.setattr(download, "_STALL_SECONDS", 0.5)
+    monkeypatch.setattr(download, "_STALL_BYTES", 1000)  # at most 20 bytes a second come
     with pytest.raises(TryAgain, match=r"could not download .* \(the download stalled: \d+ bytes in the last 0.5 s"):
         corpus.resolve_sources(f"{trickle_server}/slow.txt")
     assert [p.name for p in corpus_cache.rglob("*") if p.is_file()] == ["tinyshakespeare.txt"]

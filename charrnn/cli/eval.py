@@ -8,11 +8,11 @@ from absl import flags
 
 from charrnn import storage
 from charrnn.cli import tool
-from charrnn.config import MAX_INT
 from charrnn.corpus import resolve_sources
 from charrnn.errors import CharRNNError
 from charrnn.idcache import TextIds, ids_in
 from charrnn.progress import Progress
+from charrnn.validate import MAX_INT
 
 tool.define_checkpoint_flags()
 flags.DEFINE_string("data", None, "Text file or registered corpus to evaluate on (default: the run's --data).")
