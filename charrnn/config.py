@@ -135,6 +135,12 @@ class TrainConfig:
     DATA_FIELDS = ("batch_size", "seq_length", "val_fraction", "shuffle_buffer", "seed", "carry_state", "init_from")
 
     def __post_init__(self) -> None:
+        self._check_kinds()
+        self._check_ranges()
+        self._check_together()
+
+    def _check_kinds(self) -> None:
+        """Each setting's type, choices, finiteness and the int32 bound."""
         check_types(self, lambda name: f"TrainConfig.{name} (--{name})")
         for field in dataclasses.fields(self):
             choices = field.metadata.get("choices")
@@ -153,6 +159,9 @@ class TrainConfig:
             value = getattr(self, field.name)
             if isinstance(value, int) and not isinstance(value, bool) and value > MAX_INT and field.name != "seed":
                 raise CharRNNError(f"--{field.name} must be at most {MAX_INT}, got {value}")
+
+    def _check_ranges(self) -> None:
+        """Each setting's own range."""
         if not 0 <= self.seed < 2**32:
             raise CharRNNError(f"--seed must be between 0 and {2**32 - 1}, got {self.seed}")
         if not 0 < self.learning_rate <= 1:
@@ -172,16 +181,12 @@ class TrainConfig:
                                f"for no samples)")
         if not 0 <= self.sample_chars <= 100_000:
             raise CharRNNError(f"--sample_chars must be between 0 and 100000, got {self.sample_chars}")
-        if self.sample_every is not None and self.sample_chars == 0:
-            raise CharRNNError("--sample_every needs --sample_chars of at least 1")
         if not 1e-6 <= self.sample_temperature <= 1e6:
             raise CharRNNError(f"--sample_temperature must be between 1e-06 and 1e+06, got {self.sample_temperature}")
         for name in ("eval_every", "patience"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise CharRNNError(f"--{name} must be at least 1, got {getattr(self, name)} (leave it unset "
                                    f"to disable)")
-            if getattr(self, name) is not None and self.val_fraction == 0:
-                raise CharRNNError(f"--{name} needs a validation split; set --val_fraction above 0")
         if self.time_budget is not None and not self.time_budget > 0:
             raise CharRNNError(f"--time_budget must be positive, got {self.time_budget} (leave it unset for no limit)")
         if self.grad_clip is not None and not self.grad_clip > 0:
@@ -198,6 +203,14 @@ class TrainConfig:
             raise CharRNNError(f"--weight_decay must be in [0, 1), got {self.weight_decay}")
         if self.num_cpu_devices is not None and not 1 <= self.num_cpu_devices <= 256:
             raise CharRNNError(f"--num_cpu_devices must be between 1 and 256, got {self.num_cpu_devices}")
+
+    def _check_together(self) -> None:
+        """Settings that only make sense with others."""
+        if self.sample_every is not None and self.sample_chars == 0:
+            raise CharRNNError("--sample_every needs --sample_chars of at least 1")
+        for name in ("eval_every", "patience"):
+            if getattr(self, name) is not None and self.val_fraction == 0:
+                raise CharRNNError(f"--{name} needs a validation split; set --val_fraction above 0")
         if self.devices is not None and self.strategy not in ("one_device", "mirrored"):
             raise CharRNNError("--devices applies to --strategy=one_device or mirrored; use --device otherwise")
         if not self.data.strip():

@@ -19,6 +19,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from typing import Any, BinaryIO
 
 from charrnn import storage
 from charrnn.errors import CharRNNError, TryAgain
@@ -106,7 +107,7 @@ def fetch(url: str, path: str, sha256: str | None, failure: str, hint: str, head
                            "writable directory") from None
     storage.remove_dead_parts(local_dir)
     part = storage.part_name(os.path.join(local_dir, os.path.basename(path)))
-    digest, size = hashlib.sha256(), 0
+    digest = hashlib.sha256()
     if not quiet_if_same:
         print(f"charrnn: downloading {url}", file=sys.stderr, flush=True)
     try:
@@ -116,21 +117,7 @@ def fetch(url: str, path: str, sha256: str | None, failure: str, hint: str, head
                 announced = _content_length(response.headers.get("Content-Length"))
                 validators = {"etag": response.headers.get("ETag"),
                               "last_modified": response.headers.get("Last-Modified")}
-                window_start, window_bytes = time.monotonic(), 0
-                progress = Progress(f"downloading {url}", announced or 0)
-                while chunk := response.read1(1 << 16):  # what has come: a stall is seen as it happens
-                    f.write(chunk)
-                    digest.update(chunk)
-                    size += len(chunk)
-                    window_bytes += len(chunk)
-                    progress.update(size)
-                    if time.monotonic() - window_start >= _STALL_SECONDS:
-                        if window_bytes < _STALL_BYTES:
-                            raise TryAgain(f"{failure} (the download stalled: {window_bytes:,} bytes in the last "
-                                           f"{_STALL_SECONDS:g} s, {size:,} in all); run again to retry, or {hint}")
-                        window_start, window_bytes = time.monotonic(), 0
-                f.flush()
-                os.fsync(f.fileno())
+                size = _receive(response, f, digest, Progress(f"downloading {url}", announced or 0), failure, hint)
         except urllib.error.HTTPError as e:
             if e.code == 304 and headers:  # not modified since the download charrnn has
                 return False
@@ -149,24 +136,52 @@ def fetch(url: str, path: str, sha256: str | None, failure: str, hint: str, head
                                f"kept; {hint}")
         record = {"url": url, "sha256": digest.hexdigest(), "size": size, **validators,
                   "downloaded": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
-        previous = _read_record(path)
-        source = _local_source(url)
-        if previous is not None and previous.get("sha256") == record["sha256"] and storage.exists(path):
-            _write_record(path, record, source)  # the same text: what the server says of it now
+        if not _keep(part, path, record):
             return False
-        if source is not None:  # a copy of a local file is no more readable than it (its owner's aside)
-            os.chmod(part, os.stat(part).st_mode & (storage.common_mode([source]) or 0o777) & 0o777 | 0o600)
-        if is_local(path):
-            os.replace(part, path)
-        else:
-            with open(part, "rb") as f:
-                storage.write_atomic(path, f.read())
-        _write_record(path, record, source)
     finally:
         if os.path.exists(part):
             os.remove(part)
     if not quiet_if_same:
         print(f"charrnn: downloaded {size:,} bytes to {path}", file=sys.stderr, flush=True)
+    return True
+
+
+def _receive(response: Any, f: BinaryIO, digest: Any, progress: Progress, failure: str, hint: str) -> int:
+    """Writes what `response` brings to `f` (synced), hashing it into `digest`; returns its
+    size. A TryAgain when it stalls."""
+    size, window_start, window_bytes = 0, time.monotonic(), 0
+    while chunk := response.read1(1 << 16):  # what has come: a stall is seen as it happens
+        f.write(chunk)
+        digest.update(chunk)
+        size += len(chunk)
+        window_bytes += len(chunk)
+        progress.update(size)
+        if time.monotonic() - window_start >= _STALL_SECONDS:
+            if window_bytes < _STALL_BYTES:
+                raise TryAgain(f"{failure} (the download stalled: {window_bytes:,} bytes in the last "
+                               f"{_STALL_SECONDS:g} s, {size:,} in all); run again to retry, or {hint}")
+            window_start, window_bytes = time.monotonic(), 0
+    f.flush()
+    os.fsync(f.fileno())
+    return size
+
+
+def _keep(part: str, path: str, record: dict) -> bool:
+    """Puts the complete download `part` at `path` with its `record`; returns False, keeping
+    `path`, when it holds the same text already (only the record is renewed)."""
+    previous = _read_record(path)
+    source = _local_source(record["url"])
+    if previous is not None and previous.get("sha256") == record["sha256"] and storage.exists(path):
+        _write_record(path, record, source)  # the same text: what the server says of it now
+        return False
+    if source is not None:  # a copy of a local file is no more readable than it (its owner's aside)
+        os.chmod(part, os.stat(part).st_mode & (storage.common_mode([source]) or 0o777) & 0o777 | 0o600)
+    if is_local(path):
+        os.replace(part, path)
+    else:
+        with open(part, "rb") as f:
+            storage.write_atomic(path, f.read())
+    _write_record(path, record, source)
     return True
 
 

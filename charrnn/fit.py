@@ -80,13 +80,7 @@ def fit(trainer: Trainer, callbacks: Sequence[Callback | keras.callbacks.Callbac
         except Exception as e:
             if not trainer.distribution.lost_worker(e):
                 raise
-            # The chief's copy of the checkpoint: a non-chief's own copies are scratch.
-            latest = trainer.checkpoint_path()
-            resume = (f"{trainer.start.rundir.checkpoint_dir()}/{os.path.basename(latest)}" if latest
-                      else "the start")
-            raise Preempted(f"lost a worker of the cluster at step {int(trainer.step.numpy())} "
-                            f"({describe(e)}); a relaunch resumes from {resume}: run the "
-                            "same command again on every worker", resume) from None
+            raise _lost_worker(trainer, e) from None
         finally:
             trainer.train_seconds, trainer.eval_seconds = controller.train_seconds, controller.eval_seconds
     if signals is not None and signals.requested is not None:
@@ -120,6 +114,15 @@ def _claim(trainer: Trainer) -> Iterator[RunDir]:
         yield rundir
     finally:
         lock.release()
+
+
+def _lost_worker(trainer: Trainer, error: Exception) -> Preempted:
+    """The stop a lost worker of the cluster makes: a relaunch resumes from the chief's
+    newest checkpoint (a non-chief's own copies are scratch)."""
+    latest = trainer.checkpoint_path()
+    resume = f"{trainer.start.rundir.checkpoint_dir()}/{os.path.basename(latest)}" if latest else "the start"
+    return Preempted(f"lost a worker of the cluster at step {int(trainer.step.numpy())} ({describe(error)}); a "
+                     f"relaunch resumes from {resume}: run the same command again on every worker", resume)
 
 
 def _preempted(trainer: Trainer) -> None:

@@ -54,29 +54,7 @@ class Trainer:
         self.cadence = Cadence.from_config(config, self.steps_per_epoch, self.total_steps)
 
         with self.strategy.scope(), self.distribution.placement():
-            self.model = CharRNN.from_config(config, len(self.vocab))
-            self._schedule = LearningRate(config, self.steps_per_epoch, self.total_steps)
-            self.optimizer = make_optimizer(config, self._schedule, self.model.trainable_variables)
-            self._loss_scaling = config.mixed_precision == "mixed_float16"
-            self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
-            self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
-            # Sum of this epoch's step losses, checkpointed so that an epoch's mean train
-            # loss is the same whether or not the epoch was interrupted.
-            self.epoch_loss_sum = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="epoch_loss_sum")
-            # The step at which an epoch (or the run's last, partial one) was last evaluated
-            # and logged; a step equal to it needs no finalising again after a resume.
-            self.finalized_step = tf.Variable(-1, dtype=tf.int64, trainable=False, name="finalized_step")
-            self.rng = tf.random.Generator.from_seed(config.seed)
-            self._evaluations = checkpoint.Evaluations()
-            # With carry_state, the state the last step ended with, flattened: the initial
-            # state of the next step. Zero at each epoch's start.
-            self.carried_state = [
-                tf.Variable(tf.zeros([config.batch_size, self.model.rnn_units], self.model.state_dtype),
-                            trainable=False, name=f"carried_state_{i}")
-                for i in range(self.model.num_layers * self.model.state_size if config.carry_state else 0)]
-            state = dict(model=self.model, optimizer=self.optimizer, step=self.step, epoch=self.epoch,
-                         epoch_loss_sum=self.epoch_loss_sum, finalized_step=self.finalized_step, rng=self.rng,
-                         validation=self._evaluations, carried_state=self.carried_state)
+            state = self._build_state(config)
         # What fit() saves: the state and the fingerprints of its vocabulary and text. They are
         # restored apart (see restore) so that checkpoints of versions without them restore.
         fingerprints = checkpoint.Fingerprints(self.vocab.fingerprint, self.data.fingerprint)
@@ -86,31 +64,55 @@ class Trainer:
         if self.restored_from is None:
             self.start.transfer(self.model)  # a new fine-tuned run: its first weights
 
-        spec = tf.TensorSpec([None, None], tf.int32)
-        # train_step(inputs, targets) -> (loss, finite, grad_norm): one compiled optimisation
-        # step on a batch (with the default strategy; under others, batches come from the
-        # distributed dataset of train()). When the loss (or, without loss scaling, the
-        # gradients) is not finite, nothing is updated.
-        self.train_step = tf.function(self._train_step_fn, input_signature=[spec, spec])
-        # Each replica's forward and backward pass; with jit_compile one XLA cluster.
-        self._replica_step = (tf.function(self._replica_step_fn, jit_compile=True) if config.jit_compile
-                              else self._replica_step_fn)
-        # Up to num_steps steps in one call (Orbit's steps_per_loop), pulling batches from a
-        # tf.data iterator inside the function; see _train_loop_fn.
-        self._train_loop = tf.function(self._train_loop_fn)
+        self._compile_steps(config)
         self._evaluator = Evaluator(self.model, self.data.layout, device=self.device)
         self._sampler: Sampler | None = None
         self._samples: dict[int, str] = {}
         self.checkpointer: checkpoint.Checkpointer | None = None  # where fit() saves
-        # The per-step losses of the last train() call, and its last step's gradient norm.
-        self.last_losses: list[float] = []
-        self._grad_norm = math.nan
-        # Set by a callback (or a signal) to end fit() at the next chunk boundary, with a
-        # checkpoint; stop_reason says why the last fit() ended early (charrnn.stopping).
-        self.stop_training = False
-        self.stop_reason: str | None = None
-        # Seconds spent training (tracing excluded) and evaluating in the last fit() call.
-        self.train_seconds = self.eval_seconds = 0.0
+        self.last_losses: list[float] = []  # the per-step losses of the last train() call
+        self._grad_norm = math.nan  # its last step's gradient norm
+        self.stop_training = False  # set to end fit() at the next chunk boundary, with a checkpoint
+        self.stop_reason: str | None = None  # why the last fit() ended early (charrnn.stopping)
+        self.train_seconds = self.eval_seconds = 0.0  # of the last fit() call (tracing excluded)
+
+    def _build_state(self, config: TrainConfig) -> dict:
+        """Creates the model, optimizer and training state (in the strategy's scope); returns
+        what a checkpoint holds of them."""
+        self.model = CharRNN.from_config(config, len(self.vocab))
+        self._schedule = LearningRate(config, self.steps_per_epoch, self.total_steps)
+        self.optimizer = make_optimizer(config, self._schedule, self.model.trainable_variables)
+        self._loss_scaling = config.mixed_precision == "mixed_float16"
+        self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+        self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+        # Sum of this epoch's step losses, checkpointed so that an epoch's mean train
+        # loss is the same whether or not the epoch was interrupted.
+        self.epoch_loss_sum = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="epoch_loss_sum")
+        # The step at which an epoch (or the run's last, partial one) was last evaluated
+        # and logged; a step equal to it needs no finalising again after a resume.
+        self.finalized_step = tf.Variable(-1, dtype=tf.int64, trainable=False, name="finalized_step")
+        self.rng = tf.random.Generator.from_seed(config.seed)
+        self._evaluations = checkpoint.Evaluations()
+        # With carry_state, the state the last step ended with, flattened: the initial
+        # state of the next step. Zero at each epoch's start.
+        self.carried_state = [
+            tf.Variable(tf.zeros([config.batch_size, self.model.rnn_units], self.model.state_dtype),
+                        trainable=False, name=f"carried_state_{i}")
+            for i in range(self.model.num_layers * self.model.state_size if config.carry_state else 0)]
+        return dict(model=self.model, optimizer=self.optimizer, step=self.step, epoch=self.epoch,
+                     epoch_loss_sum=self.epoch_loss_sum, finalized_step=self.finalized_step, rng=self.rng,
+                     validation=self._evaluations, carried_state=self.carried_state)
+
+    def _compile_steps(self, config: TrainConfig) -> None:
+        """The compiled entry points: a step, a chunk of steps, a replica's pass."""
+        spec = tf.TensorSpec([None, None], tf.int32)
+        # train_step(inputs, targets) -> (loss, finite, grad_norm): one optimisation step on a
+        # batch (default strategy); nothing is updated when the loss or gradients are not finite.
+        self.train_step = tf.function(self._train_step_fn, input_signature=[spec, spec])
+        # Each replica's forward and backward pass; with jit_compile one XLA cluster.
+        self._replica_step = (tf.function(self._replica_step_fn, jit_compile=True) if config.jit_compile
+                              else self._replica_step_fn)
+        # Up to num_steps steps in one call (Orbit's steps_per_loop); see _train_loop_fn.
+        self._train_loop = tf.function(self._train_loop_fn)
 
     @property
     def origin(self) -> dict | None:
@@ -283,7 +285,7 @@ class Trainer:
     def record_evaluation(self, step: int, val_loss: float) -> None:
         """Records the evaluation at `step`; a new best is saved as the best checkpoint."""
         if self._evaluations.record(step, val_loss):
-            self._saver().save("best", step)
+            self.save("best", step)
 
     @property
     def evaluations(self) -> EvalRecord:
@@ -307,14 +309,12 @@ class Trainer:
         self.finalized_step.assign(step)
         self.save()
 
-    def save(self) -> str:
-        """Saves a checkpoint of the current state where fit() set up; returns its path."""
-        return self._saver().save("latest", int(self.step.numpy()))
-
-    def _saver(self) -> checkpoint.Checkpointer:
+    def save(self, which: str = "latest", step: int | None = None) -> str:
+        """Saves a checkpoint of the current state as `which` (at `step`, by default the
+        current one) where fit() set up; returns its path."""
         if self.checkpointer is None:
             raise CharRNNError("a checkpoint is saved only while fit() runs (it sets up the run directory)")
-        return self.checkpointer
+        return self.checkpointer.save(which, int(self.step.numpy()) if step is None else step)
 
     def checkpoint_path(self, which: str = "latest") -> str | None:
         """The newest checkpoint fit() saved in `which` (latest or best), if any."""

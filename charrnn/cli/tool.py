@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import functools
 import os
 import resource
 import shlex
@@ -214,51 +215,55 @@ def run(main: Callable[[], None], doc: str, check: Callable[[], None] | None = N
         print(f"{prog} (charrnn) {__version__}")
         sys.exit(0)
 
-    def wrapped(argv: list[str]) -> None:
-        if len(argv) > 1:
-            _fail(prog, f"unexpected arguments {' '.join(argv[1:])!r}; all settings are --flags (see --help)")
-        if not FLAGS["verbosity"].present:
-            # TensorFlow logs routine INFO lines (e.g. on every checkpoint save) through absl.
-            logging.set_verbosity(logging.WARNING)
-        try:
-            _check_limits()
-            if check is not None:
-                check()
-            start_tensorflow(quiet=False if FLAGS.tf_logs else None)
-            main()
-        except Preempted as e:  # not an error: the run stopped to be continued
-            print(f"{prog}: {e}", file=sys.stderr)
-            sys.exit(e.exit_status)
-        except OutputFailed as e:
-            if e.closed:
-                sys.exit(0)
-            _fail(prog, f"cannot write to standard output ({e.reason})")
-        except CharRNNError as e:
-            _fail(prog, str(e), e.exit_status)
-        except KeyboardInterrupt:  # Ctrl-C outside training (which stops with a checkpoint)
-            print(f"\n{prog}: interrupted", file=sys.stderr)
-            sys.exit(130)
-        except OSError as e:
-            if e.errno != errno.EMFILE:
-                raise
-            _fail(prog, f"too many open files ({e.filename or e.strerror}): this process may open "
-                  f"{resource.getrlimit(resource.RLIMIT_NOFILE)[0]}; raise the limit (ulimit -n 1024)")
-        except MemoryError:
-            _fail(prog, "out of memory; free some, or raise this process's memory limit (ulimit -v)")
+    app.run(functools.partial(_main, prog, main, check), flags_parser=functools.partial(_parse, prog))
 
-    def parse(argv: list[str]) -> list[str]:
-        extra = shlex.split(os.environ.get("CHARRNN_EXTRA_FLAGS", ""))
-        try:
-            return FLAGS(argv + [f for f in extra if f.lstrip("-").split("=")[0] in FLAGS])
-        except flags.UnrecognizedFlagError as e:
-            ours = _FOREIGN.get(e.flagname)
-            if ours is not None and ours.split("=")[0] in FLAGS:
-                _fail(prog, f"unknown flag --{e.flagname}; charrnn's is --{ours} (see --help)")
-            _fail(prog, f"{e}; see --help")
-        except flags.Error as e:  # absl would print two lines and exit 1
-            _fail(prog, f"{e}; see --help")
 
-    app.run(wrapped, flags_parser=parse)
+def _main(prog: str, main: Callable[[], None], check: Callable[[], None] | None, argv: list[str]) -> None:
+    """The tool under absl: checks, TensorFlow, `main`, and each way it can end (see run)."""
+    if len(argv) > 1:
+        _fail(prog, f"unexpected arguments {' '.join(argv[1:])!r}; all settings are --flags (see --help)")
+    if not FLAGS["verbosity"].present:
+        # TensorFlow logs routine INFO lines (e.g. on every checkpoint save) through absl.
+        logging.set_verbosity(logging.WARNING)
+    try:
+        _check_limits()
+        if check is not None:
+            check()
+        start_tensorflow(quiet=False if FLAGS.tf_logs else None)
+        main()
+    except Preempted as e:  # not an error: the run stopped to be continued
+        print(f"{prog}: {e}", file=sys.stderr)
+        sys.exit(e.exit_status)
+    except OutputFailed as e:
+        if e.closed:
+            sys.exit(0)
+        _fail(prog, f"cannot write to standard output ({e.reason})")
+    except CharRNNError as e:
+        _fail(prog, str(e), e.exit_status)
+    except KeyboardInterrupt:  # Ctrl-C outside training (which stops with a checkpoint)
+        print(f"\n{prog}: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except OSError as e:
+        if e.errno != errno.EMFILE:
+            raise
+        _fail(prog, f"too many open files ({e.filename or e.strerror}): this process may open "
+              f"{resource.getrlimit(resource.RLIMIT_NOFILE)[0]}; raise the limit (ulimit -n 1024)")
+    except MemoryError:
+        _fail(prog, "out of memory; free some, or raise this process's memory limit (ulimit -v)")
+
+
+def _parse(prog: str, argv: list[str]) -> list[str]:
+    """The flags of `argv` and $CHARRNN_EXTRA_FLAGS; a bad one ends the tool in one line."""
+    extra = shlex.split(os.environ.get("CHARRNN_EXTRA_FLAGS", ""))
+    try:
+        return FLAGS(argv + [f for f in extra if f.lstrip("-").split("=")[0] in FLAGS])
+    except flags.UnrecognizedFlagError as e:
+        ours = _FOREIGN.get(e.flagname)
+        if ours is not None and ours.split("=")[0] in FLAGS:
+            _fail(prog, f"unknown flag --{e.flagname}; charrnn's is --{ours} (see --help)")
+        _fail(prog, f"{e}; see --help")
+    except flags.Error as e:  # absl would print two lines and exit 1
+        _fail(prog, f"{e}; see --help")
 
 
 # The names karpathy/char-rnn and nanoGPT give settings charrnn has under another name.
