@@ -33,7 +33,7 @@ case "${1:-}" in
   test)
     .venv/bin/ruff check charrnn benchmarks tests  # the lint gate (pyproject.toml's [tool.ruff])
     .venv/bin/mypy                                   # the type gate ([tool.mypy])
-    .venv/bin/python -m pytest -q -n auto tests
+    .venv/bin/python -m pytest -q -n auto --dist worksteal tests  # long tests do not pile up on one worker
     ;;
   *)
     echo "usage: ./run.sh demo|test" >&2
