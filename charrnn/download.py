@@ -99,14 +99,7 @@ def fetch(url: str, path: str, sha256: str | None, failure: str, hint: str, head
     What a rerun may get past (a lost connection, a server error, a download cut short) is
     a TryAgain (exit 75); what it cannot (a 404, a missing file:// path, a redirect loop, a
     checksum that does not match) a CharRNNError (exit 2)."""
-    local_dir = os.path.dirname(path) if is_local(path) else tempfile.gettempdir()
-    try:
-        os.makedirs(local_dir, exist_ok=True)
-    except OSError as e:
-        raise CharRNNError(f"cannot create the corpus cache {local_dir} ({e.strerror}); set ${DATA_DIR_ENV} to a "
-                           "writable directory") from None
-    storage.remove_dead_parts(local_dir)
-    part = storage.part_name(os.path.join(local_dir, os.path.basename(path)))
+    part = _part_for(path)
     digest = hashlib.sha256()
     if not quiet_if_same:
         print(f"charrnn: downloading {url}", file=sys.stderr, flush=True)
@@ -144,6 +137,19 @@ def fetch(url: str, path: str, sha256: str | None, failure: str, hint: str, head
     if not quiet_if_same:
         print(f"charrnn: downloaded {size:,} bytes to {path}", file=sys.stderr, flush=True)
     return True
+
+
+def _part_for(path: str) -> str:
+    """The file a download to `path` is written to first: beside it, or on the local disk
+    where `path` is elsewhere; what dead writers left there is removed first."""
+    local_dir = os.path.dirname(path) if is_local(path) else tempfile.gettempdir()
+    try:
+        os.makedirs(local_dir, exist_ok=True)
+    except OSError as e:
+        raise CharRNNError(f"cannot create the corpus cache {local_dir} ({e.strerror}); set ${DATA_DIR_ENV} to a "
+                           "writable directory") from None
+    storage.remove_dead_parts(local_dir)
+    return storage.part_name(os.path.join(local_dir, os.path.basename(path)))
 
 
 def _receive(response: Any, f: BinaryIO, digest: Any, progress: Progress, failure: str, hint: str) -> int:

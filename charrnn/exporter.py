@@ -59,26 +59,7 @@ class _Generator(tf.Module):
                                       tf.TensorSpec([], tf.bool, name="greedy")])
         def generate_with_options(prompt, num_chars, temperature, seed, top_k=tf.constant(defaults.top_k),
                      top_p=tf.constant(defaults.top_p), greedy=tf.constant(defaults.greedy)):
-            codepoints = tf.strings.unicode_decode(prompt, "UTF-8")
-            ids = tf.ragged.map_flat_values(self.table.lookup, codepoints)
-            unknown, _ = tf.unique(tf.boolean_mask(codepoints.flat_values, ids.flat_values < 0))
-            lengths = ids.row_lengths()
-            checks = [
-                tf.debugging.Assert(tf.size(unknown) == 0, ["characters not in the vocabulary of the model:",
-                                                            tf.strings.unicode_encode(unknown, "UTF-8")]),
-                tf.debugging.Assert(tf.reduce_all(lengths > 0), ["every prompt needs at least one character"]),
-                tf.debugging.Assert(tf.reduce_all(lengths == lengths[0]),
-                                    ["the prompts of one call must have the same length; lengths:", lengths]),
-                tf.debugging.Assert((num_chars >= 0) & (num_chars <= MAX_NUM_CHARS),
-                                    [f"num_chars must be between 0 and {MAX_NUM_CHARS}, got", num_chars]),
-                tf.debugging.Assert((temperature >= MIN_TEMPERATURE) & (temperature <= MAX_TEMPERATURE),
-                                    [f"temperature must be between {MIN_TEMPERATURE:g} and {MAX_TEMPERATURE:g}, got",
-                                     temperature]),
-                tf.debugging.Assert(top_k >= 0, ["top_k must be >= 0 (0 keeps every character), got", top_k]),
-                tf.debugging.Assert((top_p > 0) & (top_p <= 1), ["top_p must be in (0, 1], got", top_p]),
-            ]
-            with tf.control_dependencies(checks):
-                prime_ids = ids.to_tensor()
+            prime_ids = self._prime_ids(prompt, num_chars, temperature, top_k, top_p)
             options = (temperature, tf.stack([seed, 0]), top_k, top_p, greedy)
             # The Sampler's loop, with filtering compiled in (top_k=0 and top_p=1 keep every
             # character, as the Sampler's unfiltered loop does); it draws at least one character.
@@ -97,6 +78,31 @@ class _Generator(tf.Module):
         self.generate = generate
         self.step = _step_function(model, batch=None)
 
+
+    def _prime_ids(self, prompt: tf.Tensor, num_chars: tf.Tensor, temperature: tf.Tensor, top_k: tf.Tensor,
+                   top_p: tf.Tensor) -> tf.Tensor:
+        """The prompts as ids [batch, length], once every input is checked (an op error
+        naming what is wrong, for a serving client)."""
+        codepoints = tf.strings.unicode_decode(prompt, "UTF-8")
+        ids = tf.ragged.map_flat_values(self.table.lookup, codepoints)
+        unknown, _ = tf.unique(tf.boolean_mask(codepoints.flat_values, ids.flat_values < 0))
+        lengths = ids.row_lengths()
+        checks = [
+            tf.debugging.Assert(tf.size(unknown) == 0, ["characters not in the vocabulary of the model:",
+                                                        tf.strings.unicode_encode(unknown, "UTF-8")]),
+            tf.debugging.Assert(tf.reduce_all(lengths > 0), ["every prompt needs at least one character"]),
+            tf.debugging.Assert(tf.reduce_all(lengths == lengths[0]),
+                                ["the prompts of one call must have the same length; lengths:", lengths]),
+            tf.debugging.Assert((num_chars >= 0) & (num_chars <= MAX_NUM_CHARS),
+                                [f"num_chars must be between 0 and {MAX_NUM_CHARS}, got", num_chars]),
+            tf.debugging.Assert((temperature >= MIN_TEMPERATURE) & (temperature <= MAX_TEMPERATURE),
+                                [f"temperature must be between {MIN_TEMPERATURE:g} and {MAX_TEMPERATURE:g}, got",
+                                 temperature]),
+            tf.debugging.Assert(top_k >= 0, ["top_k must be >= 0 (0 keeps every character), got", top_k]),
+            tf.debugging.Assert((top_p > 0) & (top_p <= 1), ["top_p must be in (0, 1], got", top_p]),
+        ]
+        with tf.control_dependencies(checks):
+            return ids.to_tensor()
 
 def _step_function(model: CharRNN, batch: int | None) -> tf.types.experimental.GenericFunction:
     """step(ids [batch], state [layers * state_size, batch, units]) -> {logits, state}: one
