@@ -204,3 +204,13 @@ def test_every_name_the_docs_and_docstrings_give_exists():
         wrong += [f"README.md: {path} owns {name}" for name in re.findall(r"`([A-Za-z_]\w*)(?:\(\))?`", owns)
                   if not re.search(rf"\b{name}\b", source)]
     assert wrong == []
+
+
+def test_every_preset_is_spelled_out_in_the_training_docs():
+    """docs/training.md's Presets table gives each preset's flags exactly as --help does."""
+    from charrnn.cli.tool import preset_flags
+    from charrnn.config import PRESETS
+
+    training = (REPO / "docs" / "training.md").read_text()
+    rows = dict(re.findall(r"^\| `--preset=(\w+)` \| [^|]+ \| `([^`]+)` \|$", training, re.M))
+    assert rows == {name: preset_flags(name) for name in PRESETS}
