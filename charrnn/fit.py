@@ -24,26 +24,51 @@ import contextlib
 import os
 import sys
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Literal
+from typing import Any, Literal, Protocol
 
 import keras
 
 from charrnn import keras_callbacks, storage
 from charrnn.callbacks import Callback, ProgressLogger, SamplePrinter
 from charrnn.checkpoint import Checkpointer, checkpoint_paths
-from charrnn.distribute import describe
+from charrnn.config import TrainConfig
+from charrnn.distribute import Distribution, describe
 from charrnn.errors import CharRNNError
-from charrnn.loop import Controller
+from charrnn.loop import Controller, Trainable
 from charrnn.metrics import MetricsLog
+from charrnn.resume import Start
 from charrnn.rundir import RunDir, RunFiles
 from charrnn.stopping import Preempted, SignalStop
 from charrnn.tensorboard import TensorBoard
-
-if TYPE_CHECKING:
-    from charrnn.trainer import Trainer
+from charrnn.vocab import Vocabulary
 
 
-def fit(trainer: Trainer, callbacks: Sequence[Callback | keras.callbacks.Callback] = (),
+class Session(Trainable, Protocol):
+    """What fit() needs of the trainer it runs (charrnn.trainer.Trainer is one): the loop's
+    entry points (Trainable), and what a run directory's files and checkpoints are made of."""
+
+    config: TrainConfig
+    vocab: Vocabulary
+    model: keras.Model
+    optimizer: Any
+    step: Any  # a tf.Variable
+    checkpoint: Any  # the tf.train.Checkpoint fit() saves
+    checkpointer: Checkpointer | None  # set here: where the run's checkpoints go
+    distribution: Distribution
+    start: Start
+    seen_checkpoints: list[str]
+    train_seconds: float
+    eval_seconds: float
+
+    @property
+    def origin(self) -> dict | None:
+        """Where a fine-tuned run's first weights came from."""
+
+    def restore(self) -> None:
+        """Restores the newest checkpoint of the run."""
+
+
+def fit(trainer: Session, callbacks: Sequence[Callback | keras.callbacks.Callback] = (),
         verbose: int | Literal["auto"] = "auto", handle_signals: bool = True) -> keras.callbacks.History:
     """Trains `trainer` to the end of its run (see the module docstring); returns a Keras
     History of the epochs this call finalised (none if the run was complete already).
@@ -91,7 +116,7 @@ def fit(trainer: Trainer, callbacks: Sequence[Callback | keras.callbacks.Callbac
 
 
 @contextlib.contextmanager
-def _claim(trainer: Trainer) -> Iterator[RunDir]:
+def _claim(trainer: Session) -> Iterator[RunDir]:
     """The run directory to write to, held for the run (see the module docstring, 1.)."""
     if not trainer.distribution.is_chief:
         with RunDir.scratch() as scratch:
@@ -116,7 +141,7 @@ def _claim(trainer: Trainer) -> Iterator[RunDir]:
         lock.release()
 
 
-def _lost_worker(trainer: Trainer, error: Exception) -> Preempted:
+def _lost_worker(trainer: Session, error: Exception) -> Preempted:
     """The stop a lost worker of the cluster makes: a relaunch resumes from the chief's
     newest checkpoint (a non-chief's own copies are scratch)."""
     latest = trainer.checkpoint_path()
@@ -125,7 +150,7 @@ def _lost_worker(trainer: Trainer, error: Exception) -> Preempted:
                      f"relaunch resumes from {resume}: run the same command again on every worker", resume)
 
 
-def _preempted(trainer: Trainer) -> None:
+def _preempted(trainer: Session) -> None:
     """Called by TensorFlow's preemption handler once every worker has saved: ends the run
     as a signal would (the controller's observers close their files on the way out)."""
     path = trainer.checkpoint_path()
