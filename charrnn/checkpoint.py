@@ -14,7 +14,6 @@ import gc
 import logging
 import math
 import os
-import re
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -25,7 +24,7 @@ from charrnn import storage
 from charrnn.cadence import EvalRecord
 from charrnn.config import WHICH
 from charrnn.errors import CharRNNError
-from charrnn.rundir import RunDir, check_which, checkpoint_step
+from charrnn.rundir import RunDir, check_which, checkpoint_prefix, checkpoint_step
 from charrnn.vocab import Vocabulary
 
 # Checkpoint keys of the fingerprints (see Fingerprints).
@@ -47,7 +46,7 @@ def checkpoint_paths(directory: str) -> list[str]:
     if state is not None:
         paths.update(f"{directory}/{os.path.basename(p)}" for p in state.all_model_checkpoint_paths)
     for name in storage.glob(f"{directory}/ckpt-*.index") + storage.glob(f"{directory}/ckpt-*.data-*"):
-        paths.add(re.sub(r"\.(index|data-\d+-of-\d+)$", "", name))
+        paths.add(checkpoint_prefix(name))
     return sorted((p for p in paths if checkpoint_step(p) >= 0), key=checkpoint_step, reverse=True)
 
 
@@ -71,7 +70,7 @@ def resolve_which(rundir: RunDir, which: str | None) -> tuple[str, int | None]:
         steps = sorted({checkpoint_step(p) for paths in kept.values() for p in paths})
         raise CharRNNError(f"run directory {rundir.path} keeps no checkpoint of step {int(which)}; it keeps steps "
                            f"{', '.join(map(str, steps)) or 'none'}")
-    path = re.sub(r"\.(index|data-\d+-of-\d+)$", "", which)
+    path = checkpoint_prefix(which)
     if path not in checkpoint_paths(os.path.dirname(path) or "."):
         raise CharRNNError(f"--which: no checkpoint {path} (pass the path of a ckpt-N file without its suffix)")
     return os.path.dirname(path) or ".", checkpoint_step(path)

@@ -101,16 +101,16 @@ class TrainConfig:
                            "Devices and distribution",
                            STRATEGIES)
     devices: str | None = _field(None, "Comma-separated devices for --strategy=one_device or mirrored "
-                                 "(default: the first GPU; all GPUs, else all CPU devices).", "Devices and "
-                                                                                              "distribution")
+                                 "(default: the first GPU; all GPUs, else all CPU devices).",
+                                 "Devices and distribution")
     tpu: str | None = _field(None, "TPU address for --strategy=tpu (default: the local or Cloud TPU found by "
                              "TPUClusterResolver).", "Devices and distribution")
     num_cpu_devices: int | None = _field(None, "Split the host CPU into this many logical devices before "
-                                         "TensorFlow starts (to try mirrored without GPUs).", "Devices and "
-                                                                                              "distribution")
+                                         "TensorFlow starts (to try mirrored without GPUs).",
+                                         "Devices and distribution")
     cluster_timeout: float = _field(300.0, "With --strategy=multi_worker: seconds to wait for every worker of "
-                                    "TF_CONFIG to come up before giving up (exit status 75).", "Devices and "
-                                                                                               "distribution")
+                                    "TF_CONFIG to come up before giving up (exit status 75).",
+                                    "Devices and distribution")
     sample_every: int | None = _field(None, "Print a sample (and log it to TensorBoard) every this many steps "
                                       "(unset: none; TensorBoard also gets one at each evaluation).",
                                       "Samples while training")
@@ -118,8 +118,8 @@ class TrainConfig:
                                "TensorBoard at evaluations).", "Samples while training")
     sample_prime: str = _field("", "Text the samples shown while training start from (default: a newline, or "
                                "the text's first character if it has none).", "Samples while training")
-    sample_temperature: float = _field(0.8, "Temperature of the samples shown while training.", "Samples "
-                                                                                                "while training")
+    sample_temperature: float = _field(0.8, "Temperature of the samples shown while training.",
+                                       "Samples while training")
     init_from: str | None = _field(None, "Fine-tune: start this new run from the weights of that run directory "
                                    "(step 0, a fresh optimizer); the vocabulary grows by the new text's characters.",
                                    "Fine-tuning")

@@ -38,9 +38,14 @@ _LOGS = {"run": "", "train": "train", "validation": "validation"}
 _CHECKPOINTS = {"latest": "ckpt", "best": "best"}
 
 
+def checkpoint_prefix(path: str) -> str:
+    """A checkpoint's path without the suffix of one of its files (`.index`, `.data-...`)."""
+    return re.sub(r"\.(index|data-\d+-of-\d+)$", "", path)
+
+
 def checkpoint_step(path: str) -> int:
     """The step of a checkpoint's path (`.../ckpt-N`, or one of its files), -1 if it is not one."""
-    match = re.search(r"ckpt-(\d+)(\.index|\.data-\d+-of-\d+)?$", path)
+    match = re.search(r"ckpt-(\d+)$", checkpoint_prefix(path))
     return int(match.group(1)) if match else -1
 
 
@@ -123,6 +128,7 @@ class RunDir:
             # config.json is written last: without it, nothing here was trained. A vocab.json
             # alone is a run killed as it began, which a new start writes over; files that a
             # run writes later are someone else's (or of a damaged run), and stay as they are.
+            # "logs": where runs of charrnn before 0.1.0's issue 32 kept their TensorBoard files.
             theirs = [name for name in (_METRICS, "logs", *(s for s in _LOGS.values() if s), *_CHECKPOINTS.values())
                       if storage.exists(self._join(name))]
             if theirs:
