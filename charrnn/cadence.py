@@ -6,8 +6,6 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from charrnn.config import TrainConfig
-
 
 @dataclasses.dataclass(frozen=True)
 class EvalRecord:
@@ -38,11 +36,6 @@ class Cadence:
     patience: int | None = None
     time_budget: float | None = None
     sample_every: int | None = None
-
-    @classmethod
-    def from_config(cls, config: TrainConfig, steps_per_epoch: int, total_steps: int) -> Cadence:
-        return cls(steps_per_epoch, total_steps, config.steps_per_loop, config.checkpoint_every, config.eval_every,
-                   config.log_every, config.patience, config.time_budget, config.sample_every)
 
     @property
     def num_epochs(self) -> int:

@@ -14,7 +14,6 @@ import gc
 import logging
 import math
 import os
-import sys
 import time
 from collections.abc import Iterable, Iterator
 
@@ -24,6 +23,7 @@ from charrnn import storage
 from charrnn.cadence import EvalRecord
 from charrnn.config import WHICH
 from charrnn.errors import CharRNNError
+from charrnn.log import logger
 from charrnn.rundir import RunDir, check_which, checkpoint_prefix, checkpoint_step
 from charrnn.vocab import Vocabulary
 
@@ -48,6 +48,11 @@ def checkpoint_paths(directory: str) -> list[str]:
     for name in storage.glob(f"{directory}/ckpt-*.index") + storage.glob(f"{directory}/ckpt-*.data-*"):
         paths.add(checkpoint_prefix(name))
     return sorted((p for p in paths if checkpoint_step(p) >= 0), key=checkpoint_step, reverse=True)
+
+
+def newest(directory: str) -> str | None:
+    """The newest complete checkpoint (its index written) of `directory`, or None."""
+    return next((p for p in checkpoint_paths(directory) if storage.exists(p + ".index")), None)
 
 
 def resolve_which(rundir: RunDir, which: str | None) -> tuple[str, int | None]:
@@ -129,7 +134,7 @@ def restore_newest_readable(checkpoint: tf.train.Checkpoint, directory: str, *,
                     # one to keep max_to_keep. A race, not damage: on to the newest, quietly.
                     continue
                 reasons.append(str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__)
-                print(f"charrnn: skipping unusable checkpoint {path} ({reasons[-1]})", file=sys.stderr)
+                logger.info(f"skipping unusable checkpoint {path} ({reasons[-1]})")
     if reasons:
         raise CharRNNError(f"no usable checkpoint in {directory} ({len(reasons)} tried, newest: {reasons[0]}); if "
                            "config.json was edited, undo that; else train into a new --run_dir")
@@ -222,10 +227,6 @@ class Checkpointer:
         self._finite = list(finite)
         self.managers = {which: _manager(checkpoint, rundir.checkpoint_dir(which), max_to_keep if which == "latest"
                                          else 1) for which in WHICH}
-
-    def path(self, which: str = "latest") -> str | None:
-        """The newest checkpoint of `which` kind."""
-        return self.managers[which].latest_checkpoint
 
     def save(self, which: str, step: int) -> str:
         """Saves the state as checkpoint `step` of `which` kind; returns its path."""

@@ -11,18 +11,16 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import subprocess
-import sys
 from collections.abc import Callable
 from typing import Any
 
 import tensorflow as tf
 
 from charrnn.callbacks import Callback
-from charrnn.config import TrainConfig
 from charrnn.devices import resolve_device
 from charrnn.errors import CharRNNError
 from charrnn.validate import check_tf_config
+from charrnn.watchdog import ClusterWatchdog
 
 # What a collective op raises when a peer worker died or became unreachable.
 PEER_ERRORS = (tf.errors.UnavailableError, tf.errors.AbortedError, tf.errors.CancelledError,
@@ -37,25 +35,33 @@ class Distribution:
     The one place that knows which strategy is which; built once per trainer.
     """
 
-    def __init__(self, config: TrainConfig):
-        if config.num_cpu_devices is not None:
-            configure_cpu_devices(config.num_cpu_devices)
-        self.name = config.strategy
-        self.multi_worker = config.strategy == "multi_worker"
+    def __init__(self, *, strategy: str = "default", device: str = "auto", devices: str | None = None,
+                 tpu: str | None = None, cluster_timeout: float = 300.0, num_cpu_devices: int | None = None,
+                 batch_size: int = 1):
+        """`strategy` is one of config.STRATEGIES; `device` places `default`; `devices` (a
+        comma-separated list) picks a strategy's devices; `batch_size` is the global batch,
+        which must divide among the replicas. See TrainConfig for the rest."""
+        if num_cpu_devices is not None:
+            configure_cpu_devices(num_cpu_devices)
+        self.name = strategy
+        self.multi_worker = strategy == "multi_worker"
         # With `default`: no strategy of ours, the caller's scope if any, else one device.
-        self.own_strategy = config.strategy != "default"
-        if self.own_strategy:
-            self.strategy = _make_strategy(config.strategy, config.devices, config.tpu, config.cluster_timeout)
-            # Evaluation and sampling run on one device: the first of the strategy's.
-            self.device = self.strategy.extended.worker_devices[0]
-        else:
-            self.strategy = tf.distribute.get_strategy()
-            self.device = resolve_device(config.device)
+        self.own_strategy = strategy != "default"
+        self.strategy, self.device = _make_strategy(strategy, device, devices, tpu, cluster_timeout)
         self.num_replicas = self.strategy.num_replicas_in_sync
-        if config.batch_size % self.num_replicas:
-            raise CharRNNError(f"--batch_size={config.batch_size} is the global batch and must divide evenly among "
+        if batch_size % self.num_replicas:
+            raise CharRNNError(f"--batch_size={batch_size} is the global batch and must divide evenly among "
                                f"the strategy's {self.num_replicas} replicas; use a multiple of {self.num_replicas}")
-        self.is_chief = _is_chief(self.strategy)
+
+    @property
+    def is_chief(self) -> bool:
+        """Whether this process writes the run's files: always, except on non-chief workers."""
+        resolver = getattr(self.strategy, "cluster_resolver", None)
+        if resolver is None or not resolver.task_type or resolver.task_type == "chief":
+            return True
+        # Without a "chief" task, worker 0 is the chief (as in TensorFlow's multi-worker guide).
+        return (resolver.task_type == "worker" and resolver.task_id == 0
+                and "chief" not in resolver.cluster_spec().as_dict())
 
     def describe(self) -> str:
         return f"strategy {self.name}, {self.num_replicas} replicas" if self.own_strategy else f"device {self.device}"
@@ -123,10 +129,18 @@ def configure_cpu_devices(count: int) -> None:
                                "it can only be set before TensorFlow starts (use it in a fresh process)") from None
 
 
-def _make_strategy(name: str, devices: str | None = None, tpu: str | None = None,
-                  cluster_timeout: float = 300.0) -> tf.distribute.Strategy:
-    """The strategy `name` (one of config.STRATEGIES but `default`, which is no strategy of
-    ours: see Distribution); `devices` is a comma-separated device list.
+def _make_strategy(name: str, device: str, devices: str | None, tpu: str | None,
+                   cluster_timeout: float) -> tuple[tf.distribute.Strategy, str]:
+    """The strategy `name` (one of config.STRATEGIES) and the device of single-device work
+    (evaluation, sampling): `device` under `default`, else the first of the strategy's."""
+    if name == "default":  # no strategy of ours: the caller's scope if any, else one device
+        return tf.distribute.get_strategy(), resolve_device(device)
+    strategy = _own_strategy(name, devices, tpu, cluster_timeout)
+    return strategy, strategy.extended.worker_devices[0]
+
+
+def _own_strategy(name: str, devices: str | None, tpu: str | None, cluster_timeout: float) -> tf.distribute.Strategy:
+    """The strategy `name` but `default`; `devices` is a comma-separated device list.
 
     `multi_worker` waits for every worker of TF_CONFIG, at most `cluster_timeout` seconds.
     """
@@ -141,7 +155,7 @@ def _make_strategy(name: str, devices: str | None = None, tpu: str | None = None
         return tf.distribute.MirroredStrategy(names)
     if name == "multi_worker":
         check_tf_config(os.environ.get("TF_CONFIG"))
-        with _Watchdog(cluster_timeout):
+        with ClusterWatchdog(cluster_timeout):
             return tf.distribute.MultiWorkerMirroredStrategy()
     if name == "tpu":
         try:
@@ -155,53 +169,3 @@ def _make_strategy(name: str, devices: str | None = None, tpu: str | None = None
                                "run on a TPU VM, pass --tpu=<address>, or pick another --strategy") from None
     raise ValueError(f"unknown strategy {name!r}")  # TrainConfig admits only STRATEGIES
 
-
-def _is_chief(strategy: tf.distribute.Strategy) -> bool:
-    """Whether this process writes the run's files: always, except on non-chief workers."""
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not resolver.task_type:
-        return True
-    if resolver.task_type == "chief":
-        return True
-    # Without a "chief" task, worker 0 is the chief (as in TensorFlow's multi-worker guide).
-    return resolver.task_type == "worker" and resolver.task_id == 0 and "chief" not in resolver.cluster_spec().as_dict()
-
-
-# Run by _Watchdog in a process of its own: TensorFlow waits for the other workers inside
-# one C++ call that holds the GIL and catches SIGTERM itself, so nothing in this process
-# can act while it waits. Ctrl-C (SIGINT to the process group), SIGTERM to the process group
-# and the timeout reach the watchdog, which prints one line and kills the waiting process.
-_WATCHDOG = """
-import os, select, signal, sys
-pid, timeout = int(sys.argv[1]), float(sys.argv[2])
-def stop(line):
-    print("charrnn: " + line, file=sys.stderr, flush=True)
-    os.kill(pid, signal.SIGKILL)
-    os._exit(0)
-for sig in (signal.SIGTERM, signal.SIGINT):
-    signal.signal(sig, lambda signum, frame: stop(f"stopped by {signal.Signals(signum).name} while waiting for the "
-                  "other workers; nothing was trained; run the same command again on every worker"))
-if not select.select([sys.stdin], [], [], timeout)[0]:
-    stop(f"error: not every worker of TF_CONFIG came up within {timeout:g} s (--cluster_timeout); start every "
-         "worker with the same TF_CONFIG, then run the same command again")
-"""
-
-
-class _Watchdog:
-    """While active, ends this process if the cluster is not up within `timeout` seconds
-    or if Ctrl-C or a SIGTERM to the process group comes (see _WATCHDOG)."""
-
-    def __init__(self, timeout: float):
-        self.timeout = timeout
-        self._process: subprocess.Popen | None = None
-
-    def __enter__(self) -> _Watchdog:
-        self._process = subprocess.Popen([sys.executable, "-c", _WATCHDOG, str(os.getpid()), str(self.timeout)],
-                                         stdin=subprocess.PIPE)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        process = self._process
-        assert process is not None and process.stdin is not None  # __enter__ started it
-        process.stdin.close()  # end of input: the watchdog exits
-        process.wait()

@@ -13,7 +13,6 @@ import hashlib
 import http.client
 import json
 import os
-import sys
 import tempfile
 import time
 import urllib.error
@@ -23,6 +22,7 @@ from typing import Any, BinaryIO
 
 from charrnn import storage
 from charrnn.errors import CharRNNError, TryAgain
+from charrnn.log import logger
 from charrnn.progress import Progress
 from charrnn.storage import is_local
 
@@ -74,12 +74,12 @@ def revalidate(url: str, path: str, hint: str) -> None:
     try:
         changed = fetch(url, path, None, f"could not download {url}", hint, headers=headers, quiet_if_same=True)
     except CharRNNError as e:
-        print(f"charrnn: warning: could not check {url} for changes ({_reason_of(e)}); using the copy downloaded "
-              f"{record.get('downloaded', 'earlier')}", file=sys.stderr)
+        logger.warning(f"could not check {url} for changes ({_reason_of(e)}); using the copy downloaded "
+                       f"{record.get('downloaded', 'earlier')}")
         return
     if changed:
-        print(f"charrnn: {url} changed since it was downloaded {record.get('downloaded', 'earlier')}; "
-              f"using its new text", file=sys.stderr)
+        logger.info(f"{url} changed since it was downloaded {record.get('downloaded', 'earlier')}; "
+                    f"using its new text")
 
 
 def _reason_of(error: CharRNNError) -> str:
@@ -102,7 +102,7 @@ def fetch(url: str, path: str, sha256: str | None, failure: str, hint: str, head
     part = _part_for(path)
     digest = hashlib.sha256()
     if not quiet_if_same:
-        print(f"charrnn: downloading {url}", file=sys.stderr, flush=True)
+        logger.info(f"downloading {url}")
     try:
         try:
             request = urllib.request.Request(url, headers=headers or {})
@@ -135,7 +135,7 @@ def fetch(url: str, path: str, sha256: str | None, failure: str, hint: str, head
         if os.path.exists(part):
             os.remove(part)
     if not quiet_if_same:
-        print(f"charrnn: downloaded {size:,} bytes to {path}", file=sys.stderr, flush=True)
+        logger.info(f"downloaded {size:,} bytes to {path}")
     return True
 
 

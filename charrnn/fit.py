@@ -21,22 +21,21 @@ already saved stay.
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
 from collections.abc import Iterator, Sequence
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, NamedTuple, Protocol
 
 import keras
 
 from charrnn import keras_callbacks, storage
 from charrnn.callbacks import Callback, ProgressLogger, SamplePrinter
-from charrnn.checkpoint import Checkpointer, checkpoint_paths
+from charrnn.checkpoint import Checkpointer
 from charrnn.config import TrainConfig
 from charrnn.distribute import Distribution, describe
 from charrnn.errors import CharRNNError
+from charrnn.log import logger
 from charrnn.loop import Controller, Trainable
 from charrnn.metrics import MetricsLog
-from charrnn.resume import Start
 from charrnn.rundir import RunDir, RunFiles
 from charrnn.stopping import Preempted, SignalStop
 from charrnn.tensorboard import TensorBoard
@@ -45,7 +44,8 @@ from charrnn.vocab import Vocabulary
 
 class Session(Trainable, Protocol):
     """What fit() needs of the trainer it runs (charrnn.trainer.Trainer is one): the loop's
-    entry points (Trainable), and what a run directory's files and checkpoints are made of."""
+    entry points (Trainable), and what a run directory's files and checkpoints are made of.
+    fit() reads these and sets none of them."""
 
     config: TrainConfig
     vocab: Vocabulary
@@ -53,26 +53,31 @@ class Session(Trainable, Protocol):
     optimizer: Any
     step: Any  # a tf.Variable
     checkpoint: Any  # the tf.train.Checkpoint fit() saves
-    checkpointer: Checkpointer | None  # set here: where the run's checkpoints go
     distribution: Distribution
-    start: Start
-    seen_checkpoints: list[str]
-    train_seconds: float
-    eval_seconds: float
+    rundir: RunDir
 
     @property
     def origin(self) -> dict | None:
         """Where a fine-tuned run's first weights came from."""
 
-    def restore(self) -> None:
-        """Restores the newest checkpoint of the run."""
+    def catch_up(self) -> None:
+        """Continues from a checkpoint another trainer saved since this one restored."""
+
+
+class Done(NamedTuple):
+    """What fit() returns: the Keras History of the epochs it finalised, and the seconds it
+    spent training (tracing excluded) and evaluating."""
+
+    history: keras.callbacks.History
+    train_seconds: float
+    eval_seconds: float
 
 
 def fit(trainer: Session, callbacks: Sequence[Callback | keras.callbacks.Callback] = (),
-        verbose: int | Literal["auto"] = "auto", handle_signals: bool = True) -> keras.callbacks.History:
-    """Trains `trainer` to the end of its run (see the module docstring); returns a Keras
-    History of the epochs this call finalised (none if the run was complete already).
-    Keras callbacks come after charrnn's (charrnn.keras_callbacks)."""
+        verbose: int | Literal["auto"] = "auto", handle_signals: bool = True) -> Done:
+    """Trains `trainer` to the end of its run (see the module docstring); its History holds
+    the epochs this call finalised (none if the run was complete already). Keras callbacks
+    come after charrnn's (charrnn.keras_callbacks)."""
     if verbose == "auto":
         verbose = 1 if sys.stdout.isatty() else 2
     if verbose not in (0, 1, 2):
@@ -83,36 +88,34 @@ def fit(trainer: Session, callbacks: Sequence[Callback | keras.callbacks.Callbac
     callbacks = [*(c for c in callbacks if not keras_callbacks.is_keras_callback(c)),
                  keras_callbacks.KerasCallbacks(keras_ones, trainer.model)]
     with _claim(trainer) as rundir:
-        c = trainer.config
-        rundir.write(RunFiles(c, trainer.vocab, trainer.origin))
-        trainer.checkpointer = Checkpointer(trainer.checkpoint, rundir, c.max_to_keep,
-                                            finite=trainer.model.variables + trainer.optimizer.variables)
+        config = trainer.config
+        rundir.write(RunFiles(config, trainer.vocab, trainer.origin))
+        checkpoints = Checkpointer(trainer.checkpoint, rundir, config.max_to_keep,
+                                   finite=trainer.model.variables + trainer.optimizer.variables)
         own: list[Callback] = [MetricsLog(rundir.metrics_path, int(trainer.step.numpy())), TensorBoard(rundir.log_dirs)]
         if verbose:
             own.append(ProgressLogger(verbose))
-            if c.sample_every is not None:
+            if config.sample_every is not None:
                 own.append(SamplePrinter(live=verbose == 1))
         observers = [*own, *callbacks]
         signals = SignalStop(trainer.distribution.stop_signals()) if handle_signals else None
         if signals is not None:
-            preemption = trainer.distribution.preemption_observer(trainer.checkpointer.managers["latest"],
+            preemption = trainer.distribution.preemption_observer(checkpoints.managers["latest"],
                                                                   lambda: _preempted(trainer))
             # Last: a preemption saves once every other observer has seen the chunk.
             observers += [signals] + ([preemption] if preemption is not None else [])
-        controller = Controller(trainer, trainer.cadence, observers)
+        controller = Controller(trainer, trainer.cadence, observers, checkpoints=checkpoints)
         try:
             controller.run()
         except Exception as e:
             if not trainer.distribution.lost_worker(e):
                 raise
             raise _lost_worker(trainer, e) from None
-        finally:
-            trainer.train_seconds, trainer.eval_seconds = controller.train_seconds, controller.eval_seconds
     if signals is not None and signals.requested is not None:
         path = trainer.checkpoint_path()
         raise Preempted(f"stopped by {signals.requested} at step {int(trainer.step.numpy())}; checkpoint saved to "
                         f"{path}; run the same command again to continue", path)
-    return history
+    return Done(history, controller.train_seconds, controller.eval_seconds)
 
 
 @contextlib.contextmanager
@@ -122,7 +125,7 @@ def _claim(trainer: Session) -> Iterator[RunDir]:
         with RunDir.scratch() as scratch:
             yield scratch
         return
-    rundir = trainer.start.rundir
+    rundir = trainer.rundir
     rundir.create()
     lock = rundir.lock()
     try:
@@ -131,11 +134,8 @@ def _claim(trainer: Session) -> Iterator[RunDir]:
         raise storage.storage_error("lock the run directory", rundir.path, e) from None
     try:
         for path in rundir.remove_leftovers():
-            print(f"charrnn: removed {path}, left by an interrupted write", file=sys.stderr)
-        if checkpoint_paths(rundir.checkpoint_dir()) != trainer.seen_checkpoints:
-            # Another trainer saved since this one was built: continue from its state.
-            trainer.start.recheck()
-            trainer.restore()
+            logger.info(f"removed {path}, left by an interrupted write")
+        trainer.catch_up()  # another trainer may have saved since this one was built
         yield rundir
     finally:
         lock.release()
@@ -145,7 +145,7 @@ def _lost_worker(trainer: Session, error: Exception) -> Preempted:
     """The stop a lost worker of the cluster makes: a relaunch resumes from the chief's
     newest checkpoint (a non-chief's own copies are scratch)."""
     latest = trainer.checkpoint_path()
-    resume = f"{trainer.start.rundir.checkpoint_dir()}/{os.path.basename(latest)}" if latest else "the start"
+    resume = latest or "the start"
     return Preempted(f"lost a worker of the cluster at step {int(trainer.step.numpy())} ({describe(error)}); a "
                      f"relaunch resumes from {resume}: run the same command again on every worker", resume)
 

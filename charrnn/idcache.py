@@ -27,7 +27,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import sys
 import zlib
 from collections.abc import Callable
 from typing import NamedTuple
@@ -37,6 +36,7 @@ import numpy as np
 from charrnn import storage
 from charrnn.corpus import CHUNK, cache_dir, decoded, empty_text, local_cache_dir, raw_chunks, resolve_sources
 from charrnn.errors import CharRNNError, TryAgain
+from charrnn.log import logger
 from charrnn.storage import part_name, remove_dead_parts
 from charrnn.vocab import Vocabulary
 
@@ -86,8 +86,8 @@ def encode(data: str, base: Vocabulary | None = None) -> Encoded:
     try:
         _write(local, key, data, sources, vocab, table)
     except OSError as e:
-        print(f"charrnn: warning: cannot write the id cache {local}.ids ({e.strerror or e}); keeping the ids in "
-              "memory", file=sys.stderr)
+        logger.warning(f"cannot write the id cache {local}.ids ({e.strerror or e}); keeping the ids in "
+                       "memory")
         parts: list[np.ndarray] = []
         _ids_pass(sources, table, len(vocab), key, data, parts.append)
         return Encoded(np.concatenate(parts), vocab, key[:16], len(sources))
@@ -231,7 +231,7 @@ def _load(base: str, key: str, data: str) -> Encoded | None:
         ids = np.memmap(f"{base}.ids", dtype=dtype, mode="r", shape=(length,))
     except (OSError, ValueError, KeyError, TypeError, AttributeError, CharRNNError) as e:
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        print(f"charrnn: the id cache entry {base} is damaged ({reason}); encoding {data} again", file=sys.stderr)
+        logger.info(f"the id cache entry {base} is damaged ({reason}); encoding {data} again")
         for suffix in (".json", ".ids"):
             storage.remove(base + suffix)
         return None
@@ -269,5 +269,5 @@ def _share(local: str, shared: str) -> None:
             tf.io.gfile.copy(local + suffix, part, overwrite=True)
             tf.io.gfile.rename(part, shared + suffix, overwrite=True)
     except (OSError, tf.errors.OpError) as e:
-        print(f"charrnn: warning: cannot put the id cache entry in {shared} ({e}); other machines will encode the "
-              "text themselves", file=sys.stderr)
+        logger.warning(f"cannot put the id cache entry in {shared} ({e}); other machines will encode the "
+                       "text themselves")

@@ -26,9 +26,9 @@ import json
 import os
 import socket
 import stat
-import sys
 
 from charrnn.errors import CharRNNError
+from charrnn.log import logger
 from charrnn.storage import is_local
 
 
@@ -41,8 +41,8 @@ class RunLock:
 
     def acquire(self) -> None:
         if not is_local(self.path):
-            print(f"charrnn: warning: {os.path.dirname(self.path)} is not on a local disk, where a run directory "
-                  "cannot be locked; make sure no other trainer uses it", file=sys.stderr)
+            logger.warning(f"{os.path.dirname(self.path)} is not on a local disk, where a run directory "
+                           "cannot be locked; make sure no other trainer uses it")
             return
         while True:
             fd = self._open(os.O_RDWR | os.O_CREAT)
@@ -57,8 +57,8 @@ class RunLock:
                 if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
                     os.close(fd)
                     raise
-                print(f"charrnn: warning: {self.path}: the filesystem does not support locks ({e.strerror}); "
-                      "nothing stops a second trainer on this run directory", file=sys.stderr)
+                logger.warning(f"{self.path}: the filesystem does not support locks ({e.strerror}); "
+                               "nothing stops a second trainer on this run directory")
                 locked = False
             # A holder that released the lock unlinks the file first: if ours is no longer
             # the file at that path, lock the new one instead.
@@ -71,8 +71,8 @@ class RunLock:
             os.close(fd)
         previous = _read_holder(fd)
         if previous and locked:  # a record that no one holds: its writer died
-            print(f"charrnn: taking over the lock of {os.path.dirname(self.path)} from a trainer that is gone "
-                  f"({_describe(previous)})", file=sys.stderr)
+            logger.info(f"taking over the lock of {os.path.dirname(self.path)} from a trainer that is gone "
+                        f"({_describe(previous)})")
         record = json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
                              "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds")})
         os.ftruncate(fd, 0)

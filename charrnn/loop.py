@@ -59,8 +59,8 @@ class Trainable(TrainerView, Protocol):
     def evaluate(self, should_stop: Callable[[], bool]) -> float | None:
         """The validation loss (None without a validation split); raises Stopped if asked."""
 
-    def record_evaluation(self, step: int, val_loss: float) -> None:
-        """Records an evaluation (and keeps the best checkpoint when it is a new best)."""
+    def record_evaluation(self, step: int, val_loss: float) -> bool:
+        """Records an evaluation; returns whether it is the best so far."""
 
     def epoch_train_loss(self) -> float:
         """The mean train loss of the current epoch's steps so far, resumes included."""
@@ -69,23 +69,30 @@ class Trainable(TrainerView, Protocol):
         """The step whose epoch (or partial last epoch) was last finalised."""
 
     def finalize_epoch(self, step: int) -> None:
-        """Marks the epoch finalised at `step` and saves a checkpoint."""
+        """Marks the epoch finalised at `step` (the checkpoint saved next holds the mark)."""
 
-    def save(self) -> str:
-        """Saves a checkpoint of the current state; returns its path."""
+
+class Checkpoints(Protocol):
+    """Where `Controller` saves the trainer's state (charrnn.checkpoint.Checkpointer is one)."""
+
+    def save(self, which: str, step: int) -> str:
+        """Saves the state as checkpoint `step` of `which` kind (latest or best); returns its path."""
 
 
 class Controller:
-    """Runs a `Trainable` as `cadence` says, telling `callbacks` what happens.
+    """Runs a `Trainable` as `cadence` says, saving its state to `checkpoints` (the latest at
+    each checkpoint point, finalised epoch and stop; the best at each new best) and telling
+    `callbacks` what happens.
 
     `clock` measures training time (for steps/s and the time budget); the first chunk of
     the process traces the compiled step and is not counted.
     """
 
-    def __init__(self, trainer: Trainable, cadence: Cadence, callbacks: Sequence[Callback] = (),
-                 clock: Callable[[], float] | None = None):
+    def __init__(self, trainer: Trainable, cadence: Cadence, callbacks: Sequence[Callback] = (), *,
+                 checkpoints: Checkpoints, clock: Callable[[], float] | None = None):
         self.trainer = trainer
         self.cadence = cadence
+        self.checkpoints = checkpoints
         self.callbacks = CallbackList(callbacks)
         self.clock = clock or time.perf_counter
         # Seconds spent training (tracing excluded) and evaluating in this run() call.
@@ -109,7 +116,7 @@ class Controller:
                 history.append(stats)
                 logs = _epoch_logs(stats)
         except Stopped:
-            t.save()
+            self.checkpoints.save("latest", t.position()[0])
             t.stop_reason = t.stop_reason or "stop_requested"
         else:
             if self._patience_exhausted():
@@ -145,7 +152,7 @@ class Controller:
             if c.evaluation_due(step, epoch_end) and t.evaluations.last_step != step:
                 self._evaluate(step)
             if step != start_step and c.checkpoint_due(step, epoch_end):
-                t.save()
+                self.checkpoints.save("latest", step)
             if t.stop_training:
                 raise Stopped
             if step >= epoch_end or self._out_of_time() or self._patience_exhausted():
@@ -159,6 +166,7 @@ class Controller:
                            val_bpc=None if val_loss is None else val_loss / math.log(2), steps_per_sec=steps_per_sec)
         self.callbacks.on_epoch_end(epoch + 1, _epoch_logs(stats))
         t.finalize_epoch(step)
+        self.checkpoints.save("latest", step)
         return stats
 
     def _train_chunk(self, step: int, size: int) -> int:
@@ -182,7 +190,8 @@ class Controller:
         self.eval_seconds += self.clock() - start
         if val_loss is None:
             return None
-        self.trainer.record_evaluation(step, val_loss)
+        if self.trainer.record_evaluation(step, val_loss):
+            self.checkpoints.save("best", step)
         self.callbacks.on_evaluate(step, {"val_loss": val_loss, "val_bpc": val_loss / math.log(2),
                                           "best_val_loss": self.trainer.evaluations.best_loss})
         return val_loss

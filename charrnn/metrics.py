@@ -4,12 +4,12 @@ observer of the training loop and read back with `read_metrics`."""
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Iterable, Iterator
 from typing import Any, TextIO
 
 from charrnn import storage
 from charrnn.callbacks import Callback
+from charrnn.log import logger
 from charrnn.rundir import RunDir
 
 
@@ -108,7 +108,7 @@ def _kept(lines: Iterable[bytes], resumed_step: int, path: str) -> Iterator[byte
         elif step <= resumed_step:
             yield line.rstrip(b"\n") + b"\n"
     if damaged:
-        print(f"charrnn: warning: dropped {damaged} unreadable line(s) of {path}", file=sys.stderr)
+        logger.warning(f"dropped {damaged} unreadable line(s) of {path}")
 
 
 def _cut_back(path: str, resumed_step: int) -> None:
@@ -133,8 +133,7 @@ def _cut_back(path: str, resumed_step: int) -> None:
             size += len(line)
         else:
             if unreadable - last_unreadable:
-                print(f"charrnn: warning: dropped {unreadable - last_unreadable} unreadable line(s) of {path}",
-                      file=sys.stderr)
+                logger.warning(f"dropped {unreadable - last_unreadable} unreadable line(s) of {path}")
             with open(path, "r+b") as cut:
                 cut.truncate(kept_end)
                 if kept_end and (f.seek(kept_end - 1), f.read(1))[1] != b"\n":

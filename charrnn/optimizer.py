@@ -8,18 +8,18 @@ import math
 import keras
 import tensorflow as tf
 
-from charrnn.config import TrainConfig
-
 
 class LearningRate(keras.optimizers.schedules.LearningRateSchedule):
-    """`config.learning_rate` after `warmup_steps` of linear warm-up, shaped by `lr_schedule`.
+    """`base` (--learning_rate) after `warmup_steps` of linear warm-up, shaped by `schedule`
+    (--lr_schedule: constant, exponential by `decay` each epoch, or cosine to `total_steps`).
 
     A function of the optimizer's step alone, so a resumed run continues the same curve.
     """
 
-    def __init__(self, config: TrainConfig, steps_per_epoch: int, total_steps: int):
-        self.base, self.kind, self.decay = config.learning_rate, config.lr_schedule, config.lr_decay
-        self.warmup, self.steps_per_epoch, self.total_steps = config.warmup_steps, steps_per_epoch, total_steps
+    def __init__(self, *, base: float, steps_per_epoch: int, total_steps: int, schedule: str = "constant",
+                 decay: float = 1.0, warmup_steps: int = 0):
+        self.base, self.kind, self.decay = base, schedule, decay
+        self.warmup, self.steps_per_epoch, self.total_steps = warmup_steps, steps_per_epoch, total_steps
 
     def __call__(self, step: tf.Tensor) -> tf.Tensor:
         step = tf.cast(step, tf.float32)
@@ -39,15 +39,15 @@ class LearningRate(keras.optimizers.schedules.LearningRateSchedule):
                 "steps_per_epoch": self.steps_per_epoch, "total_steps": self.total_steps}
 
 
-def make_optimizer(config: TrainConfig, schedule: LearningRate,
-                   variables: list[tf.Variable]) -> keras.optimizers.Optimizer:
+def make_optimizer(schedule: LearningRate, variables: list[tf.Variable], *, weight_decay: float = 0.0,
+                   loss_scaling: bool = False) -> keras.optimizers.Optimizer:
     """The run's optimizer for `variables`, built: Keras 3 creates Adam's moments lazily, and a
-    checkpoint restored before they exist would drop them."""
-    if config.weight_decay > 0:
-        optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=config.weight_decay)
+    checkpoint restored before they exist would drop them. `loss_scaling` for float16."""
+    if weight_decay > 0:
+        optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=weight_decay)
     else:
         optimizer = keras.optimizers.Adam(learning_rate=schedule)
-    if config.mixed_precision == "mixed_float16":
+    if loss_scaling:
         # float16 gradients underflow without loss scaling (bfloat16 has float32's range).
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     optimizer.build(variables)

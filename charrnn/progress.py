@@ -4,8 +4,9 @@ ends within `FIRST_AFTER` seconds prints nothing."""
 
 from __future__ import annotations
 
-import sys
 import time
+
+from charrnn.log import logger
 
 # Seconds before the first line, and between lines.
 FIRST_AFTER, EVERY = 5.0, 10.0
@@ -28,5 +29,5 @@ class Progress:
         fraction = min(done / self.total, 1.0)
         left = (now - self._start) * (1 - fraction) / fraction if fraction > 0 else None
         shown = "" if left is None else f", {int(left) // 3600}:{int(left) % 3600 // 60:02d}:{int(left) % 60:02d} left"
-        print(f"charrnn: {self.what}: {done / self.scale:,.0f} of {self.total / self.scale:,.0f} {self.unit} "
-              f"({100 * fraction:.0f}%){shown}", file=sys.stderr, flush=True)
+        logger.info(f"{self.what}: {done / self.scale:,.0f} of {self.total / self.scale:,.0f} {self.unit} "
+                    f"({100 * fraction:.0f}%){shown}")

@@ -23,7 +23,7 @@ from charrnn.devices import choose_precision
 from charrnn.errors import CharRNNError
 from charrnn.model import CharRNN
 from charrnn.preflight import check_apart, check_continues
-from charrnn.rundir import RunDir, RunFiles
+from charrnn.rundir import RunDir
 from charrnn.traindata import TrainData
 from charrnn.trained import TrainedModel, load_model
 
@@ -36,7 +36,16 @@ class Start:
     def __init__(self, config: TrainConfig, device: str, tpu: bool = False):
         self.rundir = RunDir(config.run_dir)
         saved = self.rundir.read()
-        self.config, self.precision_reason = _precision(config, saved, device, tpu)
+        # `auto` precision: a resumed run keeps its own (its carried state and checkpoints
+        # have that precision's dtypes), a new one gets what the hardware computes fastest.
+        self.config, self.precision_reason = config, "as asked"
+        if config.mixed_precision == "auto":
+            if saved is not None and saved.config.mixed_precision != "auto":
+                policy, self.precision_reason = saved.config.mixed_precision, "auto: the run's own, kept on resume"
+            else:
+                policy, why = choose_precision(device, tpu=tpu)
+                self.precision_reason = f"auto: {why}"
+            self.config = config.replace(mixed_precision=policy)
         if saved is not None and saved.config.init_from and not config.init_from:  # the run's own (mismatches)
             self.config = self.config.replace(init_from=saved.config.init_from, init_which=saved.config.init_which)
         # A fine-tuned run that saved a checkpoint continues from it: its source is not read
@@ -52,7 +61,8 @@ class Start:
         self.data = TrainData(self.config, base=base)
         self.sample_prime = self._sample_prime()
         self.origin: dict | None = None
-        self._check(saved)
+        if saved is not None:  # refuses a run directory whose config or vocabulary this run cannot continue
+            check_continues(self.config, saved, self.rundir, self.data.vocab)
 
     def _sample_prime(self) -> str:
         """The prime of the samples shown while training: --sample_prime, or the vocabulary's default."""
@@ -65,10 +75,7 @@ class Start:
 
     def recheck(self) -> None:
         """Checks the run directory again, as another trainer may have written it since."""
-        self._check(self.rundir.reread())
-
-    def _check(self, saved: RunFiles | None) -> None:
-        """Refuses a run directory whose config or vocabulary this run cannot continue."""
+        saved = self.rundir.reread()
         if saved is not None:
             check_continues(self.config, saved, self.rundir, self.data.vocab)
 
@@ -119,18 +126,6 @@ class Start:
                 variable.assign(value)
         self.origin = {"run": self.config.init_from, "checkpoint": source.path, "vocab_size_before": len(source.vocab),
                        "vocab_size": len(self.data.vocab)}
-
-
-def _precision(config: TrainConfig, saved: RunFiles | None, device: str, tpu: bool) -> tuple[TrainConfig, str]:
-    """The config with `auto` precision resolved, and why: a resumed run keeps its own (its
-    carried state and checkpoints have that precision's dtypes), a new one gets what the
-    hardware computes fastest (charrnn.devices.choose_precision)."""
-    if config.mixed_precision != "auto":
-        return config, "as asked"
-    if saved is not None and saved.config.mixed_precision != "auto":
-        return config.replace(mixed_precision=saved.config.mixed_precision), "auto: the run's own, kept on resume"
-    policy, why = choose_precision(device, tpu=tpu)
-    return config.replace(mixed_precision=policy), f"auto: {why}"
 
 
 def _load_source(c: TrainConfig) -> TrainedModel:

@@ -13,13 +13,13 @@
 from __future__ import annotations
 
 import signal
-import sys
 import threading
 from types import FrameType
 from typing import Any
 
 from charrnn.callbacks import Callback
 from charrnn.errors import TryAgain
+from charrnn.log import logger
 
 # EX_TEMPFAIL from sysexits.h: the run stopped cleanly and running it again continues it.
 EXIT_PREEMPTED = TryAgain.exit_status
@@ -56,8 +56,8 @@ class SignalStop(Callback):
             self._trainer.stop_training, self._trainer.stop_reason = True, self.requested
         # From now on a second Ctrl-C takes the default action: exit at once.
         signal.signal(signal.SIGINT, signal.SIG_DFL)
-        print(f"\ncharrnn: {self.requested} received; saving a checkpoint after this step "
-              "(Ctrl-C again to quit at once)", file=sys.stderr, flush=True)
+        logger.info(f"\n{self.requested} received; saving a checkpoint after this step "
+                    "(Ctrl-C again to quit at once)")
 
     def on_train_begin(self, trainer: Any) -> None:
         self._trainer = trainer

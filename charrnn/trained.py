@@ -3,7 +3,6 @@ settings and vocabulary (what the Sampler, the exports, charrnn-eval and fine-tu
 
 from __future__ import annotations
 
-import sys
 from typing import NamedTuple
 
 import tensorflow as tf
@@ -11,6 +10,7 @@ import tensorflow as tf
 from charrnn import checkpoint
 from charrnn.config import TrainConfig
 from charrnn.errors import CharRNNError
+from charrnn.log import logger
 from charrnn.model import CharRNN
 from charrnn.preflight import check_run
 from charrnn.rundir import RunDir
@@ -54,7 +54,7 @@ def load_model(run_dir: str, which: str | None = None, device: str = "/CPU:0", l
             if directory != rundir.checkpoint_dir("best") or step is not None or \
                     not checkpoint.checkpoint_paths(rundir.checkpoint_dir("latest")):
                 raise
-            print(f"charrnn: warning: {e}; using the latest checkpoint instead", file=sys.stderr)
+            logger.warning(f"{e}; using the latest checkpoint instead")
             path = checkpoint.restore_newest_readable(reader, rundir.checkpoint_dir("latest"),
                                                       check_finite=model.variables)
     if path is None:

@@ -35,53 +35,64 @@ class Trainer:
     """Trains a `CharRNN` as `config` describes, resuming from `config.run_dir` if it holds a
     run. Construction plans the start, builds the model, optimizer and state in the scope of
     `config.strategy` (with `default`, the caller's `tf.distribute` strategy, if any) and
-    restores the latest checkpoint; nothing is written until `fit()`."""
+    restores the latest checkpoint; nothing is written until `fit()`, which owns the run
+    directory's files and checkpoints while it runs (charrnn.fit)."""
 
     def __init__(self, config: TrainConfig):
         if config.deterministic:
             # Process-wide and irreversible: every op then picks a deterministic kernel.
             tf.config.experimental.enable_op_determinism()
-        self.distribution = Distribution(config)
+        self.distribution = Distribution(
+            strategy=config.strategy, device=config.device, devices=config.devices, tpu=config.tpu,
+            cluster_timeout=config.cluster_timeout, num_cpu_devices=config.num_cpu_devices,
+            batch_size=config.batch_size)
         self.strategy, self.device = self.distribution.strategy, self.distribution.device
         self.start = Start(config, self.device, tpu=self.distribution.name == "tpu")
-        self.config = config = self.start.config  # precision resolved (config.json records it)
-        self.precision_reason = self.start.precision_reason
-        self.data = self.start.data
+        # The caller's config with what the start resolved (precision, model sizes, a
+        # fine-tuned run's source): what config.json records.
+        self.config, self.precision_reason = self.start.config, self.start.precision_reason
+        self.rundir, self.data = self.start.rundir, self.start.data
         self.vocab, self.steps_per_epoch = self.data.vocab, self.data.steps_per_epoch
-        epochs_steps = config.epochs * self.steps_per_epoch
-        self.total_steps = min(epochs_steps, config.max_steps or epochs_steps)
+        run = self.config
+        epochs_steps = run.epochs * self.steps_per_epoch
+        self.total_steps = min(epochs_steps, run.max_steps or epochs_steps)
         # When evaluation, checkpoints, logs and samples happen.
-        self.cadence = Cadence.from_config(config, self.steps_per_epoch, self.total_steps)
-
+        self.cadence = Cadence(
+            steps_per_epoch=self.steps_per_epoch, total_steps=self.total_steps, steps_per_loop=run.steps_per_loop,
+            checkpoint_every=run.checkpoint_every, eval_every=run.eval_every, log_every=run.log_every,
+            patience=run.patience, time_budget=run.time_budget, sample_every=run.sample_every)
         with self.strategy.scope(), self.distribution.placement():
-            state = self._build_state(config)
+            state = self._build_state()
         # What fit() saves: the state and the fingerprints of its vocabulary and text. They are
-        # restored apart (see restore) so that checkpoints of versions without them restore.
+        # restored apart (see _restore) so that checkpoints of versions without them restore.
         fingerprints = checkpoint.Fingerprints(self.vocab.fingerprint, self.data.fingerprint)
         self.checkpoint = tf.train.Checkpoint(**state, fingerprints=fingerprints)
         self._restorable = tf.train.Checkpoint(**state)
-        self.restore()
+        self._restore()
         if self.restored_from is None:
             self.start.transfer(self.model)  # a new fine-tuned run: its first weights
 
-        self._compile_steps(config)
+        self._compile_steps(jit_compile=run.jit_compile)
         self._evaluator = Evaluator(self.model, self.data.layout, device=self.device)
         self._sampler: Sampler | None = None
         self._samples: dict[int, str] = {}
-        self.checkpointer: checkpoint.Checkpointer | None = None  # where fit() saves
         self.last_losses: list[float] = []  # the per-step losses of the last train() call
         self._grad_norm = math.nan  # its last step's gradient norm
         self.stop_training = False  # set to end fit() at the next chunk boundary, with a checkpoint
         self.stop_reason: str | None = None  # why the last fit() ended early (charrnn.stopping)
         self.train_seconds = self.eval_seconds = 0.0  # of the last fit() call (tracing excluded)
 
-    def _build_state(self, config: TrainConfig) -> dict:
+    def _build_state(self) -> dict:
         """Creates the model, optimizer and training state (in the strategy's scope); returns
         what a checkpoint holds of them."""
-        self.model = CharRNN.from_config(config, len(self.vocab))
-        self._schedule = LearningRate(config, self.steps_per_epoch, self.total_steps)
-        self.optimizer = make_optimizer(config, self._schedule, self.model.trainable_variables)
-        self._loss_scaling = config.mixed_precision == "mixed_float16"
+        run = self.config
+        self.model = CharRNN.from_config(run, len(self.vocab))
+        self._loss_scaling = run.mixed_precision == "mixed_float16"
+        self._schedule = LearningRate(
+            base=run.learning_rate, schedule=run.lr_schedule, decay=run.lr_decay, warmup_steps=run.warmup_steps,
+            steps_per_epoch=self.steps_per_epoch, total_steps=self.total_steps)
+        self.optimizer = make_optimizer(self._schedule, self.model.trainable_variables,
+                                        weight_decay=run.weight_decay, loss_scaling=self._loss_scaling)
         self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
         # Sum of this epoch's step losses, checkpointed so that an epoch's mean train
@@ -90,26 +101,26 @@ class Trainer:
         # The step at which an epoch (or the run's last, partial one) was last evaluated
         # and logged; a step equal to it needs no finalising again after a resume.
         self.finalized_step = tf.Variable(-1, dtype=tf.int64, trainable=False, name="finalized_step")
-        self.rng = tf.random.Generator.from_seed(config.seed)
+        self.rng = tf.random.Generator.from_seed(run.seed)
         self._evaluations = checkpoint.Evaluations()
         # With carry_state, the state the last step ended with, flattened: the initial
         # state of the next step. Zero at each epoch's start.
         self.carried_state = [
-            tf.Variable(tf.zeros([config.batch_size, self.model.rnn_units], self.model.state_dtype),
+            tf.Variable(tf.zeros([run.batch_size, self.model.rnn_units], self.model.state_dtype),
                         trainable=False, name=f"carried_state_{i}")
-            for i in range(self.model.num_layers * self.model.state_size if config.carry_state else 0)]
+            for i in range(self.model.num_layers * self.model.state_size if run.carry_state else 0)]
         return dict(model=self.model, optimizer=self.optimizer, step=self.step, epoch=self.epoch,
                      epoch_loss_sum=self.epoch_loss_sum, finalized_step=self.finalized_step, rng=self.rng,
                      validation=self._evaluations, carried_state=self.carried_state)
 
-    def _compile_steps(self, config: TrainConfig) -> None:
+    def _compile_steps(self, jit_compile: bool) -> None:
         """The compiled entry points: a step, a chunk of steps, a replica's pass."""
         spec = tf.TensorSpec([None, None], tf.int32)
         # train_step(inputs, targets) -> (loss, finite, grad_norm): one optimisation step on a
         # batch (default strategy); nothing is updated when the loss or gradients are not finite.
         self.train_step = tf.function(self._train_step_fn, input_signature=[spec, spec])
         # Each replica's forward and backward pass; with jit_compile one XLA cluster.
-        self._replica_step = (tf.function(self._replica_step_fn, jit_compile=True) if config.jit_compile
+        self._replica_step = (tf.function(self._replica_step_fn, jit_compile=True) if jit_compile
                               else self._replica_step_fn)
         # Up to num_steps steps in one call (Orbit's steps_per_loop); see _train_loop_fn.
         self._train_loop = tf.function(self._train_loop_fn)
@@ -133,14 +144,21 @@ class Trainer:
                          f"weights, {o['vocab_size'] - o['vocab_size_before']} new one(s) from {c.data}")
         return "\n".join([*lines, self.model.summary_table(c.batch_size)])
 
-    def restore(self) -> None:
+    def _restore(self) -> None:
         """Restores the newest usable checkpoint of the run (charrnn.resume checks it); sets
-        `restored_from` (None for a new run) and remembers which checkpoints existed, so that
-        fit() notices one saved in between (by a trainer that held the lock then)."""
-        self.seen_checkpoints = checkpoint.checkpoint_paths(self.start.rundir.checkpoint_dir())
+        `restored_from` (None for a new run) and remembers which checkpoints existed, for
+        catch_up()."""
+        self._seen_checkpoints = checkpoint.checkpoint_paths(self.rundir.checkpoint_dir())
         self.restored_from = self.start.restore(self._restorable, self.model.variables + self.optimizer.variables,
                                                 self.position)
         self._batches: tf.data.Iterator | None = None
+
+    def catch_up(self) -> None:
+        """Continues from the newest checkpoint if another trainer saved one since this one
+        restored (fit() calls it once it holds the run's lock)."""
+        if checkpoint.checkpoint_paths(self.rundir.checkpoint_dir()) != self._seen_checkpoints:
+            self.start.recheck()
+            self._restore()
 
     # -- compiled steps ---------------------------------------------------------------------
 
@@ -282,10 +300,10 @@ class Trainer:
             return None
         return self._evaluator.loss(self.data.val_ids, should_stop)
 
-    def record_evaluation(self, step: int, val_loss: float) -> None:
-        """Records the evaluation at `step`; a new best is saved as the best checkpoint."""
-        if self._evaluations.record(step, val_loss):
-            self.save("best", step)
+    def record_evaluation(self, step: int, val_loss: float) -> bool:
+        """Records the evaluation at `step`; returns whether it is the best so far (fit()
+        then saves the best checkpoint)."""
+        return self._evaluations.record(step, val_loss)
 
     @property
     def evaluations(self) -> EvalRecord:
@@ -307,18 +325,10 @@ class Trainer:
 
     def finalize_epoch(self, step: int) -> None:
         self.finalized_step.assign(step)
-        self.save()
-
-    def save(self, which: str = "latest", step: int | None = None) -> str:
-        """Saves a checkpoint of the current state as `which` (at `step`, by default the
-        current one) where fit() set up; returns its path."""
-        if self.checkpointer is None:
-            raise CharRNNError("a checkpoint is saved only while fit() runs (it sets up the run directory)")
-        return self.checkpointer.save(which, int(self.step.numpy()) if step is None else step)
 
     def checkpoint_path(self, which: str = "latest") -> str | None:
-        """The newest checkpoint fit() saved in `which` (latest or best), if any."""
-        return self.checkpointer.path(which) if self.checkpointer is not None else None
+        """The newest checkpoint of the run directory of `which` kind (latest or best), if any."""
+        return checkpoint.newest(self.rundir.checkpoint_dir(which))
 
     def sample(self, step: int) -> str:
         """The sample shown at `step` while training (--sample_chars, --sample_prime,
@@ -347,4 +357,6 @@ class Trainer:
         run's own observers; `verbose` 0 is silent, 1 a live line, 2 a line per `log_every` steps,
         "auto" 1 on a terminal, else 2; with `handle_signals`, SIGTERM and Ctrl-C stop the
         run with a checkpoint and raise `Preempted`. The whole contract: charrnn.fit."""
-        return fit(self, callbacks, verbose, handle_signals)
+        done = fit(self, callbacks, verbose, handle_signals)
+        self.train_seconds, self.eval_seconds = done.train_seconds, done.eval_seconds
+        return done.history

@@ -17,6 +17,11 @@ import numpy as np
 import pytest
 
 from charrnn import Callback, TrainConfig
+from charrnn.log import install_console
+
+# The library's warnings and progress lines on stderr, as the tools show them: the tests
+# that call the library in-process read them there (capsys), as a user reads a tool's.
+install_console()
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_CORPUS = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"

@@ -18,7 +18,8 @@ from charrnn.stopping import Stopped
 
 class FakeTrainer:
     """Trainable with plain numbers: the loss of step s is 1/s, the validation loss at step
-    s is `val(s)`; saves keep a copy of the state, as a checkpoint would."""
+    s is `val(s)`. It is its own Checkpoints too: a save of the latest keeps a copy of the
+    state, as a checkpoint would; a save of the best, its step."""
 
     def __init__(self, cadence: Cadence, val=lambda step: 1.0 / step):
         self.cadence, self.val = cadence, val
@@ -26,6 +27,7 @@ class FakeTrainer:
         self.record = [-1, math.nan, -1, math.inf, 0]  # last step, last loss, best step, best loss, since best
         self.stop_training, self.stop_reason = False, None
         self.saved: dict[int, dict] = {}
+        self.best_saves: list[int] = []
         self.trained: list[tuple[int, int]] = []  # (first step, steps) of each train() call
         self.stop_in_evaluation = False
 
@@ -74,8 +76,9 @@ class FakeTrainer:
         r[0], r[1] = step, val_loss
         if val_loss < r[3]:
             r[2], r[3], r[4] = step, val_loss, 0
-        else:
-            r[4] += 1
+            return True
+        r[4] += 1
+        return False
 
     @property
     def evaluations(self):
@@ -89,11 +92,14 @@ class FakeTrainer:
 
     def finalize_epoch(self, step):
         self.finalized = step
-        self.save()
 
-    def save(self):
-        self.saved[self.step] = self._state()
-        return f"ckpt-{self.step}"
+    def save(self, which, step):
+        assert step == self.step  # the state of the step it names
+        if which == "best":
+            self.best_saves.append(step)
+        else:
+            self.saved[step] = self._state()
+        return f"{which}/ckpt-{step}"
 
 
 class Recorder(Callback):
@@ -153,12 +159,13 @@ def test_the_run_evaluates_saves_and_reports_on_schedule():
     cadence = Cadence(steps_per_epoch=10, total_steps=25, steps_per_loop=4, checkpoint_every=6, eval_every=5,
                       log_every=100)
     trainer, recorder = FakeTrainer(cadence), Recorder()
-    history = Controller(trainer, cadence, [recorder]).run()
+    history = Controller(trainer, cadence, [recorder], checkpoints=trainer).run()
     assert [(s.epoch, s.step) for s in history] == [(1, 10), (2, 20), (3, 25)]
     assert history[0].train_loss == pytest.approx(sum(1 / s for s in range(1, 11)) / 10)
     assert history[2].train_loss == pytest.approx(sum(1 / s for s in range(21, 26)) / 5)
     assert [e[1] for e in recorder.events if e[0] == "evaluate"] == [5, 10, 15, 20, 25]
     assert sorted(trainer.saved) == [6, 10, 12, 18, 20, 24, 25]  # every 6 steps and at each epoch's end
+    assert trainer.best_saves == [5, 10, 15, 20, 25]  # 1/step: each evaluation is a new best
     chunks = [e[1] for e in recorder.events if e[0] == "chunk"]
     assert chunks == [4, 5, 6, 10, 12, 15, 18, 20, 24, 25]
     kinds = [e[0] for e in recorder.events]
@@ -169,7 +176,8 @@ def test_the_run_evaluates_saves_and_reports_on_schedule():
         ("epoch", 1, round(history[0].train_loss, 12), 0.1)]
     assert trainer.stop_reason is None
     again = Recorder()
-    assert Controller(trainer, cadence, [again]).run() == [] and [e[0] for e in again.events] == ["begin", "end"]
+    assert Controller(trainer, cadence, [again], checkpoints=trainer).run() == []
+    assert [e[0] for e in again.events] == ["begin", "end"]
 
 
 @pytest.mark.parametrize("eval_every,crash_at", [(5, 6), (5, 10), (5, 12), (5, 18), (3, 6), (3, 12)])
@@ -179,7 +187,7 @@ def test_a_resume_from_any_checkpoint_repeats_nothing_and_misses_nothing(eval_ev
     cadence = Cadence(steps_per_epoch=10, total_steps=25, steps_per_loop=4, checkpoint_every=6, eval_every=eval_every,
                       log_every=2)
     reference, recorder = FakeTrainer(cadence), Recorder()
-    Controller(reference, cadence, [recorder]).run()
+    Controller(reference, cadence, [recorder], checkpoints=reference).run()
     # The events after the checkpoint (the crash loses what came later; the resumed run redoes it).
     cut = next(i for i, e in enumerate(recorder.events) if e[0] == "chunk" and e[1] == crash_at) + 1
     while recorder.events[cut][0] == "evaluate" and recorder.events[cut][1] == crash_at and crash_at % 10:
@@ -188,7 +196,7 @@ def test_a_resume_from_any_checkpoint_repeats_nothing_and_misses_nothing(eval_ev
         cut = next(i for i, e in enumerate(recorder.events) if e[0] == "epoch" and e[3] is not None
                    and e[1] == crash_at // 10) + 1
     resumed, rest = reference.restore(crash_at), Recorder()
-    Controller(resumed, cadence, [rest]).run()
+    Controller(resumed, cadence, [rest], checkpoints=resumed).run()
     assert rest.events[1:] == recorder.events[cut:]
     assert resumed._state() == reference._state()
 
@@ -196,17 +204,17 @@ def test_a_resume_from_any_checkpoint_repeats_nothing_and_misses_nothing(eval_ev
 def test_patience_stops_the_run_and_a_rerun_stays_stopped():
     cadence = Cadence(steps_per_epoch=100, total_steps=100, checkpoint_every=50, eval_every=5, patience=2)
     trainer = FakeTrainer(cadence, val=lambda step: float(step))  # worse every time after the first
-    history = Controller(trainer, cadence).run()
+    history = Controller(trainer, cadence, checkpoints=trainer).run()
     assert trainer.step == 15 and trainer.stop_reason == "patience" and history[-1].val_loss == 15.0
-    assert trainer.evaluations.best_step == 5
-    assert Controller(trainer, cadence).run() == [] and trainer.step == 15
+    assert trainer.evaluations.best_step == 5 and trainer.best_saves == [5]  # the best kept, not the worse ones
+    assert Controller(trainer, cadence, checkpoints=trainer).run() == [] and trainer.step == 15
 
 
 def test_the_time_budget_counts_training_only_and_not_the_first_chunk():
     ticks = iter(range(10**6))
     cadence = Cadence(steps_per_epoch=100, total_steps=100, checkpoint_every=1000, time_budget=3)
     trainer = FakeTrainer(cadence, val=lambda step: None)
-    controller = Controller(trainer, cadence, clock=lambda: float(next(ticks)))
+    controller = Controller(trainer, cadence, checkpoints=trainer, clock=lambda: float(next(ticks)))
     history = controller.run()
     # One tick per chunk: the first (tracing) is free, then three chunks of one second.
     assert trainer.step == 4 and controller.train_seconds == 3 and trainer.stop_reason == "time_budget"
@@ -225,20 +233,21 @@ def test_a_callback_stops_the_run_with_a_checkpoint_and_a_rerun_continues():
                 self.trainer.stop_training, self.trainer.stop_reason = True, "enough"
 
     trainer = FakeTrainer(cadence)
-    history = Controller(trainer, cadence, [StopAt7()]).run()
+    history = Controller(trainer, cadence, [StopAt7()], checkpoints=trainer).run()
     assert history == []  # stopped before the first epoch's end
     assert trainer.step == 7 and sorted(trainer.saved) == [7] and trainer.stop_reason == "enough"
     resumed = trainer.restore(7)
-    assert [s.step for s in Controller(resumed, cadence).run()] == [10, 20] and resumed.stop_reason is None
+    assert [s.step for s in Controller(resumed, cadence, checkpoints=resumed).run()] == [10, 20]
+    assert resumed.stop_reason is None
 
 
 def test_a_stop_during_an_evaluation_saves_without_it_and_the_resume_evaluates_first():
     cadence = Cadence(steps_per_epoch=20, total_steps=20, checkpoint_every=100, eval_every=5)
     trainer = FakeTrainer(cadence)
     trainer.stop_in_evaluation = True
-    Controller(trainer, cadence).run()
+    Controller(trainer, cadence, checkpoints=trainer).run()
     assert trainer.step == 5 and sorted(trainer.saved) == [5] and trainer.saved[5]["record"][0] == -1
     assert trainer.stop_reason == "stop_requested"
     resumed, recorder = trainer.restore(5), Recorder()
-    Controller(resumed, cadence, [recorder]).run()
+    Controller(resumed, cadence, [recorder], checkpoints=resumed).run()
     assert recorder.events[1] == ("evaluate", 5, 0.2)

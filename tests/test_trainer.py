@@ -217,20 +217,19 @@ def test_jit_compiled_step_matches_the_plain_one(small_text, tmp_path):
 
 
 def test_learning_rate_schedules():
-    from charrnn import TrainConfig
     from charrnn.optimizer import LearningRate
 
     def lr(step, **kw):
-        return float(LearningRate(TrainConfig(learning_rate=0.01, **kw), steps_per_epoch=10, total_steps=110)(step))
+        return float(LearningRate(base=0.01, steps_per_epoch=10, total_steps=110, **kw)(step))
 
     assert lr(0) == lr(57) == pytest.approx(0.01)
     assert lr(0, warmup_steps=10) == pytest.approx(0.001) and lr(4, warmup_steps=10) == pytest.approx(0.005)
     assert lr(10, warmup_steps=10) == pytest.approx(0.01)
-    assert lr(10, lr_schedule="cosine", warmup_steps=10) == pytest.approx(0.01)
-    assert lr(60, lr_schedule="cosine", warmup_steps=10) == pytest.approx(0.005)
-    assert lr(110, lr_schedule="cosine", warmup_steps=10) == pytest.approx(0.0, abs=1e-9)
-    assert lr(9, lr_schedule="exponential", lr_decay=0.5) == pytest.approx(0.01)
-    assert lr(25, lr_schedule="exponential", lr_decay=0.5) == pytest.approx(0.0025)
+    assert lr(10, schedule="cosine", warmup_steps=10) == pytest.approx(0.01)
+    assert lr(60, schedule="cosine", warmup_steps=10) == pytest.approx(0.005)
+    assert lr(110, schedule="cosine", warmup_steps=10) == pytest.approx(0.0, abs=1e-9)
+    assert lr(9, schedule="exponential", decay=0.5) == pytest.approx(0.01)
+    assert lr(25, schedule="exponential", decay=0.5) == pytest.approx(0.0025)
 
 
 def test_weight_decay_uses_adamw_and_schedule_survives_resume(small_text, tmp_path):
@@ -246,9 +245,9 @@ def test_weight_decay_uses_adamw_and_schedule_survives_resume(small_text, tmp_pa
     decayed, undecayed = trainer.model.dense.kernel.numpy(), plain.model.dense.kernel.numpy()
     assert np.abs(decayed).sum() < np.abs(undecayed).sum()  # the decay pulled the weights towards 0
     resumed = Trainer(config.replace(max_steps=6))
-    from charrnn.optimizer import LearningRate
-    expected = LearningRate(resumed.config, resumed.steps_per_epoch, 6)(3)  # the curve continues at the restored step
-    assert float(resumed.optimizer.learning_rate) == pytest.approx(float(expected))
+    # The cosine curve (warm-up 2 steps, to 0 at step 6) continues at the restored step 3.
+    expected = config.learning_rate * 0.5 * (1 + math.cos(math.pi * (3 - 2) / (6 - 2)))
+    assert float(resumed.optimizer.learning_rate) == pytest.approx(expected)
     resumed.fit()
     assert int(resumed.optimizer.iterations.numpy()) == 6
 

@@ -19,6 +19,7 @@ import resource
 import shlex
 import sys
 import textwrap
+import traceback
 import types
 import typing
 from collections.abc import Callable
@@ -29,6 +30,7 @@ from absl import app, flags, logging
 from charrnn import __version__, preflight, storage
 from charrnn.config import PRESETS
 from charrnn.errors import CharRNNError
+from charrnn.log import install_console
 from charrnn.quiet import start_tensorflow
 from charrnn.rundir import RunDir, RunFiles, check_which
 from charrnn.stopping import Preempted
@@ -208,6 +210,7 @@ def run(main: Callable[[], None], doc: str, check: Callable[[], None] | None = N
             f"{prog}: standard output failed ({reason}); going on without it", file=sys.stderr))
     if sys.stderr is not None:
         sys.stderr = _Console(sys.stderr, keep_going=True)
+    install_console()  # the library's warnings and progress lines, as `charrnn: ...` on stderr
     if any(arg in ("-h", "-?", "--help", "--helpshort") for arg in sys.argv[1:]):
         print(_help(prog, doc), end="")
         sys.exit(0)
@@ -239,7 +242,7 @@ def _main(prog: str, main: Callable[[], None], check: Callable[[], None] | None,
             sys.exit(0)
         _fail(prog, f"cannot write to standard output ({e.reason})")
     except CharRNNError as e:
-        _fail(prog, str(e), e.exit_status)
+        _fail(prog, str(e), e.exit_status, e)
     except KeyboardInterrupt:  # Ctrl-C outside training (which stops with a checkpoint)
         print(f"\n{prog}: interrupted", file=sys.stderr)
         sys.exit(130)
@@ -247,9 +250,9 @@ def _main(prog: str, main: Callable[[], None], check: Callable[[], None] | None,
         if e.errno != errno.EMFILE:
             raise
         _fail(prog, f"too many open files ({e.filename or e.strerror}): this process may open "
-              f"{resource.getrlimit(resource.RLIMIT_NOFILE)[0]}; raise the limit (ulimit -n 1024)")
-    except MemoryError:
-        _fail(prog, "out of memory; free some, or raise this process's memory limit (ulimit -v)")
+              f"{resource.getrlimit(resource.RLIMIT_NOFILE)[0]}; raise the limit (ulimit -n 1024)", error=e)
+    except MemoryError as e:
+        _fail(prog, "out of memory; free some, or raise this process's memory limit (ulimit -v)", error=e)
 
 
 def _parse(prog: str, argv: list[str]) -> list[str]:
@@ -321,6 +324,18 @@ def _help(prog: str, doc: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _show_causes(error: BaseException) -> None:
+    """Prints `error`'s traceback with every cause and context, those that `raise ... from
+    None` hides from a user's view included: what a maintainer needs behind a one-line error."""
+    seen: set[int] = set()
+    link: BaseException | None = error
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        link.__suppress_context__ = False
+        link = link.__cause__ or link.__context__
+    traceback.print_exception(error, file=sys.stderr)
+
+
 def _shown(default: Any) -> str:
     if default is None:
         return "unset"
@@ -329,7 +344,11 @@ def _shown(default: Any) -> str:
     return repr(default) if isinstance(default, str) else str(default)
 
 
-def _fail(prog: str, message: str, status: int = 2) -> NoReturn:
+def _fail(prog: str, message: str, status: int = 2, error: BaseException | None = None) -> NoReturn:
+    """Ends the tool with `message` in one line; with $CHARRNN_TRACEBACK set, the traceback of
+    `error` and of every error that led to it comes first."""
+    if error is not None and os.environ.get("CHARRNN_TRACEBACK"):
+        _show_causes(error)
     print(f"{prog}: error: {message}", file=sys.stderr)
     # Objects torn down at exit (e.g. a half-restored checkpoint) may log warnings that would
     # bury the one line that matters.
