@@ -63,7 +63,8 @@ class Callback:
       (training time only; absent for the first chunk, which traces the step). The chunk's
       per-step losses are in `trainer.last_losses`.
     - `on_evaluate(step, logs)`: after each evaluation on the validation split: `val_loss`
-      (nats/char), `val_bpc` (bits/char), `best_val_loss` (so far, this one included).
+      (nats/char), `val_bpc` (bits/char), every other metric of charrnn.evaluator's
+      `Evaluator.metrics` as `val_<name>`, `best_val_loss` (so far, this one included).
     - `on_epoch_end(epoch, logs)`: `epoch` counts from 1; `loss` (the epoch's mean train
       loss, across resumes), `val_loss`, `val_bpc`, `steps_per_sec`.
     - `on_train_end(logs)`: the last epoch's logs and `best_val_loss`; called however the

@@ -6,6 +6,7 @@ training and `charrnn-eval` use, so the two measure exactly the same thing.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import numpy as np
@@ -33,6 +34,13 @@ class Evaluator:
             logits, state = self.model(inputs, state=state)
             losses = token_losses(targets, logits)
             return tf.reduce_sum(tf.cast(losses, tf.float64)), tf.size(losses), state
+
+    def metrics(self, ids: np.ndarray, should_stop: Callable[[], bool] = lambda: False) -> dict[str, float]:
+        """What a validation during training reports: each key `k` reaches the callbacks'
+        logs as `val_<k>`, metrics.jsonl and TensorBoard's validation run as written. A new
+        validation metric is a new key here (and its computation in this class), nothing else."""
+        loss = self.loss(ids, should_stop)
+        return {"loss": loss, "bpc": loss / math.log(2)}
 
     def loss(self, ids: np.ndarray, should_stop: Callable[[], bool] = lambda: False,
              progress: Callable[[int], None] | None = None) -> float:

@@ -56,8 +56,9 @@ class Trainable(TrainerView, Protocol):
     def train_logs(self) -> dict[str, float]:
         """Figures of the last step to report with its chunk (learning_rate, grad_norm)."""
 
-    def evaluate(self, should_stop: Callable[[], bool]) -> float | None:
-        """The validation loss (None without a validation split); raises Stopped if asked."""
+    def validate(self, should_stop: Callable[[], bool]) -> dict[str, float] | None:
+        """The validation metrics, `loss` among them (None without a validation split);
+        raises Stopped if asked."""
 
     def record_evaluation(self, step: int, val_loss: float) -> bool:
         """Records an evaluation; returns whether it is the best so far."""
@@ -184,17 +185,18 @@ class Controller:
         return step
 
     def _evaluate(self, step: int) -> float | None:
-        """Evaluates at `step`, records it and tells the callbacks; None without a validation split."""
+        """Evaluates at `step`, records it and tells the callbacks every metric (as `val_<name>`);
+        returns the validation loss, None without a validation split."""
         start = self.clock()
-        val_loss = self.trainer.evaluate(lambda: self.trainer.stop_training)
+        metrics = self.trainer.validate(lambda: self.trainer.stop_training)
         self.eval_seconds += self.clock() - start
-        if val_loss is None:
+        if metrics is None:
             return None
-        if self.trainer.record_evaluation(step, val_loss):
+        if self.trainer.record_evaluation(step, metrics["loss"]):
             self.checkpoints.save("best", step)
-        self.callbacks.on_evaluate(step, {"val_loss": val_loss, "val_bpc": val_loss / math.log(2),
-                                          "best_val_loss": self.trainer.evaluations.best_loss})
-        return val_loss
+        logs = {f"val_{name}": value for name, value in metrics.items()}
+        self.callbacks.on_evaluate(step, {**logs, "best_val_loss": self.trainer.evaluations.best_loss})
+        return metrics["loss"]
 
 
 def _epoch_logs(stats: EpochStats) -> dict[str, float]:

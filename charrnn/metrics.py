@@ -15,8 +15,9 @@ from charrnn.rundir import RunDir
 
 class MetricsLog(Callback):
     """Keeps the metrics file at `path`: one JSON object per line, flushed at once:
-    `{step, loss}` every `log_every` steps (that step's loss), `{step, val_loss, val_bpc}` at
-    each evaluation, `{step, epoch, train_loss, val_loss, val_bpc}` at each epoch's end.
+    `{step, loss}` every `log_every` steps (that step's loss), `{step, val_loss, val_bpc,
+    best_val_loss, ...}` at each evaluation (every key of its logs), `{step, epoch, train_loss,
+    val_loss, val_bpc}` at each epoch's end.
 
     Opening it for a run resumed at `resumed_step` first drops the lines of later steps:
     those steps are trained again, and a step must appear once, with the value of the run
@@ -76,7 +77,7 @@ class MetricsLog(Callback):
             self._rewrite()
 
     def on_evaluate(self, step: int, logs: dict[str, float]) -> None:
-        self._write(step=step, val_loss=logs["val_loss"], val_bpc=logs["val_bpc"])
+        self._write(step=step, **logs)  # every metric of the evaluation, whatever the evaluator measures
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
         self._write(step=self._trainer.position()[0], epoch=epoch, train_loss=logs["loss"],

@@ -123,8 +123,12 @@ class TensorBoard(Callback):
             self._sample(step)
 
     def on_evaluate(self, step: int, logs: dict[str, float]) -> None:
-        self._guard(lambda: self._scalars("validation", step, {"loss": logs["val_loss"], "bpc": logs["val_bpc"]}))
-        self._guard(lambda: self._scalars("run", step, {"best_val_loss": logs["best_val_loss"]}))
+        # Every key: `val_<name>` as <name> of the validation run (beside the train run's
+        # <name>), the others (best_val_loss) in the run's own.
+        validation = {key[len("val_"):]: value for key, value in logs.items() if key.startswith("val_")}
+        run = {key: value for key, value in logs.items() if not key.startswith("val_")}
+        self._guard(lambda: self._scalars("validation", step, validation))
+        self._guard(lambda: self._scalars("run", step, run))
         self._sample(step)
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:

@@ -293,12 +293,17 @@ class Trainer:
         rate = float(self._schedule(tf.constant(max(int(self.step.numpy()) - 1, 0), tf.int64)))
         return {"learning_rate": rate, "grad_norm": self._grad_norm}
 
-    def evaluate(self, should_stop: Callable[[], bool] = lambda: False) -> float | None:
-        """Mean validation loss in nats per character (None without a validation split);
-        `should_stop` is polled between batches, and its True raises `Stopped`."""
+    def evaluate(self) -> float | None:
+        """Mean validation loss in nats per character now (None without a validation split)."""
+        metrics = self.validate()
+        return None if metrics is None else metrics["loss"]
+
+    def validate(self, should_stop: Callable[[], bool] = lambda: False) -> dict[str, float] | None:
+        """The validation metrics (charrnn.evaluator.Evaluator.metrics; None without a
+        validation split); `should_stop` is polled between batches, and its True raises `Stopped`."""
         if len(self.data.val_ids) == 0:
             return None
-        return self._evaluator.loss(self.data.val_ids, should_stop)
+        return self._evaluator.metrics(self.data.val_ids, should_stop)
 
     def record_evaluation(self, step: int, val_loss: float) -> bool:
         """Records the evaluation at `step`; returns whether it is the best so far (fit()

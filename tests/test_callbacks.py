@@ -319,3 +319,31 @@ def test_keras_callbacks_run_as_keras_fit_calls_them_and_may_stop_the_run(small_
             resumed.fit(callbacks=[refused], verbose=0)
     with pytest.raises(TypeError, match="charrnn.Callback or keras.callbacks.Callback instances, got object"):
         resumed.fit(callbacks=[object()], verbose=0)
+
+
+def test_a_new_validation_metric_needs_only_the_evaluator(small_text, tmp_path, monkeypatch):
+    """The path README's "Where a change goes" promises: a key added to Evaluator.metrics
+    reaches the callbacks (val_<name>), metrics.jsonl and TensorBoard's validation run, with
+    no other change."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.util import tensor_util
+
+    from charrnn.evaluator import Evaluator
+
+    measured = Evaluator.metrics
+    monkeypatch.setattr(Evaluator, "metrics", lambda self, ids, should_stop=lambda: False: {
+        **measured(self, ids, should_stop), "perplexity": math.exp(measured(self, ids, should_stop)["loss"])})
+    run, recorder = tmp_path / "run", Recorder()
+    Trainer(tiny_config(small_text, run, max_steps=4, eval_every=2, sample_chars=0)).fit(callbacks=[recorder],
+                                                                                           verbose=0)
+    logged = {step: logs for kind, step, logs in recorder.of("evaluate")}
+    assert sorted(logged) == [2, 4]
+    assert all(logs["val_perplexity"] == pytest.approx(math.exp(logs["val_loss"])) for logs in logged.values())
+    lines = {m["step"]: m for m in read_metrics(run) if "val_loss" in m and "epoch" not in m}
+    assert {step: m["val_perplexity"] for step, m in lines.items()} == {
+        step: pytest.approx(logs["val_perplexity"]) for step, logs in logged.items()}
+    reader = EventAccumulator(str(run / "validation"), size_guidance={"tensors": 0})
+    reader.Reload()
+    charted = {e.step: tensor_util.make_ndarray(e.tensor_proto).item() for e in reader.Tensors("perplexity")}
+    assert charted == {step: pytest.approx(logs["val_perplexity"], rel=1e-6) for step, logs in logged.items()}

@@ -64,12 +64,13 @@ class FakeTrainer:
     def train_logs(self):
         return {"learning_rate": 0.01, "grad_norm": 2.0}
 
-    def evaluate(self, should_stop):
+    def validate(self, should_stop):
         if self.stop_in_evaluation:
             self.stop_training = True
         if should_stop():
             raise Stopped
-        return self.val(self.step)
+        loss = self.val(self.step)
+        return None if loss is None else {"loss": loss, "bpc": loss / math.log(2)}
 
     def record_evaluation(self, step, val_loss):
         r = self.record
