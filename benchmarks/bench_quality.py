@@ -45,6 +45,7 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 def _config() -> TrainConfig:
     if FLAGS.preset is None:
         FLAGS.preset = "cpu_small"
+    tool.apply_preset()
     config = tool.dataclass_from_flags(TrainConfig)
     if not FLAGS["run_dir"].present:
         config = config.replace(run_dir=tempfile.mkdtemp(prefix="bench_quality_"))

@@ -14,6 +14,8 @@ from charrnn.errors import CharRNNError
 from charrnn.sampling import check_settings
 from charrnn.vocab import Vocabulary
 
+FLAGS = flags.FLAGS
+
 tool.define_checkpoint_flags()
 flags.DEFINE_string("prime", None, "Text to start from (default: a newline if the vocabulary has one, "
                     "else its first character).")
@@ -38,7 +40,7 @@ tool.define_preset_flag()
 
 def _settings() -> dict:
     """The sampling settings the flags give (with --preset)."""
-    return {name: tool.flag_value(name) for name in ("num_chars", "temperature", "seed", "top_k", "top_p", "greedy",
+    return {name: FLAGS[name].value for name in ("num_chars", "temperature", "seed", "top_k", "top_p", "greedy",
                                                      "stop_at")}
 
 
@@ -49,10 +51,10 @@ _PRIME_FILE_LIMIT = 16 << 20
 
 def _prime() -> str | None:
     """--prime, or the text of --prime_file (None when neither is given)."""
-    path = tool.flag_value("prime_file")
+    path = FLAGS.prime_file
     if path is None:
-        return tool.flag_value("prime")
-    if tool.flag_value("prime") is not None:
+        return FLAGS.prime
+    if FLAGS.prime is not None:
         raise CharRNNError("--prime and --prime_file both give a prime; pass one of them")
     if storage.is_local(path) and os.path.exists(path):
         if not os.path.isfile(path):
@@ -76,11 +78,11 @@ def _prime() -> str | None:
 
 
 def check() -> None:
-    num_samples, prime = tool.flag_value("num_samples"), _prime()
+    num_samples, prime = FLAGS.num_samples, _prime()
     check_settings(_settings(), "x" if prime is None else prime, num_samples)
-    if (tool.flag_value("stream") or tool.flag_value("interactive")) and num_samples != 1:
+    if (FLAGS.stream or FLAGS.interactive) and num_samples != 1:
         raise CharRNNError("--stream and --interactive print one sample at a time; leave --num_samples at 1")
-    if tool.flag_value("interactive") and sys.stdin is None:
+    if FLAGS.interactive and sys.stdin is None:
         raise CharRNNError("--interactive reads primes from standard input, which is closed; give it input, or "
                            "pass --prime instead")
     files = tool.local_run()
@@ -88,28 +90,28 @@ def check() -> None:
         if prime:
             files.vocab.encode(prime)
         _check_shown(files.vocab)
-    if tool.flag_value("interactive") and sys.stdin.isatty():
-        print(f"charrnn-sample: loading {tool.flag_value('run_dir')} ...", file=sys.stderr, flush=True)
+    if FLAGS.interactive and sys.stdin.isatty():
+        print(f"charrnn-sample: loading {FLAGS.run_dir} ...", file=sys.stderr, flush=True)
 
 
 def main() -> None:
     from charrnn.cli import repl
     from charrnn.sampler import Sampler  # TensorFlow: after the flags are parsed
 
-    run_dir = tool.flag_value("run_dir")
-    sampler = Sampler.from_checkpoint(run_dir, device=tool.flag_value("device"), which=tool.flag_value("which"))
+    run_dir = FLAGS.run_dir
+    sampler = Sampler.from_checkpoint(run_dir, device=FLAGS.device, which=FLAGS.which)
     _check_shown(sampler.vocab)  # again: a run on another filesystem was not read before
     settings = _settings()
-    if tool.flag_value("interactive"):
+    if FLAGS.interactive:
         repl.run(sampler, settings, run_dir)
         return
     prime = _prime()
     if prime is None:
         prime = sampler.vocab.default_prime
-    if tool.flag_value("stream"):
+    if FLAGS.stream:
         _print_stream(prime, sampler.stream(prime, **settings))
         return
-    texts = sampler.generate(prime, num_samples=tool.flag_value("num_samples"), **settings)
+    texts = sampler.generate(prime, num_samples=FLAGS.num_samples, **settings)
     if isinstance(texts, str):
         print(texts)
     else:

@@ -111,23 +111,25 @@ flags.DEFINE_boolean("tf_logs", False, "Show TensorFlow's own start-up and C++ l
 _GROUPS["tf_logs"] = _GENERAL
 
 
-def flag_value(name: str) -> Any:
-    """The flag's value: explicit on the command line, else from --preset, else its default."""
+def apply_preset() -> None:
+    """Gives the flags that the command line left unset --preset's values (an explicit flag
+    wins), so that every flag reads as FLAGS.<name>, preset or not. The tools call it once
+    their flags are parsed."""
     preset = PRESETS.get(FLAGS.preset or "", {}) if "preset" in FLAGS else {}
-    if not FLAGS[name].present and name in preset:
-        return preset[name]
-    return FLAGS[name].value
+    for name, value in preset.items():
+        if name in FLAGS and not FLAGS[name].present:
+            FLAGS[name].value = value
 
 
 def local_run() -> RunFiles | None:
     """The run files of the trained run --run_dir names, checked before TensorFlow loads;
     None for a run directory elsewhere (gs://, ...), which the tool's own load checks."""
-    path = flag_value("run_dir")
+    path = FLAGS.run_dir
     return preflight.check_run(RunDir(path)) if storage.is_local(path) else None
 
 
 def dataclass_from_flags(cls: type) -> Any:
-    return cls(**{f.name: flag_value(f.name) for f in dataclasses.fields(cls)})
+    return cls(**{f.name: FLAGS[f.name].value for f in dataclasses.fields(cls)})
 
 
 class OutputFailed(Exception):
@@ -259,7 +261,9 @@ def _parse(prog: str, argv: list[str]) -> list[str]:
     """The flags of `argv` and $CHARRNN_EXTRA_FLAGS; a bad one ends the tool in one line."""
     extra = shlex.split(os.environ.get("CHARRNN_EXTRA_FLAGS", ""))
     try:
-        return FLAGS(argv + [f for f in extra if f.lstrip("-").split("=")[0] in FLAGS])
+        rest = FLAGS(argv + [f for f in extra if f.lstrip("-").split("=")[0] in FLAGS])
+        apply_preset()
+        return rest
     except flags.UnrecognizedFlagError as e:
         ours = _FOREIGN.get(e.flagname)
         if ours is not None and ours.split("=")[0] in FLAGS:
