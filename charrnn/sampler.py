@@ -10,7 +10,7 @@ reproduces the output exactly.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import tensorflow as tf
@@ -76,17 +76,11 @@ class Sampler:
         """
         options = SampleOptions(temperature, top_k, top_p, greedy, stop_at)
         check_request(prime, num_chars, num_samples, seed)
-        self._refresh()
         if num_chars == 0:
             texts = [prime] * num_samples
         else:
-            first, chunk = self._functions(options)
-            args = _tensors(options, secrets.randbits(63) if seed is None else seed)
-            stop_ids = tf.constant(self.vocab.encode(stop_at) if stop_at else np.zeros([0], np.int32))
-            batch = tf.tile(tf.constant(self.vocab.encode(prime)[None, :]), [num_samples, 1])
-            ids, state, recent, done = first(batch, stop_ids, *args)
-            rest, *_ = chunk(ids, state, recent, done, tf.constant(1), tf.constant(num_chars - 1), stop_ids, *args)
-            columns = np.concatenate([ids.numpy()[None, :], rest.numpy()])  # time-major: a column per sample
+            ids, more = self._begin(prime, num_samples, options, seed)
+            columns = np.concatenate([ids[None, :], more(1, num_chars - 1)])  # time-major: a column per sample
             texts = [self.vocab.decode(row) for row in columns.T]
             if stop_at:
                 texts = [text.split(stop_at, 1)[0] for text in texts]
@@ -105,12 +99,8 @@ class Sampler:
             raise CharRNNError(f"chunk must be an integer of at least 1, got {chunk!r}")
         if num_chars == 0:
             return
-        self._refresh()
-        first, continue_ = self._functions(options)
-        args = _tensors(options, secrets.randbits(63) if seed is None else seed)
-        stop_ids = tf.constant(self.vocab.encode(stop_at) if stop_at else np.zeros([0], np.int32))
-        ids, state, recent, done = first(tf.constant(self.vocab.encode(prime)[None, :]), stop_ids, *args)
-        text, emitted, produced = self.vocab.decode(ids.numpy()), 0, 1
+        ids, more = self._begin(prime, 1, options, seed)
+        text, emitted, produced = self.vocab.decode(ids), 0, 1
         # Held back: the end of the text that could be the start of stop_at.
         hold = len(stop_at) - 1 if stop_at else 0
         while True:
@@ -124,10 +114,26 @@ class Sampler:
                 yield text[emitted:len(text) - hold]
                 emitted = len(text) - hold
             count = min(chunk, num_chars - produced)
-            chunk_ids, ids, state, recent, done = continue_(ids, state, recent, done, tf.constant(produced),
-                                                            tf.constant(count), stop_ids, *args)
-            text += self.vocab.decode(chunk_ids.numpy()[:, 0])
+            text += self.vocab.decode(more(produced, count)[:, 0])
             produced += count
+
+    def _begin(self, prime: str, rows: int, options: SampleOptions,
+               seed: int | None) -> tuple[np.ndarray, Callable[[int, int], np.ndarray]]:
+        """What generate() and stream() share: runs `prime` through the model for `rows`
+        samples; returns the first sampled id of each, and `more(produced, count)`, which
+        samples the next `count` ids of each (time-major), the state carried from call to call."""
+        self._refresh()
+        first, chunk = self._functions(options)
+        args = _tensors(options, secrets.randbits(63) if seed is None else seed)
+        stop_ids = tf.constant(self.vocab.encode(options.stop_at) if options.stop_at else np.zeros([0], np.int32))
+        ids, *carried = first(tf.tile(tf.constant(self.vocab.encode(prime)[None, :]), [rows, 1]), stop_ids, *args)
+        carried = [ids, *carried]  # the last ids, the state, the recent ids, which samples are done
+
+        def more(produced: int, count: int) -> np.ndarray:
+            new_ids, *carried[:] = chunk(*carried, tf.constant(produced), tf.constant(count), stop_ids, *args)
+            return new_ids.numpy()
+
+        return ids.numpy(), more
 
     def _refresh(self) -> None:
         """Copies the weights of the model sampled into its float32 copy, if it has one."""
