@@ -37,8 +37,8 @@ def main(argv: list[str]) -> None:
     from charrnn import Sampler
     from charrnn.data import split_ids
     from charrnn.exporter import export_tflite
+    from charrnn.exportfiles import TFLITE_FILE
     from charrnn.idcache import ids_in
-    from charrnn.preflight import TFLITE_FILE
     from charrnn.rundir import RunDir
     try:  # LiteRT, what the TFLite example uses; else TensorFlow's deprecated one
         from ai_edge_litert.interpreter import Interpreter

@@ -1,10 +1,6 @@
-"""TensorFlow checkpoints of a run: finding them, restoring the newest usable one, writing
-them (`Checkpointer`), and two parts of what each one holds: the record of validation
-(`Evaluations`) and the fingerprints.
-
-Every checkpoint records fingerprints of the vocabulary and of the training text
-(`fingerprints/vocab`, `fingerprints/data`), so that a vocab.json that does not belong to
-the weights, or a resume on other text, is noticed.
+"""TensorFlow checkpoints of a run: finding them (`checkpoint_paths`, `newest`, what
+`--which` names), restoring the newest usable one, writing them (`Checkpointer`). What each
+one records beside the weights (validation, fingerprints) is charrnn.records'.
 """
 
 from __future__ import annotations
@@ -12,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
-import math
 import os
 import time
 from collections.abc import Iterable, Iterator
@@ -20,15 +15,12 @@ from collections.abc import Iterable, Iterator
 import tensorflow as tf
 
 from charrnn import storage
-from charrnn.cadence import EvalRecord
 from charrnn.config import WHICH
 from charrnn.errors import CharRNNError
 from charrnn.log import logger
 from charrnn.rundir import RunDir, check_which, checkpoint_prefix, checkpoint_step
-from charrnn.vocab import Vocabulary
 
 # Checkpoint keys of the fingerprints (see Fingerprints).
-_FINGERPRINT_KEY = "fingerprints/{}/.ATTRIBUTES/VARIABLE_VALUE"
 
 
 def checkpoint_paths(directory: str) -> list[str]:
@@ -146,71 +138,14 @@ def _quiet_tensorflow() -> Iterator[None]:
     """Keeps TensorFlow's warnings about a restore that failed halfway ("Value in checkpoint
     could not be found ...", logged when its bookkeeping is collected) off the console:
     restore_newest_readable says what matters in one line."""
-    logger = tf.get_logger()
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+    tf_logger = tf.get_logger()
+    level = tf_logger.level
+    tf_logger.setLevel(logging.ERROR)
     try:
         yield
     finally:
         gc.collect()  # the failed restore's bookkeeping logs as it goes
-        logger.setLevel(level)
-
-
-class Fingerprints(tf.Module):
-    """What a checkpoint's weights were trained on: fingerprints of the vocabulary and the text."""
-
-    def __init__(self, vocab: str = "", data: str = "") -> None:
-        super().__init__(name="fingerprints")
-        with tf.device("/CPU:0"):
-            self.vocab = tf.Variable(vocab, trainable=False, name="vocab")
-            self.data = tf.Variable(data, trainable=False, name="data")
-
-
-class Evaluations(tf.Module):
-    """The checkpointed record of validation: the last and the best evaluation, and how
-    many came since the best (read as a charrnn.cadence.EvalRecord)."""
-
-    def __init__(self) -> None:
-        super().__init__(name="validation")
-        self.last_step = tf.Variable(-1, dtype=tf.int64, trainable=False, name="last_step")
-        self.last_loss = tf.Variable(math.nan, dtype=tf.float64, trainable=False, name="last_loss")
-        self.best_loss = tf.Variable(math.inf, dtype=tf.float64, trainable=False, name="best_loss")
-        self.best_step = tf.Variable(-1, dtype=tf.int64, trainable=False, name="best_step")
-        self.since_best = tf.Variable(0, dtype=tf.int64, trainable=False, name="since_best")
-
-    def record(self, step: int, loss: float) -> bool:
-        """Records the evaluation at `step`; True when it is the best so far."""
-        self.last_step.assign(step)
-        self.last_loss.assign(loss)
-        best = loss < float(self.best_loss.numpy())
-        if best:
-            self.best_loss.assign(loss)
-            self.best_step.assign(step)
-        self.since_best.assign(0 if best else self.since_best + 1)
-        return best
-
-    def read(self) -> EvalRecord:
-        return EvalRecord(int(self.last_step.numpy()), float(self.last_loss.numpy()), int(self.best_step.numpy()),
-                          float(self.best_loss.numpy()), int(self.since_best.numpy()))
-
-
-def read_fingerprints(path: str) -> tuple[str, str] | None:
-    """The (vocabulary, data) fingerprints of checkpoint `path`; None for one saved before charrnn kept them."""
-    try:
-        reader = tf.train.load_checkpoint(path)
-        return tuple(reader.get_tensor(_FINGERPRINT_KEY.format(k)).decode() for k in ("vocab", "data"))
-    except (tf.errors.OpError, ValueError, KeyError):
-        return None
-
-
-def check_vocab(path: str, vocab: Vocabulary, rundir: RunDir) -> tuple[str, str] | None:
-    """Refuses a vocab.json that is not the vocabulary the checkpoint at `path` was trained with;
-    returns the checkpoint's fingerprints (see `read_fingerprints`)."""
-    saved = read_fingerprints(path)
-    if saved is not None and saved[0] != vocab.fingerprint:
-        raise CharRNNError(f"{rundir.vocab_path} is not the vocabulary {path} was trained with (fingerprint "
-                           f"{vocab.fingerprint}, the checkpoint's {saved[0]}); restore the run's original vocab.json")
-    return saved
+        tf_logger.setLevel(level)
 
 
 class Checkpointer:

@@ -63,7 +63,8 @@ class Distribution:
         return (resolver.task_type == "worker" and resolver.task_id == 0
                 and "chief" not in resolver.cluster_spec().as_dict())
 
-    def describe(self) -> str:
+    def where(self) -> str:
+        """Where the run computes, in words: its strategy and replicas, or its device."""
         return f"strategy {self.name}, {self.num_replicas} replicas" if self.own_strategy else f"device {self.device}"
 
     def placement(self) -> contextlib.AbstractContextManager:
@@ -108,7 +109,7 @@ class _PreemptionCheckpoint(Callback):
         self.handler.save_checkpoint_if_preempted(checkpoint_number=step)
 
 
-def describe(error: tf.errors.OpError) -> str:
+def first_line(error: BaseException) -> str:
     """The first line of a TensorFlow error's message, shortened."""
     lines = (getattr(error, "message", "") or str(error) or type(error).__name__).strip().splitlines()
     return lines[0][:200] if lines else type(error).__name__

@@ -29,8 +29,8 @@ import keras
 import tensorflow as tf
 
 from charrnn import storage
+from charrnn.exportfiles import check_export_dir, tflite_paths
 from charrnn.model import CharRNN
-from charrnn.preflight import check_export_dir, tflite_paths
 from charrnn.sampler import GENERATION_PRECISION, Sampler
 from charrnn.sampling import MAX_NUM_CHARS, MAX_TEMPERATURE, MIN_TEMPERATURE, SampleOptions
 from charrnn.trained import load_model

@@ -28,10 +28,11 @@ from typing import Any, Literal, NamedTuple, Protocol
 import keras
 
 from charrnn import keras_callbacks, storage
-from charrnn.callbacks import Callback, ProgressLogger, SamplePrinter
+from charrnn.callbacks import Callback
 from charrnn.checkpoint import Checkpointer
 from charrnn.config import TrainConfig
-from charrnn.distribute import Distribution, describe
+from charrnn.console import ProgressLogger, SamplePrinter
+from charrnn.distribute import Distribution, first_line
 from charrnn.errors import CharRNNError
 from charrnn.log import logger
 from charrnn.loop import Controller, Trainable
@@ -146,7 +147,7 @@ def _lost_worker(trainer: Session, error: Exception) -> Preempted:
     newest checkpoint (a non-chief's own copies are scratch)."""
     latest = trainer.checkpoint_path()
     resume = latest or "the start"
-    return Preempted(f"lost a worker of the cluster at step {int(trainer.step.numpy())} ({describe(error)}); a "
+    return Preempted(f"lost a worker of the cluster at step {int(trainer.step.numpy())} ({first_line(error)}); a "
                      f"relaunch resumes from {resume}: run the same command again on every worker", resume)
 
 

@@ -72,7 +72,7 @@ class RunLock:
         previous = _read_holder(fd)
         if previous and locked:  # a record that no one holds: its writer died
             logger.info(f"taking over the lock of {os.path.dirname(self.path)} from a trainer that is gone "
-                        f"({_describe(previous)})")
+                        f"({_holder_text(previous)})")
         record = json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
                              "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds")})
         os.ftruncate(fd, 0)
@@ -117,7 +117,7 @@ class RunLock:
 
     def _in_use(self, fd: int) -> str:
         return (f"run directory {os.path.dirname(self.path)} is in use by another trainer "
-                f"({_describe(_read_holder(fd))}); "
+                f"({_holder_text(_read_holder(fd))}); "
                 "wait for it to finish or stop it, or train into another --run_dir")
 
     def release(self) -> None:
@@ -146,7 +146,7 @@ def _read_holder(fd: int) -> dict:
     return record if isinstance(record, dict) else {}
 
 
-def _describe(holder: dict) -> str:
+def _holder_text(holder: dict) -> str:
     if not holder:
         return "holder unknown"
     return f"pid {holder.get('pid', '?')} on host {holder.get('host', '?')}, started {holder.get('started', '?')}"

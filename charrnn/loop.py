@@ -144,21 +144,21 @@ class Controller:
 
     def _run_epoch(self) -> EpochStats:
         """Trains from the current step to the end of its epoch (or of the run), then finalises it."""
-        t, c = self.trainer, self.cadence
+        t, cadence = self.trainer, self.cadence
         step, epoch = t.position()
         t.begin_epoch(epoch)
-        epoch_end = c.epoch_end(epoch)
+        epoch_end = cadence.epoch_end(epoch)
         start, start_step = self.clock(), step
         while True:
-            if c.evaluation_due(step, epoch_end) and t.evaluations.last_step != step:
+            if cadence.evaluation_due(step, epoch_end) and t.evaluations.last_step != step:
                 self._evaluate(step)
-            if step != start_step and c.checkpoint_due(step, epoch_end):
+            if step != start_step and cadence.checkpoint_due(step, epoch_end):
                 self.checkpoints.save("latest", step)
             if t.stop_training:
                 raise Stopped
             if step >= epoch_end or self._out_of_time() or self._patience_exhausted():
                 break
-            step = self._train_chunk(step, c.chunk(step, epoch_end))
+            step = self._train_chunk(step, cadence.chunk(step, epoch_end))
         steps_per_sec = (step - start_step) / max(self.clock() - start, 1e-9)
 
         # Evaluated already at this step (mid-epoch, then stopped early): not again.

@@ -16,9 +16,10 @@ from collections.abc import Callable
 import numpy as np
 import tensorflow as tf
 
-from charrnn import checkpoint
+from charrnn import checkpoint, records
 from charrnn.config import TrainConfig
 from charrnn.corpus import resolve_sources
+from charrnn.data import Layout
 from charrnn.devices import choose_precision
 from charrnn.errors import CharRNNError
 from charrnn.model import CharRNN
@@ -50,7 +51,7 @@ class Start:
             self.config = self.config.replace(init_from=saved.config.init_from, init_which=saved.config.init_which)
         # A fine-tuned run that saved a checkpoint continues from it: its source is not read
         # again (it may have moved), and its vocabulary is the run's.
-        check_apart(self.config, resolve_sources(self.config.data, fetch=False))
+        check_apart(self.config.run_dir, resolve_sources(self.config.data, fetch=False))
         resuming = saved is not None and self.rundir.has_checkpoint()
         self._source = _load_source(self.config) if self.config.init_from and not resuming else None
         # Unset model sizes: the run's own, else the --init_from run's, else the defaults.
@@ -58,7 +59,9 @@ class Start:
                                                    self._source.config if self._source else None)
         base = (self._source.vocab if self._source else
                 saved.vocab if saved is not None and resuming and self.config.init_from else None)
-        self.data = TrainData(self.config, base=base)
+        c = self.config
+        layout = Layout(c.seq_length, c.batch_size, c.carry_state, c.shuffle_buffer, c.seed)
+        self.data = TrainData(c.data, layout, val_fraction=c.val_fraction, base=base)
         self.sample_prime = self._sample_prime()
         self.origin: dict | None = None
         if saved is not None:  # refuses a run directory whose config or vocabulary this run cannot continue
@@ -89,7 +92,7 @@ class Start:
                                                   check_finite=check_finite)
         if path is None:
             return None
-        saved = checkpoint.check_vocab(path, self.data.vocab, self.rundir)
+        saved = records.check_vocab(path, self.data.vocab, self.rundir)
         if saved is not None and saved[1] != self.data.fingerprint and not self.config.allow_new_data:
             raise CharRNNError(f"{self.config.data} is not the text run directory {self.rundir.path} was trained on "
                                f"(fingerprint {self.data.fingerprint}, the checkpoint's {saved[1]}); pass "

@@ -152,11 +152,11 @@ class TensorBoard(Callback):
         Chart {title = 1; multiline = 2}, MultilineChartContent {tag = 1}."""
         layout = b""
         for title, closed, charts in _LAYOUT:
-            category = _field(1, title.encode()) + (bytes([3 << 3, 1]) if closed else b"")
+            category = _proto_field(1, title.encode()) + (bytes([3 << 3, 1]) if closed else b"")
             for chart_title, tags in charts:
-                category += _field(2, _field(1, chart_title.encode())
-                                   + _field(2, b"".join(_field(1, tag.encode()) for tag in tags)))
-            layout += _field(2, category)
+                category += _proto_field(2, _proto_field(1, chart_title.encode())
+                                   + _proto_field(2, b"".join(_proto_field(1, tag.encode()) for tag in tags)))
+            layout += _proto_field(2, category)
         with self._writers["run"].as_default(step=0):
             tf.summary.write("custom_scalars__config__", tf.constant(layout),
                              metadata=_metadata("custom_scalars", summary_pb2.DATA_CLASS_UNKNOWN))
@@ -177,13 +177,13 @@ def _hparams_metadata(values: dict[str, Any]) -> bytes:
             proto = struct_pb2.Value(number_value=float(value))
         else:
             proto = struct_pb2.Value(string_value=str(value))
-        entry = _field(1, name.encode()) + _field(2, proto.SerializeToString())
-        info += _field(1, entry)
+        entry = _proto_field(1, name.encode()) + _proto_field(2, proto.SerializeToString())
+        info += _proto_field(1, entry)
     info += bytes([5 << 3 | 1]) + struct.pack("<d", time.time())
-    return _metadata("hparams", summary_pb2.DATA_CLASS_UNKNOWN, _field(3, info))
+    return _metadata("hparams", summary_pb2.DATA_CLASS_UNKNOWN, _proto_field(3, info))
 
 
-def _field(number: int, payload: bytes) -> bytes:
+def _proto_field(number: int, payload: bytes) -> bytes:
     """A length-delimited protobuf field."""
     return _varint(number << 3 | 2) + _varint(len(payload)) + payload
 

@@ -11,7 +11,6 @@ import math
 
 import tensorflow as tf
 
-from charrnn.config import TrainConfig
 from charrnn.data import Layout, num_windows, split_ids
 from charrnn.errors import CharRNNError
 from charrnn.idcache import encode
@@ -19,19 +18,18 @@ from charrnn.vocab import Vocabulary
 
 
 class TrainData:
-    """The ids of `config.data` (its vocabulary, or with `base` the union of `base`'s
-    characters and the text's: fine-tuning), split into training and validation ids,
-    checked to hold at least one batch (and one validation window), laid out as
-    `config` says (`layout`: windows or carried streams)."""
+    """The ids of `data` (--data: its vocabulary, or with `base` the union of `base`'s
+    characters and the text's: fine-tuning), split into training and validation ids
+    (`val_fraction`), checked to hold at least one batch (and one validation window), read
+    as `layout` says (windows or carried streams)."""
 
-    def __init__(self, config: TrainConfig, base: Vocabulary | None = None):
-        corpus = encode(config.data, base)
+    def __init__(self, data: str, layout: Layout, *, val_fraction: float, base: Vocabulary | None = None):
+        corpus = encode(data, base)
         self.vocab, self.fingerprint = corpus.vocab, corpus.fingerprint
         self.num_files, self.num_chars = corpus.num_files, len(corpus.ids)
-        self.train_ids, self.val_ids = split_ids(corpus.ids, config.val_fraction)
-        self.layout = Layout(config.seq_length, config.batch_size, config.carry_state, config.shuffle_buffer,
-                             config.seed)
-        self._check_sizes(config, len(corpus.ids))
+        self.train_ids, self.val_ids = split_ids(corpus.ids, val_fraction)
+        self.layout = layout
+        self._check_sizes(val_fraction, len(corpus.ids))
         self.steps_per_epoch = self.layout.num_batches(len(self.train_ids))
 
     def dataset(self, epoch: int, start: int = 0) -> tf.data.Dataset:
@@ -39,15 +37,15 @@ class TrainData:
         only on the seed and the epoch (with carry_state, the same streams every epoch)."""
         return self.layout.training(self.train_ids, epoch, start)
 
-    def _check_sizes(self, c: TrainConfig, num_chars: int) -> None:
-        window = c.seq_length + 1
-        if num_windows(len(self.train_ids), c.seq_length) < c.batch_size:
-            train_needed = c.batch_size * window
+    def _check_sizes(self, val_fraction: float, num_chars: int) -> None:
+        batch_size, window = self.layout.batch_size, self.layout.seq_length + 1
+        if num_windows(len(self.train_ids), self.layout.seq_length) < batch_size:
+            train_needed = batch_size * window
             raise CharRNNError(
-                f"corpus too short: {num_chars:,} characters, but batch_size={c.batch_size} x (seq_length+1)={window} "
-                f"needs {train_needed:,} for training ({math.ceil(train_needed / (1 - c.val_fraction)):,} with "
-                f"val_fraction={c.val_fraction}); use more text or a smaller --batch_size/--seq_length")
-        if c.val_fraction > 0 and len(self.val_ids) < window:
+                f"corpus too short: {num_chars:,} characters, but batch_size={batch_size} x (seq_length+1)={window} "
+                f"needs {train_needed:,} for training ({math.ceil(train_needed / (1 - val_fraction)):,} with "
+                f"val_fraction={val_fraction}); use more text or a smaller --batch_size/--seq_length")
+        if val_fraction > 0 and len(self.val_ids) < window:
             raise CharRNNError(
                 f"validation split too short: {len(self.val_ids)} characters, one window needs {window}; "
                 "raise --val_fraction, lower --seq_length, or pass --val_fraction=0")

@@ -7,7 +7,7 @@ from typing import NamedTuple
 
 import tensorflow as tf
 
-from charrnn import checkpoint
+from charrnn import checkpoint, records
 from charrnn.config import TrainConfig
 from charrnn.errors import CharRNNError
 from charrnn.log import logger
@@ -59,5 +59,5 @@ def load_model(run_dir: str, which: str | None = None, device: str = "/CPU:0", l
                                                       check_finite=model.variables)
     if path is None:
         raise CharRNNError(no_checkpoint)
-    checkpoint.check_vocab(path, files.vocab, rundir)
+    records.check_vocab(path, files.vocab, rundir)
     return TrainedModel(model, files.config, files.vocab, path)

@@ -16,7 +16,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from charrnn import checkpoint
+from charrnn import checkpoint, records
 from charrnn.cadence import Cadence, EvalRecord
 from charrnn.callbacks import Callback
 from charrnn.config import TrainConfig
@@ -65,7 +65,7 @@ class Trainer:
             state = self._build_state()
         # What fit() saves: the state and the fingerprints of its vocabulary and text. They are
         # restored apart (see _restore) so that checkpoints of versions without them restore.
-        fingerprints = checkpoint.Fingerprints(self.vocab.fingerprint, self.data.fingerprint)
+        fingerprints = records.Fingerprints(self.vocab.fingerprint, self.data.fingerprint)
         self.checkpoint = tf.train.Checkpoint(**state, fingerprints=fingerprints)
         self._restorable = tf.train.Checkpoint(**state)
         self._restore()
@@ -102,7 +102,7 @@ class Trainer:
         # and logged; a step equal to it needs no finalising again after a resume.
         self.finalized_step = tf.Variable(-1, dtype=tf.int64, trainable=False, name="finalized_step")
         self.rng = tf.random.Generator.from_seed(run.seed)
-        self._evaluations = checkpoint.Evaluations()
+        self._evaluations = records.Evaluations()
         # With carry_state, the state the last step ended with, flattened: the initial
         # state of the next step. Zero at each epoch's start.
         self.carried_state = [
@@ -137,7 +137,7 @@ class Trainer:
         files = f"{self.data.num_files} files" if self.data.num_files != 1 else "1 file"
         lines = [f"Corpus {c.data}: {self.data.num_chars:,} characters ({files}), {len(self.vocab)} distinct; "
                  f"{self.steps_per_epoch} steps per epoch, "
-                 f"{self.total_steps} steps in all; {self.distribution.describe()}; "
+                 f"{self.total_steps} steps in all; {self.distribution.where()}; "
                  f"precision {c.mixed_precision} ({self.precision_reason})"]
         if o is not None:
             lines.append(f"Fine-tuning from {o['checkpoint']}: its {o['vocab_size_before']} characters keep their "

@@ -16,10 +16,10 @@ from charrnn.errors import CharRNNError
 MAX_INT = 2**31 - 1  # the largest integer setting: TensorFlow takes sizes and counts as int32
 
 
-def check_types(instance: Any, describe: Callable[[str], str]) -> None:
+def check_types(instance: Any, flag_of: Callable[[str], str]) -> None:
     """Checks that each field of the frozen dataclass `instance` holds its declared type (int,
     float, str, bool, or one of them or None; an int is accepted for a float, and stored as
-    one; a bool is no int), and that its strings are UTF-8. `describe(name)` names a field
+    one; a bool is no int), and that its strings are UTF-8. `flag_of(name)` names a field
     in the one-line CharRNNError."""
     for name, kind in typing.get_type_hints(type(instance)).items():
         if name not in instance.__dataclass_fields__:
@@ -35,9 +35,9 @@ def check_types(instance: Any, describe: Callable[[str], str]) -> None:
             continue
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             words = {int: "an integer", float: "a number", str: "a string", bool: "True or False"}[kind]
-            raise CharRNNError(f"{describe(name)} must be {words}{' or None' if optional else ''}, got {value!r}")
+            raise CharRNNError(f"{flag_of(name)} must be {words}{' or None' if optional else ''}, got {value!r}")
         if kind is str:
-            check_utf8(describe(name), value)
+            check_utf8(flag_of(name), value)
 
 
 def check_utf8(what: str, text: str) -> str:

@@ -200,7 +200,7 @@ def test_the_progress_line_reports_rate_eta_and_epoch_computed_from_the_clock(mo
     from types import SimpleNamespace
 
     from charrnn.cadence import Cadence
-    from charrnn.callbacks import ProgressLogger
+    from charrnn.console import ProgressLogger
 
     clock = _Clock(1000.0)
     monkeypatch.setattr(charrnn.callbacks.time, "monotonic", clock)
@@ -244,7 +244,7 @@ def test_under_a_time_budget_the_progress_line_shows_the_budgets_totals(monkeypa
     from types import SimpleNamespace
 
     from charrnn.cadence import Cadence
-    from charrnn.callbacks import ProgressLogger
+    from charrnn.console import ProgressLogger
 
     clock = _Clock(1000.0)
     monkeypatch.setattr(charrnn.callbacks.time, "monotonic", clock)

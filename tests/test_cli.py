@@ -87,7 +87,7 @@ def test_the_progress_line_fits_its_width_and_counts_the_run():
     from types import SimpleNamespace
 
     from charrnn.cadence import Cadence
-    from charrnn.callbacks import ProgressLogger
+    from charrnn.console import ProgressLogger
 
     def _Progress(total_steps, steps_per_epoch, log_every, start_step):  # noqa: N802 - reads as the class it was
         progress = ProgressLogger(verbose=2)

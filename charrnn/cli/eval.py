@@ -37,10 +37,10 @@ def check() -> None:
 
 def main() -> None:
     # TensorFlow: after the flags are parsed.
-    from charrnn.checkpoint import read_fingerprints
     from charrnn.data import Layout, split_ids
     from charrnn.devices import resolve_device
     from charrnn.evaluator import Evaluator
+    from charrnn.records import read_fingerprints
     from charrnn.trained import load_model
 
     device = resolve_device(FLAGS.device)

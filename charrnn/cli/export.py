@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from absl import flags
 
-from charrnn import preflight
+from charrnn import exportfiles
 from charrnn.cli import tool
 from charrnn.errors import CharRNNError
 
@@ -25,9 +25,9 @@ def check() -> None:
     if FLAGS.format != "tflite" and FLAGS.quantize != "none":
         raise CharRNNError("--quantize applies to --format=tflite; a SavedModel keeps float weights")
     if FLAGS.format == "tflite":
-        preflight.tflite_paths(FLAGS.export_dir)
+        exportfiles.tflite_paths(FLAGS.export_dir)
     else:
-        preflight.check_export_dir(FLAGS.export_dir)
+        exportfiles.check_export_dir(FLAGS.export_dir)
     tool.local_run()
 
 
@@ -35,7 +35,7 @@ def main() -> None:
     from charrnn.exporter import export, export_tflite  # TensorFlow: after the flags are parsed
 
     if FLAGS.format == "tflite":
-        model_path, vocab_path = preflight.tflite_paths(FLAGS.export_dir)
+        model_path, vocab_path = exportfiles.tflite_paths(FLAGS.export_dir)
         path = export_tflite(FLAGS.run_dir, FLAGS.export_dir, FLAGS.which, FLAGS.quantize)
         print(f"Exported {path} to {model_path} and {vocab_path} "
               f"({'int8 weights' if FLAGS.quantize == 'dynamic' else 'float32'}; signature: step)")

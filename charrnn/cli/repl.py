@@ -87,7 +87,7 @@ class Session:
         if name == "help":
             _say(HELP)
         elif name == "settings":
-            _say(self._describe())
+            _say(self._settings_line())
         elif name == "seed" and len(args) == 1:
             try:
                 seed = None if args[0].lower() == "random" else int(args[0])
@@ -96,7 +96,7 @@ class Session:
                 _say(f"error: :seed takes an integer or 'random' ({e})")
                 return True
             self.seed, self.answers = seed, 0
-            _say(self._describe())
+            _say(self._settings_line())
         elif name in _SETTINGS and len(args) != 1:
             _say(f"error: :{name} takes one value, as in :{name} {_SETTINGS[name][2]}")
         elif name in _SETTINGS:
@@ -108,12 +108,12 @@ class Session:
                 _say(f"error: :{name} {args[0]}: {e}")
                 return True
             self.settings = changed
-            _say(self._describe())
+            _say(self._settings_line())
         else:
             _say(f"error: unknown command :{' '.join([name, *args])}; :help lists the commands")
         return True
 
-    def _describe(self) -> str:
+    def _settings_line(self) -> str:
         s = self.settings
         seed = "random per answer" if self.seed is None else f"{self.seed} (answer {self.answers + 1} next)"
         return (f"temperature {s['temperature']:g}, length {s['num_chars']}, seed {seed}, top_k {s['top_k']}, "
