@@ -1,8 +1,14 @@
 """The exceptions charrnn raises for problems the user can fix.
 
 A message is a single line that says what is wrong and what to do about it; the
-command-line tools print it without a traceback and exit with the error's `exit_status`.
+command-line tools print it without a traceback and exit with the error's `exit_status`
+(with $CHARRNN_TRACEBACK set, `print_causes` shows what led to it first).
 """
+
+from __future__ import annotations
+
+import sys
+import traceback
 
 
 class CharRNNError(Exception):
@@ -17,3 +23,16 @@ class TryAgain(CharRNNError):
     (EX_TEMPFAIL of sysexits.h), which schedulers read as "retry"."""
 
     exit_status = 75
+
+
+def print_causes(error: BaseException) -> None:
+    """Prints `error`'s traceback on stderr with every cause and context, those that `raise
+    ... from None` hides from a user's view included: what a maintainer needs behind a
+    one-line error."""
+    seen: set[int] = set()
+    link: BaseException | None = error
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        link.__suppress_context__ = False
+        link = link.__cause__ or link.__context__
+    traceback.print_exception(error, file=sys.stderr)

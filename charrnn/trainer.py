@@ -1,10 +1,10 @@
-"""`Trainer`: a run's model, optimizer and checkpointed state, and its compiled steps.
+"""`Trainer`: a run's model, optimizer and checkpointed state, and the loop's entry points.
 
-`train(num_steps)` runs steps in one `@tf.function` (GradientTape, sparse cross-entropy
-from logits, Adam), `evaluate()` measures the validation loss, `fit()` runs the loop
-(charrnn.fit). What a run starts from is planned by charrnn.resume: a resumed run continues
-from its latest checkpoint, weights, Adam moments, step, epoch, dropout RNG and the place
-in the epoch's data order (a pure function of the seed and the epoch)."""
+`train(num_steps)` runs steps in one compiled call (charrnn.step), `evaluate()` measures
+the validation loss, `fit()` runs the loop (charrnn.fit). What a run starts from is planned
+by charrnn.resume: a resumed run continues from its latest checkpoint, weights, Adam
+moments, step, epoch, dropout RNG and the place in the epoch's data order (a pure function
+of the seed and the epoch)."""
 
 from __future__ import annotations
 
@@ -20,15 +20,16 @@ from charrnn import checkpoint, records
 from charrnn.cadence import Cadence, EvalRecord
 from charrnn.callbacks import Callback
 from charrnn.config import TrainConfig
-from charrnn.data import mix_seed, restart_streams
+from charrnn.data import mix_seed
 from charrnn.distribute import Distribution
 from charrnn.errors import CharRNNError
 from charrnn.evaluator import Evaluator
 from charrnn.fit import fit
-from charrnn.model import CharRNN, sequence_loss
+from charrnn.model import CharRNN
 from charrnn.optimizer import LearningRate, make_optimizer
 from charrnn.resume import Start
 from charrnn.sampler import Sampler
+from charrnn.step import TrainStep
 
 
 class Trainer:
@@ -72,7 +73,13 @@ class Trainer:
         if self.restored_from is None:
             self.start.transfer(self.model)  # a new fine-tuned run: its first weights
 
-        self._compile_steps(jit_compile=run.jit_compile)
+        self._steps = TrainStep(
+            self.model, self.optimizer, self.distribution, rng=self.rng, step=self.step,
+            epoch_loss_sum=self.epoch_loss_sum, carried_state=self.carried_state, batch_size=run.batch_size,
+            grad_clip=run.grad_clip, loss_scaling=self._loss_scaling, jit_compile=run.jit_compile)
+        # train_step(inputs, targets) -> (loss, applied, grad_norm): one step on a batch
+        # (default strategy); _train_loop: train()'s compiled chunks of steps.
+        self.train_step, self._train_loop = self._steps.one, self._steps.loop
         self._evaluator = Evaluator(self.model, self.data.layout, device=self.device)
         self._sampler: Sampler | None = None
         self._samples: dict[int, str] = {}
@@ -113,18 +120,6 @@ class Trainer:
                      epoch_loss_sum=self.epoch_loss_sum, finalized_step=self.finalized_step, rng=self.rng,
                      validation=self._evaluations, carried_state=self.carried_state)
 
-    def _compile_steps(self, jit_compile: bool) -> None:
-        """The compiled entry points: a step, a chunk of steps, a replica's pass."""
-        spec = tf.TensorSpec([None, None], tf.int32)
-        # train_step(inputs, targets) -> (loss, finite, grad_norm): one optimisation step on a
-        # batch (default strategy); nothing is updated when the loss or gradients are not finite.
-        self.train_step = tf.function(self._train_step_fn, input_signature=[spec, spec])
-        # Each replica's forward and backward pass; with jit_compile one XLA cluster.
-        self._replica_step = (tf.function(self._replica_step_fn, jit_compile=True) if jit_compile
-                              else self._replica_step_fn)
-        # Up to num_steps steps in one call (Orbit's steps_per_loop); see _train_loop_fn.
-        self._train_loop = tf.function(self._train_loop_fn)
-
     @property
     def origin(self) -> dict | None:
         """Where a fine-tuned run's first weights came from (None for other runs)."""
@@ -159,89 +154,6 @@ class Trainer:
         if checkpoint.checkpoint_paths(self.rundir.checkpoint_dir()) != self._seen_checkpoints:
             self.start.recheck()
             self._restore()
-
-    # -- compiled steps ---------------------------------------------------------------------
-
-    def _train_step_fn(self, inputs: tf.Tensor, targets: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-        with self.distribution.placement():
-            return self._train_step_body(inputs, targets)
-
-    def _replica_step_fn(self, inputs: tf.Tensor, targets: tf.Tensor, seed: tf.Tensor,
-                         state: tuple) -> tuple[tf.Tensor, list[tf.Tensor], tuple]:
-        """One replica's share of a step: its loss (already divided by the global batch) and gradients."""
-        replica = tf.distribute.get_replica_context().replica_id_in_sync_group
-        # This replica's rows of the global batch: their carried state, and their part of
-        # the global batch's dropout masks.
-        first = replica * tf.shape(inputs)[0]
-        state = tf.nest.map_structure(lambda s: s[first:first + tf.shape(inputs)[0]], state)
-        with tf.GradientTape() as tape:
-            logits, final_state = self.model(inputs, state=state or None, training=True, seed=seed,
-                                             rows=(first, tf.constant(self.config.batch_size)))
-            loss = tf.nn.compute_average_loss(sequence_loss(targets, logits), global_batch_size=self.config.batch_size)
-            scaled_loss = self.optimizer.scale_loss(loss) if self._loss_scaling else loss
-        # Embedding gradients come as IndexedSlices; dense ones sum across replicas plainly,
-        # and Adam then updates alike whatever the number of replicas (its sparse update
-        # of IndexedSlices differs: the equivalence test fails without this).
-        grads = [tf.convert_to_tensor(g) for g in tape.gradient(scaled_loss, self.model.trainable_variables)]
-        return loss, grads, final_state if state else ()
-
-    def _train_step_body(self, inputs: tf.Tensor, targets: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-        # Drawn once per step in cross-replica context, so the RNG advances the same way
-        # whatever the number of replicas (a run may resume under another strategy).
-        dropout_seed = self.rng.make_seeds(1)[:, 0]
-        # Carried state enters as a constant (the tape does not watch non-trainable
-        # variables): gradients stop at the batch boundary, as truncated BPTT wants.
-        state = restart_streams(self._carried(), self.step) if self.config.carry_state else ()
-        loss, grads, final_state = self.strategy.run(self._replica_step, args=(inputs, targets, dropout_seed, state))
-        # The replicas' losses and gradients are shares of the global batch's: their sum
-        # is the global mean, whatever the number of replicas.
-        loss = self.strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None)
-        grads = [self.strategy.reduce(tf.distribute.ReduceOp.SUM, g, axis=None) for g in grads]
-        if self.config.carry_state:
-            final_state = tf.nest.map_structure(lambda s: self.strategy.gather(s, axis=0), final_state)
-        variables = self.model.trainable_variables
-        scaling = self._loss_scaling
-        # With loss scaling the gradients stay scaled: the loss-scale optimizer unscales them,
-        # and skips (lowering the scale) a step whose gradients overflowed, which is routine
-        # in float16 and no reason to stop.
-        norm = tf.linalg.global_norm(grads)
-        scale = self.optimizer.dynamic_scale if scaling else 1.0
-        if self.config.grad_clip is not None:
-            grads, _ = tf.clip_by_global_norm(grads, self.config.grad_clip * scale, use_norm=norm)
-        finite = tf.math.is_finite(loss) & (scaling | tf.math.is_finite(norm))
-
-        def apply() -> tf.Tensor:
-            self.optimizer.apply_gradients(zip(grads, variables))
-            self.step.assign_add(1)
-            self.epoch_loss_sum.assign_add(tf.cast(loss, tf.float64))
-            for variable, value in zip(self.carried_state, tf.nest.flatten(final_state)):
-                variable.assign(value)
-            return tf.constant(True)
-
-        # Checked inside the step so that NaN or Inf never reaches the weights (or a checkpoint).
-        return loss, tf.cond(finite, apply, lambda: tf.constant(False)), norm / scale
-
-    def _train_loop_fn(self, iterator: tf.data.Iterator,
-                       num_steps: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-        """Runs up to `num_steps` steps on batches from `iterator`, stopping at a bad step: the
-        losses of the steps run, whether the last was applied (finite) and its gradients'
-        global norm (unscaled, before clipping)."""
-        losses = tf.TensorArray(tf.float32, size=num_steps)
-        finite, norm = tf.constant(True), tf.constant(0.0)
-        count = tf.constant(0)
-        for i in tf.range(num_steps):
-            inputs, targets = next(iterator)
-            with self.distribution.placement():
-                loss, finite, norm = self._train_step_body(inputs, targets)
-            losses = losses.write(i, tf.cast(loss, tf.float32))
-            count = i + 1
-            if not finite:
-                break
-        return losses.stack()[:count], finite, tf.cast(norm, tf.float32)
-
-    def _carried(self) -> tuple:
-        size = self.model.state_size
-        return tuple(tuple(self.carried_state[i * size:(i + 1) * size]) for i in range(self.model.num_layers))
 
     # -- the entry points of the loop (charrnn.loop.Trainable) ---------------------------
 

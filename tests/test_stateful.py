@@ -18,7 +18,7 @@ def test_each_step_starts_from_the_state_the_previous_one_ended_with(small_text,
     assert all(not v.numpy().any() for v in trainer.carried_state)  # an epoch starts from zeros
     for i, (inputs, targets) in enumerate(trainer.data.dataset(0).take(3)):
         # What the step must do, computed with the weights and carried state before it.
-        logits, end_state = trainer.model(inputs, state=trainer._carried())
+        logits, end_state = trainer.model(inputs, state=trainer._steps.carried())
         expected_loss = tf.reduce_mean(sequence_loss(targets, logits))
         loss, finite, _ = trainer.train_step(inputs, targets)
         assert bool(finite)
@@ -38,7 +38,7 @@ def test_each_stream_starts_over_from_zeros_once_every_carry_restart_steps(small
     trainer = Trainer(tiny_config(small_text, tmp_path / "run", carry_state=True, max_steps=6))
     for step, (inputs, targets) in enumerate(trainer.data.dataset(0).take(6)):
         keep = np.array([(step + j) % 3 != 0 for j in range(4)], np.float32)[:, None]
-        state = tf.nest.map_structure(lambda v: v * keep, trainer._carried())
+        state = tf.nest.map_structure(lambda v: v * keep, trainer._steps.carried())
         if step > 0:
             assert all(v.numpy()[~keep[:, 0].astype(bool)].any() for v in trainer.carried_state)  # zeroed here
         logits, end_state = trainer.model(inputs, state=state)

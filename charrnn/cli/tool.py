@@ -19,7 +19,6 @@ import resource
 import shlex
 import sys
 import textwrap
-import traceback
 import types
 import typing
 from collections.abc import Callable
@@ -29,7 +28,7 @@ from absl import app, flags, logging
 
 from charrnn import __version__, preflight, storage
 from charrnn.config import PRESETS
-from charrnn.errors import CharRNNError
+from charrnn.errors import CharRNNError, print_causes
 from charrnn.log import install_console
 from charrnn.quiet import start_tensorflow
 from charrnn.rundir import RunDir, RunFiles, check_which
@@ -328,18 +327,6 @@ def _help(prog: str, doc: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _show_causes(error: BaseException) -> None:
-    """Prints `error`'s traceback with every cause and context, those that `raise ... from
-    None` hides from a user's view included: what a maintainer needs behind a one-line error."""
-    seen: set[int] = set()
-    link: BaseException | None = error
-    while link is not None and id(link) not in seen:
-        seen.add(id(link))
-        link.__suppress_context__ = False
-        link = link.__cause__ or link.__context__
-    traceback.print_exception(error, file=sys.stderr)
-
-
 def _shown(default: Any) -> str:
     if default is None:
         return "unset"
@@ -352,7 +339,7 @@ def _fail(prog: str, message: str, status: int = 2, error: BaseException | None 
     """Ends the tool with `message` in one line; with $CHARRNN_TRACEBACK set, the traceback of
     `error` and of every error that led to it comes first."""
     if error is not None and os.environ.get("CHARRNN_TRACEBACK"):
-        _show_causes(error)
+        print_causes(error)
     print(f"{prog}: error: {message}", file=sys.stderr)
     # Objects torn down at exit (e.g. a half-restored checkpoint) may log warnings that would
     # bury the one line that matters.
