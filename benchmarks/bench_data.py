@@ -31,6 +31,8 @@ import time
 
 from absl import app, flags
 
+from charrnn.log import install_console
+
 flags.DEFINE_list("sizes_mb", ["10", "100", "1024"], "Corpus sizes in MB (10**6 bytes).")
 flags.DEFINE_string("work_dir", None, "Where corpora and caches go (default: a temporary directory, removed after).")
 flags.DEFINE_integer("steps", 5, "Training steps of each start.")
@@ -109,6 +111,7 @@ def _pipeline_ratio(corpus: str, run_dir: str) -> dict:
 
 def main(argv: list[str]) -> None:
     del argv
+    install_console()  # the library's progress lines and warnings, as the tools show them
     if FLAGS.encode_only:
         from charrnn.idcache import encode
         start = time.perf_counter()

@@ -27,6 +27,7 @@ from absl import app, flags
 
 import charrnn
 import charrnn.model
+from charrnn.log import install_console
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from cpuinfo import cpu  # noqa: E402 - a sibling module of the benchmarks
@@ -73,6 +74,7 @@ def _trainer(lstm: object, run_dir: str) -> tuple[charrnn.Trainer, object]:
 
 def main(argv: list[str]) -> None:
     del argv
+    install_console()  # the library's progress lines and warnings, as the tools show them
     current = charrnn.model.fused_lstm
     with tempfile.TemporaryDirectory() as a, tempfile.TemporaryDirectory() as b:
         variants = {"current": _trainer(current, a), "baseline": _trainer(_baseline_lstm(), b)}

@@ -34,6 +34,7 @@ from absl import app, flags, logging
 
 from charrnn.cli import tool
 from charrnn.config import TrainConfig
+from charrnn.log import install_console
 
 tool.define_dataclass_flags(TrainConfig)
 tool.define_preset_flag()
@@ -57,6 +58,7 @@ def _config() -> TrainConfig:
 
 def main(argv: list[str]) -> None:
     del argv
+    install_console()  # the library's progress lines and warnings, as the tools show them
     logging.set_verbosity(logging.WARNING)  # TensorFlow logs each checkpoint save at INFO
     if "CHARRNN_DATA_DIR" not in os.environ and (SHARED / "tinyshakespeare.txt").exists():
         os.environ["CHARRNN_DATA_DIR"] = str(SHARED)

@@ -22,6 +22,8 @@ import time
 
 from absl import app, flags, logging
 
+from charrnn.log import install_console
+
 flags.DEFINE_string("run_dir", None, "Run directory to export.", required=True)
 flags.DEFINE_integer("chars", 2000, "Characters generated for the speed figures.")
 flags.DEFINE_integer("val_chars", None, "Use only the first this many characters of the validation split.")
@@ -30,6 +32,7 @@ FLAGS = flags.FLAGS
 
 def main(argv: list[str]) -> None:
     del argv
+    install_console()  # the library's progress lines and warnings, as the tools show them
     logging.set_verbosity(logging.WARNING)  # the SavedModel writer logs each file at INFO
     import numpy as np
     import tensorflow as tf

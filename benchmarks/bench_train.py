@@ -49,6 +49,7 @@ import tensorflow as tf
 from absl import app, flags
 
 import charrnn
+from charrnn.log import install_console
 from charrnn.lstm import chains_for
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -229,6 +230,7 @@ def _charrnn(trainer: charrnn.Trainer) -> dict:
 
 def main(argv: list[str]) -> None:
     del argv
+    install_console()  # the library's progress lines and warnings, as the tools show them
     if FLAGS.sweep:
         _sweep()
         return

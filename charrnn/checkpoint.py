@@ -20,8 +20,6 @@ from charrnn.errors import CharRNNError
 from charrnn.log import logger
 from charrnn.rundir import RunDir, check_which, checkpoint_prefix, checkpoint_step
 
-# Checkpoint keys of the fingerprints (see Fingerprints).
-
 
 def checkpoint_paths(directory: str) -> list[str]:
     """Every checkpoint prefix in `directory`, newest (highest step) first.
@@ -43,7 +41,16 @@ def checkpoint_paths(directory: str) -> list[str]:
 
 
 def newest(directory: str) -> str | None:
-    """The newest complete checkpoint (its index written) of `directory`, or None."""
+    """The checkpoint of `directory` saved last (its state file's), else, without a usable
+    state file, the complete one (its index written) of the highest step; None if none.
+    Not simply the highest step: a resume that passed over a damaged newer checkpoint saves
+    lower steps after it."""
+    try:
+        latest = tf.train.latest_checkpoint(directory) if storage.isdir(directory) else None
+    except (tf.errors.OpError, ValueError):  # a damaged state file
+        latest = None
+    if latest is not None and storage.exists(latest + ".index"):
+        return f"{directory}/{os.path.basename(latest)}"
     return next((p for p in checkpoint_paths(directory) if storage.exists(p + ".index")), None)
 
 
@@ -162,6 +169,10 @@ class Checkpointer:
         self._finite = list(finite)
         self.managers = {which: _manager(checkpoint, rundir.checkpoint_dir(which), max_to_keep if which == "latest"
                                          else 1) for which in WHICH}
+
+    def path(self, which: str = "latest") -> str | None:
+        """The checkpoint of `which` kind saved last (None before any)."""
+        return self.managers[which].latest_checkpoint
 
     def save(self, which: str, step: int) -> str:
         """Saves the state as checkpoint `step` of `which` kind; returns its path."""

@@ -21,9 +21,11 @@ already saved stay.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import os
 import sys
 from collections.abc import Iterator, Sequence
-from typing import Any, Literal, NamedTuple, Protocol
+from typing import Any, Literal, Protocol
 
 import keras
 
@@ -65,20 +67,21 @@ class Session(Trainable, Protocol):
         """Continues from a checkpoint another trainer saved since this one restored."""
 
 
-class Done(NamedTuple):
-    """What fit() returns: the Keras History of the epochs it finalised, and the seconds it
-    spent training (tracing excluded) and evaluating."""
+@dataclasses.dataclass
+class Timings:
+    """The seconds a fit() call spent training (tracing excluded) and evaluating; filled in
+    however the call ends."""
 
-    history: keras.callbacks.History
-    train_seconds: float
-    eval_seconds: float
+    train_seconds: float = 0.0
+    eval_seconds: float = 0.0
 
 
 def fit(trainer: Session, callbacks: Sequence[Callback | keras.callbacks.Callback] = (),
-        verbose: int | Literal["auto"] = "auto", handle_signals: bool = True) -> Done:
-    """Trains `trainer` to the end of its run (see the module docstring); its History holds
-    the epochs this call finalised (none if the run was complete already). Keras callbacks
-    come after charrnn's (charrnn.keras_callbacks)."""
+        verbose: int | Literal["auto"] = "auto", handle_signals: bool = True,
+        timings: Timings | None = None) -> keras.callbacks.History:
+    """Trains `trainer` to the end of its run (see the module docstring); returns a Keras
+    History of the epochs this call finalised (none if the run was complete already), and
+    fills in `timings`. Keras callbacks come after charrnn's (charrnn.keras_callbacks)."""
     if verbose == "auto":
         verbose = 1 if sys.stdout.isatty() else 2
     if verbose not in (0, 1, 2):
@@ -102,7 +105,7 @@ def fit(trainer: Session, callbacks: Sequence[Callback | keras.callbacks.Callbac
         signals = SignalStop(trainer.distribution.stop_signals()) if handle_signals else None
         if signals is not None:
             preemption = trainer.distribution.preemption_observer(checkpoints.managers["latest"],
-                                                                  lambda: _preempted(trainer))
+                                                                  lambda: _preempted(trainer, checkpoints))
             # Last: a preemption saves once every other observer has seen the chunk.
             observers += [signals] + ([preemption] if preemption is not None else [])
         controller = Controller(trainer, trainer.cadence, observers, checkpoints=checkpoints)
@@ -111,12 +114,15 @@ def fit(trainer: Session, callbacks: Sequence[Callback | keras.callbacks.Callbac
         except Exception as e:
             if not trainer.distribution.lost_worker(e):
                 raise
-            raise _lost_worker(trainer, e) from None
+            raise _lost_worker(trainer, checkpoints, e) from None
+        finally:
+            if timings is not None:
+                timings.train_seconds, timings.eval_seconds = controller.train_seconds, controller.eval_seconds
     if signals is not None and signals.requested is not None:
-        path = trainer.checkpoint_path()
+        path = _saved(trainer, checkpoints)
         raise Preempted(f"stopped by {signals.requested} at step {int(trainer.step.numpy())}; checkpoint saved to "
                         f"{path}; run the same command again to continue", path)
-    return Done(history, controller.train_seconds, controller.eval_seconds)
+    return history
 
 
 @contextlib.contextmanager
@@ -142,18 +148,24 @@ def _claim(trainer: Session) -> Iterator[RunDir]:
         lock.release()
 
 
-def _lost_worker(trainer: Session, error: Exception) -> Preempted:
+def _saved(trainer: Session, checkpoints: Checkpointer) -> str | None:
+    """The checkpoint this run saved last, in the run directory: on a non-chief worker,
+    whose own copies are scratch, the chief's of the same step."""
+    path = checkpoints.path()
+    return f"{trainer.rundir.checkpoint_dir()}/{os.path.basename(path)}" if path else None
+
+
+def _lost_worker(trainer: Session, checkpoints: Checkpointer, error: Exception) -> Preempted:
     """The stop a lost worker of the cluster makes: a relaunch resumes from the chief's
-    newest checkpoint (a non-chief's own copies are scratch)."""
-    latest = trainer.checkpoint_path()
-    resume = latest or "the start"
+    newest checkpoint."""
+    resume = _saved(trainer, checkpoints) or "the start"
     return Preempted(f"lost a worker of the cluster at step {int(trainer.step.numpy())} ({first_line(error)}); a "
                      f"relaunch resumes from {resume}: run the same command again on every worker", resume)
 
 
-def _preempted(trainer: Session) -> None:
+def _preempted(trainer: Session, checkpoints: Checkpointer) -> None:
     """Called by TensorFlow's preemption handler once every worker has saved: ends the run
     as a signal would (the controller's observers close their files on the way out)."""
-    path = trainer.checkpoint_path()
+    path = _saved(trainer, checkpoints)
     raise Preempted(f"stopped by the preemption of a worker at step {int(trainer.step.numpy())}; checkpoint saved to "
                     f"{path}; run the same command again on every worker to continue", path)

@@ -35,7 +35,7 @@ class LearningRate(keras.optimizers.schedules.LearningRateSchedule):
         return self.base * warm * shape
 
     def get_config(self) -> dict:
-        return {"base": self.base, "kind": self.kind, "decay": self.decay, "warmup": self.warmup,
+        return {"base": self.base, "schedule": self.kind, "decay": self.decay, "warmup_steps": self.warmup,
                 "steps_per_epoch": self.steps_per_epoch, "total_steps": self.total_steps}
 
 

@@ -24,7 +24,7 @@ from charrnn.data import mix_seed
 from charrnn.distribute import Distribution
 from charrnn.errors import CharRNNError
 from charrnn.evaluator import Evaluator
-from charrnn.fit import fit
+from charrnn.fit import Timings, fit
 from charrnn.model import CharRNN
 from charrnn.optimizer import LearningRate, make_optimizer
 from charrnn.resume import Start
@@ -205,9 +205,10 @@ class Trainer:
         rate = float(self._schedule(tf.constant(max(int(self.step.numpy()) - 1, 0), tf.int64)))
         return {"learning_rate": rate, "grad_norm": self._grad_norm}
 
-    def evaluate(self) -> float | None:
-        """Mean validation loss in nats per character now (None without a validation split)."""
-        metrics = self.validate()
+    def evaluate(self, should_stop: Callable[[], bool] = lambda: False) -> float | None:
+        """Mean validation loss in nats per character now (None without a validation split);
+        see validate()."""
+        metrics = self.validate(should_stop)
         return None if metrics is None else metrics["loss"]
 
     def validate(self, should_stop: Callable[[], bool] = lambda: False) -> dict[str, float] | None:
@@ -274,6 +275,8 @@ class Trainer:
         run's own observers; `verbose` 0 is silent, 1 a live line, 2 a line per `log_every` steps,
         "auto" 1 on a terminal, else 2; with `handle_signals`, SIGTERM and Ctrl-C stop the
         run with a checkpoint and raise `Preempted`. The whole contract: charrnn.fit."""
-        done = fit(self, callbacks, verbose, handle_signals)
-        self.train_seconds, self.eval_seconds = done.train_seconds, done.eval_seconds
-        return done.history
+        timings = Timings()
+        try:
+            return fit(self, callbacks, verbose, handle_signals, timings)
+        finally:
+            self.train_seconds, self.eval_seconds = timings.train_seconds, timings.eval_seconds

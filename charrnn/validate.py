@@ -19,8 +19,8 @@ MAX_INT = 2**31 - 1  # the largest integer setting: TensorFlow takes sizes and c
 def check_types(instance: Any, flag_of: Callable[[str], str]) -> None:
     """Checks that each field of the frozen dataclass `instance` holds its declared type (int,
     float, str, bool, or one of them or None; an int is accepted for a float, and stored as
-    one; a bool is no int), and that its strings are UTF-8. `flag_of(name)` names a field
-    in the one-line CharRNNError."""
+    one; a bool is no int), and that its strings are UTF-8. `flag_of` gives the name of a
+    field as the one-line CharRNNError shows it."""
     for name, kind in typing.get_type_hints(type(instance)).items():
         if name not in instance.__dataclass_fields__:
             continue

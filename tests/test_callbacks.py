@@ -183,7 +183,7 @@ def test_sample_options_are_checked_before_anything_is_written(small_text, tmp_p
 
 
 class _Clock:
-    """A clock the test sets: what time.monotonic() returns in charrnn.callbacks."""
+    """A clock the test sets: what time.monotonic() returns in charrnn.console."""
 
     def __init__(self, now: float):
         self.now = now
@@ -203,7 +203,7 @@ def test_the_progress_line_reports_rate_eta_and_epoch_computed_from_the_clock(mo
     from charrnn.console import ProgressLogger
 
     clock = _Clock(1000.0)
-    monkeypatch.setattr(charrnn.callbacks.time, "monotonic", clock)
+    monkeypatch.setattr(charrnn.console.time, "monotonic", clock)
     cadence = Cadence(steps_per_epoch=30, total_steps=100, log_every=10)
     progress = ProgressLogger(verbose=2)
     progress.on_train_begin(SimpleNamespace(cadence=cadence, position=lambda: (start_step, start_step // 30),
@@ -247,7 +247,7 @@ def test_under_a_time_budget_the_progress_line_shows_the_budgets_totals(monkeypa
     from charrnn.console import ProgressLogger
 
     clock = _Clock(1000.0)
-    monkeypatch.setattr(charrnn.callbacks.time, "monotonic", clock)
+    monkeypatch.setattr(charrnn.console.time, "monotonic", clock)
     cadence = Cadence(steps_per_epoch=30, total_steps=100_000, log_every=10, time_budget=50.0)
     progress = ProgressLogger(verbose=2)
     progress.on_train_begin(SimpleNamespace(cadence=cadence, position=lambda: (0, 0), restored_from=None,

@@ -216,6 +216,10 @@ def test_a_poisoned_checkpoint_of_an_older_version_is_skipped(text_file, run_cop
     assert resumed.restored_from.endswith("ckpt-4") and int(resumed.step.numpy()) == 4
     assert re.search(r"skipping unusable checkpoint \S+ckpt-6 \(it holds non-finite", capsys.readouterr().err)
     assert Sampler.from_checkpoint(str(run_copy), device="/CPU:0", which="latest").generate("T", 5, seed=0)
+    # Trained on from step 4, the run's checkpoint is the one it saved last, not the poisoned one above it.
+    on = Trainer(_config(text_file, run_copy, max_steps=5))
+    on.fit(verbose=0)
+    assert on.checkpoint_path().endswith("ckpt-5") and checkpoint_paths(str(run_copy / "ckpt"))[0].endswith("ckpt-6")
 
 
 # -- refusals write nothing ------------------------------------------------------------------

@@ -230,6 +230,8 @@ def test_learning_rate_schedules():
     assert lr(110, schedule="cosine", warmup_steps=10) == pytest.approx(0.0, abs=1e-9)
     assert lr(9, schedule="exponential", decay=0.5) == pytest.approx(0.01)
     assert lr(25, schedule="exponential", decay=0.5) == pytest.approx(0.0025)
+    schedule = LearningRate(base=0.01, steps_per_epoch=10, total_steps=110, schedule="cosine", warmup_steps=10)
+    assert float(LearningRate.from_config(schedule.get_config())(60)) == pytest.approx(0.005)  # Keras' round trip
 
 
 def test_weight_decay_uses_adamw_and_schedule_survives_resume(small_text, tmp_path):

@@ -338,7 +338,7 @@ def _shown(default: Any) -> str:
 def _fail(prog: str, message: str, status: int = 2, error: BaseException | None = None) -> NoReturn:
     """Ends the tool with `message` in one line; with $CHARRNN_TRACEBACK set, the traceback of
     `error` and of every error that led to it comes first."""
-    if error is not None and os.environ.get("CHARRNN_TRACEBACK"):
+    if error is not None and os.environ.get("CHARRNN_TRACEBACK", "") not in ("", "0"):
         print_causes(error)
     print(f"{prog}: error: {message}", file=sys.stderr)
     # Objects torn down at exit (e.g. a half-restored checkpoint) may log warnings that would
