@@ -28,7 +28,7 @@ class TrainerView(Protocol):
     stop_reason: str | None  # why the last run ended before its end (charrnn.loop.Controller sets it)
 
     def position(self) -> tuple[int, int]:
-        """(step, epoch) of the next step to train."""
+        """(step, epoch) of the next step to train; the epoch counts from 0 (on_epoch_end's from 1)."""
 
     @property
     def last_losses(self) -> Sequence[float]:

@@ -5,10 +5,15 @@
    built, continues from that one. A non-chief worker of a multi-worker run writes to a
    scratch directory instead (every worker takes part in each save; only the chief's files
    are the run's).
-2. Writes config.json and vocab.json, and sets up the checkpoints (charrnn.checkpoint).
+2. Writes config.json and vocab.json, and builds the `Checkpointer` (charrnn.checkpoint)
+   the Controller saves through.
 3. Runs charrnn.loop's Controller with the default observers first (metrics.jsonl,
    TensorBoard, the console's progress and samples, signals, a worker's preemption), as
    Keras' CallbackList adds its defaults, then the caller's callbacks.
+
+Everything the session holds is built here and passed on explicitly; of the trainer's
+attributes, only `stop_training` and `stop_reason` are set from outside it (by the loop and
+the callbacks: Keras' `model.stop_training`, the way a callback stops a run).
 4. Turns every stop that a rerun continues into one exception, `Preempted`: a signal, the
    preemption of a worker, the loss of a worker.
 

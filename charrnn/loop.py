@@ -28,7 +28,8 @@ from charrnn.stopping import Stopped
 
 @dataclasses.dataclass(frozen=True)
 class EpochStats:
-    """One finalised epoch (or the partial last one): `train_loss` is the mean over all its
+    """One finalised epoch (or the partial last one), `epoch` counting from 1 as the
+    callbacks' does (the trainer's epochs count from 0): `train_loss` is the mean over all its
     steps, across resumes; `steps_per_sec` covers the part run in this process."""
 
     epoch: int
@@ -48,7 +49,7 @@ class Trainable(TrainerView, Protocol):
     """
 
     def begin_epoch(self, epoch: int) -> None:
-        """Prepares to train `epoch` from the current step (its start resets its records)."""
+        """Prepares to train `epoch` (from 0) from the current step (its start resets its records)."""
 
     def train(self, num_steps: int) -> Collection[float]:
         """Trains `num_steps` steps of the current epoch; returns their losses."""
