@@ -24,6 +24,7 @@ small ops each time step runs one after the other (benchmarks/RESULTS.md, issue 
 from __future__ import annotations
 
 import os
+from typing import NamedTuple
 
 import tensorflow as tf
 
@@ -99,38 +100,66 @@ def _lstm(inputs, h0, c0, kernel, recurrent_kernel, bias):
     hs = hs_ta.stack()  # [T, B, H]
     outputs = tf.cast(tf.transpose(hs, [1, 0, 2]), dtype)
 
+    saved = _Forward(inputs_2d, h0, c0, kernel, recurrent_kernel, gates_ta, c_prev_ta, tanh_c_ta, hs, tanh_gate)
+
     def grad(d_outputs, d_h_last, d_c_last):
         # Outputs nothing depends on (e.g. the final state in training) come as None.
         d_outputs = tf.zeros_like(outputs) if d_outputs is None else d_outputs
-        d_hs = tf.cast(tf.transpose(d_outputs, [1, 0, 2]), tf.float32)
         dh = tf.zeros_like(h_last) if d_h_last is None else tf.cast(d_h_last, tf.float32)
         dc = tf.zeros_like(c_last) if d_c_last is None else tf.cast(d_c_last, tf.float32)
-        # Transposed once: a matmul with transpose_b is ~3x slower (oneDNN on CPU).
-        recurrent_t = tf.transpose(recurrent_kernel)
-
-        def backward_step(t, dh, dc, dz_ta):
-            gates = gates_ta.read(t)
-            i, f, g, o = tf.split(gates, 4, axis=1)
-            tanh_c = tanh_c_ta.read(t)
-            dh = d_hs[t] + dh
-            dc = dc + dh * o * (1.0 - tanh_c * tanh_c)
-            # The gates' gradient before their activations: sigmoid' = s (1 - s) and tanh' =
-            # 1 - g^2 are both (gates + tanh_gate) * (1 - gates).
-            d_gates = tf.concat([dc * g, dc * c_prev_ta.read(t), dc * i, dh * tanh_c], 1)
-            dz = tf.cast(d_gates * ((gates + tanh_gate) * (1.0 - gates)), dtype)
-            dh = tf.cast(tf.matmul(dz, recurrent_t), tf.float32)  # the previous step's h
-            return t - 1, dh, dc * f, dz_ta.write(t, dz)
-
-        _, dh0, dc0, dz_ta = tf.while_loop(
-            lambda t, *_: t >= 0, backward_step,
-            (steps - 1, dh, dc, tf.TensorArray(dtype, size=steps, element_shape=[None, 4 * units])))
-        dz = tf.reshape(dz_ta.stack(), [-1, 4 * units])  # [T*B, 4H], time-major rows
-        # Transposed once: as above.
-        d_inputs = tf.matmul(dz, tf.transpose(kernel))
-        d_inputs = tf.transpose(tf.reshape(d_inputs, [steps, batch, features]), [1, 0, 2])
-        h_prev = tf.concat([tf.cast(h0, tf.float32)[None], hs[:-1]], 0)
-        d_recurrent = tf.matmul(tf.cast(tf.reshape(h_prev, [-1, units]), dtype), dz, transpose_a=True)
-        return (d_inputs, tf.cast(dh0, h0.dtype), tf.cast(dc0, c0.dtype), tf.matmul(inputs_2d, dz, transpose_a=True),
-                d_recurrent, tf.reduce_sum(dz, 0))
+        return _backward(saved, tf.cast(tf.transpose(d_outputs, [1, 0, 2]), tf.float32), dh, dc)
 
     return (outputs, tf.cast(h_last, h0.dtype), tf.cast(c_last, c0.dtype)), grad
+
+
+class _Forward(NamedTuple):
+    """What the backward pass of `_lstm` reads of its forward pass: the inputs as time-major
+    rows, the initial state, the weights, each step's gates, previous cell, tanh of the cell
+    and output (TensorArrays, the outputs stacked [T, B, H]) and the tanh gate's columns."""
+
+    inputs_2d: tf.Tensor
+    h0: tf.Tensor
+    c0: tf.Tensor
+    kernel: tf.Tensor
+    recurrent_kernel: tf.Tensor
+    gates_ta: tf.TensorArray
+    c_prev_ta: tf.TensorArray
+    tanh_c_ta: tf.TensorArray
+    hs: tf.Tensor
+    tanh_gate: tf.Tensor
+
+
+def _backward(fw: _Forward, d_hs: tf.Tensor, dh: tf.Tensor, dc: tf.Tensor) -> tuple:
+    """The gradients of `_lstm`'s arguments, given those of its outputs (time-major, float32)
+    and of its final state: backpropagation through time, one step after another."""
+    dtype = fw.inputs_2d.dtype
+    steps, batch = tf.shape(fw.hs)[0], tf.shape(fw.h0)[0]
+    features, units = fw.kernel.shape[0], fw.recurrent_kernel.shape[0]
+    # Transposed once: a matmul with transpose_b is ~3x slower (oneDNN on CPU).
+    recurrent_t = tf.transpose(fw.recurrent_kernel)
+
+    def backward_step(t, dh, dc, dz_ta):
+        gates = fw.gates_ta.read(t)
+        i, forget, g, o = tf.split(gates, 4, axis=1)
+        tanh_c = fw.tanh_c_ta.read(t)
+        dh = d_hs[t] + dh
+        dc = dc + dh * o * (1.0 - tanh_c * tanh_c)
+        # The gates' gradient before their activations: sigmoid' = s (1 - s) and tanh' =
+        # 1 - g^2 are both (gates + tanh_gate) * (1 - gates).
+        d_gates = tf.concat([dc * g, dc * fw.c_prev_ta.read(t), dc * i, dh * tanh_c], 1)
+        dz = tf.cast(d_gates * ((gates + fw.tanh_gate) * (1.0 - gates)), dtype)
+        dh = tf.cast(tf.matmul(dz, recurrent_t), tf.float32)  # the previous step's h
+        return t - 1, dh, dc * forget, dz_ta.write(t, dz)
+
+    _, dh0, dc0, dz_ta = tf.while_loop(
+        lambda t, *_: t >= 0, backward_step,
+        (steps - 1, dh, dc, tf.TensorArray(dtype, size=steps, element_shape=[None, 4 * units])))
+    dz = tf.reshape(dz_ta.stack(), [-1, 4 * units])  # [T*B, 4H], time-major rows
+    # Transposed once: as above.
+    d_inputs = tf.matmul(dz, tf.transpose(fw.kernel))
+    d_inputs = tf.transpose(tf.reshape(d_inputs, [steps, batch, features]), [1, 0, 2])
+    h_prev = tf.concat([tf.cast(fw.h0, tf.float32)[None], fw.hs[:-1]], 0)
+    d_recurrent = tf.matmul(tf.cast(tf.reshape(h_prev, [-1, units]), dtype), dz, transpose_a=True)
+    d_kernel = tf.matmul(fw.inputs_2d, dz, transpose_a=True)
+    return (d_inputs, tf.cast(dh0, fw.h0.dtype), tf.cast(dc0, fw.c0.dtype), d_kernel, d_recurrent,
+            tf.reduce_sum(dz, 0))
