@@ -10,12 +10,12 @@
 3. Runs charrnn.loop's Controller with the default observers first (metrics.jsonl,
    TensorBoard, the console's progress and samples, signals, a worker's preemption), as
    Keras' CallbackList adds its defaults, then the caller's callbacks.
+4. Turns every stop that a rerun continues into one exception, `Preempted`: a signal, the
+   preemption of a worker, the loss of a worker.
 
 Everything the session holds is built here and passed on explicitly; of the trainer's
 attributes, only `stop_training` and `stop_reason` are set from outside it (by the loop and
 the callbacks: Keras' `model.stop_training`, the way a callback stops a run).
-4. Turns every stop that a rerun continues into one exception, `Preempted`: a signal, the
-   preemption of a worker, the loss of a worker.
 
 A non-finite loss or gradient stops training with a CharRNNError; that step is not applied
 and no checkpoint is written for it, and no checkpoint is ever written with non-finite

@@ -36,8 +36,12 @@ class EpochStats:
     step: int
     train_loss: float
     val_loss: float | None
-    val_bpc: float | None
     steps_per_sec: float
+
+    @property
+    def val_bpc(self) -> float | None:
+        """The validation loss in bits per character."""
+        return None if self.val_loss is None else self.val_loss / math.log(2)
 
 
 class Trainable(TrainerView, Protocol):
@@ -165,7 +169,7 @@ class Controller:
         # Evaluated already at this step (mid-epoch, then stopped early): not again.
         val_loss = t.evaluations.last_loss if t.evaluations.last_step == step else self._evaluate(step)
         stats = EpochStats(epoch=epoch + 1, step=step, train_loss=t.epoch_train_loss(), val_loss=val_loss,
-                           val_bpc=None if val_loss is None else val_loss / math.log(2), steps_per_sec=steps_per_sec)
+                           steps_per_sec=steps_per_sec)
         self.callbacks.on_epoch_end(epoch + 1, _epoch_logs(stats))
         t.finalize_epoch(step)
         self.checkpoints.save("latest", step)
@@ -202,6 +206,6 @@ class Controller:
 
 def _epoch_logs(stats: EpochStats) -> dict[str, float]:
     logs = {"loss": stats.train_loss, "steps_per_sec": stats.steps_per_sec}
-    if stats.val_loss is not None:
-        logs.update(val_loss=stats.val_loss, val_bpc=stats.val_loss / math.log(2))
+    if stats.val_loss is not None and stats.val_bpc is not None:
+        logs.update(val_loss=stats.val_loss, val_bpc=stats.val_bpc)
     return logs

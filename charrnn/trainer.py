@@ -245,7 +245,8 @@ class Trainer:
         self.finalized_step.assign(step)
 
     def checkpoint_path(self, which: str = "latest") -> str | None:
-        """The newest checkpoint of the run directory of `which` kind (latest or best), if any."""
+        """The checkpoint of `which` kind (latest or best) the run directory saved last, if any
+        (charrnn.checkpoint.newest)."""
         return checkpoint.newest(self.rundir.checkpoint_dir(which))
 
     def sample(self, step: int) -> str:

@@ -36,11 +36,14 @@ def test_sample_prints_what_the_sampler_generates_with_every_option(trained_run)
 def test_preset_values_yield_to_explicit_flags_and_flagfile_works(tmp_path, small_text):
     flagfile = tmp_path / "flags.txt"
     flagfile.write_text(f"--data={small_text}\n--run_dir={tmp_path / 'run'}\n--rnn_units=16\n")
-    proc = run_cli("train", "--preset=seed", f"--flagfile={flagfile}", "--max_steps=1", "--device=/CPU:0")
+    proc = run_cli("train", "--preset=cpu_small", f"--flagfile={flagfile}", "--max_steps=1", "--device=/CPU:0",
+                   "--batch_size=2", "--seq_length=20")
     assert proc.returncode == 0, proc.stderr
     config = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert config["data"] == str(small_text) and config["rnn_units"] == 16  # explicit
-    assert config["epochs"] == 20 and config["embedding_dim"] == 256 and config["seq_length"] == 100  # preset
+    assert config["data"] == str(small_text) and config["rnn_units"] == 16 and config["batch_size"] == 2  # explicit
+    # The preset's, where each differs from the flag's default (embedding_dim 256, no carry_state, ...).
+    assert config["embedding_dim"] == 64 and config["carry_state"] and config["learning_rate"] == 0.005
+    assert config["time_budget"] == 180.0 and config["sample_every"] == 100 and config["steps_per_loop"] == 10
 
 
 def test_tools_answer_help_with_their_own_flags_without_tensorflow():

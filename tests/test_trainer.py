@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import charrnn
 from charrnn import CharRNNError, Sampler, TrainConfig, Trainer, Vocabulary
 from charrnn.metrics import read_metrics
 from charrnn.model import sequence_loss
@@ -265,6 +266,18 @@ def test_weight_decay_is_decoupled_from_the_gradient(small_text, tmp_path):
     decayed.train(1)
     for w0, a, b in zip(before, plain.model.trainable_variables, decayed.model.trainable_variables):
         np.testing.assert_allclose(b.numpy() - a.numpy(), -0.01 * 0.1 * w0, atol=1e-7)
+
+
+def test_a_fit_that_fails_still_reports_its_training_time(small_text, tmp_path):
+    class Fails(charrnn.Callback):
+        def on_chunk_end(self, step, logs):
+            if step == 5:
+                raise RuntimeError("a callback's own failure")
+
+    trainer = Trainer(tiny_config(small_text, tmp_path / "run", max_steps=20))
+    with pytest.raises(RuntimeError, match="a callback's own failure"):
+        trainer.fit(callbacks=[Fails()], verbose=0)
+    assert trainer.train_seconds > 0  # steps 2 to 5 were timed (the first traces) before the failure
 
 
 def test_time_budget_stops_after_a_partial_epoch_and_the_run_continues(small_text, tmp_path, monkeypatch):
