@@ -1,14 +1,17 @@
-"""charrnn's train step with its LSTM as it is against the LSTM of another git revision, in one process.
+"""charrnn's train step with its LSTM as it is against the LSTM of another git revision or
+variant, in one process.
 
 Two Trainers of the same settings on the same batches: one whose model runs
-`charrnn/lstm.py` of the working tree, one whose model runs that file as it was at
---baseline (read with `git show`, loaded as a module of its own). After a warm-up their
+`charrnn/lstm.py` of the working tree (in --variant), one whose model runs that file as it
+was at --baseline (read with `git show`, loaded as a module of its own) or, with
+--baseline_variant, the working tree's in that variant. After a warm-up their
 steps alternate --rounds times, and the median of the per-round ratios (current over
 baseline) is printed: a drift of the machine's speed during the run cancels, which on a
 shared VM matters more than anything else (single steps vary by 20%).
 
     python benchmarks/bench_lstm_ab.py --baseline=e942012 --rnn_units=256 --embedding_dim=64
     python benchmarks/bench_lstm_ab.py --baseline=HEAD~1 --mixed_precision=float32 --rounds=10
+    python benchmarks/bench_lstm_ab.py --variant=unit_major+xla --baseline_variant=batch_major --rnn_units=1024
 """
 
 from __future__ import annotations
@@ -28,11 +31,15 @@ from absl import app, flags
 import charrnn
 import charrnn.model
 from charrnn.log import install_console
+from charrnn.lstm import VARIANTS, fused_lstm
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from cpuinfo import cpu  # noqa: E402 - a sibling module of the benchmarks
 
 flags.DEFINE_string("baseline", "HEAD", "Git revision whose charrnn/lstm.py is the baseline.")
+flags.DEFINE_enum("variant", "auto", ["auto", *VARIANTS], "Variant of the working tree's LSTM (charrnn.lstm.VARIANTS).")
+flags.DEFINE_enum("baseline_variant", None, ["auto", *VARIANTS], "Compare against the working tree's LSTM in "
+                  "this variant instead of --baseline's.")
 flags.DEFINE_string("data", "tinyshakespeare", "Corpus path or registered name.")
 flags.DEFINE_integer("rnn_units", 256, "LSTM units.")
 flags.DEFINE_integer("embedding_dim", 64, "Embedding size.")
@@ -44,8 +51,15 @@ flags.DEFINE_integer("warmup", 3, "Untimed steps of each first (the first traces
 FLAGS = flags.FLAGS
 
 
+def _in_variant(variant: str) -> object:
+    """The working tree's `fused_lstm` in `variant`."""
+    return lambda *args: fused_lstm(*args, variant=variant)
+
+
 def _baseline_lstm() -> object:
-    """The `fused_lstm` of charrnn/lstm.py at --baseline."""
+    """The `fused_lstm` of charrnn/lstm.py at --baseline, or in --baseline_variant."""
+    if FLAGS.baseline_variant:
+        return _in_variant(FLAGS.baseline_variant)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     source = subprocess.run(["git", "show", f"{FLAGS.baseline}:charrnn/lstm.py"], cwd=root, capture_output=True,
                             text=True, check=True).stdout
@@ -75,10 +89,9 @@ def _trainer(lstm: object, run_dir: str) -> tuple[charrnn.Trainer, object]:
 def main(argv: list[str]) -> None:
     del argv
     install_console()  # the library's progress lines and warnings, as the tools show them
-    current = charrnn.model.fused_lstm
     with tempfile.TemporaryDirectory() as a, tempfile.TemporaryDirectory() as b:
-        variants = {"current": _trainer(current, a), "baseline": _trainer(_baseline_lstm(), b)}
-        charrnn.model.fused_lstm = current
+        variants = {"current": _trainer(_in_variant(FLAGS.variant), a), "baseline": _trainer(_baseline_lstm(), b)}
+        charrnn.model.fused_lstm = fused_lstm
         times: dict[str, list[float]] = {name: [] for name in variants}
         for _ in range(FLAGS.rounds):
             for name, (trainer, batches) in variants.items():
@@ -88,13 +101,14 @@ def main(argv: list[str]) -> None:
         precision = variants["current"][0].config.mixed_precision
     ratio = statistics.median(c / b for c, b in zip(times["current"], times["baseline"]))
     c = cpu()
+    baseline = f"variant {FLAGS.baseline_variant}" if FLAGS.baseline_variant else FLAGS.baseline
     print(f"CPU: {c['model']}, {c['cores']} cores, {' '.join(c['features'])}")
     print(f"E{FLAGS.embedding_dim} LSTM {FLAGS.rnn_units}, {precision}, batch {FLAGS.batch_size} x "
-          f"{FLAGS.seq_length}: current {statistics.median(times['current']):.4f} s/step, baseline "
-          f"({FLAGS.baseline}) {statistics.median(times['baseline']):.4f} s/step, current/baseline {ratio:.3f} "
+          f"{FLAGS.seq_length}: current (variant {FLAGS.variant}) {statistics.median(times['current']):.4f} s/step, "
+          f"baseline ({baseline}) {statistics.median(times['baseline']):.4f} s/step, current/baseline {ratio:.3f} "
           f"(median of {FLAGS.rounds} paired rounds)")
-    print(json.dumps({"benchmark": "lstm_ab", "cpu": c, "baseline": FLAGS.baseline, "rnn_units": FLAGS.rnn_units,
-                      "embedding_dim": FLAGS.embedding_dim, "precision": precision,
+    print(json.dumps({"benchmark": "lstm_ab", "cpu": c, "baseline": baseline, "variant": FLAGS.variant,
+                      "rnn_units": FLAGS.rnn_units, "embedding_dim": FLAGS.embedding_dim, "precision": precision,
                       "current_step_s": statistics.median(times["current"]),
                       "baseline_step_s": statistics.median(times["baseline"]), "ratio": ratio}))
 

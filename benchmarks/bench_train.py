@@ -50,7 +50,7 @@ from absl import app, flags
 
 import charrnn
 from charrnn.log import install_console
-from charrnn.lstm import chains_for
+from charrnn.lstm import chains_for, variant_for
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from cpuinfo import cpu  # noqa: E402 - a sibling module of the benchmarks
@@ -283,7 +283,9 @@ def main(argv: list[str]) -> None:
         print(f"{name:<12}{r['first_step_s']:>10.2f}{r['median_step_s']:>10.3f}{r['steps_per_s']:>9.3f}"
               f"{r['gflops_per_s']:>9.1f}{r['fraction_of_peak']:>9.0%}{r['floor_over_step']:>11.0%}"
               f"{r['peak_rss_mb']:>12.0f}")
-    chosen = (f"lstm {'fused' if trainer.model.fused_on(trainer.device) else 'keras'}, "
+    fused = trainer.model.fused_on(trainer.device)
+    variant = f" {variant_for(FLAGS.rnn_units, trainer.model.state_dtype)}" if fused else ""
+    chosen = (f"lstm {'fused' if fused else 'keras'}{variant}, "
               f"{trainer.config.mixed_precision}, steps_per_loop {trainer.config.steps_per_loop}, "
               f"oneDNN {os.environ.get('TF_ENABLE_ONEDNN_OPTS', 'default')}")
     step = results["charrnn"]["median_step_s"]

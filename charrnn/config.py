@@ -90,7 +90,8 @@ class TrainConfig:
                                   "keeps what it started with), float32, mixed_float16 or mixed_bfloat16.", "Speed",
                                   PRECISIONS)
     lstm_impl: str = _field("auto", "LSTM implementation: auto (keras/cuDNN on a GPU, fused on a CPU), "
-                                    "fused, keras.", "Speed",
+                                    "fused, keras. The fused LSTM arranges its loops by size, precision and CPU "
+                                    "(charrnn.lstm.variant_for).", "Speed",
                             LSTM_IMPLS)
     deterministic: bool = _field(False, "Enable TensorFlow op determinism: a run, interrupted or not, is "
                                         "reproducible bit for bit.", "Speed")

@@ -3,6 +3,8 @@ and picks the precision the hardware computes fastest without losing accuracy (`
 
 from __future__ import annotations
 
+import functools
+
 import tensorflow as tf
 
 from charrnn.errors import CharRNNError
@@ -45,19 +47,20 @@ def choose_precision(device: str, tpu: bool = False) -> tuple[str, str]:
             return "mixed_float16", (f"a GPU of compute capability {capability[0]}.{capability[1]} has "
                                      "float16 tensor cores")
         return "float32", "a GPU without float16 tensor cores (compute capability below 7.0)"
-    native = {"avx512_bf16", "amx_bf16"} & _cpu_flags()
+    native = {"avx512_bf16", "amx_bf16"} & cpu_flags()
     if native:
         return "mixed_bfloat16", f"this CPU multiplies bfloat16 natively ({', '.join(sorted(native))})"
     return "float32", "this CPU has no native bfloat16 (no avx512_bf16 or amx_bf16)"
 
 
-def _cpu_flags() -> set[str]:
+@functools.cache
+def cpu_flags() -> frozenset[str]:
     """The CPU's feature flags as Linux lists them (empty elsewhere: float32 is then chosen)."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             for line in f:
                 if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
+                    return frozenset(line.split(":", 1)[1].split())
     except OSError:
         pass
-    return set()
+    return frozenset()

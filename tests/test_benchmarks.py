@@ -21,7 +21,7 @@ TINY = ["--rnn_units=16", "--embedding_dim=8"]
     ("bench_train.py", [*TINY, "--batch_size=4", "--seq_length=12", "--steps=2", "--warmup=1", "--steps_per_loop=2"]),
     ("bench_train.py", ["--sweep=16:8", "--batch_size=4", "--seq_length=12", "--steps=2", "--warmup=1",
                         "--peak_rss=false"]),
-    ("bench_lstm_ops.py", ["--sizes=8:16", "--repeats=1"]),
+    ("bench_lstm_ops.py", ["--sizes=8:16", "--repeats=1", "--precision=float32"]),
     ("bench_sample.py", [*TINY, "--num_chars=10", "--baseline_chars=5", "--repeats=1"]),
     ("bench_quality.py", [*TINY, "--batch_size=4", "--seq_length=12", "--time_budget=1", "--eval_every=50",
                           "--preset=cpu_medium"]),
@@ -36,7 +36,10 @@ def test_benchmark_smoke(script, args, small_text, tmp_path):
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     if script == "bench_lstm_ops.py":  # a line per size, no JSON
-        assert proc.stdout.startswith("E8 H16: fused ") and "BlockLSTMV2" in proc.stdout
+        product, layer = proc.stdout.splitlines()
+        assert product.startswith("E8 H16 float32: recurrent product batch-major ") and "unit-major" in product
+        assert layer.startswith("E8 H16 float32: layer forward + backward: batch_major ")
+        assert all(f"{v} " in layer for v in ("unit_major", "batch_major+xla", "unit_major+xla", "BlockLSTMV2"))
         return
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     if result.get("benchmark") == "train_sweep":
