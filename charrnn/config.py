@@ -154,8 +154,9 @@ class TrainConfig:
                 raise CharRNNError(f"--{name} must be a finite number, got {getattr(self, name)}")
         for name in ("time_budget", "grad_clip"):
             if getattr(self, name) is not None and not math.isfinite(getattr(self, name)):
-                raise CharRNNError(f"--{name} must be a finite number, got {getattr(self, name)} "
-                                   "(leave it unset for no limit)")
+                off = "no limit" if name == "time_budget" else "no clipping"
+                raise CharRNNError(f"--{name} must be a finite number, got {getattr(self, name)} (--{name}=off or "
+                                   f"None for {off})")
         for field in dataclasses.fields(self):  # ints that TensorFlow takes as int32 (counts: nowhere near)
             value = getattr(self, field.name)
             if isinstance(value, int) and not isinstance(value, bool) and value > MAX_INT and field.name != "seed":
@@ -176,22 +177,25 @@ class TrainConfig:
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise CharRNNError(f"--{name} must be at least 1, got {getattr(self, name)}")
         if self.max_steps is not None and self.max_steps < 1:
-            raise CharRNNError(f"--max_steps must be at least 1, got {self.max_steps} (leave it unset for no limit)")
+            raise CharRNNError(f"--max_steps must be at least 1, got {self.max_steps} (--max_steps=off or None for "
+                               "no limit)")
         if self.sample_every is not None and self.sample_every < 1:
-            raise CharRNNError(f"--sample_every must be at least 1, got {self.sample_every} (leave it unset "
-                               f"for no samples)")
+            raise CharRNNError(f"--sample_every must be at least 1, got {self.sample_every} (--sample_every=off "
+                               f"or None for no samples)")
         if not 0 <= self.sample_chars <= 100_000:
             raise CharRNNError(f"--sample_chars must be between 0 and 100000, got {self.sample_chars}")
         if not 1e-6 <= self.sample_temperature <= 1e6:
             raise CharRNNError(f"--sample_temperature must be between 1e-06 and 1e+06, got {self.sample_temperature}")
         for name in ("eval_every", "patience"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise CharRNNError(f"--{name} must be at least 1, got {getattr(self, name)} (leave it unset "
+                raise CharRNNError(f"--{name} must be at least 1, got {getattr(self, name)} (--{name}=off or None "
                                    f"to disable)")
         if self.time_budget is not None and not self.time_budget > 0:
-            raise CharRNNError(f"--time_budget must be positive, got {self.time_budget} (leave it unset for no limit)")
+            raise CharRNNError(f"--time_budget must be positive, got {self.time_budget} (--time_budget=off or None "
+                               "for no limit)")
         if self.grad_clip is not None and not self.grad_clip > 0:
-            raise CharRNNError(f"--grad_clip must be positive, got {self.grad_clip} (leave it unset for no clipping)")
+            raise CharRNNError(f"--grad_clip must be positive, got {self.grad_clip} (--grad_clip=off or None for "
+                               "no clipping)")
         if not 0 <= self.dropout < 1:
             raise CharRNNError(f"--dropout must be in [0, 1), got {self.dropout}")
         if not 0 <= self.val_fraction < 1:
@@ -207,8 +211,6 @@ class TrainConfig:
 
     def _check_together(self) -> None:
         """Settings that only make sense with others."""
-        if self.sample_every is not None and self.sample_chars == 0:
-            raise CharRNNError("--sample_every needs --sample_chars of at least 1")
         for name in ("eval_every", "patience"):
             if getattr(self, name) is not None and self.val_fraction == 0:
                 raise CharRNNError(f"--{name} needs a validation split; set --val_fraction above 0")
@@ -218,6 +220,12 @@ class TrainConfig:
             raise CharRNNError("--data is empty; pass a text file or a registered corpus name")
         if not self.run_dir.strip():
             raise CharRNNError("--run_dir is empty; pass a directory for checkpoints and logs")
+
+    @property
+    def sample_interval(self) -> int | None:
+        """Steps between the samples shown while training; None for none (--sample_every
+        unset, or --sample_chars=0)."""
+        return self.sample_every if self.sample_chars else None
 
     def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes)

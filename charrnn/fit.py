@@ -104,7 +104,7 @@ def fit(trainer: Session, callbacks: Sequence[Callback | keras.callbacks.Callbac
         own: list[Callback] = [MetricsLog(rundir.metrics_path, int(trainer.step.numpy())), TensorBoard(rundir.log_dirs)]
         if verbose:
             own.append(ProgressLogger(verbose))
-            if config.sample_every is not None:
+            if config.sample_interval is not None:
                 own.append(SamplePrinter(live=verbose == 1))
         observers = [*own, *callbacks]
         signals = SignalStop(trainer.distribution.stop_signals()) if handle_signals else None

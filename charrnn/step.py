@@ -77,7 +77,9 @@ class TrainStep:
         # and Adam then updates alike whatever the number of replicas (its sparse update
         # of IndexedSlices differs: the equivalence test fails without this).
         grads = [tf.convert_to_tensor(g) for g in tape.gradient(scaled_loss, self.model.trainable_variables)]
-        return loss, grads, final_state if state else ()
+        # In float32: gathering them across replicas has no 16-bit kernel on a CPU (the cast
+        # there and back is exact).
+        return loss, grads, tf.nest.map_structure(lambda s: tf.cast(s, tf.float32), final_state) if state else ()
 
     def _step(self, inputs: tf.Tensor, targets: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         strategy = self.distribution.strategy
@@ -110,7 +112,7 @@ class TrainStep:
             self.step.assign_add(1)
             self.epoch_loss_sum.assign_add(tf.cast(loss, tf.float64))
             for variable, value in zip(self.carried_state, tf.nest.flatten(final_state)):
-                variable.assign(value)
+                variable.assign(tf.cast(value, variable.dtype))
             return tf.constant(True)
 
         # Checked inside the step so that NaN or Inf never reaches the weights (or a checkpoint).

@@ -61,7 +61,7 @@ class Trainer:
         self.cadence = Cadence(
             steps_per_epoch=self.steps_per_epoch, total_steps=self.total_steps, steps_per_loop=run.steps_per_loop,
             checkpoint_every=run.checkpoint_every, eval_every=run.eval_every, log_every=run.log_every,
-            patience=run.patience, time_budget=run.time_budget, sample_every=run.sample_every)
+            patience=run.patience, time_budget=run.time_budget, sample_every=run.sample_interval)
         with self.strategy.scope(), self.distribution.placement():
             state = self._build_state()
         # What fit() saves: the state and the fingerprints of its vocabulary and text. They are

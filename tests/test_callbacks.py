@@ -175,7 +175,6 @@ def test_sample_options_are_checked_before_anything_is_written(small_text, tmp_p
         Trainer(tiny_config(small_text, tmp_path / "run", sample_prime="€uro"))
     for overrides, message in [(dict(sample_every=0), "--sample_every must be at least 1"),
                                (dict(sample_chars=-1), "--sample_chars must be between 0 and 100000"),
-                               (dict(sample_every=5, sample_chars=0), "--sample_every needs --sample_chars"),
                                (dict(sample_temperature=0.0), "--sample_temperature must be between")]:
         with pytest.raises(charrnn.CharRNNError, match=message):
             tiny_config(small_text, tmp_path / "run", **overrides)
@@ -279,11 +278,11 @@ def test_keras_callbacks_run_as_keras_fit_calls_them_and_may_stop_the_run(small_
 
     from charrnn.metrics import read_metrics
 
-    calls = []
+    calls, batches = [], []
     hooks = keras.callbacks.LambdaCallback(
         on_train_begin=lambda logs: calls.append("train_begin"),
         on_epoch_begin=lambda epoch, logs: calls.append(f"epoch_begin {epoch}"),
-        on_train_batch_end=lambda batch, logs: calls.append("batch"),
+        on_train_batch_end=lambda batch, logs: calls.append("batch") or batches.append((batch, sorted(logs))),
         on_epoch_end=lambda epoch, logs: calls.append(f"epoch_end {epoch} {sorted(logs)}"),
         on_train_end=lambda logs: calls.append("train_end"))
     stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=1, min_delta=10.0)
@@ -300,6 +299,9 @@ def test_keras_callbacks_run_as_keras_fit_calls_them_and_may_stop_the_run(small_
     chunks = math.ceil(spe / 2)
     assert calls == ["train_begin", "epoch_begin 0", *["batch"] * chunks, f"epoch_end 0 {keys}", "epoch_begin 1",
                      *["batch"] * chunks, f"epoch_end 1 {keys}", "train_end"]
+    # Each chunk's last step, counted from 0 in its epoch, as Keras' batch index.
+    per_epoch = [(min(end, spe) - 1, ["loss"]) for end in range(2, spe + 2, 2)]
+    assert batches == per_epoch * 2
     with open(tmp_path / "log.csv") as f:
         rows = list(csv.DictReader(f))
     epochs = [m for m in read_metrics(tmp_path / "run") if "epoch" in m]
@@ -319,6 +321,14 @@ def test_keras_callbacks_run_as_keras_fit_calls_them_and_may_stop_the_run(small_
             resumed.fit(callbacks=[refused], verbose=0)
     with pytest.raises(TypeError, match="charrnn.Callback or keras.callbacks.Callback instances, got object"):
         resumed.fit(callbacks=[object()], verbose=0)
+
+    # fit() again on a trainer a Keras callback stopped, without that callback: on to the end.
+    again = charrnn.Trainer(config.replace(run_dir=str(tmp_path / "again"), epochs=2))
+    halt = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: setattr(again.model, "stop_training", True))
+    again.fit(callbacks=[halt], verbose=0)
+    assert int(again.step.numpy()) == spe
+    again.fit(verbose=0)
+    assert int(again.step.numpy()) == 2 * spe and len(read_metrics(tmp_path / "again")) > 0
 
 
 def test_a_new_validation_metric_needs_only_the_evaluator(small_text, tmp_path, monkeypatch):

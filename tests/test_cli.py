@@ -46,6 +46,25 @@ def test_preset_values_yield_to_explicit_flags_and_flagfile_works(tmp_path, smal
     assert config["time_budget"] == 180.0 and config["sample_every"] == 100 and config["steps_per_loop"] == 10
 
 
+def test_every_setting_a_preset_turns_on_can_be_turned_back_off(tmp_path, small_text):
+    """cpu_small sets a time budget, samples, evaluations and clipping: `off` (or `none`)
+    unsets each from the command line, and --sample_chars=0 stops the samples alone."""
+    tiny = [f"--data={small_text}", "--max_steps=1", "--device=/CPU:0", "--batch_size=2", "--seq_length=20",
+            "--rnn_units=16", "--embedding_dim=8"]
+    proc = run_cli("train", "--preset=cpu_small", f"--run_dir={tmp_path / 'off'}", *tiny, "--sample_every=off",
+                   "--time_budget=none", "--eval_every=OFF", "--grad_clip=off")
+    assert proc.returncode == 0, proc.stderr
+    config = json.loads((tmp_path / "off" / "config.json").read_text())
+    assert [config[k] for k in ("sample_every", "time_budget", "eval_every", "grad_clip")] == [None] * 4
+    proc = run_cli("train", "--preset=cpu_small", f"--run_dir={tmp_path / 'quiet'}", *tiny, "--sample_chars=0")
+    assert proc.returncode == 0, proc.stderr
+    config = json.loads((tmp_path / "quiet" / "config.json").read_text())
+    assert config["sample_chars"] == 0 and config["sample_every"] == 100
+    refused = run_cli("train", f"--run_dir={tmp_path / 'r'}", *tiny, "--sample_every=0")
+    assert_one_line_error(refused, "--sample_every must be at least 1, got 0 (--sample_every=off or None for no "
+                                   "samples)")
+
+
 def test_tools_answer_help_with_their_own_flags_without_tensorflow():
     for tool in ("train", "sample", "eval", "export"):  # flags are parsed before TensorFlow starts
         proc = subprocess.run([sys.executable, "-c", f"import sys, charrnn.cli.{tool}; print('tensorflow' "

@@ -26,7 +26,6 @@ from conftest import tiny_config
     (dict(patience=3, val_fraction=0), "--patience needs a validation split"),
     (dict(eval_every=3, val_fraction=0), "--eval_every needs a validation split"),
     (dict(cell="rnn"), "--cell must be lstm or gru"),
-    (dict(sample_every=5, sample_chars=0), "--sample_every needs --sample_chars"),
     (dict(devices="/CPU:0"), "--devices applies to --strategy=one_device or mirrored"),
     # Each range at its bounds: the first value outside it is refused.
     (dict(dropout=1.0), "--dropout must be in [0, 1)"),

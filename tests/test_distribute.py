@@ -212,3 +212,35 @@ def test_a_worker_that_never_comes_up_ends_the_wait(small_text, tmp_path):
         _, err = proc.communicate(timeout=60)
     assert "stopped by SIGINT while waiting for the other workers" in err, err[-2000:]
     assert proc.returncode != 0 and not (tmp_path / "run").exists()
+
+
+# Every pair of values of precision x carry_state x num_layers x cell in some row (a
+# covering design: 6 rows for 3 x 2 x 2 x 2), and the combination the multi-device
+# documentation's command trains (cpu_small: an LSTM carrying its state, in bfloat16).
+MATRIX = [
+    dict(mixed_precision="float32", carry_state=True, num_layers=1, cell="lstm"),
+    dict(mixed_precision="float32", carry_state=False, num_layers=2, cell="gru"),
+    dict(mixed_precision="mixed_bfloat16", carry_state=True, num_layers=2, cell="gru"),
+    dict(mixed_precision="mixed_bfloat16", carry_state=False, num_layers=1, cell="lstm"),
+    dict(mixed_precision="mixed_float16", carry_state=True, num_layers=1, cell="gru"),
+    dict(mixed_precision="mixed_float16", carry_state=False, num_layers=2, cell="lstm"),
+    dict(mixed_precision="mixed_bfloat16", carry_state=True, num_layers=1, cell="lstm", dropout=0.1),
+]
+
+
+def test_mirrored_trains_every_pair_of_precision_state_depth_and_cell_as_one_device_does(small_text, tmp_path):
+    """Each row mirrored over two CPU devices and on one, in one process of its own: both
+    train, to the same losses (float32 to 1e-5; 16-bit to its rounding). TensorFlow's CPU
+    kernels compute bfloat16 and float16 on any x86 CPU (natively or not), so no row is
+    skipped on a CPU without them."""
+    proc = subprocess.run([sys.executable, str(Path(__file__).parent / "strategy_matrix.py"), str(small_text),
+                           str(tmp_path), json.dumps(MATRIX)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert [r["row"] for r in results] == MATRIX
+    for result in results:
+        mirrored, single = result["mirrored"], result["single"]
+        assert isinstance(mirrored, list) and isinstance(single, list), result
+        assert len(mirrored) == len(single) == 3, result
+        tolerance = 1e-5 if result["row"]["mixed_precision"] == "float32" else 2e-2
+        np.testing.assert_allclose(mirrored, single, rtol=tolerance, err_msg=str(result["row"]))

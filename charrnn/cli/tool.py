@@ -41,16 +41,38 @@ _GROUPS: dict[str, str] = {}
 _GENERAL = "General"
 
 
+class _OrOff(flags.ArgumentParser):
+    """A number, or `off` (also `none`): the setting unset, as if the flag were not given,
+    so that a number a preset sets can be turned off from the command line."""
+
+    def __init__(self, number: flags.ArgumentParser):
+        self._number = number
+
+    def parse(self, argument: Any) -> Any:
+        if isinstance(argument, str) and argument.strip().lower() in ("off", "none"):
+            return None
+        return self._number.parse(argument)
+
+    def flag_type(self) -> str:
+        return self._number.flag_type()
+
+
 def define_dataclass_flags(cls: type) -> None:
-    """Defines one absl flag per field of `cls`, with the field's default, `help` and `group` metadata."""
+    """Defines one absl flag per field of `cls`, with the field's default, `help` and `group`
+    metadata; a number that may be None also takes `off`."""
     hints = typing.get_type_hints(cls)
     for field in dataclasses.fields(cls):
         kind = hints[field.name]
-        if typing.get_origin(kind) in (typing.Union, types.UnionType):  # `T | None`
+        optional = typing.get_origin(kind) in (typing.Union, types.UnionType)  # `T | None`
+        if optional:
             kind = next(a for a in typing.get_args(kind) if a is not type(None))
         default: Any = field.default
         if field.metadata.get("choices"):
             flags.DEFINE_enum(field.name, default, list(field.metadata["choices"]), field.metadata["help"])
+        elif optional and kind in (int, float):
+            number = flags.IntegerParser() if kind is int else flags.FloatParser()
+            flags.DEFINE(_OrOff(number), field.name, default, field.metadata["help"],
+                         serializer=flags.ArgumentSerializer())
         else:
             defines: dict[Any, Callable[..., Any]] = {int: flags.DEFINE_integer, float: flags.DEFINE_float,
                                                       str: flags.DEFINE_string, bool: flags.DEFINE_boolean}
