@@ -4,6 +4,7 @@ epoch's end and as it ends; free once it has ended."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -76,3 +77,38 @@ def test_the_lock_is_held_from_the_start_of_a_run_to_its_end(small_text, tmp_pat
     assert [state for _, state in probe.seen] == ["held"] * len(points)
     assert len(saves) >= 4 and set(saves) == {"held"}  # steps 2, 3 (best), 4, 6 (latest and best)
     assert _held(path) == "no lock file"  # released, its file removed
+
+
+def test_an_acquire_that_races_a_release_takes_the_file_now_at_the_path(tmp_path, monkeypatch):
+    """B opens the lock file while A holds it; before B locks it, A releases (unlinks, then
+    unlocks) and C creates and locks a new file at the path. B's lock on the unlinked file
+    succeeds, but it is no longer the run's lock: B must see that, try the file now at the
+    path, and be refused as C holds it. Made deterministic by running A's release and C's
+    acquire inside B's call to flock."""
+    import fcntl
+
+    import pytest
+
+    from charrnn import CharRNNError
+    from charrnn.lock import RunLock
+
+    path = str(tmp_path / "train.lock")
+    a, b, c = RunLock(path), RunLock(path), RunLock(path)
+    a.acquire()
+    real_flock, raced = fcntl.flock, []
+
+    def flock(fd, operation):
+        if not raced:
+            raced.append(os.fstat(fd).st_ino)
+            a.release()
+            c.acquire()
+        return real_flock(fd, operation)
+
+    monkeypatch.setattr(fcntl, "flock", flock)
+    with pytest.raises(CharRNNError, match="is in use by another trainer"):
+        b.acquire()
+    assert b._fd is None and raced and os.stat(path).st_ino != raced[0]  # B met the race, C's file is the lock
+    monkeypatch.undo()
+    c.release()
+    b.acquire()  # free again
+    b.release()

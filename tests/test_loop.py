@@ -176,9 +176,43 @@ def test_the_run_evaluates_saves_and_reports_on_schedule():
         ("chunk", 10, round(sum(1 / s for s in range(7, 11)) / 4, 12)), ("evaluate", 10, 0.1),
         ("epoch", 1, round(history[0].train_loss, 12), 0.1)]
     assert trainer.stop_reason is None
-    again = Recorder()
-    assert Controller(trainer, cadence, [again], checkpoints=trainer).run() == []
-    assert [e[0] for e in again.events] == ["begin", "end"]
+    # The last epoch is finalised too, in the state and in its checkpoint: a rerun, or a
+    # resume from that checkpoint, has nothing left to do or report.
+    assert trainer.finalized == 25 and trainer.saved[25]["finalized"] == 25
+    for finished in (trainer, trainer.restore(25)):
+        again = Recorder()
+        assert Controller(finished, cadence, [again], checkpoints=finished).run() == []
+        assert [e[0] for e in again.events] == ["begin", "end"]
+
+
+@pytest.mark.parametrize("stop_at", [9, 10, 11])
+def test_a_stop_at_an_epochs_last_step_loses_none_of_its_reports(stop_at):
+    """At step 10, the first epoch's last: evaluated, then stopped with a checkpoint that
+    records the epoch as not yet finalised, so the resume reports it before going on to
+    the second epoch; every event comes once across the two parts, in the uninterrupted
+    run's order. Steps 9 and 11, on either side, for contrast."""
+    cadence = Cadence(steps_per_epoch=10, total_steps=20, checkpoint_every=100, eval_every=5)
+
+    class Stop(Callback):
+        def on_train_begin(self, trainer):
+            self.trainer = trainer
+
+        def on_chunk_end(self, step, logs):
+            if step == stop_at:
+                self.trainer.stop_training, self.trainer.stop_reason = True, "asked"
+
+    reference, everything = FakeTrainer(cadence), Recorder()
+    Controller(reference, cadence, [everything], checkpoints=reference).run()
+    trainer, before = FakeTrainer(cadence), Recorder()
+    history = Controller(trainer, cadence, [Stop(), before], checkpoints=trainer).run()
+    assert trainer.step == stop_at and sorted(trainer.saved) == {9: [9], 10: [10], 11: [10, 11]}[stop_at]
+    assert [s.epoch for s in history] == ([1] if stop_at == 11 else [])
+    assert trainer.saved[stop_at]["finalized"] == (10 if stop_at == 11 else -1)
+    resumed, after = trainer.restore(stop_at), Recorder()
+    Controller(resumed, cadence, [after], checkpoints=resumed).run()
+    # Every event once, across the two parts: the reference run's, in order.
+    assert before.events[1:-1] + after.events[1:-1] == everything.events[1:-1]
+    assert [e[1] for e in before.events + after.events if e[0] == "epoch"] == [1, 2]
 
 
 @pytest.mark.parametrize("eval_every,crash_at", [(5, 6), (5, 10), (5, 12), (5, 18), (3, 6), (3, 12)])

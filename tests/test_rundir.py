@@ -178,3 +178,51 @@ def test_an_edited_config_json_is_named_in_one_line(trained_run, tmp_path):
             load_model(str(run))
     proc = run_cli("sample", f"--run_dir={run}", "--num_chars=5")  # the tools: that one line, and nothing else
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and re.search(message, proc.stderr), proc.stderr
+
+
+@pytest.mark.parametrize("planted", ["metrics.jsonl", "logs/events.out.tfevents.1.host", "train/notes.txt",
+                                     "validation/notes.txt", "ckpt/checkpoint", "ckpt/ckpt-3.index",
+                                     "best/ckpt-3.index", "best/"])
+def test_every_file_a_run_writes_later_marks_a_directory_that_is_not_a_new_run(small_text, tmp_path, planted):
+    """Each shape: a file or a directory a run writes after config.json, without config.json."""
+    own = tmp_path / "own"
+    if planted.endswith("/"):  # an empty directory
+        (own / planted).mkdir(parents=True)
+    else:
+        (own / planted).parent.mkdir(parents=True, exist_ok=True)
+        (own / planted).write_text("the user's")
+    before = snapshot(own)
+    name = planted.split("/")[0]
+    with pytest.raises(CharRNNError, match=rf"holds {re.escape(name)} but no config.json: it is not a charrnn run"):
+        Trainer(tiny_config(small_text, own, max_steps=2)).fit(verbose=0)
+    assert snapshot(own) == before and (own / planted).exists()
+
+
+@pytest.mark.parametrize("where", ["sub/text.txt", "a/b/c/text.txt", "link"])
+def test_text_anywhere_under_the_run_directory_is_refused(small_text, tmp_path, where):
+    """A file deep in it, a directory of it given as --data, or a link from outside into it."""
+    run = tmp_path / "run"
+    inside = run / ("sub/text.txt" if where == "link" else where)
+    inside.parent.mkdir(parents=True)
+    shutil.copy(small_text, inside)
+    data = inside
+    if where == "link":
+        data = tmp_path / "elsewhere.txt"
+        data.symlink_to(inside)
+    before = snapshot(run)
+    for given in (data, inside.parent):
+        with pytest.raises(CharRNNError, match="is inside the run directory"):
+            Trainer(tiny_config(given, run, max_steps=2))
+    assert snapshot(run) == before
+
+
+def test_a_run_directory_inside_the_text_directory_is_no_part_of_the_text(small_text, tmp_path):
+    """--data=DIR --run_dir=DIR/run: a directory's text is its own files, not its
+    subdirectories', so the run's files never join it and a second launch resumes."""
+    texts = tmp_path / "texts"
+    texts.mkdir()
+    shutil.copy(small_text, texts / "text.txt")
+    Trainer(tiny_config(texts, texts / "run", max_steps=2)).fit(verbose=0)
+    resumed = Trainer(tiny_config(texts, texts / "run", max_steps=3))
+    assert resumed.restored_from is not None and resumed.data.num_files == 1
+    assert resumed.data.num_chars == len(small_text.read_text())

@@ -284,3 +284,38 @@ def test_sample_from_a_chosen_checkpoint_with_a_prime_read_from_a_file(small_tex
     assert proc.returncode == 0, proc.stderr
     expected = Sampler.from_checkpoint(str(run), which="2").generate(prime, num_chars=40, seed=5, temperature=0.7)
     assert proc.stdout == expected + "\n" and expected.startswith(prime)
+
+
+@pytest.mark.parametrize("seed", [0, 7, -3, 2**63 - 1])
+def test_each_character_is_drawn_with_the_seed_of_its_index(constant_sampler, seed):
+    """The documented derivation, computed here one draw at a time outside the sampler: the
+    i-th character after the prime (0: the one the prime's pass draws) is
+    stateless_categorical(logits / temperature, seed=stateless_fold_in([seed, 0], i)), the
+    same seed for every sample of a batch (their rows differ in the draw)."""
+    logits = tf.constant([LOGITS] * 3, tf.float32) / 0.8
+    want = np.stack([tf.random.stateless_categorical(
+        logits, 1, seed=tf.random.experimental.stateless_fold_in(tf.constant([seed, 0], tf.int64), i))[:, 0].numpy()
+        for i in range(60)], 1)
+    texts = constant_sampler.generate("ab", num_chars=60, temperature=0.8, num_samples=3, seed=seed)
+    got = np.stack([constant_sampler.vocab.encode(text[2:]) for text in texts])
+    np.testing.assert_array_equal(got, want)
+    alone = constant_sampler.generate("ab", num_chars=60, temperature=0.8, seed=seed)
+    np.testing.assert_array_equal(constant_sampler.vocab.encode(alone[2:]), want[0])
+    for chunk in (1, 7, 59, 60):
+        assert "".join(constant_sampler.stream("ab", 60, temperature=0.8, seed=seed, chunk=chunk)) == alone[2:]
+
+
+def test_a_stream_holds_back_a_possible_start_of_stop_at_at_every_split(constant_sampler):
+    """A multi-character stop_at, split at every place by the chunks: nothing of it is ever
+    yielded (a stream cannot take back what it yielded, so the pieces must join to the text
+    before it), and what could have begun it but did not is yielded in the end."""
+    full = constant_sampler.generate("a", num_chars=200, temperature=1.5, seed=5)[1:]
+    # Three characters first met late, whose first two come earlier without the third: a
+    # false start the stream must hold back, then yield.
+    stop_at = next(full[i:i + 3] for i in range(100, 190)
+                   if full.index(full[i:i + 3]) > 60 and full.find(full[i:i + 2]) < full.index(full[i:i + 3]))
+    want = full.split(stop_at, 1)[0]
+    assert constant_sampler.generate("a", num_chars=200, temperature=1.5, seed=5, stop_at=stop_at) == "a" + want
+    for chunk in range(1, len(want) + 4):
+        pieces = constant_sampler.stream("a", 200, temperature=1.5, seed=5, stop_at=stop_at, chunk=chunk)
+        assert "".join(pieces) == want, chunk

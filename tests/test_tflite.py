@@ -4,6 +4,7 @@ documented example that generates with the interpreter and vocab.json alone."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -18,6 +19,7 @@ from conftest import (
     CONSTANT_CHARS,
     CONSTANT_LOGITS,
     REPO,
+    assert_one_line_error,
     constant_logits_model,
     draws_deviation,
     run_cli,
@@ -142,3 +144,17 @@ def test_a_mixed_precision_run_exports_in_float32_to_a_named_file(small_text, tm
     np.testing.assert_allclose(step(ids=np.array([3], np.int32), state=state)["logits"], expected.numpy(), atol=1e-4)
     with pytest.raises(CharRNNError, match="charrnn.tflite exists"):
         export_tflite(str(run), str(tmp_path / "phone" / "charrnn.tflite"))
+
+
+@pytest.mark.parametrize("taken", ["vocab.json", "new.tflite"])
+def test_a_tflite_export_to_a_new_file_name_refuses_to_replace_a_file_beside_it(trained_run, tmp_path, taken):
+    """A .tflite path names the model; its vocabulary goes beside it as vocab.json. Either
+    one already there (the user's, or another export's) is refused, and left as it was."""
+    phone = tmp_path / "phone"
+    phone.mkdir()
+    (phone / taken).write_text("the user's")
+    with pytest.raises(CharRNNError, match=rf"{re.escape(str(phone / taken))} exists; pass a new --export_dir"):
+        export_tflite(str(trained_run), str(phone / "new.tflite"))
+    proc = run_cli("export", f"--run_dir={trained_run}", f"--export_dir={phone / 'new.tflite'}", "--format=tflite")
+    assert_one_line_error(proc, f"{phone / taken} exists")
+    assert {p.name: p.read_text() for p in phone.iterdir()} == {taken: "the user's"}

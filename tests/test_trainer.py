@@ -14,6 +14,7 @@ import pytest
 import tensorflow as tf
 
 import charrnn
+import charrnn.lstm
 from charrnn import CharRNNError, Sampler, TrainConfig, Trainer, Vocabulary
 from charrnn.metrics import read_metrics
 from charrnn.model import sequence_loss
@@ -54,11 +55,19 @@ def _all_state(trainer: Trainer) -> list[np.ndarray]:
     return [np.array(t.numpy()) for t in tensors]
 
 
-def test_resume_restores_every_variable_and_continues_the_run(small_text, tmp_path):
-    first = Trainer(tiny_config(small_text, tmp_path / "run", max_steps=5, dropout=0.2))
+@pytest.mark.parametrize("cpu, precision", [(None, "float32"), ("avx512_bf16", "mixed_bfloat16"),
+                                            ("amx_bf16", "mixed_bfloat16")])
+def test_resume_restores_every_variable_and_continues_the_run(small_text, tmp_path, monkeypatch, cpu, precision):
+    """Bit for bit, whichever variant of the fused LSTM runs: with a CPU named, the tiny layer
+    counts as large, so its steps are XLA clusters (unit-major on an AMX CPU)."""
+    if cpu:
+        monkeypatch.setattr(charrnn.lstm, "_LARGE", 1)
+        monkeypatch.setattr(charrnn.lstm, "cpu_flags", lambda: frozenset({cpu}))
+    first = Trainer(tiny_config(small_text, tmp_path / "run", max_steps=5, dropout=0.2, mixed_precision=precision))
     first.fit()
     saved = _all_state(first)
-    resumed = Trainer(tiny_config(small_text, tmp_path / "run", max_steps=12, dropout=0.2))
+    resumed = Trainer(tiny_config(small_text, tmp_path / "run", max_steps=12, dropout=0.2,
+                                  mixed_precision=precision))
     assert resumed.restored_from.endswith("ckpt-5")
     assert len(resumed.optimizer.variables) == len(first.optimizer.variables) > 3  # Adam moments are there
     for before, after in zip(saved, _all_state(resumed)):
@@ -67,7 +76,8 @@ def test_resume_restores_every_variable_and_continues_the_run(small_text, tmp_pa
     resumed.fit()
     assert int(resumed.step.numpy()) == 12
 
-    straight = Trainer(tiny_config(small_text, tmp_path / "straight", max_steps=12, dropout=0.2))
+    straight = Trainer(tiny_config(small_text, tmp_path / "straight", max_steps=12, dropout=0.2,
+                                   mixed_precision=precision))
     straight.fit()
     for a, b in zip(straight.model.trainable_variables, resumed.model.trainable_variables):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
@@ -348,7 +358,7 @@ def test_lstm_impl_picks_the_implementation_that_runs(small_text, tmp_path, monk
 def test_auto_precision_follows_the_hardware_and_a_run_keeps_its_own(small_text, tmp_path, monkeypatch):
     import charrnn.devices as devices
 
-    monkeypatch.setattr(devices, "_cpu_flags", lambda: {"avx512f", "avx512_bf16"})
+    monkeypatch.setattr(devices, "cpu_flags", lambda: frozenset({"avx512f", "avx512_bf16"}))
     assert devices.choose_precision("/job:localhost/replica:0/task:0/device:CPU:0")[0] == "mixed_bfloat16"
     assert devices.choose_precision("/device:CPU:0", tpu=True)[0] == "mixed_bfloat16"
     monkeypatch.setattr(devices.tf.config, "list_physical_devices", lambda kind=None: ["gpu0", "gpu1"])
@@ -358,14 +368,14 @@ def test_auto_precision_follows_the_hardware_and_a_run_keeps_its_own(small_text,
         assert devices.choose_precision("/job:localhost/replica:0/task:0/device:GPU:1")[0] == policy
     monkeypatch.undo()
 
-    monkeypatch.setattr(devices, "_cpu_flags", lambda: {"avx512_bf16"})
+    monkeypatch.setattr(devices, "cpu_flags", lambda: frozenset({"avx512_bf16"}))
     config = tiny_config(small_text, tmp_path / "run", max_steps=2, mixed_precision="auto")
     trainer = Trainer(config)
     assert trainer.config.mixed_precision == "mixed_bfloat16" and "avx512_bf16" in trainer.precision_reason
     assert trainer.model.state_dtype == tf.bfloat16
     trainer.fit(verbose=0)
     assert json.loads((tmp_path / "run" / "config.json").read_text())["mixed_precision"] == "mixed_bfloat16"
-    monkeypatch.setattr(devices, "_cpu_flags", lambda: set())  # another machine: auto alone would pick float32
+    monkeypatch.setattr(devices, "cpu_flags", lambda: frozenset())  # another machine: auto alone would pick float32
     assert devices.choose_precision("/device:CPU:0") == ("float32", "this CPU has no native bfloat16 (no avx512_bf16 "
                                                                     "or amx_bf16)")
     resumed = Trainer(config.replace(max_steps=3))
@@ -444,3 +454,72 @@ def test_the_first_step_moves_each_weight_by_the_warmed_up_rate(small_text, tmp_
     trainer.train(1)
     moved = np.abs(trainer.model.dense.bias.numpy() - before)
     np.testing.assert_allclose(moved, 0.0025, rtol=1e-3)
+
+
+@pytest.mark.parametrize("precision, tolerance", [("mixed_bfloat16", 0.05), ("mixed_float16", 0.01)])
+def test_a_mixed_precision_step_reports_what_a_float32_step_does(small_text, tmp_path, precision, tolerance):
+    """The same first step in 16 bits: its loss and gradient norm within the precision's
+    rounding of float32's, so a norm left multiplied by float16's loss scale (2**15) or a
+    loss reported scaled fails."""
+    reported = {}
+    for name in ("float32", precision):
+        trainer = Trainer(tiny_config(small_text, tmp_path / name, mixed_precision=name))
+        loss = float(trainer.train(1)[0])
+        reported[name] = (loss, trainer.train_logs()["grad_norm"])
+    (loss32, norm32), (loss16, norm16) = reported["float32"], reported[precision]
+    assert loss16 == pytest.approx(loss32, rel=tolerance) and norm16 == pytest.approx(norm32, rel=tolerance)
+
+
+@pytest.mark.parametrize("precision", ["float32", "mixed_bfloat16", "mixed_float16"])
+def test_a_step_with_a_finite_loss_but_non_finite_gradients_changes_no_weight(small_text, tmp_path, monkeypatch,
+                                                                            precision):
+    """The logits pass through an identity whose gradient is NaN: the loss is the usual one,
+    every gradient NaN. In float32 and bfloat16 the step is refused, naming it; under
+    float16's loss scaling a step that overflowed is skipped and the scale lowered (routine
+    there), so training goes on: in every case no weight moves."""
+    import charrnn.step
+
+    @tf.custom_gradient
+    def nan_gradient(x):
+        return tf.identity(x), lambda dy: dy * float("nan")
+
+    def poisoned(targets, logits):
+        return sequence_loss(targets, nan_gradient(logits))
+
+    trainer = Trainer(tiny_config(small_text, tmp_path / "run", mixed_precision=precision))
+    monkeypatch.setattr(charrnn.step, "sequence_loss", poisoned)  # read when the step is traced, below
+    before = [v.numpy().copy() for v in trainer.model.trainable_variables]
+    if precision == "mixed_float16":
+        scale = float(trainer.optimizer.dynamic_scale)
+        losses = trainer.train(1)
+        assert np.isfinite(losses).all() and float(trainer.optimizer.dynamic_scale) < scale
+    else:
+        with pytest.raises(CharRNNError, match=r"loss or gradients not finite at step 1 \(loss [0-9.]+\)"):
+            trainer.train(1)
+        assert int(trainer.step.numpy()) == 0
+    for weight, value in zip(trainer.model.trainable_variables, before):
+        np.testing.assert_array_equal(weight.numpy(), value)
+
+
+def test_a_run_stopped_at_an_epochs_last_step_resumes_with_that_epochs_report(small_text, tmp_path):
+    """Stopped right after the first epoch's last step (before it was finalised): the resume
+    reports that epoch, then the next, and the run's records equal an uninterrupted run's."""
+    config = tiny_config(small_text, tmp_path / "run", epochs=2)
+    trainer = Trainer(config)
+    spe = trainer.steps_per_epoch
+
+    class StopAtTheEpochsEnd(charrnn.Callback):
+        def on_train_begin(self, view):
+            self.view = view
+
+        def on_chunk_end(self, step, logs):
+            if step == spe:
+                self.view.stop_training, self.view.stop_reason = True, "asked"
+
+    assert trainer.fit(callbacks=[StopAtTheEpochsEnd()], verbose=0).epoch == []
+    assert int(trainer.step.numpy()) == spe and trainer.stop_reason == "asked"
+    history = Trainer(config).fit(verbose=0)
+    straight = Trainer(config.replace(run_dir=str(tmp_path / "straight"))).fit(verbose=0)
+    assert history.epoch == straight.epoch == [0, 1]
+    assert history.history["val_loss"] == straight.history["val_loss"]
+    assert read_metrics(str(tmp_path / "run")) == read_metrics(str(tmp_path / "straight"))
