@@ -68,6 +68,13 @@ def revalidate(url: str, path: str, hint: str) -> None:
     record = _read_record(path)
     if record is None:
         return
+    if not _intact(path, record):
+        # Whatever the server would say of its text, this copy is no longer that text (cut
+        # short, edited, replaced): never used, downloaded again, or refused.
+        logger.warning(f"the copy of {url} in the cache ({path}) is not the text downloaded "
+                       f"{record.get('downloaded', 'earlier')}: it was changed or damaged since; downloading it again")
+        fetch(url, path, None, f"could not download {url} to replace its damaged copy", hint, trust_copy=False)
+        return
     headers = {key: record[field] for key, field in (("If-None-Match", "etag"), ("If-Modified-Since",
                                                                                   "last_modified"))
         if record.get(field)}
@@ -82,19 +89,28 @@ def revalidate(url: str, path: str, hint: str) -> None:
                     f"using its new text")
 
 
+def _intact(path: str, record: dict) -> bool:
+    """Whether the copy at `path` is still what its download `record` says was written there."""
+    try:
+        return storage.size(path) == record.get("size") and sha256_of(path) == record.get("sha256")
+    except storage.storage_errors():
+        return False
+
+
 def _reason_of(error: CharRNNError) -> str:
     message = str(error)
     return message[message.find("(") + 1:message.find(")")] if "(" in message else message
 
 
 def fetch(url: str, path: str, sha256: str | None, failure: str, hint: str, headers: dict | None = None,
-           quiet_if_same: bool = False) -> bool:
+           quiet_if_same: bool = False, trust_copy: bool = True) -> bool:
     """Downloads `url` to `path`: into a file of its own (see part_name; on the local disk
     where `path` is elsewhere), checked against the length the server announced and
     against `sha256` when given, then renamed (or copied) into place, with a record of what
     the server said of it (for _revalidate). A download cut short, stalled or refused
     leaves nothing behind. With `headers` (a conditional request) a "not modified" answer,
-    or the same text again, leaves `path` as it is. Returns whether `path` changed.
+    or the same text again, leaves `path` as it is (unless `trust_copy` is False: a copy
+    known to be damaged is replaced). Returns whether `path` changed.
 
     What a rerun may get past (a lost connection, a server error, a download cut short) is
     a TryAgain (exit 75); what it cannot (a 404, a missing file:// path, a redirect loop, a
@@ -129,7 +145,7 @@ def fetch(url: str, path: str, sha256: str | None, failure: str, hint: str, head
                                f"kept; {hint}")
         record = {"url": url, "sha256": digest.hexdigest(), "size": size, **validators,
                   "downloaded": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
-        if not _keep(part, path, record):
+        if not _keep(part, path, record, trust_copy):
             return False
     finally:
         if os.path.exists(part):
@@ -172,12 +188,13 @@ def _receive(response: Any, f: BinaryIO, digest: Any, progress: Progress, failur
     return size
 
 
-def _keep(part: str, path: str, record: dict) -> bool:
+def _keep(part: str, path: str, record: dict, trust_copy: bool = True) -> bool:
     """Puts the complete download `part` at `path` with its `record`; returns False, keeping
-    `path`, when it holds the same text already (only the record is renewed)."""
+    `path`, when it holds the same text already (only the record is renewed; with
+    `trust_copy` False, `path` is replaced all the same)."""
     previous = _read_record(path)
     source = _local_source(record["url"])
-    if previous is not None and previous.get("sha256") == record["sha256"] and storage.exists(path):
+    if trust_copy and previous is not None and previous.get("sha256") == record["sha256"] and storage.exists(path):
         _write_record(path, record, source)  # the same text: what the server says of it now
         return False
     if source is not None:  # a copy of a local file is no more readable than it (its owner's aside)
