@@ -4,6 +4,7 @@ observer of the training loop and read back with `read_metrics`."""
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable, Iterator
 from typing import Any, TextIO
 
@@ -37,7 +38,9 @@ class MetricsLog(Callback):
                 # Appended to; cut back in place, line by line (it may be far larger than memory).
                 self._lines: list[str] | None = None
                 _cut_back(self.path, resumed_step)
-                self._file: TextIO | None = open(self.path, "a", encoding="utf-8")
+                # O_NOFOLLOW: never appended through a link put there since RunDir checked it.
+                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+                self._file: TextIO | None = os.fdopen(fd, "a", encoding="utf-8")
             else:  # every line kept in memory, and the file rewritten whole (see the class docstring)
                 old = storage.read_bytes(self.path) or b""
                 self._lines = [line.decode("utf-8") for line in _kept(old.splitlines(keepends=True), resumed_step,
@@ -135,10 +138,10 @@ def _cut_back(path: str, resumed_step: int) -> None:
         else:
             if unreadable - last_unreadable:
                 logger.warning(f"dropped {unreadable - last_unreadable} unreadable line(s) of {path}")
-            with open(path, "r+b") as cut:
+            with os.fdopen(os.open(path, os.O_RDWR | os.O_NOFOLLOW), "r+b") as cut:
                 cut.truncate(kept_end)
-                if kept_end and (f.seek(kept_end - 1), f.read(1))[1] != b"\n":
-                    f.write(b"\n")
+                if kept_end and (cut.seek(kept_end - 1), cut.read(1))[1] != b"\n":  # a last line without one
+                    cut.write(b"\n")
             return
     with open(path, "rb") as f:
         storage.write_atomic_lines(path, _kept(f, resumed_step, path))

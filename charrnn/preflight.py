@@ -29,9 +29,9 @@ def check_train(config: TrainConfig) -> None:
     rundir = RunDir(config.run_dir)
     resuming = False
     if storage.is_local(rundir.path):
+        saved = rundir.read()  # its files' kinds first: the lock file may be a link
         if rundir.exists():
             rundir.lock().check_free()
-        saved = rundir.read()
         if saved is not None:
             check_continues(config, saved, rundir)
             resuming = rundir.has_checkpoint()

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import os
 import re
 import shutil
 import tempfile
@@ -51,7 +52,8 @@ def checkpoint_step(path: str) -> int:
 
 def check_which(which: str) -> None:
     """Refuses a --which that is neither best, latest, a step number nor a checkpoint's path."""
-    if which not in _CHECKPOINTS and not which.isdigit() and checkpoint_step(which) < 0:
+    # isascii: str.isdigit() also takes digits int() refuses ('²').
+    if which not in _CHECKPOINTS and not (which.isascii() and which.isdigit()) and checkpoint_step(which) < 0:
         raise CharRNNError(f"--which must be best, latest, a step number or a checkpoint's path (.../ckpt-N), "
                            f"got {which!r}")
 # The largest config.json and vocab.json there can be (a vocabulary of every code point is
@@ -121,7 +123,26 @@ class RunDir:
         self._read = False
         return self.read()
 
+    def _check_own_files(self) -> None:
+        """Refuses, before anything is read or written, a run file that is a symbolic link or
+        not a plain file: the tools would write through a link into the file it points to
+        (appending metrics to a user's notes), and a directory or a pipe in its place would
+        fail later, after config.json was rewritten. The checkpoint and log directories may
+        be links (to a bigger disk): their files are new ones or replaced by renames."""
+        if not storage.is_local(self.path):
+            return
+        for name in (_CONFIG, _VOCAB, _METRICS, _LOCK):
+            path = self._join(name)
+            if os.path.islink(path):
+                raise CharRNNError(f"{path} is a symbolic link (to {os.readlink(path)!r}); charrnn writes a run's "
+                                   "files itself, never through a link: remove the link (what it points to is left "
+                                   "as it is), or use another --run_dir")
+            if os.path.lexists(path) and not os.path.isfile(path):
+                raise CharRNNError(f"{path} is not a plain file (a directory, a pipe, a device or a socket); remove "
+                                   "it, or use another --run_dir")
+
     def _load(self) -> RunFiles | None:
+        self._check_own_files()
         config_text = storage.read_utf8(self._join(_CONFIG), _CONFIG_LIMIT)
         vocab_text = storage.read_utf8(self.vocab_path, _VOCAB_LIMIT)
         if config_text is None:

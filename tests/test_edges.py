@@ -123,10 +123,10 @@ def _quota_exceeded(*args, **kwargs):
 def test_quota_on_run_files_is_one_error(text_file, run_copy, monkeypatch, target):
     if target == "vocab.json":  # the rename that ends an atomic write
         monkeypatch.setattr(storage.os, "replace", _quota_exceeded)
-    else:
-        real_open = open
-        monkeypatch.setattr("builtins.open", lambda path, mode="r", *a, **k: _quota_exceeded() if (
-            str(path).endswith(target) and "a" in mode) else real_open(path, mode, *a, **k))
+    else:  # metrics.jsonl is opened to append
+        real_open = os.open
+        monkeypatch.setattr(os, "open", lambda path, flags, *a, **k: _quota_exceeded() if (
+            str(path).endswith(target) and flags & os.O_APPEND) else real_open(path, flags, *a, **k))
     before = snapshot(run_copy)
     with pytest.raises(CharRNNError, match=rf"cannot write \S+{re.escape(target)} \(Disk quota exceeded\)"):
         Trainer(_config(text_file, run_copy, max_steps=6)).fit()

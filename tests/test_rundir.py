@@ -15,7 +15,7 @@ import pytest
 from charrnn import CharRNNError, Trainer, storage
 from charrnn.rundir import RunDir
 from charrnn.trained import load_model
-from conftest import TINY_FLAGS, Recorder, assert_one_line_error, copy_run, run_cli, snapshot, tiny_config
+from conftest import TINY_FLAGS, TRAINED_TEXT, Recorder, assert_one_line_error, copy_run, run_cli, snapshot, tiny_config
 
 
 def test_every_file_of_a_run_is_one_the_run_directory_names(small_text, tmp_path):
@@ -108,7 +108,7 @@ def test_a_pipe_in_place_of_a_run_file_is_refused_at_once(trained_run, tmp_path,
         tools += [("sample", f"--run_dir={run}", "--num_chars=5"), ("eval", f"--run_dir={run}")]
     for tool, *args in tools:
         proc = run_cli(tool, *args)  # its timeout fails the test instead of hanging it
-        assert_one_line_error(proc, "is not a regular file" if name != "train.lock" else "is not a plain file")
+        assert_one_line_error(proc, "is not a plain file")
 
 
 def test_a_run_file_larger_than_any_run_writes_is_refused_unread(trained_run, tmp_path):
@@ -226,3 +226,33 @@ def test_a_run_directory_inside_the_text_directory_is_no_part_of_the_text(small_
     resumed = Trainer(tiny_config(texts, texts / "run", max_steps=3))
     assert resumed.restored_from is not None and resumed.data.num_files == 1
     assert resumed.data.num_chars == len(small_text.read_text())
+
+
+@pytest.mark.parametrize("name", ["metrics.jsonl", "config.json", "vocab.json", "train.lock"])
+@pytest.mark.parametrize("kind", ["link", "directory"])
+def test_a_run_file_that_is_a_link_or_a_directory_is_refused_before_anything_is_written(trained_run, tmp_path,
+                                                                                      name, kind):
+    """A link to the user's notes in place of a run file: a resume would write through it
+    (metrics appended to the notes). A directory in its place would fail once config.json
+    was rewritten. Both refused in one line, first, with the run and the notes unchanged."""
+    run = copy_run(trained_run, tmp_path / "run")
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes\n")
+    original = run / name
+    if original.exists():
+        (tmp_path / "moved").write_bytes(original.read_bytes())
+        original.unlink()
+    if kind == "link":
+        original.symlink_to(notes)
+    else:
+        original.mkdir()
+    before = {**snapshot(run), "notes": notes.read_bytes()}
+    text = tmp_path / "text.txt"
+    text.write_text(TRAINED_TEXT)
+    words = "is a symbolic link" if kind == "link" else "is not a plain file"
+    with pytest.raises(CharRNNError, match=rf"{re.escape(str(original))} {words}"):
+        Trainer(tiny_config(text, run, rnn_units=16, max_steps=4)).fit(verbose=0)
+    proc = run_cli("train", f"--data={text}", f"--run_dir={run}", "--max_steps=4", *TINY_FLAGS)
+    assert_one_line_error(proc, f"{original} {words}")
+    assert {**snapshot(run), "notes": notes.read_bytes()} == before
+    assert (original.is_symlink() if kind == "link" else original.is_dir())
