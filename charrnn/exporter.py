@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import tempfile
 
 import keras
@@ -132,10 +133,13 @@ def export(run_dir: str, export_dir: str, which: str | None = None) -> str:
     created = not storage.exists(export_dir)
     local = storage.is_local(export_dir)
     if local:
-        parent = os.path.dirname(os.path.abspath(export_dir))
+        # Written beside the directory it becomes: through a link, beside the link's target
+        # (a rename cannot cross to another filesystem).
+        export_dir = os.path.realpath(export_dir)
+        parent = os.path.dirname(export_dir)
         os.makedirs(parent, exist_ok=True)
         storage.remove_dead_parts(parent)
-    target = storage.part_name(os.path.abspath(export_dir)) if local else export_dir
+    target = storage.part_name(export_dir) if local else export_dir
     with tf.device("/CPU:0"):
         # Keras' LSTM (the same weights) instead of the fused one: inference needs no
         # hand-written gradient, and a SavedModel holding one warns at every load.
@@ -155,8 +159,8 @@ def export(run_dir: str, export_dir: str, which: str | None = None) -> str:
         try:
             archive.write_out(target, verbose=False)
             if local:
-                os.replace(target, export_dir)  # over the empty directory, if there is one
-        except storage.storage_errors() as e:
+                _take_place(target, export_dir)
+        except BaseException as e:  # Ctrl-C included
             # Half a SavedModel is worse than none. The directory was new or empty (checked
             # above): leave it as it was.
             storage.remove(target)
@@ -164,10 +168,35 @@ def export(run_dir: str, export_dir: str, which: str | None = None) -> str:
                 storage.remove(export_dir)
                 if not created:
                     storage.makedirs(export_dir)
-            raise storage.storage_error("write the SavedModel to", export_dir, e) from None
+            if isinstance(e, storage.storage_errors()):
+                raise storage.storage_error("write the SavedModel to", export_dir, e) from None
+            raise
     return path
 
 
+
+
+def _take_place(part: str, export_dir: str) -> None:
+    """Renames the complete export `part` to `export_dir` (a real path): over the empty
+    directory there, if there is one, which keeps that directory's permissions and, when it
+    is setgid (a group's shared directory), its group on everything inside."""
+    try:
+        before = os.stat(export_dir)
+    except FileNotFoundError:
+        before = None
+    os.replace(part, export_dir)
+    if before is None:
+        return
+    os.chmod(export_dir, stat.S_IMODE(before.st_mode))
+    if before.st_mode & stat.S_ISGID:
+        for root, dirs, files in os.walk(export_dir):
+            for path in [root, *(os.path.join(root, name) for name in dirs + files)]:
+                try:
+                    os.chown(path, -1, before.st_gid)
+                except PermissionError:  # not a member of that group: the files stay the user's
+                    return
+                if path != export_dir and os.path.isdir(path):
+                    os.chmod(path, os.stat(path).st_mode | stat.S_ISGID)
 
 
 def export_tflite(run_dir: str, export_dir: str, which: str | None = None, quantize: str = "none") -> str:

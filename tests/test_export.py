@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -201,3 +202,30 @@ def test_stream_and_interactive_on_the_command_line(trained_run):
     assert proc.stdout == "".join(sampler.generate(p, 20, 0.5, seed=mix_seed(9, i)) + "\n"
                                   for i, p in enumerate(("The ", "quick")))
     assert "error: 1 character(s) not in the model's vocabulary: '~'" in proc.stderr
+
+
+def test_an_export_into_an_existing_empty_directory_keeps_its_permissions_and_group(trained_run, tmp_path):
+    """A private 0700 directory reached through a link stays 0700 (and the link a link); a
+    group's setgid 2770 directory stays 2770, and what the export puts in it belongs to
+    that group, as files created there would."""
+    import grp
+    import stat
+
+    private = tmp_path / "private"
+    private.mkdir()
+    private.chmod(0o700)
+    (tmp_path / "link").symlink_to(private)
+    charrnn.export(str(trained_run), str(tmp_path / "link"))
+    assert (tmp_path / "link").is_symlink() and (private / "saved_model.pb").exists()
+    assert stat.S_IMODE(private.stat().st_mode) == 0o700
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    group = os.getgid() if os.getuid() else grp.getgrnam("nogroup").gr_gid  # root: a group of others
+    os.chown(shared, -1, group)
+    shared.chmod(0o2770)
+    charrnn.export(str(trained_run), str(shared))
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o2770 and shared.stat().st_gid == group
+    inside = list(shared.rglob("*"))
+    assert inside and all(p.stat().st_gid == group for p in inside)
+    assert all(p.stat().st_mode & stat.S_ISGID for p in inside if p.is_dir())

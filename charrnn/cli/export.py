@@ -45,7 +45,7 @@ def main() -> None:
 
 
 def run() -> None:
-    tool.run(main, __doc__, check)
+    tool.run(main, __doc__, check, keep_going=True)  # the export is its files: written whatever the console
 
 
 if __name__ == "__main__":
