@@ -10,6 +10,7 @@ import sys
 import time
 
 from charrnn.callbacks import Callback, TrainerView
+from charrnn.errors import one_line
 
 
 class ProgressLogger(Callback):
@@ -39,7 +40,7 @@ class ProgressLogger(Callback):
         print(trainer.describe(), flush=True)
         if trainer.restored_from is not None:
             step, epoch = trainer.position()
-            print(f"Resumed from {trainer.restored_from} at step {step}, epoch {epoch + 1}", flush=True)
+            print(f"Resumed from {one_line(str(trainer.restored_from))} at step {step}, epoch {epoch + 1}", flush=True)
 
     def rate(self, step: int) -> float:
         """Steps per second since this invocation started (evaluations and saves included)."""
@@ -122,8 +123,8 @@ class ProgressLogger(Callback):
             print(f"Time budget of {self._cadence.time_budget:g} s reached at step {step}; run the same command "
                   "again to continue", flush=True)
         elif reason is not None and not reason.startswith("SIG"):  # signals: the tool reports them
-            print(f"Stopped at step {step} ({reason}); checkpoint saved to {t.checkpoint_path('latest')}; run the "
-                  "same command again to continue", flush=True)
+            print(f"Stopped at step {step} ({reason}); checkpoint saved to "
+                  f"{one_line(str(t.checkpoint_path('latest')))}; run the same command again to continue", flush=True)
 
 
 class SamplePrinter(Callback):

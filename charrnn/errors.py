@@ -7,8 +7,14 @@ command-line tools print it without a traceback and exit with the error's `exit_
 
 from __future__ import annotations
 
+import re
 import sys
 import traceback
+
+# Characters a terminal acts on instead of showing: C0 and C1 controls, DEL, and the line and
+# paragraph separators. A file name holding them would end a message's line early (a forged
+# second line) or move the cursor.
+_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 class CharRNNError(Exception):
@@ -23,6 +29,12 @@ class TryAgain(CharRNNError):
     (EX_TEMPFAIL of sysexits.h), which schedulers read as "retry"."""
 
     exit_status = 75
+
+
+def one_line(message: str) -> str:
+    """`message` as one line a terminal shows as it is: each control character as its Python
+    escape (a newline in a file name prints as \\n, an escape sequence as \\x1b[...)."""
+    return _CONTROLS.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), message)
 
 
 def print_causes(error: BaseException) -> None:

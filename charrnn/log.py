@@ -12,6 +12,8 @@ from __future__ import annotations
 import logging
 import sys
 
+from charrnn.errors import one_line
+
 logger = logging.getLogger("charrnn")
 
 
@@ -26,7 +28,7 @@ class _Console(logging.Handler):
             lead, message = ("\n", message[1:]) if message.startswith("\n") else ("", message)
             kind = "warning: " if record.levelno == logging.WARNING else "error: " if record.levelno > logging.WARNING \
                 else ""
-            sys.stderr.write(f"{lead}charrnn: {kind}{message}\n")
+            sys.stderr.write(f"{lead}charrnn: {kind}{one_line(message)}\n")
             sys.stderr.flush()
         except Exception:  # noqa: BLE001 - logging's contract: a failing handler reports, never raises
             self.handleError(record)

@@ -22,7 +22,7 @@ from charrnn.callbacks import Callback
 from charrnn.config import TrainConfig
 from charrnn.data import mix_seed
 from charrnn.distribute import Distribution
-from charrnn.errors import CharRNNError
+from charrnn.errors import CharRNNError, one_line
 from charrnn.evaluator import Evaluator
 from charrnn.fit import Timings, fit
 from charrnn.model import CharRNN
@@ -129,14 +129,15 @@ class Trainer:
         """What the console shows as a run starts: the corpus and plan, a fine-tuned run's
         origin, the model's table."""
         c, o = self.config, self.origin
+        data = one_line(c.data)  # a name the user gave, shown as one line
         files = f"{self.data.num_files} files" if self.data.num_files != 1 else "1 file"
-        lines = [f"Corpus {c.data}: {self.data.num_chars:,} characters ({files}), {len(self.vocab)} distinct; "
+        lines = [f"Corpus {data}: {self.data.num_chars:,} characters ({files}), {len(self.vocab)} distinct; "
                  f"{self.steps_per_epoch} steps per epoch, "
                  f"{self.total_steps} steps in all; {self.distribution.where()}; "
                  f"precision {c.mixed_precision} ({self.precision_reason})"]
         if o is not None:
-            lines.append(f"Fine-tuning from {o['checkpoint']}: its {o['vocab_size_before']} characters keep their "
-                         f"weights, {o['vocab_size'] - o['vocab_size_before']} new one(s) from {c.data}")
+            lines.append(f"Fine-tuning from {one_line(o['checkpoint'])}: its {o['vocab_size_before']} characters keep "
+                         f"their weights, {o['vocab_size'] - o['vocab_size_before']} new one(s) from {data}")
         return "\n".join([*lines, self.model.summary_table(c.batch_size)])
 
     def _restore(self) -> None:

@@ -241,3 +241,25 @@ def test_an_integer_beyond_its_type_is_refused_not_wrapped(trained_run, small_te
                    *TINY_FLAGS)
     assert_one_line_error(proc, "--shuffle_buffer must be at most 2147483647")
     assert not (tmp_path / "run").exists()
+
+
+def test_closed_standard_streams_lose_no_result_silently(trained_run, tmp_path, small_text):
+    """Standard output closed: a tool whose output is its result refuses in one line on
+    standard error (exit 2), training trains on; standard error closed: training still
+    trains (exit 0), and a refusal still exits 2."""
+    for tool, args in (("sample", [f"--run_dir={trained_run}", "--num_chars=5"]),
+                       ("eval", [f"--run_dir={trained_run}"])):
+        proc = subprocess.run(["sh", "-c", 'exec "$@" >&-', "sh", sys.executable, "-m", f"charrnn.cli.{tool}",
+                               *args], capture_output=True, text=True, timeout=300)
+        assert_one_line_error(proc, "standard output is closed, so what this tool prints would be lost")
+    train = [f"--data={small_text}", "--max_steps=2", *TINY_FLAGS]
+    proc = subprocess.run(["sh", "-c", 'exec "$@" >&-', "sh", sys.executable, "-m", "charrnn.cli.train",
+                           f"--run_dir={tmp_path / 'a'}", *train], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "standard output is closed; going on without it" in proc.stderr, proc.stderr
+    assert (tmp_path / "a" / "ckpt" / "checkpoint").exists()
+    proc = subprocess.run(["sh", "-c", 'exec "$@" 2>&-', "sh", sys.executable, "-m", "charrnn.cli.train",
+                           f"--run_dir={tmp_path / 'b'}", *train], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "Done at step 2" in proc.stdout, proc.stdout
+    refused = subprocess.run(["sh", "-c", 'exec "$@" 2>&-', "sh", sys.executable, "-m", "charrnn.cli.train",
+                              "--learning_rate=inf"], capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from charrnn import __version__
-from conftest import assert_one_line_error, copy_run, snapshot
+from conftest import assert_one_line_error, copy_run, run_cli, snapshot
 
 # Runs tool argv[1] with argv[2:], TensorFlow blocked.
 _WITHOUT_TENSORFLOW = r"""
@@ -109,3 +109,28 @@ def test_sampling_evaluation_and_export_refusals(run_copy, tmp_path):
 def test_version(tool):
     proc = _without_tensorflow(tool, "--version")
     assert proc.returncode == 0 and proc.stdout == f"charrnn-{tool} (charrnn) {__version__}\n", proc.stderr
+
+
+FORGED = "\ncharrnn-train: training finished OK\x1b[2K"
+
+
+@pytest.mark.parametrize("tool, args, what, tensorflow", [
+    ("train", ["--data={bad}", "--run_dir={tmp}/new"], "not valid UTF-8", True),  # found as the text is read
+    ("train", ["--data={tmp}/missing" + FORGED + ".txt", "--run_dir={tmp}/new"], "matches no file", True),
+    ("train", ["--data={good}", "--run_dir={tmp}/run" + FORGED], "is a file, not a directory", False),
+    ("sample", ["--run_dir={run}", "--prime_file={tmp}/gone" + FORGED], "--prime_file", False),
+])
+def test_a_name_with_control_characters_is_shown_escaped_in_the_one_error_line(run_copy, tmp_path, tool, args,
+                                                                              what, tensorflow):
+    """A file name holding a newline and an escape sequence: the error stays one line, with
+    the name's controls escaped (no forged second line, no cursor moved)."""
+    bad = tmp_path / ("text" + FORGED)
+    bad.write_bytes(b"ok \xff not utf-8")
+    good = tmp_path / "good.txt"
+    good.write_text("plain text\n" * 500)
+    (tmp_path / ("run" + FORGED)).write_text("a file where the run directory would go")
+    args = [a.format(bad=bad, good=good, tmp=tmp_path, run=run_copy) for a in args]
+    proc = run_cli(tool, *args, "--device=/CPU:0") if tensorflow else _without_tensorflow(tool, *args)
+    assert_one_line_error(proc, what)
+    (line,) = proc.stderr.strip().splitlines()
+    assert "\\ncharrnn-train: training finished OK\\x1b[2K" in line and "\x1b" not in proc.stderr

@@ -28,7 +28,7 @@ from absl import app, flags, logging
 
 from charrnn import __version__, preflight, storage
 from charrnn.config import PRESETS
-from charrnn.errors import CharRNNError, print_causes
+from charrnn.errors import CharRNNError, one_line, print_causes
 from charrnn.log import install_console
 from charrnn.quiet import start_tensorflow
 from charrnn.rundir import RunDir, RunFiles, check_which
@@ -228,6 +228,7 @@ def run(main: Callable[[], None], doc: str, check: Callable[[], None] | None = N
     standard error otherwise (2); with `keep_going`, the tool goes on without it.
     """
     prog = doc.split(":", 1)[0]
+    _fill_closed_streams(prog, keep_going)
     if sys.stdout is not None:
         sys.stdout = _Console(sys.stdout, keep_going, lambda reason: print(
             f"{prog}: standard output failed ({reason}); going on without it", file=sys.stderr))
@@ -242,6 +243,28 @@ def run(main: Callable[[], None], doc: str, check: Callable[[], None] | None = N
         sys.exit(0)
 
     app.run(functools.partial(_main, prog, main, check), flags_parser=functools.partial(_parse, prog))
+
+
+def _fill_closed_streams(prog: str, keep_going: bool) -> None:
+    """A standard stream closed by the caller (`>&-`, `2>&-`): its file descriptor gets
+    /dev/null, so that no file the tool opens later takes its number (TensorFlow's C++ logs
+    would write into a checkpoint). A closed standard output ends a tool whose output is its
+    result (sample, eval, export) in one line, as nothing would be kept; training goes on."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+    if sys.stderr is None:
+        sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - for the rest of the process
+    if sys.stdout is None:
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the rest of the process
+        if not keep_going:
+            _fail(prog, "standard output is closed, so what this tool prints would be lost; redirect it (> out.txt)")
+        print(f"{prog}: standard output is closed; going on without it", file=sys.stderr)
 
 
 def _main(prog: str, main: Callable[[], None], check: Callable[[], None] | None, argv: list[str]) -> None:
@@ -362,7 +385,7 @@ def _fail(prog: str, message: str, status: int = 2, error: BaseException | None 
     `error` and of every error that led to it comes first."""
     if error is not None and os.environ.get("CHARRNN_TRACEBACK", "") not in ("", "0"):
         print_causes(error)
-    print(f"{prog}: error: {message}", file=sys.stderr)
+    print(f"{prog}: error: {one_line(message)}", file=sys.stderr)
     # Objects torn down at exit (e.g. a half-restored checkpoint) may log warnings that would
     # bury the one line that matters.
     logging.set_verbosity(logging.ERROR)
