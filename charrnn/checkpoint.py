@@ -66,7 +66,7 @@ def resolve_which(rundir: RunDir, which: str | None) -> tuple[str, int | None]:
                                "loss has been measured); use --which=latest")
         return rundir.checkpoint_dir(which or ("best" if has_best else "latest")), None
     check_which(which)
-    if which.isdigit():
+    if which.isascii() and which.isdigit():
         kept = {kind: checkpoint_paths(rundir.checkpoint_dir(kind)) for kind in WHICH}
         for kind in ("latest", "best"):
             if any(checkpoint_step(p) == int(which) for p in kept[kind]):
@@ -75,9 +75,10 @@ def resolve_which(rundir: RunDir, which: str | None) -> tuple[str, int | None]:
         raise CharRNNError(f"run directory {rundir.path} keeps no checkpoint of step {int(which)}; it keeps steps "
                            f"{', '.join(map(str, steps)) or 'none'}")
     path = checkpoint_prefix(which)
-    if path not in checkpoint_paths(os.path.dirname(path) or "."):
+    directory = os.path.dirname(path) or "."  # a bare ckpt-N: in the current directory
+    if f"{directory}/{os.path.basename(path)}" not in checkpoint_paths(directory):
         raise CharRNNError(f"--which: no checkpoint {path} (pass the path of a ckpt-N file without its suffix)")
-    return os.path.dirname(path) or ".", checkpoint_step(path)
+    return directory, checkpoint_step(path)
 
 
 def all_finite(variables: Iterable[tf.Variable]) -> bool:

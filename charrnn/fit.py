@@ -95,7 +95,7 @@ def fit(trainer: Session, callbacks: Sequence[Callback | keras.callbacks.Callbac
     history = keras.callbacks.History()
     keras_ones = [*(c for c in callbacks if keras_callbacks.is_keras_callback(c)), history]
     callbacks = [*(c for c in callbacks if not keras_callbacks.is_keras_callback(c)),
-                 keras_callbacks.KerasCallbacks(keras_ones, trainer.model)]
+                 keras_callbacks.KerasCallbacks(keras_ones, trainer.model, trainer.optimizer)]
     with _claim(trainer) as rundir:
         config = trainer.config
         rundir.write(RunFiles(config, trainer.vocab, trainer.origin))

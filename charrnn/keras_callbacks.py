@@ -58,8 +58,10 @@ class KerasCallbacks(Callback):
 
     _trainer: TrainerView  # from on_train_begin
 
-    def __init__(self, callbacks: Sequence[keras.callbacks.Callback], model: keras.Model):
+    def __init__(self, callbacks: Sequence[keras.callbacks.Callback], model: keras.Model,
+                 optimizer: keras.optimizers.Optimizer):
         self.callbacks, self.model = list(callbacks), model
+        self._view = _ModelView(model, optimizer)
         self._epoch = 0
 
     def on_train_begin(self, trainer: TrainerView) -> None:
@@ -68,7 +70,7 @@ class KerasCallbacks(Callback):
         cadence = trainer.cadence
         self._epoch = trainer.position()[1]
         for callback in self.callbacks:
-            callback.set_model(self.model)
+            callback.set_model(self._view)
             callback.set_params({"epochs": cadence.num_epochs, "steps": cadence.steps_per_epoch, "verbose": 0})
         self._call("on_train_begin", {})
         self._call("on_epoch_begin", self._epoch, {})
@@ -89,7 +91,32 @@ class KerasCallbacks(Callback):
 
     def _call(self, hook: str, *args: Any) -> None:
         for callback in self.callbacks:
-            getattr(callback, hook)(*args)
+            try:
+                getattr(callback, hook)(*args)
+            except TypeError as e:
+                if "LearningRateSchedule" not in str(e):
+                    raise
+                raise CharRNNError(f"{type(callback).__name__} set the optimizer's learning rate, which in a charrnn "
+                                   "run follows --lr_schedule (checkpointed with the run): read "
+                                   "self.model.optimizer.learning_rate, set --learning_rate and --lr_schedule "
+                                   "instead") from None
         if self.model.stop_training and not self._trainer.stop_training:
             self._trainer.stop_training = True
             self._trainer.stop_reason = "a Keras callback set model.stop_training"
+
+
+class _ModelView:
+    """What a Keras callback sees as `self.model`: the CharRNN, with the run's optimizer as
+    `optimizer`, as on a compiled Keras model (Keras' idiom: `self.model.optimizer`). The
+    optimizer is no attribute of the model itself, so the model's checkpoints stay as they
+    are; every other attribute, read or set, is the model's."""
+
+    def __init__(self, model: keras.Model, optimizer: keras.optimizers.Optimizer):
+        object.__setattr__(self, "_model", model)
+        object.__setattr__(self, "optimizer", optimizer)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._model, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self._model, name, value)

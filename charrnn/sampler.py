@@ -76,6 +76,7 @@ class Sampler:
         """
         options = SampleOptions(temperature, top_k, top_p, greedy, stop_at)
         check_request(prime, num_chars, num_samples, seed)
+        self.vocab.encode(prime)  # its characters checked, also when nothing is generated
         if num_chars == 0:
             texts = [prime] * num_samples
         else:
@@ -97,6 +98,7 @@ class Sampler:
         check_request(prime, num_chars, 1, seed)
         if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1:
             raise CharRNNError(f"chunk must be an integer of at least 1, got {chunk!r}")
+        self.vocab.encode(prime)  # its characters checked, also when nothing is generated
         if num_chars == 0:
             return
         ids, more = self._begin(prime, 1, options, seed)

@@ -11,6 +11,9 @@ from charrnn.errors import CharRNNError
 from charrnn.validate import check_types
 
 MAX_NUM_CHARS = 1_000_000
+# The prime runs through the model in one pass, whose memory grows with its length (the
+# layer keeps each step's gates): a prime is the start of a text, not a corpus.
+MAX_PRIME_CHARS = 50_000
 MAX_NUM_SAMPLES = 4096
 # Below MIN_TEMPERATURE, logits / temperature overflow float32 (use greedy instead); above
 # MAX_TEMPERATURE every character is equally likely anyway.
@@ -65,6 +68,9 @@ def check_request(prime: str, num_chars: int, num_samples: int, seed: int | None
             raise CharRNNError(f"{name} must be an integer{' or None' if name == 'seed' else ''}, got {value!r}")
     if not prime:
         raise CharRNNError("the prime is empty; pass at least one character to start from")
+    if len(prime) > MAX_PRIME_CHARS:
+        raise CharRNNError(f"the prime has {len(prime):,} characters, more than the {MAX_PRIME_CHARS:,} a prime may "
+                           "have (it runs through the model in one pass); pass the end of the text instead")
     if seed is not None and not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
         raise CharRNNError(f"seed must be a 64-bit integer, between {SEED_RANGE[0]} and {SEED_RANGE[1]}, got {seed}")
     if not 0 <= num_chars <= MAX_NUM_CHARS:

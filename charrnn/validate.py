@@ -31,7 +31,11 @@ def check_types(instance: Any, flag_of: Callable[[str], str]) -> None:
                 continue
             kind = next(a for a in typing.get_args(kind) if a is not type(None))
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            object.__setattr__(instance, name, float(value))
+            try:
+                object.__setattr__(instance, name, float(value))
+            except OverflowError:  # beyond every float
+                raise CharRNNError(f"{flag_of(name)} must be a finite number, got an integer of "
+                                   f"{len(str(abs(value)))} digits") from None
             continue
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             words = {int: "an integer", float: "a number", str: "a string", bool: "True or False"}[kind]
@@ -73,7 +77,7 @@ def check_tf_config(value: str | None) -> None:
         raise CharRNNError(f"TF_CONFIG has no \"cluster\" of task lists (got {value[:80]!r}); set it as {example}")
     for address in (a for tasks in cluster.values() for a in tasks):
         host, _, port = address.rpartition(":")
-        if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        if not host or not (port.isascii() and port.isdigit()) or not 1 <= int(port) <= 65535:
             raise CharRNNError(f"TF_CONFIG's address {address!r} is not host:port with a port from 1 to 65535; set "
                                f"it as {example}")
     task = config.get("task")

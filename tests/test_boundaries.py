@@ -15,6 +15,7 @@ from charrnn import CharRNNError, SampleOptions, TrainConfig
 from charrnn.sampling import (
     MAX_NUM_CHARS,
     MAX_NUM_SAMPLES,
+    MAX_PRIME_CHARS,
     MAX_TEMPERATURE,
     MAX_TOP_K,
     MIN_TEMPERATURE,
@@ -108,6 +109,7 @@ def test_each_sampling_option_at_both_sides_of_its_bound(name, inside, outside, 
     ("num_samples", MAX_NUM_SAMPLES, MAX_NUM_SAMPLES + 1, f"num_samples must be between 1 and {MAX_NUM_SAMPLES}"),
     ("seed", SEED_RANGE[0], SEED_RANGE[0] - 1, "seed must be a 64-bit integer"),
     ("seed", SEED_RANGE[1], SEED_RANGE[1] + 1, "seed must be a 64-bit integer"),
+    ("prime", "a" * MAX_PRIME_CHARS, "a" * (MAX_PRIME_CHARS + 1), f"more than the {MAX_PRIME_CHARS:,} a prime may"),
 ])
 def test_each_request_limit_at_both_sides_of_its_bound(name, inside, outside, message):
     request = dict(prime="x", num_chars=10, num_samples=1, seed=0)
@@ -126,3 +128,22 @@ def test_evals_batch_size_at_both_sides_of_its_bounds(tmp_path):
     for inside in (1, INT32_MAX):
         proc = run_cli("eval", missing, f"--batch_size={inside}")
         assert proc.returncode == 2 and "--batch_size" not in proc.stderr and "none" in proc.stderr, proc.stderr
+
+
+def test_a_prime_file_is_bounded_before_it_is_read_and_by_its_characters(trained_run, tmp_path):
+    """At most 4 bytes a character: a file over 4 x MAX_PRIME_CHARS bytes is refused by its
+    size; one within it but of more characters than a prime may have, by its length."""
+    big, long = tmp_path / "big.txt", tmp_path / "long.txt"
+    big.write_text("a" * (4 * MAX_PRIME_CHARS + 1))
+    long.write_text("a" * (4 * MAX_PRIME_CHARS))
+    assert_one_line_error(run_cli("sample", f"--run_dir={trained_run}", f"--prime_file={big}"),
+                          f"is larger than {4 * MAX_PRIME_CHARS:,} bytes")
+    assert_one_line_error(run_cli("sample", f"--run_dir={trained_run}", f"--prime_file={long}"),
+                          f"the prime has {4 * MAX_PRIME_CHARS:,} characters, more than the {MAX_PRIME_CHARS:,}")
+
+
+def test_an_integer_beyond_every_float_is_one_error_naming_the_setting(tmp_path):
+    with _refused("TrainConfig.learning_rate (--learning_rate) must be a finite number, got an integer of 401 digits"):
+        _config(tmp_path, learning_rate=10**400)
+    with _refused("--learning_rate must be in (0, 1]"):  # the largest that is a float: refused by its range
+        _config(tmp_path, learning_rate=2**1023)

@@ -357,3 +357,28 @@ def test_a_new_validation_metric_needs_only_the_evaluator(small_text, tmp_path, 
     reader.Reload()
     charted = {e.step: tensor_util.make_ndarray(e.tensor_proto).item() for e in reader.Tensors("perplexity")}
     assert charted == {step: pytest.approx(logs["val_perplexity"], rel=1e-6) for step, logs in logged.items()}
+
+
+def test_a_keras_callback_reads_the_learning_rate_as_keras_lets_it_and_may_not_set_it(small_text, tmp_path):
+    """`self.model.optimizer.learning_rate`, Keras' idiom, is the run's rate at that step;
+    setting it is refused in one line: the rate follows --lr_schedule."""
+    import keras
+
+    seen = []
+
+    class Reads(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            seen.append(float(self.model.optimizer.learning_rate))
+
+    class Sets(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            self.model.optimizer.learning_rate = 0.5
+
+    config = tiny_config(small_text, tmp_path / "run", epochs=1, learning_rate=0.01, warmup_steps=1000)
+    trainer = Trainer(config)
+    trainer.fit(callbacks=[Reads()], verbose=0)
+    assert seen == [pytest.approx(0.01 * (trainer.steps_per_epoch + 1) / 1000)]  # warm-up at the step reached
+    assert not hasattr(trainer.model, "optimizer") or trainer.model.optimizer is None  # the model holds none
+    with pytest.raises(charrnn.CharRNNError, match=r"Sets set the optimizer's learning rate, which in a charrnn run "
+                                                   r"follows --lr_schedule"):
+        Trainer(config.replace(run_dir=str(tmp_path / "other"))).fit(callbacks=[Sets()], verbose=0)

@@ -13,7 +13,7 @@ import tensorflow as tf
 from charrnn import Sampler, Trainer, checkpoint
 from charrnn.checkpoint import checkpoint_paths
 from charrnn.trained import load_model
-from conftest import Crash, Recorder, tiny_config
+from conftest import Crash, Recorder, run_cli, tiny_config
 
 
 def test_a_checkpoint_the_state_file_does_not_name_is_restored_and_deleted_in_turn(small_text, tmp_path,
@@ -83,3 +83,20 @@ def test_the_latest_keep_max_to_keep_and_the_best_keep_one(tmp_path):
     best = [p.name for p in (run / "best").glob("*.index")]
     assert best == [f"ckpt-{trainer.evaluations.best_step}.index"]
     assert len(list((run / "best").glob("*.data-*"))) == 1 and len(list((run / "ckpt").glob("*.data-*"))) == 2
+
+
+def test_which_names_a_checkpoint_by_ascii_digits_or_by_a_path_relative_to_here(trained_run, monkeypatch):
+    """'²' and '٣' are digits to str.isdigit() but no step: refused in one line (int() would
+    raise, or take another script's digit); a bare ckpt-N from inside ckpt/ is that file."""
+    from charrnn import CharRNNError
+    from charrnn.rundir import RunDir, check_which
+
+    for which in ("²", "٣", "1²"):
+        with pytest.raises(CharRNNError, match="--which must be best, latest, a step number"):
+            check_which(which)
+    proc = run_cli("sample", f"--run_dir={trained_run}", "--which=²")
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr and "--which" in proc.stderr.strip()
+    monkeypatch.chdir(trained_run / "ckpt")
+    directory, step = checkpoint.resolve_which(RunDir(".."), "ckpt-3")
+    assert (directory, step) == (".", 3)
+    assert Sampler.from_checkpoint("..", which="ckpt-3").generate("T", 5, seed=0).startswith("T")

@@ -319,3 +319,10 @@ def test_a_stream_holds_back_a_possible_start_of_stop_at_at_every_split(constant
     for chunk in range(1, len(want) + 4):
         pieces = constant_sampler.stream("a", 200, temperature=1.5, seed=5, stop_at=stop_at, chunk=chunk)
         assert "".join(pieces) == want, chunk
+
+
+def test_the_primes_characters_are_checked_also_when_nothing_is_generated(sampler):
+    for call in (lambda: sampler.generate("az€", num_chars=0), lambda: list(sampler.stream("az€", 0))):
+        with pytest.raises(CharRNNError, match=r"2 character\(s\) not in the model's vocabulary: 'z', '€'"):
+            call()
+    assert sampler.generate("ab", num_chars=0) == "ab"

@@ -11,7 +11,7 @@ from absl import flags
 from charrnn import storage
 from charrnn.cli import tool
 from charrnn.errors import CharRNNError
-from charrnn.sampling import check_settings
+from charrnn.sampling import MAX_PRIME_CHARS, check_settings
 from charrnn.vocab import Vocabulary
 
 FLAGS = flags.FLAGS
@@ -44,9 +44,9 @@ def _settings() -> dict:
                                                      "stop_at")}
 
 
-# A prime file longer than this is a mistake (a corpus given by accident): the prime's pass
-# reads it whole.
-_PRIME_FILE_LIMIT = 16 << 20
+# A prime file larger than this holds more characters than a prime may (UTF-8: at most 4 bytes
+# a character); refused before it is read.
+_PRIME_FILE_LIMIT = 4 * MAX_PRIME_CHARS
 
 
 def _prime() -> str | None:
@@ -60,8 +60,8 @@ def _prime() -> str | None:
         if not os.path.isfile(path):
             raise CharRNNError(f"--prime_file: {path} is not a regular file; pass a text file")
         if os.path.getsize(path) > _PRIME_FILE_LIMIT:
-            raise CharRNNError(f"--prime_file: {path} is larger than {_PRIME_FILE_LIMIT >> 20} MiB; a prime is the "
-                               "start of a text, pass a shorter one")
+            raise CharRNNError(f"--prime_file: {path} is larger than {_PRIME_FILE_LIMIT:,} bytes, more than the "
+                               f"{MAX_PRIME_CHARS:,} characters a prime may have; pass the end of the text instead")
     try:
         raw = storage.read_bytes(path, _PRIME_FILE_LIMIT)
     except CharRNNError as e:
