@@ -185,12 +185,13 @@ def test_the_run_evaluates_saves_and_reports_on_schedule():
         assert [e[0] for e in again.events] == ["begin", "end"]
 
 
-@pytest.mark.parametrize("stop_at", [9, 10, 11])
+@pytest.mark.parametrize("stop_at", [9, 10, 11, 20])
 def test_a_stop_at_an_epochs_last_step_loses_none_of_its_reports(stop_at):
     """At step 10, the first epoch's last: evaluated, then stopped with a checkpoint that
     records the epoch as not yet finalised, so the resume reports it before going on to
     the second epoch; every event comes once across the two parts, in the uninterrupted
-    run's order. Steps 9 and 11, on either side, for contrast."""
+    run's order. Steps 9 and 11, on either side, for contrast; step 20, the run's last: the
+    resume still has its last epoch to finalise and report."""
     cadence = Cadence(steps_per_epoch=10, total_steps=20, checkpoint_every=100, eval_every=5)
 
     class Stop(Callback):
@@ -205,9 +206,9 @@ def test_a_stop_at_an_epochs_last_step_loses_none_of_its_reports(stop_at):
     Controller(reference, cadence, [everything], checkpoints=reference).run()
     trainer, before = FakeTrainer(cadence), Recorder()
     history = Controller(trainer, cadence, [Stop(), before], checkpoints=trainer).run()
-    assert trainer.step == stop_at and sorted(trainer.saved) == {9: [9], 10: [10], 11: [10, 11]}[stop_at]
-    assert [s.epoch for s in history] == ([1] if stop_at == 11 else [])
-    assert trainer.saved[stop_at]["finalized"] == (10 if stop_at == 11 else -1)
+    assert trainer.step == stop_at and sorted(trainer.saved) == {9: [9], 10: [10], 11: [10, 11], 20: [10, 20]}[stop_at]
+    assert [s.epoch for s in history] == ([1] if stop_at > 10 else [])
+    assert trainer.saved[stop_at]["finalized"] == (10 if stop_at > 10 else -1)
     resumed, after = trainer.restore(stop_at), Recorder()
     Controller(resumed, cadence, [after], checkpoints=resumed).run()
     # Every event once, across the two parts: the reference run's, in order.
