@@ -13,6 +13,7 @@ import hashlib
 import http.client
 import json
 import os
+import socket
 import tempfile
 import time
 import urllib.error
@@ -228,6 +229,9 @@ def _download_error(error: BaseException, failure: str, hint: str) -> CharRNNErr
                                                       errno.EACCES, errno.EPERM))
     if permanent:
         return CharRNNError(f"{failure} ({getattr(cause, 'strerror', None) or reason}); {hint}")
+    if isinstance(cause, socket.gaierror):  # no network, or no DNS: a rerun helps once it is back
+        return TryAgain(f"{failure} ({getattr(cause, 'strerror', None) or reason}: the host's name could not be "
+                        f"looked up); run again once the network is back, or {hint}")
     return TryAgain(f"{failure} ({getattr(cause, 'strerror', None) or reason}); run again to retry, or {hint}")
 
 

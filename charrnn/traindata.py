@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import tensorflow as tf
 
 from charrnn.data import Layout, num_windows, split_ids
@@ -26,6 +27,9 @@ class TrainData:
     def __init__(self, data: str, layout: Layout, *, val_fraction: float, base: Vocabulary | None = None):
         corpus = encode(data, base)
         self.vocab, self.fingerprint = corpus.vocab, corpus.fingerprint
+        # The text's own characters: fewer than the vocabulary's when it is merged with `base`'s.
+        self.distinct = len(self.vocab) if base is None else int(np.count_nonzero(
+            np.bincount(corpus.ids, minlength=len(self.vocab))))
         self.num_files, self.num_chars = corpus.num_files, len(corpus.ids)
         self.train_ids, self.val_ids = split_ids(corpus.ids, val_fraction)
         self.layout = layout

@@ -131,7 +131,9 @@ class Trainer:
         c, o = self.config, self.origin
         data = one_line(c.data)  # a name the user gave, shown as one line
         files = f"{self.data.num_files} files" if self.data.num_files != 1 else "1 file"
-        lines = [f"Corpus {data}: {self.data.num_chars:,} characters ({files}), {len(self.vocab)} distinct; "
+        distinct = f"{self.data.distinct} distinct" + (
+            f" ({len(self.vocab)} with the run's vocabulary)" if self.data.distinct != len(self.vocab) else "")
+        lines = [f"Corpus {data}: {self.data.num_chars:,} characters ({files}), {distinct}; "
                  f"{self.steps_per_epoch} steps per epoch, "
                  f"{self.total_steps} steps in all; {self.distribution.where()}; "
                  f"precision {c.mixed_precision} ({self.precision_reason})"]

@@ -234,3 +234,19 @@ def test_a_damaged_copy_while_the_server_is_away_is_refused_not_used(server, cor
         corpus.resolve_sources(f"{base}/t.txt")
     with open(path, "rb") as f:
         assert f.read() == TEXT[:100]  # left for the user to look at; not used
+
+
+def test_a_host_name_that_cannot_be_looked_up_says_a_rerun_helps_once_the_network_is_back(corpus_cache,
+                                                                                           monkeypatch):
+    """Offline (no DNS): exit status 75 as for any passing fault, but the hint says what has to
+    change first. The look-up fails in-process (socket.getaddrinfo), no query leaves."""
+    import socket
+
+    def offline(*args, **kwargs):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", offline)
+    with pytest.raises(TryAgain, match=r"\(Name or service not known: the host's name could not be looked up\); "
+                                       r"run again once the network is back, or") as info:
+        corpus.resolve_sources("http://texts.example/t.txt")
+    assert info.value.exit_status == 75

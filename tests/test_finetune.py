@@ -41,6 +41,15 @@ def origin_run(texts, tmp_path_factory):
 def test_old_characters_keep_their_weights_and_new_ones_start_as_initialised(texts, origin_run, tmp_path):
     config = tiny_config(texts[1], tmp_path / "tuned", max_steps=40, init_from=str(origin_run), **SIZES)
     tuned = Trainer(config)
+    # A text without some of the run's characters: the corpus line counts the text's own,
+    # and the merged vocabulary's apart.
+    fewer = tmp_path / "fewer.txt"
+    fewer.write_text(texts[1].read_text().translate({ord(c): None for c in "ZXJQ"}))
+    partial = Trainer(config.replace(data=str(fewer), run_dir=str(tmp_path / "partial")))
+    own = len(set(fewer.read_text()))
+    assert own < len(partial.vocab) and f" {own} distinct ({len(partial.vocab)} with the run's vocabulary); " in \
+        partial.describe()
+    assert f" {len(tuned.vocab)} distinct; " in tuned.describe()  # the new text has every character of the run's
     old_model, _, old_vocab, path = load_model(str(origin_run))
     assert set(old_vocab.chars) < set(tuned.vocab.chars) and {"é", "à", "1"} <= set(tuned.vocab.chars)
     assert int(tuned.step.numpy()) == 0 and int(tuned.optimizer.iterations.numpy()) == 0
