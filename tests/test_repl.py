@@ -201,6 +201,18 @@ def test_from_a_pipe_crlf_lines_are_primes_and_quit_ends_the_session(trained_run
     assert len(answers) == 1 and answers[0].startswith("The ") and len(answers[0]) == 14  # :quit ended it
 
 
+def test_from_a_pipe_a_line_that_is_not_utf8_is_refused_and_the_session_goes_on(trained_run):
+    primes = b"The \xff\xfe\nThe \n"
+    proc = subprocess.run([sys.executable, "-m", "charrnn.cli.sample", f"--run_dir={trained_run}", "--interactive",
+                           "--num_chars=10", "--seed=2"], input=primes, capture_output=True, timeout=300,
+                          env={**os.environ, "PYTHONIOENCODING": "utf-8", "LC_ALL": "C.UTF-8"})
+    stderr = proc.stderr.decode()
+    assert proc.returncode == 0 and "Traceback" not in stderr, stderr
+    assert "not in the model's vocabulary" in stderr and "\\udcff" in stderr
+    answers = proc.stdout.decode().splitlines()
+    assert len(answers) == 1 and answers[0].startswith("The ") and len(answers[0]) == 14  # the second line's
+
+
 def test_interactive_with_standard_input_closed_is_one_line(trained_run):
     proc = subprocess.run([sys.executable, "-m", "charrnn.cli.sample", f"--run_dir={trained_run}", "--interactive"],
                           stdin=None, capture_output=True, text=True, timeout=300,

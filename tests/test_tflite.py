@@ -78,7 +78,7 @@ def test_the_documented_example_samples_from_softmax_of_logits_over_temperature(
     """The example (temperature 0.5, seeded) on a model whose logits never change: its 4,000
     characters against softmax(logits / 0.5) computed in NumPy (see conftest.draws_deviation)."""
     script = REPO / "docs" / "examples" / "tflite_generate.py"
-    assert len(script.read_text().splitlines()) <= 40
+    assert len(script.read_text().splitlines()) <= 42
     vocab = Vocabulary(list(CONSTANT_CHARS))
     run = write_model_run(tmp_path / "run", constant_logits_model(CONSTANT_LOGITS, vocab), vocab)
     export_tflite(str(run), str(tmp_path / "phone"))
@@ -94,6 +94,10 @@ def test_the_documented_example_samples_from_softmax_of_logits_over_temperature(
                              text=True, timeout=300)
     assert unknown.returncode == 1 and "Traceback" not in unknown.stderr
     assert unknown.stderr.strip() == "not in the model's vocabulary: '~'; use characters of its training text"
+    empty = subprocess.run([sys.executable, str(script), str(tmp_path / "phone"), "", "10"], capture_output=True,
+                           text=True, timeout=300)
+    assert empty.returncode == 1 and empty.stderr.strip() == ("the prime is empty; pass at least one character to "
+                                                              "start from")
 
 
 def test_the_one_step_models_refuse_ids_outside_the_vocabulary(trained_run, exports, tmp_path):

@@ -212,6 +212,10 @@ def run(sampler: Sampler, settings: dict[str, Any], source: str) -> None:
     (num_chars, temperature, seed, top_k, top_p, greedy, stop_at), until :quit or the end of
     the input."""
     terminal = sys.stdin.isatty() and sys.stdout.isatty()
+    # Bytes that are not text in the input's encoding become lone surrogates, which the
+    # vocabulary then refuses by name for that line only (a decoding error would end the session).
+    if hasattr(sys.stdin, "reconfigure"):
+        sys.stdin.reconfigure(errors="surrogateescape")
     session = Session(sampler, settings, sys.stdout, terminal)
     if not terminal:
         for line in sys.stdin:

@@ -22,6 +22,8 @@ temperature, rng = 0.5, np.random.default_rng(1)  # the same seed gives the same
 with open(f"{export_dir}/vocab.json", encoding="utf-8") as f:
     chars = json.load(f)["chars"]
 index = {ch: i for i, ch in enumerate(chars)}
+if not prime:  # the prime's last step gives the first logits: there must be one
+    sys.exit("the prime is empty; pass at least one character to start from")
 if unknown := "".join(sorted(set(prime) - set(index))):
     sys.exit(f"not in the model's vocabulary: {unknown!r}; use characters of its training text")
 step = Interpreter(model_path=f"{export_dir}/model.tflite").get_signature_runner("step")
