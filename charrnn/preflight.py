@@ -71,7 +71,19 @@ def check_continues(config: TrainConfig, saved: RunFiles, rundir: RunDir, vocab:
     run `saved` in `rundir` (TrainConfig.mismatches says which settings must match)."""
     problems = config.mismatches(saved.config)
     if vocab is not None and saved.vocab != vocab:
-        problems.append(f"vocabulary of {len(saved.vocab)} characters in the run, {len(vocab)} in {config.data}")
+        problems.append(_vocabulary_difference(saved.vocab, vocab, rundir.vocab_path, config.data))
     if problems:
         raise CharRNNError(f"run directory {rundir.path} holds an incompatible run ({'; '.join(problems)}); "
                            "pass the same settings to resume, or a new --run_dir")
+
+
+def _vocabulary_difference(run: Vocabulary, text: Vocabulary, vocab_path: str, data: str) -> str:
+    """What differs between the run's vocabulary (its vocab.json) and the text's, by character."""
+    extra, missing = sorted(set(run.chars) - set(text.chars)), sorted(set(text.chars) - set(run.chars))
+    shown = "".join
+    parts = [f"{vocab_path} has {shown(extra)!r}, which {data} lacks"] if extra else []
+    parts += [f"{data} has {shown(missing)!r}, which {vocab_path} lacks"] if missing else []
+    if not parts:  # the same characters in another order: vocab.json was edited
+        return f"{vocab_path} lists {len(run)} characters in another order than the vocabulary of {data}"
+    return (f"vocabulary of {len(run)} characters in the run, {len(text)} in {data}: {', and '.join(parts)}"
+            f"{' (was vocab.json edited?)' if len(run) == len(text) else ''}")
