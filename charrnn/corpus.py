@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import codecs
 import dataclasses
+import functools
 import os
+import stat
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -30,6 +32,7 @@ import numpy as np
 from charrnn import download, storage
 from charrnn.download import DATA_DIR_ENV
 from charrnn.errors import CharRNNError
+from charrnn.log import logger
 from charrnn.progress import Progress
 from charrnn.storage import is_local
 from charrnn.validate import check_utf8
@@ -63,7 +66,24 @@ def cache_dir() -> str:
     if is_local(path) and os.path.exists(path) and not os.path.isdir(path):
         raise CharRNNError(f"the corpus cache {path} is a file (${DATA_DIR_ENV} or the Keras cache); point "
                            f"${DATA_DIR_ENV} at a directory")
+    if is_local(path):
+        for directory in (path, os.path.join(path, "ids"), os.path.join(path, "downloads")):
+            _warn_if_others_can_write(directory)
     return path
+
+
+@functools.cache
+def _warn_if_others_can_write(directory: str) -> None:
+    """Warns, once a process, that `directory` of the cache can be written by every user: an
+    entry planted or replaced there, with checksums made to match, would be trained on."""
+    try:
+        mode = os.stat(directory).st_mode
+    except OSError:
+        return
+    if mode & stat.S_IWOTH:
+        logger.warning(f"the corpus cache directory {directory} can be written by every user (mode "
+                       f"{stat.S_IMODE(mode):o}): a text or an id file there could be replaced by someone else; "
+                       f"make it yours alone (chmod o-w {directory}) or set ${DATA_DIR_ENV} to a directory of yours")
 
 
 def local_cache_dir() -> str:

@@ -368,3 +368,31 @@ def test_a_cache_that_is_a_file_or_cannot_be_made_is_one_line(tmp_path, monkeypa
     monkeypatch.setenv("HOME", str(afile))  # the Keras cache under a HOME that cannot hold it
     with pytest.raises(CharRNNError, match=r"cannot create the corpus cache .*; set \$CHARRNN_DATA_DIR"):
         corpus.resolve_sources("tinyshakespeare")
+
+
+def test_a_cache_every_user_can_write_is_warned_about_once(tmp_path, monkeypatch, caplog):
+    """A world-writable $CHARRNN_DATA_DIR (or its ids/): an entry planted there with matching
+    checksums would be trained on; one warning a process, naming the directory and the fix."""
+    import logging
+
+    shared = tmp_path / "shared-cache"
+    shared.mkdir()
+    shared.chmod(0o777)
+    text = tmp_path / "t.txt"
+    text.write_text("to be or not to be\n" * 50)
+    monkeypatch.setenv("CHARRNN_DATA_DIR", str(shared))
+    corpus._warn_if_others_can_write.cache_clear()
+    with caplog.at_level(logging.WARNING, logger="charrnn"):
+        idcache.encode(str(text))
+        idcache.encode(str(text))
+    warnings = [r.getMessage() for r in caplog.records if "can be written by every user" in r.getMessage()]
+    assert warnings == [f"the corpus cache directory {shared} can be written by every user (mode 777): a text or an "
+                        f"id file there could be replaced by someone else; make it yours alone (chmod o-w {shared}) "
+                        "or set $CHARRNN_DATA_DIR to a directory of yours"]
+    private = tmp_path / "private-cache"
+    private.mkdir(mode=0o700)
+    monkeypatch.setenv("CHARRNN_DATA_DIR", str(private))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="charrnn"):
+        idcache.encode(str(text))
+    assert not [r for r in caplog.records if "every user" in r.getMessage()]
