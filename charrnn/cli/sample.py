@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from collections.abc import Iterator
 
@@ -131,12 +132,24 @@ def _check_shown(vocab: Vocabulary) -> None:
 
 
 def _print_stream(prime: str, pieces: Iterator[str]) -> None:
-    first = next(pieces, "")  # checks the prime and options before anything is printed
-    sys.stdout.write(prime + first)
-    sys.stdout.flush()
-    for piece in pieces:
-        sys.stdout.write(piece)
+    """Prints the prime and the pieces as they come. Ctrl-C is noted and acted on between
+    pieces: a KeyboardInterrupt raised inside TensorFlow's eager code could crash the process
+    (seen as a segmentation fault under load) instead of ending it quietly."""
+    interrupted: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: interrupted.append(signum))
+    try:
+        first = next(pieces, "")  # checks the prime and options before anything is printed
+        sys.stdout.write(prime + first)
         sys.stdout.flush()
+        for piece in pieces:
+            if interrupted:
+                break
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if interrupted:
+        raise KeyboardInterrupt
     sys.stdout.write("\n")
     sys.stdout.flush()
 
