@@ -1,7 +1,8 @@
 """Keras' callbacks in a charrnn run: `Trainer.fit(callbacks=[keras.callbacks.EarlyStopping()])`.
 
 `KerasCallbacks` calls them as Keras' `fit` would, with what a charrnn run can give them:
-`set_model` (the `CharRNN`) and `set_params` (`epochs`, `steps`, `verbose`) first, then
+`set_model` (the `CharRNN`, with the run's optimizer as `self.model.optimizer`, read-only for
+its learning rate) and `set_params` (`epochs`, `steps`, `verbose`) first, then
 `on_train_begin`, `on_epoch_begin` / `on_epoch_end` (epochs counted from 0, as Keras
 does; the logs hold `loss`, `val_loss`, `val_bpc`, `steps_per_sec`), `on_train_batch_end`
 once per compiled chunk of steps (`--steps_per_loop`; `batch` is the chunk's last step in
