@@ -227,8 +227,10 @@ def _backward(fw: _Forward, d_hs: tf.Tensor, dh: tf.Tensor, dc: tf.Tensor) -> tu
     variant, dtype = fw.variant, fw.inputs_2d.dtype
     steps, batch = tf.shape(fw.hs)[0], tf.shape(fw.h0)[0]
     features, units = fw.kernel.shape[0], fw.recurrent_kernel.shape[0]
-    # Transposed once (when batch-major): a matmul with transpose_b is ~3x slower (oneDNN on CPU).
-    recurrent = variant.weight(tf.transpose(fw.recurrent_kernel))
+    # The state's gradient is dz times the recurrent kernel's transpose: [4H, B] -> [H, B] is the
+    # kernel itself on the left (unit-major); batch-major, it is transposed once here (a matmul
+    # with transpose_b is ~3x slower, oneDNN on CPU).
+    recurrent = fw.recurrent_kernel if variant.unit_major else tf.transpose(fw.recurrent_kernel)
     d_hs = variant.swap(d_hs)
 
     @variant.compiled

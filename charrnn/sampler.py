@@ -76,8 +76,8 @@ class Sampler:
         """
         options = SampleOptions(temperature, top_k, top_p, greedy, stop_at)
         check_request(prime, num_chars, num_samples, seed)
-        self.vocab.encode(prime)  # its characters checked, also when nothing is generated
         if num_chars == 0:
+            self.vocab.encode(prime)  # its characters checked (_begin does it otherwise)
             texts = [prime] * num_samples
         else:
             ids, more = self._begin(prime, num_samples, options, seed)
@@ -98,8 +98,8 @@ class Sampler:
         check_request(prime, num_chars, 1, seed)
         if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1:
             raise CharRNNError(f"chunk must be an integer of at least 1, got {chunk!r}")
-        self.vocab.encode(prime)  # its characters checked, also when nothing is generated
         if num_chars == 0:
+            self.vocab.encode(prime)  # its characters checked (_begin does it otherwise)
             return
         ids, more = self._begin(prime, 1, options, seed)
         text, emitted, produced = self.vocab.decode(ids), 0, 1
