@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable, Iterator
-from typing import Any, TextIO
+from typing import Any, BinaryIO, TextIO
 
 from charrnn import storage
 from charrnn.callbacks import Callback
@@ -98,21 +98,37 @@ class MetricsLog(Callback):
             pass
 
 
-def _kept(lines: Iterable[bytes], resumed_step: int, path: str) -> Iterator[bytes]:
+def _kept(lines: Iterable[bytes | None], resumed_step: int, path: str) -> Iterator[bytes]:
     """The lines of steps up to `resumed_step`, each ending in a newline; a warning for each
-    unreadable line but a last one (a torn write)."""
-    damaged, pending = 0, None
+    unreadable line (None: one too long to be a metrics line) but a last one (a torn write)."""
+    damaged, pending = 0, False
     for line in lines:
-        if pending is not None:
-            damaged += 1
-            pending = None
+        damaged, pending = damaged + pending, False
         step = _step(_record(line))
         if step is None:
-            pending = line
-        elif step <= resumed_step:
+            pending = True
+        elif step <= resumed_step and line is not None:
             yield line.rstrip(b"\n") + b"\n"
     if damaged:
         logger.warning(f"dropped {damaged} unreadable line(s) of {path}")
+
+
+# No line MetricsLog writes comes near this; a longer one (damage, a file of zeros) is
+# unreadable, and skipped without being held in memory.
+_MAX_LINE = 1 << 20
+
+
+def _lines(f: BinaryIO) -> Iterator[tuple[int, bytes | None]]:
+    """(length in bytes, the line) for each line of `f`, the line None where it is longer than
+    _MAX_LINE: memory stays bounded whatever the file holds."""
+    while line := f.readline(_MAX_LINE + 1):
+        if len(line) <= _MAX_LINE or line.endswith(b"\n"):
+            yield len(line), line
+            continue
+        size = len(line)
+        while not line.endswith(b"\n") and (line := f.readline(_MAX_LINE)):
+            size += len(line)
+        yield size, None
 
 
 def _cut_back(path: str, resumed_step: int) -> None:
@@ -125,16 +141,16 @@ def _cut_back(path: str, resumed_step: int) -> None:
         return
     with f:
         kept_end, size, prefix, unreadable, last_unreadable = 0, 0, True, 0, False
-        for line in f:
+        for length, line in _lines(f):
             step = _step(_record(line))
             unreadable, last_unreadable = unreadable + (step is None), step is None
             if step is not None and step <= resumed_step:
                 if not prefix:  # a line kept after one dropped
                     break
-                kept_end = size + len(line)
+                kept_end = size + length
             else:
                 prefix = False
-            size += len(line)
+            size += length
         else:
             if unreadable - last_unreadable:
                 logger.warning(f"dropped {unreadable - last_unreadable} unreadable line(s) of {path}")
@@ -144,11 +160,13 @@ def _cut_back(path: str, resumed_step: int) -> None:
                     cut.write(b"\n")
             return
     with open(path, "rb") as f:
-        storage.write_atomic_lines(path, _kept(f, resumed_step, path))
+        storage.write_atomic_lines(path, _kept((line for _, line in _lines(f)), resumed_step, path))
 
 
-def _record(line: bytes) -> dict | None:
+def _record(line: bytes | None) -> dict | None:
     """A metrics line as a dictionary with an integer step, or None if it is not one (torn or damaged)."""
+    if line is None:
+        return None
     try:
         record = json.loads(line.decode("utf-8"))
         int(record["step"])

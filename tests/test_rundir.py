@@ -119,17 +119,22 @@ def test_a_run_file_larger_than_any_run_writes_is_refused_unread(trained_run, tm
         RunDir(str(run)).read()
 
 
-def test_a_huge_metrics_file_with_a_torn_line_is_cut_back_in_constant_memory(tmp_path):
-    """Resuming at step 5 of a 200 MB metrics.jsonl whose last line was torn: the file is
-    cut back to the lines of steps 1 to 5 without being read into memory (a process that
-    reads it whole peaks above 400 MB)."""
+@pytest.mark.parametrize("damage", ["lines", "zeros"])
+def test_a_huge_metrics_file_is_cut_back_in_constant_memory(tmp_path, damage):
+    """Resuming at step 5 of a 200 MB metrics.jsonl, its last line torn (`lines`: 200 MB of
+    later steps) or one line of 200 MB of zeros (`zeros`: damage, a file extended by a
+    crash): the file is cut back to the lines of steps 1 to 5 without being read into
+    memory (a process that reads it, or one line of it, whole peaks above 400 MB)."""
     path = tmp_path / "metrics.jsonl"
     with open(path, "wb") as f:
         for step in range(1, 11):
             f.write(json.dumps({"step": step, "loss": 1.0 / step}).encode() + b"\n")
-        line = json.dumps({"step": 11, "note": "x" * 1000}).encode() + b"\n"
-        f.write(line * (200_000_000 // len(line)))
-        f.write(b'{"step": 9999, "lo')  # torn by a crash
+        if damage == "lines":
+            line = json.dumps({"step": 11, "note": "x" * 1000}).encode() + b"\n"
+            f.write(line * (200_000_000 // len(line)))
+            f.write(b'{"step": 9999, "lo')  # torn by a crash
+        else:
+            f.truncate(200_000_000)
     code = ("import re, sys; from charrnn.metrics import MetricsLog; MetricsLog(sys.argv[1], 5); "  # the peak of
             "print(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1))")  # this process alone
     proc = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=300)
