@@ -103,6 +103,10 @@ def encode(data: str, base: Vocabulary | None = None) -> Encoded:
 _HEADER_LIMIT = 16 << 20
 
 
+class UnknownCharacters(CharRNNError):
+    """A text holds characters outside a trained run's vocabulary (see ids_in)."""
+
+
 class TextIds(NamedTuple):
     """A text as the ids of a trained run's vocabulary (see ids_in)."""
 
@@ -113,7 +117,7 @@ class TextIds(NamedTuple):
 
 def ids_in(data: str, vocab: Vocabulary, skip_unknown: bool = False) -> TextIds:
     """The text `data` names as ids of `vocab` (charrnn-eval's text). Characters outside
-    `vocab` are refused in one CharRNNError naming them, or with `skip_unknown` left out
+    `vocab` are refused in one UnknownCharacters error naming them, or with `skip_unknown` left out
     (and counted). No TensorFlow: a tool checks a text before TensorFlow loads."""
     corpus = encode(data, base=vocab)  # the union of vocab and the text: vocab itself if it holds them all
     unknown = sorted(set(corpus.vocab.chars) - set(vocab.chars))
@@ -121,7 +125,7 @@ def ids_in(data: str, vocab: Vocabulary, skip_unknown: bool = False) -> TextIds:
         return TextIds(corpus.ids, corpus.fingerprint, {})
     if not skip_unknown:
         shown = ", ".join(repr(c) for c in unknown[:20]) + (" ..." if len(unknown) > 20 else "")
-        raise CharRNNError(f"{len(unknown)} character(s) of {data} are not in the model's vocabulary: {shown}; pass "
+        raise UnknownCharacters(f"{len(unknown)} character(s) of {data} are not in the model's vocabulary: {shown}; pass "
                            "--unknown_chars=skip to score the rest, or use only characters of the training text")
     own = {c: i for i, c in enumerate(vocab.chars)}
     table = np.array([own.get(c, -1) for c in corpus.vocab.chars], np.int64)
