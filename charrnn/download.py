@@ -74,13 +74,15 @@ def revalidate(url: str, path: str, hint: str) -> None:
         # short, edited, replaced): never used, downloaded again, or refused.
         logger.warning(f"the copy of {url} in the cache ({path}) is not the text downloaded "
                        f"{record.get('downloaded', 'earlier')}: it was changed or damaged since; downloading it again")
-        fetch(url, path, None, f"could not download {url} to replace its damaged copy", hint, trust_copy=False)
+        fetch(url, path, None, f"could not download {url} to replace its damaged copy", hint, trust_copy=False,
+              previous=record)
         return
     headers = {key: record[field] for key, field in (("If-None-Match", "etag"), ("If-Modified-Since",
                                                                                   "last_modified"))
         if record.get(field)}
     try:
-        changed = fetch(url, path, None, f"could not download {url}", hint, headers=headers, quiet_if_same=True)
+        changed = fetch(url, path, None, f"could not download {url}", hint, headers=headers, quiet_if_same=True,
+                        previous=record)
     except CharRNNError as e:
         logger.warning(f"could not check {url} for changes ({_reason_of(e)}); using the copy downloaded "
                        f"{record.get('downloaded', 'earlier')}")
@@ -100,18 +102,21 @@ def _intact(path: str, record: dict) -> bool:
 
 def _reason_of(error: CharRNNError) -> str:
     message = str(error)
-    return message[message.find("(") + 1:message.find(")")] if "(" in message else message
+    return message[message.find("(") + 1:message.rfind(")")] if "(" in message else message
 
 
 def fetch(url: str, path: str, sha256: str | None, failure: str, hint: str, headers: dict | None = None,
-           quiet_if_same: bool = False, trust_copy: bool = True) -> bool:
+           quiet_if_same: bool = False, trust_copy: bool = True, previous: dict | None = None) -> bool:
     """Downloads `url` to `path`: into a file of its own (see part_name; on the local disk
     where `path` is elsewhere), checked against the length the server announced and
     against `sha256` when given, then renamed (or copied) into place, with a record of what
     the server said of it (for _revalidate). A download cut short, stalled or refused
     leaves nothing behind. With `headers` (a conditional request) a "not modified" answer,
     or the same text again, leaves `path` as it is (unless `trust_copy` is False: a copy
-    known to be damaged is replaced). Returns whether `path` changed.
+    known to be damaged is replaced). With `previous`, the record of the download that
+    `path` held, an answer that is an HTML page where that was not (a network's sign-in
+    page, an error page served as a success) is refused, leaving `path` as it is. Returns
+    whether `path` changed.
 
     What a rerun may get past (a lost connection, a server error, a download cut short) is
     a TryAgain (exit 75); what it cannot (a 404, a missing file:// path, a redirect loop, a
@@ -126,7 +131,9 @@ def fetch(url: str, path: str, sha256: str | None, failure: str, hint: str, head
             with urllib.request.urlopen(request, timeout=60) as response, open(part, "wb") as f:  # noqa: S310
                 announced = _content_length(response.headers.get("Content-Length"))
                 validators = {"etag": response.headers.get("ETag"),
-                              "last_modified": response.headers.get("Last-Modified")}
+                              "last_modified": response.headers.get("Last-Modified"),
+                              "content_type": _media_type(response.headers.get("Content-Type")),
+                              "final_url": response.geturl()}
                 size = _receive(response, f, digest, Progress(f"downloading {url}", announced or 0), failure, hint)
         except urllib.error.HTTPError as e:
             if e.code == 304 and headers:  # not modified since the download charrnn has
@@ -146,6 +153,10 @@ def fetch(url: str, path: str, sha256: str | None, failure: str, hint: str, head
                                f"kept; {hint}")
         record = {"url": url, "sha256": digest.hexdigest(), "size": size, **validators,
                   "downloaded": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
+        if previous is not None and record["content_type"] == "text/html" and previous.get("content_type") != "text/html":
+            raise CharRNNError(f"{failure} (the answer, from {record['final_url']}, is an HTML page where the text "
+                               f"was {previous.get('content_type') or 'not one'}: a network's sign-in page or an error "
+                               f"page?); {hint}")
         if not _keep(part, path, record, trust_copy):
             return False
     finally:
@@ -207,6 +218,12 @@ def _keep(part: str, path: str, record: dict, trust_copy: bool = True) -> bool:
             storage.write_atomic(path, f.read())
     _write_record(path, record, source)
     return True
+
+
+def _media_type(value: str | None) -> str | None:
+    """The media type of a Content-Type header ("text/plain; charset=utf-8" -> "text/plain")."""
+    media = (value or "").split(";")[0].strip().lower()
+    return media or None
 
 
 def _content_length(value: str | None) -> int | None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import email.utils
 import hashlib
+import json
 import http.server
 import logging
 import os
@@ -23,7 +24,9 @@ from charrnn import CharRNNError, TryAgain, corpus, download
 class Behaviour:
     """What the server does: the files it serves, whether it sends validators, and, for
     `slow` paths, how many bytes come at once before the rest trickles (one byte every
-    `trickle` seconds); `cut` paths announce their length and close after half."""
+    `trickle` seconds); `cut` paths announce their length and close after half. A `portal`
+    (a network's sign-in page) answers every request with its HTML page, redirected to
+    /login first or served in place."""
 
     files: dict[str, bytes] = field(default_factory=dict)
     modified: dict[str, float] = field(default_factory=dict)
@@ -31,6 +34,7 @@ class Behaviour:
     slow: dict[str, int] = field(default_factory=dict)
     trickle: float = 0.02
     cut: set[str] = field(default_factory=set)
+    portal: str | None = None  # None, "redirect" or "in place"
     requests: list[dict] = field(default_factory=list)
 
 
@@ -46,6 +50,15 @@ def server():
         protocol_version = "HTTP/1.1"
 
         def do_GET(self):  # noqa: N802 - the handler's name
+            if behaviour.portal == "redirect" and self.path != "/login":
+                self.send_response(302)
+                self.send_header("Location", "/login")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            if behaviour.portal is not None:
+                self._answer(PORTAL, "text/html")
+                return
             body = behaviour.files.get(self.path)
             seen = {"path": self.path, "If-None-Match": self.headers.get("If-None-Match"),
                     "If-Modified-Since": self.headers.get("If-Modified-Since")}
@@ -69,11 +82,15 @@ def server():
                     return
             seen["status"] = 200
             behaviour.requests.append(seen)
+            self._answer(body, "text/plain; charset=utf-8", {"ETag": etag, "Last-Modified": modified}
+                         if behaviour.validators else {})
+
+        def _answer(self, body: bytes, content_type: str, headers: dict | None = None) -> None:
             self.send_response(200)
             self.send_header("Content-Length", str(len(body)))
-            if behaviour.validators:
-                self.send_header("ETag", etag)
-                self.send_header("Last-Modified", modified)
+            self.send_header("Content-Type", content_type)
+            for key, value in (headers or {}).items():
+                self.send_header(key, value)
             self.end_headers()
             try:
                 if self.path in behaviour.cut:
@@ -102,6 +119,7 @@ def server():
 
 
 TEXT = b"to be or not to be, that is the question\n" * 50
+PORTAL = b"<html><body><form action=/login>Sign in to use this network</form></body></html>"
 
 
 def _warnings(caplog) -> list[str]:
@@ -240,3 +258,33 @@ def test_a_host_name_that_cannot_be_looked_up_says_a_rerun_helps_once_the_networ
                                        r"run again once the network is back, or") as info:
         corpus.resolve_sources("http://texts.example/t.txt")
     assert info.value.exit_status == 75
+
+
+@pytest.mark.parametrize("portal", ["redirect", "in place"])
+@pytest.mark.parametrize("damaged", [False, True])
+def test_a_sign_in_page_answering_the_revalidation_never_replaces_the_text(server, corpus_cache, caplog, portal,
+                                                                           damaged):
+    """A captive portal answers the conditional request with its HTML page (200, after a
+    redirect or in place): an intact copy is used, with a warning saying why; a damaged one
+    is refused (it is not the text either), and the page is not kept in its place."""
+    behaviour, base = server
+    behaviour.files["/t.txt"] = TEXT
+    path = download.download(f"{base}/t.txt", str(corpus_cache))
+    if damaged:
+        with open(path, "r+b") as f:
+            f.truncate(len(TEXT) // 2)
+    behaviour.portal = portal
+    if damaged:
+        with pytest.raises(CharRNNError, match=r"to replace its damaged copy \(the answer, from \S+, is an HTML page "
+                                               r"where the text was text/plain: a network's sign-in page"):
+            download.download(f"{base}/t.txt", str(corpus_cache))
+        assert open(path, "rb").read() == TEXT[:len(TEXT) // 2]
+        return
+    with caplog.at_level(logging.INFO, logger="charrnn"):
+        assert corpus.read_text(f"{base}/t.txt") == TEXT.decode()
+    assert _warnings(caplog) == [f"could not check {base}/t.txt for changes (the answer, from {base}"
+                                 f"{'/login' if portal == 'redirect' else '/t.txt'}, is an HTML page where the text "
+                                 f"was text/plain: a network's sign-in page or an error page?); using the copy "
+                                 f"downloaded {json.loads(open(download._record_path(path)).read())['downloaded']}"]
+    behaviour.portal = None  # the network's sign-in done: the text is checked as before
+    assert corpus.read_text(f"{base}/t.txt") == TEXT.decode() and behaviour.requests[-1]["status"] == 304
