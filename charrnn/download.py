@@ -153,9 +153,10 @@ def fetch(url: str, path: str, sha256: str | None, failure: str, hint: str, head
                                f"kept; {hint}")
         record = {"url": url, "sha256": digest.hexdigest(), "size": size, **validators,
                   "downloaded": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
-        if previous is not None and record["content_type"] == "text/html" and previous.get("content_type") != "text/html":
+        was = previous.get("content_type") if previous is not None else None
+        if previous is not None and record["content_type"] == "text/html" and was != "text/html":
             raise CharRNNError(f"{failure} (the answer, from {record['final_url']}, is an HTML page where the text "
-                               f"was {previous.get('content_type') or 'not one'}: a network's sign-in page or an error "
+                               f"was {was or 'not one'}: a network's sign-in page or an error "
                                f"page?); {hint}")
         if not _keep(part, path, record, trust_copy):
             return False

@@ -125,8 +125,9 @@ def ids_in(data: str, vocab: Vocabulary, skip_unknown: bool = False) -> TextIds:
         return TextIds(corpus.ids, corpus.fingerprint, {})
     if not skip_unknown:
         shown = ", ".join(repr(c) for c in unknown[:20]) + (" ..." if len(unknown) > 20 else "")
-        raise UnknownCharacters(f"{len(unknown)} character(s) of {data} are not in the model's vocabulary: {shown}; pass "
-                           "--unknown_chars=skip to score the rest, or use only characters of the training text")
+        raise UnknownCharacters(f"{len(unknown)} character(s) of {data} are not in the model's vocabulary: {shown}; "
+                                "pass --unknown_chars=skip to score the rest, or use only characters of the "
+                                "training text")
     own = {c: i for i, c in enumerate(vocab.chars)}
     table = np.array([own.get(c, -1) for c in corpus.vocab.chars], np.int64)
     counts = np.zeros(len(corpus.vocab), np.int64)

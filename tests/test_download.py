@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import email.utils
 import hashlib
-import json
 import http.server
+import json
 import logging
 import os
 import threading
