@@ -15,9 +15,11 @@ from charrnn.errors import one_line
 
 class ProgressLogger(Callback):
     """The console: the run's corpus, plan and model as it starts; `verbose=1` a live line on
-    a terminal (redrawn in place, cut to the terminal's width so that it never wraps),
+    a terminal (redrawn in place, its least useful parts left out so that it never wraps;
+    where even its step count does not fit, one line per `log_every` steps instead),
     `verbose=2` one line per `log_every` steps (the interval's mean loss); evaluations, epoch
-    ends and how the run ended, either way.
+    ends (one a time budget or patience ended early says so) and how the run ended, either way.
+    No escape sequences: a terminal that knows none (TERM=dumb) shows the same.
 
     The rate and the ETA cover this whole invocation (not just the current epoch), and the
     epoch count is the run's own (charrnn.cadence.Cadence: max_steps included). When a
@@ -62,7 +64,8 @@ class ProgressLogger(Callback):
         return f"~{math.ceil(end / self._cadence.steps_per_epoch)}", f"~{end}", min(self._train_seconds / budget, 1.0)
 
     def line(self, epoch: int, step: int, loss: float, width: int | None = None) -> str:
-        """The progress line; with `width`, its least useful parts are left out until it fits."""
+        """The progress line; with `width`, its least useful parts are left out until it fits
+        ("" when not even one fits: a part is never cut)."""
         rate = self.rate(step)
         eta = (self.total_steps - step) / rate if rate > 0 else float("inf")
         if self._cadence.time_budget is not None:  # the budget may end the run first
@@ -75,8 +78,10 @@ class ProgressLogger(Callback):
                  (f"ETA {_hms(eta)}", 2)]
         while True:
             line = " ".join(text for text, _ in parts)
-            if width is None or len(line) < width or len(parts) == 1:
-                return line if width is None else line[:width - 1]
+            if width is None or len(line) < width:
+                return line
+            if len(parts) == 1:
+                return ""
             parts.remove(min(parts, key=lambda part: part[1]))
 
     def on_chunk_end(self, step: int, logs: dict[str, float]) -> None:
@@ -87,20 +92,23 @@ class ProgressLogger(Callback):
         self._interval_sum += logs["loss"] * (step - previous)
         self._interval_steps += step - previous
         epoch = (step - 1) // self._cadence.steps_per_epoch
-        if self.live:
-            if time.monotonic() - self._last_draw > 0.5 or step == self.total_steps:
-                self._last_draw = time.monotonic()
-                width = shutil.get_terminal_size().columns
-                sys.stdout.write("\r" + self.line(epoch, step, logs["loss"], width) + "\033[K")
+        if self.live and (time.monotonic() - self._last_draw > 0.5 or step == self.total_steps):
+            self._last_draw = time.monotonic()
+            text = self.line(epoch, step, logs["loss"], shutil.get_terminal_size().columns)
+            if text:
+                sys.stdout.write(_clear_line() + text)
                 sys.stdout.flush()
-        elif self._cadence.log_due(step):
+            else:  # a terminal too narrow for a live line: lines of their own from now on
+                sys.stdout.write(_clear_line())
+                self.live = False
+        if not self.live and self._cadence.log_due(step):
             loss = self._interval_sum / self._interval_steps
             self._interval_sum = self._interval_steps = 0.0
             print(self.line(epoch, step, loss), flush=True)
 
     def _print(self, text: str) -> None:
         """A line of its own, over the live line if there is one."""
-        print(f"\r{text}\033[K" if self.live else text, flush=True)
+        print(_clear_line() + text if self.live else text, flush=True)
 
     def on_evaluate(self, step: int, logs: dict[str, float]) -> None:
         best = " (best)" if logs["val_loss"] == logs["best_val_loss"] else ""
@@ -108,8 +116,10 @@ class ProgressLogger(Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
         val = f" val_loss {logs['val_loss']:.4f} val_bpc {logs['val_bpc']:.3f}" if "val_loss" in logs else ""
-        self._print(f"epoch {epoch}/{self._plan(self._step)[0]} step {self._step} loss {logs['loss']:.4f}{val} "
-                    f"{logs['steps_per_sec']:.2f} steps/s")
+        start, end = (epoch - 1) * self._cadence.steps_per_epoch, self._cadence.epoch_end(epoch - 1)
+        partial = f" (ended early: {self._step - start} of its {end - start} steps)" if self._step < end else ""
+        self._print(f"epoch {epoch}/{self._plan(self._step)[0]}{partial} step {self._step} loss {logs['loss']:.4f}"
+                    f"{val} {logs['steps_per_sec']:.2f} steps/s")
 
     def on_train_end(self, logs: dict[str, float]) -> None:
         t = self._trainer
@@ -140,8 +150,14 @@ class SamplePrinter(Callback):
 
     def on_chunk_end(self, step: int, logs: dict[str, float]) -> None:
         if self._trainer.cadence.sample_due(step):
-            prefix = "\r\033[K" if self.live else ""
+            prefix = _clear_line() if self.live else ""
             print(f"{prefix}--- sample at step {step} ---\n{self._trainer.sample(step)}\n---", flush=True)
+
+
+def _clear_line() -> str:
+    """Back to the start of the line, blanked with spaces: ESC[K would print raw on a terminal
+    that knows no escape sequences (TERM=dumb: Emacs' shell, some CI consoles)."""
+    return "\r" + " " * (shutil.get_terminal_size().columns - 1) + "\r"
 
 
 def _hms(seconds: float) -> str:

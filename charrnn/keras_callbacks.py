@@ -4,7 +4,8 @@
 `set_model` (the `CharRNN`, with the run's optimizer as `self.model.optimizer`, read-only for
 its learning rate) and `set_params` (`epochs`, `steps`, `verbose`) first, then
 `on_train_begin`, `on_epoch_begin` / `on_epoch_end` (epochs counted from 0, as Keras
-does; the logs hold `loss`, `val_loss`, `val_bpc`, `steps_per_sec`), `on_train_batch_end`
+does; the logs hold `loss`, `val_loss`, `val_bpc`, `steps_per_sec` and `epoch_fraction`, below 1
+for an epoch a time budget or patience ended early), `on_train_batch_end`
 once per compiled chunk of steps (`--steps_per_loop`; `batch` is the chunk's last step in
 its epoch, the logs hold its mean `loss`) and `on_train_end`. A callback that sets
 `model.stop_training` (EarlyStopping, TerminateOnNaN) stops the run as a charrnn callback

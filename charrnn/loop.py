@@ -30,13 +30,16 @@ from charrnn.stopping import Stopped
 class EpochStats:
     """One finalised epoch (or the partial last one), `epoch` counting from 1 as the
     callbacks' does (the trainer's epochs count from 0): `train_loss` is the mean over all its
-    steps, across resumes; `steps_per_sec` covers the part run in this process."""
+    steps, across resumes; `steps_per_sec` covers the part run in this process; `fraction`
+    is the share of the epoch's steps (as the run plans them, max_steps included) it had
+    trained: 1 unless a time budget or patience ended it early."""
 
     epoch: int
     step: int
     train_loss: float
     val_loss: float | None
     steps_per_sec: float
+    fraction: float = 1.0
 
     @property
     def val_bpc(self) -> float | None:
@@ -168,8 +171,9 @@ class Controller:
 
         # Evaluated already at this step (mid-epoch, then stopped early): not again.
         val_loss = t.evaluations.last_loss if t.evaluations.last_step == step else self._evaluate(step)
+        epoch_start = epoch * cadence.steps_per_epoch
         stats = EpochStats(epoch=epoch + 1, step=step, train_loss=t.epoch_train_loss(), val_loss=val_loss,
-                           steps_per_sec=steps_per_sec)
+                           steps_per_sec=steps_per_sec, fraction=(step - epoch_start) / (epoch_end - epoch_start))
         self.callbacks.on_epoch_end(epoch + 1, _epoch_logs(stats))
         t.finalize_epoch(step)
         self.checkpoints.save("latest", step)
@@ -205,7 +209,7 @@ class Controller:
 
 
 def _epoch_logs(stats: EpochStats) -> dict[str, float]:
-    logs = {"loss": stats.train_loss, "steps_per_sec": stats.steps_per_sec}
+    logs = {"loss": stats.train_loss, "steps_per_sec": stats.steps_per_sec, "epoch_fraction": stats.fraction}
     if stats.val_loss is not None and stats.val_bpc is not None:
         logs.update(val_loss=stats.val_loss, val_bpc=stats.val_bpc)
     return logs

@@ -131,11 +131,12 @@ class Trainer:
         c, o = self.config, self.origin
         data = one_line(c.data)  # a name the user gave, shown as one line
         files = f"{self.data.num_files} files" if self.data.num_files != 1 else "1 file"
+        budget = f" unless the --time_budget of {c.time_budget:g} s ends it first" if c.time_budget else ""
         distinct = f"{self.data.distinct} distinct" + (
             f" ({len(self.vocab)} with the run's vocabulary)" if self.data.distinct != len(self.vocab) else "")
         lines = [f"Corpus {data}: {self.data.num_chars:,} characters ({files}), {distinct}; "
                  f"{self.steps_per_epoch} steps per epoch, "
-                 f"{self.total_steps} steps in all; {self.distribution.where()}; "
+                 f"{self.total_steps} steps in all{budget}; {self.distribution.where()}; "
                  f"precision {c.mixed_precision} ({self.precision_reason})"]
         if o is not None:
             lines.append(f"Fine-tuning from {one_line(o['checkpoint'])}: its {o['vocab_size_before']} characters keep "

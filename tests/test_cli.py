@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from charrnn import Sampler
 from conftest import TINY_FLAGS, assert_one_line_error, run_cli, sigint_as_usual, tensorflow_lines
 
@@ -124,9 +126,58 @@ def test_the_progress_line_fits_its_width_and_counts_the_run():
     for width in (80, 50, 30, 12):
         line = progress.line(0, 37, 3.40213, width=width)
         assert len(line) < width and "step 37/300" in line[:width], (width, line)
+    assert progress.line(0, 37, 3.40213, width=11) == ""  # never "step 37/30": no part is cut
     assert "ETA" in progress.line(0, 37, 3.4, width=50) and "%" in progress.line(0, 37, 3.4, width=50)
     # max_steps cuts the run inside its first epoch: one epoch, not the configured twenty.
     assert _Progress(3, 155, 50, 0).line(0, 1, 4.0).startswith("epoch 1/1 step 1/3 33%")
+
+
+@pytest.mark.parametrize("columns", [10, 80])
+def test_the_live_console_has_no_escape_sequence_and_no_cut_number(columns, monkeypatch, capsys):
+    """No ESC[K (TERM=dumb prints it raw: spaces blank the line instead); a terminal too
+    narrow for any part of the line gets whole lines every log_every steps, never a number
+    cut short; an epoch a time budget ended early says so."""
+    from types import SimpleNamespace
+
+    from charrnn.cadence import Cadence
+    from charrnn.console import ProgressLogger
+
+    monkeypatch.setenv("COLUMNS", str(columns))
+    cadence = Cadence(steps_per_epoch=30, total_steps=40, log_every=10, time_budget=60)
+    progress = ProgressLogger(verbose=1)
+    progress.on_train_begin(SimpleNamespace(cadence=cadence, position=lambda: (0, 0), restored_from=None,
+                                            describe=lambda: "a run"))
+    for step in range(1, 41):
+        progress._last_draw = 0.0  # every chunk drawn
+        progress.on_chunk_end(step, {"loss": 2.0, "steps_per_sec": 10.0})
+        if step == 30:
+            progress.on_epoch_end(1, {"loss": 2.0, "steps_per_sec": 10.0, "epoch_fraction": 1.0})
+    progress.on_epoch_end(2, {"loss": 1.5, "steps_per_sec": 10.0, "epoch_fraction": 0.5})
+    out = capsys.readouterr().out
+    assert "\x1b" not in out
+    shown = [piece.strip() for piece in re.split(r"[\r\n]", out) if piece.strip()]
+    steps = [piece for piece in shown if piece.startswith("epoch") and " step " in piece and "loss" in piece]
+    assert "epoch 2/2 (ended early: 10 of its 10 steps)" not in out  # 40 is the run's last step: complete
+    if columns == 10:
+        assert [s.split()[2:4] for s in steps if "steps/s" in s and "ETA" in s] == \
+            [["step", "10/40"], ["step", "20/40"], ["step", "30/40"], ["step", "40/40"]], shown
+    else:
+        assert all(len(piece) < columns for piece in shown if "ETA" in piece), shown
+    assert any(s.startswith("epoch 1/2 step 30 loss 2.0000") for s in shown), shown
+
+
+def test_an_epoch_a_time_budget_ended_says_so(capsys):
+    from types import SimpleNamespace
+
+    from charrnn.cadence import Cadence
+    from charrnn.console import ProgressLogger
+
+    progress = ProgressLogger(verbose=2)
+    progress.on_train_begin(SimpleNamespace(cadence=Cadence(steps_per_epoch=660, total_steps=6600, time_budget=60),
+                                            position=lambda: (0, 0), restored_from=None, describe=lambda: "a run"))
+    progress.on_chunk_end(430, {"loss": 2.0, "steps_per_sec": 10.0})
+    progress.on_epoch_end(1, {"loss": 2.0, "steps_per_sec": 10.0, "epoch_fraction": 430 / 660})
+    assert "epoch 1/~1 (ended early: 430 of its 660 steps) step 430 loss 2.0000" in capsys.readouterr().out
 
 
 def test_the_live_progress_line_never_wraps_on_a_50_column_terminal(small_text, tmp_path):

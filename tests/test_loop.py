@@ -242,6 +242,7 @@ def test_patience_stops_the_run_and_a_rerun_stays_stopped():
     trainer = FakeTrainer(cadence, val=lambda step: float(step))  # worse every time after the first
     history = Controller(trainer, cadence, checkpoints=trainer).run()
     assert trainer.step == 15 and trainer.stop_reason == "patience" and history[-1].val_loss == 15.0
+    assert history[-1].fraction == 0.15  # the epoch it ended is said to be partial
     assert trainer.evaluations.best_step == 5 and trainer.best_saves == [5]  # the best kept, not the worse ones
     assert Controller(trainer, cadence, checkpoints=trainer).run() == [] and trainer.step == 15
 
@@ -254,7 +255,7 @@ def test_the_time_budget_counts_training_only_and_not_the_first_chunk():
     history = controller.run()
     # One tick per chunk: the first (tracing) is free, then three chunks of one second.
     assert trainer.step == 4 and controller.train_seconds == 3 and trainer.stop_reason == "time_budget"
-    assert history[-1].step == 4 and 4 in trainer.saved
+    assert history[-1].step == 4 and 4 in trainer.saved and history[-1].fraction == 0.04
 
 
 def test_a_callback_stops_the_run_with_a_checkpoint_and_a_rerun_continues():

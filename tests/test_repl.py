@@ -80,7 +80,7 @@ def test_a_greedy_answer_is_the_most_likely_continuation(sampler):
 class _Terminal:
     """charrnn-sample --interactive with a pseudo-terminal as its controlling terminal."""
 
-    def __init__(self, args: list[str]):
+    def __init__(self, args: list[str], env: dict[str, str] | None = None):
         master, slave = os.openpty()
 
         def controlling_terminal() -> None:
@@ -89,7 +89,7 @@ class _Terminal:
             fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
         self.process = subprocess.Popen(args, stdin=slave, stdout=slave, stderr=slave, close_fds=True,
-                                        preexec_fn=controlling_terminal)  # noqa: PLW1509 - no threads here
+                                        env={**os.environ, **(env or {})}, preexec_fn=controlling_terminal)  # noqa: PLW1509 - no threads here
         os.close(slave)
         self.master, self.seen = master, b""
 
@@ -234,3 +234,28 @@ def test_ctrl_d_typed_during_an_answer_stops_it_and_ends_the_session(trained_run
     term.type("\x04")
     assert term.process.wait(timeout=120) == 0
     assert "Traceback" not in term.seen.decode("utf-8", "replace")
+
+
+def test_lines_pasted_at_once_are_each_answered_in_order_on_a_dumb_terminal(trained_run):
+    """Four lines pasted at the prompt: the first is read by readline, the others arrive
+    while its answer streams (read then, unechoed); each is answered in order after a prompt
+    of its own, the answers are those of the same seeds typed one by one, and TERM=dumb
+    gets no escape sequence (the prime is written again rather than the cursor moved up)."""
+    term = _Terminal([sys.executable, "-m", "charrnn.cli.sample", f"--run_dir={trained_run}", "--interactive",
+                      "--num_chars=300", "--seed=5"], env={"TERM": "dumb"})
+    term.expect(r"is ready")
+    term.expect(r"> ")
+    term.reading()
+    term.type("The \rfox \r:seed 7\rdog\r")
+    shown = term.expect(r"> dog") + term.expect(r"\n> ")  # the fourth answer, then the prompt
+    term.type("\x04")
+    assert term.process.wait(timeout=60) == 0
+    # The typed line's echo, then each answer after a prompt ('>' is not in the vocabulary).
+    echo, *answers, rest = shown.replace("\r\n", "\n").split("\n> ")
+    sampler = Sampler.from_checkpoint(str(trained_run))
+    assert echo == "The " and rest == "" and len(answers) == 4, shown
+    assert answers[0] == sampler.generate("The ", 300, seed=mix_seed(5, 0))
+    assert answers[1] == sampler.generate("fox ", 300, seed=mix_seed(5, 1))
+    assert answers[2].startswith(":seed 7\n") and "seed 7 (answer 1 next)" in answers[2]
+    assert answers[3] == sampler.generate("dog", 300, seed=mix_seed(7, 0))
+    assert b"\x1b" not in term.seen and "\x1b" not in shown

@@ -38,8 +38,9 @@ def test_fit_returns_a_keras_history_of_the_epochs_it_ran(small_text, tmp_path):
     trainer = Trainer(tiny_config(small_text, tmp_path / "run", epochs=2, log_every=1))
     history = trainer.fit()
     assert isinstance(history, keras.callbacks.History) and history.epoch == [0, 1]
-    assert sorted(history.history) == ["loss", "steps_per_sec", "val_bpc", "val_loss"]
+    assert sorted(history.history) == ["epoch_fraction", "loss", "steps_per_sec", "val_bpc", "val_loss"]
     epochs = [m for m in read_metrics(tmp_path / "run") if "epoch" in m]  # what metrics.jsonl recorded
+    assert history.history["epoch_fraction"] == [m["epoch_fraction"] for m in epochs] == [1.0, 1.0]
     assert history.history["loss"] == [m["train_loss"] for m in epochs]
     assert history.history["val_loss"] == [m["val_loss"] for m in epochs]
     assert all(s > 0 for s in history.history["steps_per_sec"])
@@ -145,6 +146,8 @@ def test_the_corpus_line_and_the_model_table_count_what_they_describe(tmp_path):
     (tmp_path / "more.txt").write_text(text[:500], encoding="utf-8")
     joined = Trainer(tiny_config(f"{path},{tmp_path / 'more.txt'}", tmp_path / "two", max_steps=1))
     assert f": {len(text) + 500:,} characters (2 files), " in joined.describe()
+    budget = Trainer(tiny_config(path, tmp_path / "budget", epochs=7, time_budget=600))
+    assert f"{7 * steps_per_epoch} steps in all unless the --time_budget of 600 s ends it first;" in budget.describe()
 
 
 def test_incompatible_resume_is_refused_and_touches_nothing(small_text, tmp_path):

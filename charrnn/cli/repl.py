@@ -2,8 +2,11 @@
 
 On a terminal: a banner once the model is loaded and compiled, a `> ` prompt with
 readline's line editing and history (up-arrow), the answer streamed right after the prime
-typed; Ctrl-C stops an answer (or, at the prompt, ends the session), Ctrl-D ends it. From
-a pipe: one prime per line, each answered with the prime and its continuation, no prompt.
+typed; Ctrl-C stops an answer (or, at the prompt, ends the session), Ctrl-D ends it. Lines
+typed or pasted while an answer streams are kept and answered in order, each after a
+prompt of its own (an unfinished one waits at the next prompt); so are the lines of a
+paste readline takes at once. From a pipe: one prime per line, each answered with the
+prime and its continuation, no prompt.
 
 Lines starting with `:` are commands (`:help` lists them); a prime that starts with `:` is
 written with two (`::`). Each answer gets a seed of its own: random, or, once a seed is set
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import sys
 import termios
@@ -70,14 +74,18 @@ class Session:
         self.settings = dict(settings)
         self.seed: int | None = self.settings.pop("seed")
         self.answers = 0  # since the seed was set
+        self.keys = _Keys()  # what was typed while answers streamed, not yet handled
 
-    def handle(self, line: str) -> bool:
-        """Handles one line typed; False when the session should end."""
+    def handle(self, line: str, echoed: bool = False) -> bool:
+        """Handles one line; `echoed`: the terminal shows it on the line above (typed at the
+        prompt). False when the session should end."""
         if line.startswith(":") and not line.startswith("::"):
+            if self.terminal and not echoed:
+                self.out.write(f"{_PROMPT}{line}\n")
             return self._command(line[1:].split())
         prime = line[1:] if line.startswith("::") else line
         if prime:
-            return self._answer(prime)
+            return self._answer(prime, echoed)
         return True
 
     def _command(self, words: list[str]) -> bool:
@@ -119,7 +127,7 @@ class Session:
         return (f"temperature {s['temperature']:g}, length {s['num_chars']}, seed {seed}, top_k {s['top_k']}, "
                 f"top_p {s['top_p']:g}, greedy {'on' if s['greedy'] else 'off'}")
 
-    def _answer(self, prime: str) -> bool:
+    def _answer(self, prime: str, echoed: bool) -> bool:
         """Streams the answer to `prime`; False when Ctrl-D was typed during it (the session ends)."""
         seed = None if self.seed is None else mix_seed(self.seed, self.answers)
         try:
@@ -129,14 +137,15 @@ class Session:
             _say(f"error: {e}")
             return True
         self.answers += 1
-        width = shutil.get_terminal_size().columns
-        if self.terminal and len(_PROMPT + prime) < width:
+        if not self.terminal:
+            self.out.write(prime)
+        elif echoed and _moves_cursor() and len(_PROMPT + prime) < shutil.get_terminal_size().columns:
             # Continue on the line the prime was typed on, rather than printing it again.
             self.out.write(f"\033[F{_PROMPT}{prime}")
-        elif not self.terminal:
-            self.out.write(prime)
+        else:  # typed ahead (not echoed), or a terminal that cannot move the cursor up
+            self.out.write(f"{_PROMPT}{prime}")
         ended = False
-        with _keys_typed(self.terminal) as typed:
+        with _keys_typed(self.terminal, self.keys) as typed:
             try:
                 self.out.write(first)
                 self.out.flush()
@@ -156,42 +165,42 @@ class Session:
 _PROMPT = "> "
 
 
-class _Keys:
-    """The keys typed on the terminal while an answer streams, read without waiting (the
-    terminal is out of canonical mode, without echo, meanwhile): Ctrl-D among them ends the
-    session; what else was typed, up to a newline, waits at the next prompt."""
+def _moves_cursor() -> bool:
+    """Whether the terminal takes escape sequences (not TERM=dumb, which prints them raw)."""
+    return os.environ.get("TERM", "dumb") != "dumb"
 
-    def __init__(self, fd: int | None):
-        self.fd, self.typed, self.eof = fd, b"", False
+
+class _Keys:
+    """The keys typed on the terminal while answers stream, read without waiting (the
+    terminal is out of canonical mode, without echo, meanwhile; `fd` is set then): Ctrl-D
+    among them ends the session; each complete line is handed out in order (`next_line`),
+    and an unfinished one waits at the next prompt (`offer_rest`)."""
+
+    def __init__(self) -> None:
+        self.fd: int | None = None
+        self.typed, self.eof = b"", False
 
     def end_of_input(self) -> bool:
         if self.fd is not None and not self.eof:
             try:
-                data = os.read(self.fd, 1024)
+                data = os.read(self.fd, 4096)
             except OSError:
                 data = b""
             self.eof = b"\x04" in data
             self.typed += data.split(b"\x04")[0]
         return self.eof
 
+    def next_line(self) -> str | None:
+        """The oldest complete line typed ahead (Enter arrives as CR or LF), or None."""
+        parts = re.split(rb"\r\n|\r|\n", self.typed, maxsplit=1)
+        if len(parts) == 1:
+            return None
+        self.typed = parts[1]
+        return parts[0].decode("utf-8", "surrogateescape")
 
-@contextlib.contextmanager
-def _keys_typed(terminal: bool) -> Iterator[_Keys]:
-    if not terminal:
-        yield _Keys(None)
-        return
-    fd = sys.stdin.fileno()
-    before = termios.tcgetattr(fd)
-    reading = termios.tcgetattr(fd)
-    reading[3] &= ~(termios.ICANON | termios.ECHO)  # ISIG stays: Ctrl-C still interrupts
-    reading[6][termios.VMIN], reading[6][termios.VTIME] = 0, 0
-    termios.tcsetattr(fd, termios.TCSANOW, reading)
-    keys = _Keys(fd)
-    try:
-        yield keys
-    finally:
-        termios.tcsetattr(fd, termios.TCSANOW, before)
-        ahead = keys.typed.split(b"\r")[0].split(b"\n")[0].decode("utf-8", "ignore")
+    def offer_rest(self) -> None:
+        """Puts the unfinished line typed ahead, if any, at the next prompt (readline's line)."""
+        ahead, self.typed = self.typed.decode("utf-8", "ignore"), b""
         if ahead.isprintable() and ahead:
             import readline
 
@@ -201,6 +210,25 @@ def _keys_typed(terminal: bool) -> Iterator[_Keys]:
                 readline.set_pre_input_hook(None)
 
             readline.set_pre_input_hook(insert)
+
+
+@contextlib.contextmanager
+def _keys_typed(terminal: bool, keys: _Keys) -> Iterator[_Keys]:
+    if not terminal:
+        yield keys
+        return
+    fd = sys.stdin.fileno()
+    before = termios.tcgetattr(fd)
+    reading = termios.tcgetattr(fd)
+    reading[3] &= ~(termios.ICANON | termios.ECHO)  # ISIG stays: Ctrl-C still interrupts
+    reading[6][termios.VMIN], reading[6][termios.VTIME] = 0, 0
+    termios.tcsetattr(fd, termios.TCSANOW, reading)
+    keys.fd = fd
+    try:
+        yield keys
+    finally:
+        keys.fd = None
+        termios.tcsetattr(fd, termios.TCSANOW, before)
 
 
 def _say(text: str) -> None:
@@ -229,10 +257,18 @@ def run(sampler: Sampler, settings: dict[str, Any], source: str) -> None:
     _say(f"charrnn-sample: {source} is ready ({len(sampler.vocab)} characters). Type a prime and press Enter; "
          ":help lists the commands, Ctrl-D ends.")
     while True:
+        if (ahead := session.keys.next_line()) is not None:  # typed while an answer streamed
+            if not session.handle(ahead):
+                return
+            continue
+        session.keys.offer_rest()
         try:
-            line = input(_PROMPT)
+            typed = input(_PROMPT)
         except (EOFError, KeyboardInterrupt):
             sys.stdout.write("\n")
             return
-        if not session.handle(line):
-            return
+        # A paste readline took at once (bracketed paste) holds several lines: each a prime.
+        lines = typed.splitlines() or [""]
+        for line in lines:
+            if not session.handle(line, echoed=len(lines) == 1):
+                return
