@@ -6,7 +6,9 @@
 
 Names are imported on first use, so `import charrnn` (and a command-line tool's --help)
 does not wait for TensorFlow; the first name that needs it starts TensorFlow without its
-C++ start-up lines (CHARRNN_TF_LOGS=1 shows them; see charrnn/quiet.py).
+C++ start-up lines (CHARRNN_TF_LOGS=1 shows them; see charrnn/quiet.py). A program that
+imports keras or tensorflow itself calls `charrnn.start_tensorflow()` first to keep them
+quiet too.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from charrnn.quiet import start_tensorflow
+from charrnn import quiet
 
 # Public name -> the module that defines it.
 _EXPORTS = {
@@ -29,10 +31,11 @@ _EXPORTS = {
     "EXIT_PREEMPTED": "stopping", "Preempted": "stopping",
     "MAX_NUM_CHARS": "sampling", "SampleOptions": "sampling", "Sampler": "sampler",
     "Trainer": "trainer",
+    "start_tensorflow": "quiet",
 }
 __all__ = sorted(_EXPORTS)
 # Modules that do not import TensorFlow (tests/test_quiet.py checks each).
-_WITHOUT_TENSORFLOW = {"callbacks", "config", "corpus", "errors", "loop", "sampling", "vocab"}
+_WITHOUT_TENSORFLOW = {"callbacks", "config", "corpus", "errors", "loop", "quiet", "sampling", "vocab"}
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:  # what type checkers and IDEs see
@@ -45,6 +48,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     from charrnn.model import CharRNN
     from charrnn.sampler import Sampler
     from charrnn.sampling import MAX_NUM_CHARS, SampleOptions
+    from charrnn.quiet import start_tensorflow
     from charrnn.stopping import EXIT_PREEMPTED, Preempted
     from charrnn.trainer import Trainer
     from charrnn.vocab import Vocabulary
@@ -54,7 +58,7 @@ def __getattr__(name: str) -> Any:
     if name not in _EXPORTS:
         raise AttributeError(f"module 'charrnn' has no attribute {name!r}")
     if _EXPORTS[name] not in _WITHOUT_TENSORFLOW:
-        start_tensorflow()
+        quiet.start_tensorflow()
     value = getattr(importlib.import_module(f"charrnn.{_EXPORTS[name]}"), name)
     globals()[name] = value  # later lookups skip this function
     return value
