@@ -7,7 +7,7 @@
 Names are imported on first use, so `import charrnn` (and a command-line tool's --help)
 does not wait for TensorFlow; the first name that needs it starts TensorFlow without its
 C++ start-up lines (CHARRNN_TF_LOGS=1 shows them; see charrnn/quiet.py). A program that
-imports keras or tensorflow itself calls `charrnn.start_tensorflow()` first to keep them
+imports keras or tensorflow itself calls charrnn's `start_tensorflow()` first to keep them
 quiet too.
 """
 
@@ -46,9 +46,9 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     from charrnn.exporter import export, export_tflite
     from charrnn.loop import EpochStats
     from charrnn.model import CharRNN
+    from charrnn.quiet import start_tensorflow
     from charrnn.sampler import Sampler
     from charrnn.sampling import MAX_NUM_CHARS, SampleOptions
-    from charrnn.quiet import start_tensorflow
     from charrnn.stopping import EXIT_PREEMPTED, Preempted
     from charrnn.trainer import Trainer
     from charrnn.vocab import Vocabulary

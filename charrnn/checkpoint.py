@@ -1,6 +1,7 @@
-"""TensorFlow checkpoints of a run: finding them (`checkpoint_paths`, `newest`, what
-`--which` names), restoring the newest usable one, writing them (`Checkpointer`). What each
-one records beside the weights (validation, fingerprints) is charrnn.records'.
+"""TensorFlow checkpoints of a run: restoring the newest usable one, writing them
+(`Checkpointer`). Finding them (which ones a run keeps, what `--which` names) is
+charrnn.which's; what each one records beside the weights (validation, fingerprints) is
+charrnn.records'.
 """
 
 from __future__ import annotations
@@ -18,67 +19,8 @@ from charrnn import storage
 from charrnn.config import WHICH
 from charrnn.errors import CharRNNError
 from charrnn.log import logger
-from charrnn.rundir import RunDir, check_which, checkpoint_prefix, checkpoint_step
-
-
-def checkpoint_paths(directory: str) -> list[str]:
-    """Every checkpoint prefix in `directory`, newest (highest step) first.
-
-    Both the `checkpoint` state file and the directory listing are consulted, so a
-    checkpoint whose index is missing, or one the state file does not name (a save killed
-    before it was recorded), still shows up here.
-    """
-    paths: set[str] = set()
-    try:
-        state = tf.train.get_checkpoint_state(directory) if storage.isdir(directory) else None
-    except (tf.errors.OpError, ValueError):  # a damaged state file: the listing below still finds them
-        state = None
-    if state is not None:
-        paths.update(f"{directory}/{os.path.basename(p)}" for p in state.all_model_checkpoint_paths)
-    for name in storage.glob(f"{directory}/ckpt-*.index") + storage.glob(f"{directory}/ckpt-*.data-*"):
-        paths.add(checkpoint_prefix(name))
-    return sorted((p for p in paths if checkpoint_step(p) >= 0), key=checkpoint_step, reverse=True)
-
-
-def newest(directory: str) -> str | None:
-    """The checkpoint of `directory` saved last (its state file's), else, without a usable
-    state file, the complete one (its index written) of the highest step; None if none.
-    Not simply the highest step: a resume that passed over a damaged newer checkpoint saves
-    lower steps after it."""
-    try:
-        latest = tf.train.latest_checkpoint(directory) if storage.isdir(directory) else None
-    except (tf.errors.OpError, ValueError):  # a damaged state file
-        latest = None
-    if latest is not None and storage.exists(latest + ".index"):
-        return f"{directory}/{os.path.basename(latest)}"
-    return next((p for p in checkpoint_paths(directory) if storage.exists(p + ".index")), None)
-
-
-def resolve_which(rundir: RunDir, which: str | None) -> tuple[str, int | None]:
-    """The checkpoint directory `which` names, and the step of the checkpoint it chooses
-    (None: the newest usable one). `which` is `best` or `latest` (checked), None (`best` if
-    the run has one, else `latest`), a step number (of either directory) or a checkpoint's
-    path (`.../ckpt-N`, or one of its files)."""
-    if which is None or which in WHICH:
-        has_best = bool(checkpoint_paths(rundir.checkpoint_dir("best")))
-        if which == "best" and not has_best:
-            raise CharRNNError(f"run directory {rundir.path} has no best checkpoint (one is kept once a validation "
-                               "loss has been measured); use --which=latest")
-        return rundir.checkpoint_dir(which or ("best" if has_best else "latest")), None
-    check_which(which)
-    if which.isascii() and which.isdigit():
-        kept = {kind: checkpoint_paths(rundir.checkpoint_dir(kind)) for kind in WHICH}
-        for kind in ("latest", "best"):
-            if any(checkpoint_step(p) == int(which) for p in kept[kind]):
-                return rundir.checkpoint_dir(kind), int(which)
-        steps = sorted({checkpoint_step(p) for paths in kept.values() for p in paths})
-        raise CharRNNError(f"run directory {rundir.path} keeps no checkpoint of step {int(which)}; it keeps steps "
-                           f"{', '.join(map(str, steps)) or 'none'}")
-    path = checkpoint_prefix(which)
-    directory = os.path.dirname(path) or "."  # a bare ckpt-N: in the current directory
-    if f"{directory}/{os.path.basename(path)}" not in checkpoint_paths(directory):
-        raise CharRNNError(f"--which: no checkpoint {path} (pass the path of a ckpt-N file without its suffix)")
-    return directory, checkpoint_step(path)
+from charrnn.rundir import RunDir
+from charrnn.which import checkpoint_paths, checkpoint_step
 
 
 def all_finite(variables: Iterable[tf.Variable]) -> bool:

@@ -21,7 +21,6 @@ import contextlib
 import dataclasses
 import json
 import os
-import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -39,23 +38,6 @@ _LOGS = {"run": "", "train": "train", "validation": "validation"}
 _CHECKPOINTS = {"latest": "ckpt", "best": "best"}
 
 
-def checkpoint_prefix(path: str) -> str:
-    """A checkpoint's path without the suffix of one of its files (`.index`, `.data-...`)."""
-    return re.sub(r"\.(index|data-\d+-of-\d+)$", "", path)
-
-
-def checkpoint_step(path: str) -> int:
-    """The step of a checkpoint's path (`.../ckpt-N`, or one of its files), -1 if it is not one."""
-    match = re.search(r"ckpt-(\d+)$", checkpoint_prefix(path))
-    return int(match.group(1)) if match else -1
-
-
-def check_which(which: str) -> None:
-    """Refuses a --which that is neither best, latest, a step number nor a checkpoint's path."""
-    # isascii: str.isdigit() also takes digits int() refuses ('²').
-    if which not in _CHECKPOINTS and not (which.isascii() and which.isdigit()) and checkpoint_step(which) < 0:
-        raise CharRNNError(f"--which must be best, latest, a step number or a checkpoint's path (.../ckpt-N), "
-                           f"got {which!r}")
 # The largest config.json and vocab.json there can be (a vocabulary of every code point is
 # about 9 MB): a larger file is not the run's, and is not read whole.
 _CONFIG_LIMIT, _VOCAB_LIMIT = 1 << 20, 32 << 20

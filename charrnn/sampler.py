@@ -164,9 +164,10 @@ class Sampler:
                     return self._chunk(*args, filtering=filtering, stopping=stopping)
 
             self._compiled[key] = (
-                tf.function(first, input_signature=[tf.TensorSpec([None, None], tf.int32), stop_ids, *option_specs]),
+                tf.function(first, input_signature=[tf.TensorSpec([None, None], tf.int32), stop_ids, *option_specs],
+                            autograph=False),
                 tf.function(chunk, input_signature=[*carried, tf.TensorSpec([], tf.int32), tf.TensorSpec([], tf.int32),
-                                                    stop_ids, *option_specs]))
+                                                    stop_ids, *option_specs], autograph=False))
         return self._compiled[key]
 
     def _first(self, prime_ids: tf.Tensor, stop_ids: tf.Tensor, temperature: tf.Tensor, seed: tf.Tensor,
@@ -188,15 +189,22 @@ class Sampler:
         sample has produced stop_at) and the carried (ids, state, recent, done). Time-major
         because an integer Transpose inside the compiled loop goes to oneDNN, which logs an
         error for int32 and falls back; callers transpose outside."""
-        # Grows as it is written, so that stopping early leaves no unwritten rows.
-        out = tf.TensorArray(tf.int32, size=0, dynamic_size=True, element_shape=tf.TensorShape([None]))
-        for i in tf.range(count):
-            if stopping and tf.reduce_all(done):
-                break
+        def more(i: tf.Tensor, ids: tf.Tensor, state: tuple, recent: tf.Tensor, done: tf.Tensor,
+                 out: tf.TensorArray) -> tf.Tensor:
+            return i < count if not stopping else (i < count) & ~tf.reduce_all(done)
+
+        def step(i: tf.Tensor, ids: tf.Tensor, state: tuple, recent: tf.Tensor, done: tf.Tensor,
+                 out: tf.TensorArray) -> tuple:
             logits, state = self.model.step(ids, state)
             ids = _draw(logits, start + i, temperature, seed, top_k, top_p, greedy, filtering)
             recent, done = _advance(ids, recent, done, stop_ids, stopping)
-            out = out.write(i, ids)
+            return i + 1, ids, state, recent, done, out.write(i, ids)
+
+        # An explicit loop, compiled without AutoGraph: converting this code (and Keras') to a
+        # graph cost the first sample 0.7 s. The array grows as it is written, so that
+        # stopping early leaves no unwritten rows.
+        out = tf.TensorArray(tf.int32, size=0, dynamic_size=True, element_shape=tf.TensorShape([None]))
+        _, ids, state, recent, done, out = tf.while_loop(more, step, (tf.constant(0), ids, state, recent, done, out))
         # An empty TensorArray of unknown element shape cannot be stacked.
         stacked = tf.cond(out.size() > 0, out.stack, lambda: tf.zeros([0, tf.shape(ids)[0]], tf.int32))
         return stacked, ids, state, recent, done

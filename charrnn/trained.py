@@ -15,6 +15,7 @@ from charrnn.model import CharRNN
 from charrnn.preflight import check_run
 from charrnn.rundir import RunDir
 from charrnn.vocab import Vocabulary
+from charrnn.which import checkpoint_paths, resolve_which
 
 
 class TrainedModel(NamedTuple):
@@ -28,7 +29,7 @@ def load_model(run_dir: str, which: str | None = None, device: str = "/CPU:0", l
                precision: str | None = None) -> TrainedModel:
     """The trained model of `run_dir` from its `which` checkpoint (best or latest; None: best
     when the run has one; or a step number, or a checkpoint's path: see
-    checkpoint.resolve_which), placed on `device` (with `lstm_impl`, see CharRNN; with
+    charrnn.which.resolve_which), placed on `device` (with `lstm_impl`, see CharRNN; with
     `precision`, computing in that policy whatever precision it was trained in: the weights
     are float32 under every policy), with the run's config and vocabulary and the
     checkpoint's path.
@@ -38,7 +39,7 @@ def load_model(run_dir: str, which: str | None = None, device: str = "/CPU:0", l
     rundir = RunDir(run_dir)
     files = check_run(rundir)
     no_checkpoint = f"run directory {run_dir} holds no checkpoint; train first with charrnn-train --run_dir={run_dir}"
-    directory, step = checkpoint.resolve_which(rundir, which)
+    directory, step = resolve_which(rundir, which)
     config = files.config.replace(mixed_precision=precision) if precision else files.config
     with tf.device(device):
         try:
@@ -52,7 +53,7 @@ def load_model(run_dir: str, which: str | None = None, device: str = "/CPU:0", l
             raise
         except CharRNNError as e:
             if directory != rundir.checkpoint_dir("best") or step is not None or \
-                    not checkpoint.checkpoint_paths(rundir.checkpoint_dir("latest")):
+                    not checkpoint_paths(rundir.checkpoint_dir("latest")):
                 raise
             logger.warning(f"{e}; using the latest checkpoint instead")
             path = checkpoint.restore_newest_readable(reader, rundir.checkpoint_dir("latest"),

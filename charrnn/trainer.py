@@ -16,7 +16,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from charrnn import checkpoint, records
+from charrnn import records
 from charrnn.cadence import Cadence, EvalRecord
 from charrnn.callbacks import Callback
 from charrnn.config import TrainConfig
@@ -30,6 +30,7 @@ from charrnn.optimizer import LearningRate, make_optimizer
 from charrnn.resume import Start
 from charrnn.sampler import Sampler
 from charrnn.step import TrainStep
+from charrnn.which import checkpoint_paths, newest
 
 
 class Trainer:
@@ -147,7 +148,7 @@ class Trainer:
         """Restores the newest usable checkpoint of the run (charrnn.resume checks it); sets
         `restored_from` (None for a new run) and remembers which checkpoints existed, for
         catch_up()."""
-        self._seen_checkpoints = checkpoint.checkpoint_paths(self.rundir.checkpoint_dir())
+        self._seen_checkpoints = checkpoint_paths(self.rundir.checkpoint_dir())
         self.restored_from = self.start.restore(self._restorable, self.model.variables + self.optimizer.variables,
                                                 self.position)
         self._batches: tf.data.Iterator | None = None
@@ -155,7 +156,7 @@ class Trainer:
     def catch_up(self) -> None:
         """Continues from the newest checkpoint if another trainer saved one since this one
         restored (fit() calls it once it holds the run's lock)."""
-        if checkpoint.checkpoint_paths(self.rundir.checkpoint_dir()) != self._seen_checkpoints:
+        if checkpoint_paths(self.rundir.checkpoint_dir()) != self._seen_checkpoints:
             self.start.recheck()
             self._restore()
 
@@ -250,8 +251,8 @@ class Trainer:
 
     def checkpoint_path(self, which: str = "latest") -> str | None:
         """The checkpoint of `which` kind (latest or best) the run directory saved last, if any
-        (charrnn.checkpoint.newest)."""
-        return checkpoint.newest(self.rundir.checkpoint_dir(which))
+        (charrnn.which.newest)."""
+        return newest(self.rundir.checkpoint_dir(which))
 
     def sample(self, step: int) -> str:
         """The sample shown at `step` while training (--sample_chars, --sample_prime,

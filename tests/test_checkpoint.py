@@ -11,9 +11,9 @@ import pytest
 import tensorflow as tf
 
 from charrnn import Sampler, Trainer, checkpoint
-from charrnn.checkpoint import checkpoint_paths
 from charrnn.trained import load_model
-from conftest import Crash, Recorder, run_cli, tiny_config
+from charrnn.which import checkpoint_paths
+from conftest import Crash, Recorder, assert_one_line_error, run_cli, tiny_config
 
 
 def test_a_checkpoint_the_state_file_does_not_name_is_restored_and_deleted_in_turn(small_text, tmp_path,
@@ -53,7 +53,7 @@ def test_a_checkpoint_deleted_by_a_running_trainer_while_it_is_read_is_passed_ov
 
     def listed_before_the_last_saves(directory):
         listings.append(directory)
-        return stale if directory.endswith("ckpt") and len(listings) <= 2 else real(directory)
+        return stale if directory.endswith("ckpt") and len(listings) <= 1 else real(directory)
 
     monkeypatch.setattr(checkpoint, "checkpoint_paths", listed_before_the_last_saves)
     capfd.readouterr()
@@ -89,14 +89,36 @@ def test_which_names_a_checkpoint_by_ascii_digits_or_by_a_path_relative_to_here(
     """'²' and '٣' are digits to str.isdigit() but no step: refused in one line (int() would
     raise, or take another script's digit); a bare ckpt-N from inside ckpt/ is that file."""
     from charrnn import CharRNNError
-    from charrnn.rundir import RunDir, check_which
+    from charrnn.rundir import RunDir
+    from charrnn.which import check_which, resolve_which
 
     for which in ("²", "٣", "1²"):
-        with pytest.raises(CharRNNError, match="--which must be best, latest, a step number"):
+        with pytest.raises(CharRNNError, match="--which must be best, latest, list, a step number"):
             check_which(which)
     proc = run_cli("sample", f"--run_dir={trained_run}", "--which=²")
     assert proc.returncode != 0 and "Traceback" not in proc.stderr and "--which" in proc.stderr.strip()
     monkeypatch.chdir(trained_run / "ckpt")
-    directory, step = checkpoint.resolve_which(RunDir(".."), "ckpt-3")
+    directory, step = resolve_which(RunDir(".."), "ckpt-3")
     assert (directory, step) == (".", 3)
     assert Sampler.from_checkpoint("..", which="ckpt-3").generate("T", 5, seed=0).startswith("T")
+
+
+def test_which_list_and_a_step_not_kept_are_answered_before_tensorflow_loads(trained_run, tmp_path):
+    """With a tensorflow that cannot be imported first on the path: --which=list prints the
+    steps the run keeps (the directory's checkpoints, by kind), and a step it does not keep
+    is refused naming them, by each tool that reads a run."""
+    fake = tmp_path / "fake" / "tensorflow"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('TensorFlow was imported')\n")
+    env = {"PYTHONPATH": str(fake.parent)}
+    steps = {kind: sorted(int(p.name[5:-6]) for p in (trained_run / kind).glob("ckpt-*.index")) for kind in
+             ("ckpt", "best")}
+    listed = run_cli("sample", f"--run_dir={trained_run}", "--which=list", env=env)
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout == (f"run directory {trained_run} keeps:\n  latest {', '.join(map(str, steps['ckpt']))}\n"
+                             f"  best   {', '.join(map(str, steps['best']))}\n")
+    kept = ", ".join(map(str, sorted(set(steps["ckpt"] + steps["best"]))))
+    for tool, *more in (("sample",), ("eval",), ("export", f"--export_dir={tmp_path / 'out'}")):
+        proc = run_cli(tool, f"--run_dir={trained_run}", "--which=100", *more, env=env)
+        assert_one_line_error(proc, f"keeps no checkpoint of step 100; it keeps steps {kept}")
+    assert not (tmp_path / "out").exists()

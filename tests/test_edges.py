@@ -18,11 +18,11 @@ import pytest
 import tensorflow as tf
 
 from charrnn import CharRNNError, Sampler, TrainConfig, Trainer, export, storage
-from charrnn.checkpoint import checkpoint_paths
 from charrnn.metrics import read_metrics
 from charrnn.records import read_fingerprints
 from charrnn.rundir import RunDir
 from charrnn.vocab import fingerprint
+from charrnn.which import checkpoint_paths
 from conftest import TINY_FLAGS, half_written, leftovers, run_cli, snapshot, tiny_config
 
 

@@ -26,12 +26,12 @@ from typing import Any, NoReturn
 
 from absl import app, flags, logging
 
-from charrnn import __version__, preflight, storage
+from charrnn import __version__, preflight, storage, which
 from charrnn.config import PRESETS
 from charrnn.errors import CharRNNError, one_line, print_causes
 from charrnn.log import install_console
 from charrnn.quiet import start_tensorflow
-from charrnn.rundir import RunDir, RunFiles, check_which
+from charrnn.rundir import RunDir, RunFiles
 from charrnn.stopping import Preempted
 
 FLAGS = flags.FLAGS
@@ -80,9 +80,9 @@ def define_dataclass_flags(cls: type) -> None:
         _GROUPS[field.name] = field.metadata["group"]
 
 
-def _valid_which(which: str) -> bool:
+def _valid_which(value: str) -> bool:
     try:
-        check_which(which)
+        which.check_which(value)
     except CharRNNError:
         return False
     return True
@@ -93,9 +93,9 @@ def define_checkpoint_flags(device: bool = True) -> None:
     flags.DEFINE_string("run_dir", "runs/charrnn", "Run directory written by charrnn-train.")
     flags.DEFINE_string("which", None, "Checkpoint: best (lowest validation loss), latest, a step number (of a "
                         "checkpoint the run keeps) or a checkpoint's path (.../ckpt-N) (default: best when the run "
-                        "has one).")
-    flags.register_validator("which", lambda which: which is None or _valid_which(which),
-                             "must be best, latest, a step number or a checkpoint's path (.../ckpt-N)")
+                        "has one); list: print the steps the run keeps, and do nothing else.")
+    flags.register_validator("which", lambda value: value is None or _valid_which(value),
+                             "must be best, latest, list, a step number or a checkpoint's path (.../ckpt-N)")
     names = ["run_dir", "which"]
     if device:
         flags.DEFINE_string("device", "auto",
@@ -143,10 +143,20 @@ def apply_preset() -> None:
 
 
 def local_run() -> RunFiles | None:
-    """The run files of the trained run --run_dir names, checked before TensorFlow loads;
-    None for a run directory elsewhere (gs://, ...), which the tool's own load checks."""
-    path = FLAGS.run_dir
-    return preflight.check_run(RunDir(path)) if storage.is_local(path) else None
+    """The run files of the trained run --run_dir names, and the checkpoint --which names,
+    checked before TensorFlow loads; None for a run directory elsewhere (gs://, ...), which
+    the tool's own load checks. With --which=list, prints the steps the run keeps and ends
+    the tool."""
+    rundir = RunDir(FLAGS.run_dir)
+    if FLAGS.which == which.LIST:
+        preflight.check_run(rundir)
+        print(which.kept(rundir))
+        sys.exit(0)
+    if not storage.is_local(rundir.path):
+        return None
+    files = preflight.check_run(rundir)
+    which.resolve_which(rundir, FLAGS.which)
+    return files
 
 
 def dataclass_from_flags(cls: type) -> Any:
