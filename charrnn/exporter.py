@@ -30,7 +30,7 @@ import keras
 import tensorflow as tf
 
 from charrnn import storage
-from charrnn.exportfiles import check_export_dir, tflite_paths
+from charrnn.exportfiles import SAVEDMODEL_FILES, check_export_dir, tflite_paths
 from charrnn.model import CharRNN
 from charrnn.sampler import GENERATION_PRECISION, Sampler
 from charrnn.sampling import MAX_NUM_CHARS, MAX_TEMPERATURE, MIN_TEMPERATURE, SampleOptions
@@ -121,15 +121,17 @@ def _step_function(model: CharRNN, batch: int | None) -> tf.types.experimental.G
     return step
 
 
-def export(run_dir: str, export_dir: str, which: str | None = None) -> str:
+def export(run_dir: str, export_dir: str, which: str | None = None, overwrite: bool = False) -> str:
     """Writes run_dir's `which` checkpoint (best by default, else latest) as a SavedModel
-    in `export_dir` (which must not exist yet, or be empty); returns the checkpoint used.
+    in `export_dir` (which must not exist yet, or be empty; with `overwrite`, it may hold a
+    SavedModel, which is replaced); returns the checkpoint used.
 
     On a local disk the SavedModel is written beside `export_dir` under a name of this
     process and renamed into place once complete, so that a killed export leaves no half
-    SavedModel there (what a dead export left is removed by the next one).
+    SavedModel there (what a dead export left is removed by the next one), and the export
+    it replaces stays whole until then.
     """
-    check_export_dir(export_dir)
+    check_export_dir(export_dir, overwrite=SAVEDMODEL_FILES if overwrite else frozenset())
     created = not storage.exists(export_dir)
     local = storage.is_local(export_dir)
     if local:
@@ -156,6 +158,8 @@ def export(run_dir: str, export_dir: str, which: str | None = None) -> str:
         archive.add_endpoint("generate", module.generate)
         archive.add_endpoint("generate_with_options", module.generate_with_options)
         archive.add_endpoint("step", module.step)
+        if overwrite and not local and not created:
+            storage.remove(export_dir)  # an object store renames nothing: the export it replaces goes first
         try:
             archive.write_out(target, verbose=False)
             if local:
@@ -177,14 +181,21 @@ def export(run_dir: str, export_dir: str, which: str | None = None) -> str:
 
 
 def _take_place(part: str, export_dir: str) -> None:
-    """Renames the complete export `part` to `export_dir` (a real path): over the empty
-    directory there, if there is one, which keeps that directory's permissions and, when it
-    is setgid (a group's shared directory), its group on everything inside."""
+    """Renames the complete export `part` to `export_dir` (a real path): over the directory
+    there, if there is one (empty, or an export --overwrite replaces), which keeps that
+    directory's permissions and, when it is setgid (a group's shared directory), its group
+    on everything inside."""
     try:
         before = os.stat(export_dir)
     except FileNotFoundError:
         before = None
-    os.replace(part, export_dir)
+    if before is not None and os.listdir(export_dir):  # the export it replaces: out of the way, then gone
+        old = storage.part_name(f"{export_dir}.replaced")  # a dead process's is removed as any part
+        os.rename(export_dir, old)
+        os.rename(part, export_dir)
+        shutil.rmtree(old)
+    else:
+        os.replace(part, export_dir)
     if before is None:
         return
     os.chmod(export_dir, stat.S_IMODE(before.st_mode))
@@ -199,7 +210,8 @@ def _take_place(part: str, export_dir: str) -> None:
                     os.chmod(path, os.stat(path).st_mode | stat.S_ISGID)
 
 
-def export_tflite(run_dir: str, export_dir: str, which: str | None = None, quantize: str = "none") -> str:
+def export_tflite(run_dir: str, export_dir: str, which: str | None = None, quantize: str = "none",
+                  overwrite: bool = False) -> str:
     """Writes run_dir's `which` checkpoint as `<export_dir>/model.tflite` and its vocabulary as
     `<export_dir>/vocab.json`; returns the checkpoint used. An `export_dir` ending in
     `.tflite` names the model file itself (the vocabulary goes beside it, as vocab.json).
@@ -209,9 +221,10 @@ def export_tflite(run_dir: str, export_dir: str, which: str | None = None, quant
     the new state, in float32 whatever precision the run trained in; TFLite builtin
     operators only (no Flex delegate, no lookup tables), so the plain TFLite runtime of a
     phone runs it. `quantize="dynamic"` stores the weights as int8 (dynamic range
-    quantization: about a quarter of the size).
+    quantization: about a quarter of the size). With `overwrite`, the files of an earlier
+    TFLite export there are replaced (each written whole, then renamed over the old).
     """
-    model_path, vocab_path = tflite_paths(export_dir)
+    model_path, vocab_path = tflite_paths(export_dir, overwrite)
     with tf.device("/CPU:0"):
         model, _, vocab, path = load_model(run_dir, which, "/CPU:0", lstm_impl="keras",
                                            precision=GENERATION_PRECISION)

@@ -13,18 +13,29 @@ from charrnn.validate import check_utf8
 
 TFLITE_FILE = "model.tflite"
 VOCAB_FILE = "vocab.json"  # beside the TFLite model: its characters in id order
+# What an export directory holds: a SavedModel's files, or a TFLite export's. --overwrite
+# replaces a directory holding nothing else, and never one holding anything else.
+SAVEDMODEL_FILES = frozenset({"saved_model.pb", "variables", "assets", "fingerprint.pb"})
+TFLITE_FILES = frozenset({TFLITE_FILE, VOCAB_FILE})
 
 
-def check_export_dir(export_dir: str, may_exist: bool = False) -> None:
+def check_export_dir(export_dir: str, may_exist: bool = False, overwrite: frozenset[str] = frozenset()) -> None:
     """Refuses, before anything is loaded or written, an export directory that cannot take a
-    new export (with `may_exist`, it may already hold other files)."""
+    new export (with `may_exist`, it may already hold other files; with `overwrite`, the
+    files of an export it replaces, and no others)."""
     if not check_utf8("--export_dir", export_dir).strip():
         raise CharRNNError("--export_dir is empty; pass a new or empty directory for the export")
     if storage.exists(export_dir):
         if not storage.isdir(export_dir):
             raise CharRNNError(f"--export_dir {export_dir} is a file; pass a new or empty directory")
-        if storage.listdir(export_dir) and not may_exist:
-            raise CharRNNError(f"export directory {export_dir} is not empty; pass a new --export_dir")
+        held = {name.rstrip("/") for name in storage.listdir(export_dir)}
+        if held and not may_exist and not overwrite:
+            raise CharRNNError(f"export directory {export_dir} is not empty; pass a new --export_dir, or "
+                               "--overwrite to replace the export it holds")
+        if overwrite and held - overwrite:
+            others = ", ".join(sorted(held - overwrite)[:3])
+            raise CharRNNError(f"export directory {export_dir} holds files that are not an export ({others}); "
+                               "--overwrite replaces only an export: pass a new --export_dir")
         existing = export_dir
     elif not storage.is_local(export_dir):
         return  # an object store has no directories to check: a failed write says why
@@ -38,20 +49,21 @@ def check_export_dir(export_dir: str, may_exist: bool = False) -> None:
         raise CharRNNError(f"cannot write to {existing} (permission denied or read-only); pass a writable --export_dir")
 
 
-def tflite_paths(export_dir: str) -> tuple[str, str]:
+def tflite_paths(export_dir: str, overwrite: bool = False) -> tuple[str, str]:
     """Where a TFLite export to `export_dir` writes the model and the vocabulary (an
-    `export_dir` ending in .tflite names the model file), refusing targets that are taken."""
+    `export_dir` ending in .tflite names the model file), refusing targets that are taken
+    (unless `overwrite`: by files, not directories)."""
     check_utf8("--export_dir", export_dir)
     if export_dir.endswith(".tflite"):
         model_path = export_dir
         vocab_path = f"{os.path.dirname(export_dir) or '.'}/{VOCAB_FILE}"
         taken = [p for p in (model_path, vocab_path) if storage.exists(p)]
-        if taken:
+        if taken and (not overwrite or storage.isdir(taken[0])):
             raise CharRNNError(f"{taken[0]} exists; pass a new --export_dir (a directory, or a .tflite path whose "
-                               "directory has no vocab.json yet)")
+                               "directory has no vocab.json yet), or --overwrite to replace that export")
         check_export_dir(os.path.dirname(export_dir) or ".", may_exist=True)
     else:
-        check_export_dir(export_dir)
+        check_export_dir(export_dir, overwrite=TFLITE_FILES if overwrite else frozenset())
         directory = export_dir.rstrip("/")
         model_path, vocab_path = f"{directory}/{TFLITE_FILE}", f"{directory}/{VOCAB_FILE}"
     return model_path, vocab_path

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -308,9 +310,17 @@ def test_closed_standard_streams_lose_no_result_silently(trained_run, tmp_path, 
                            f"--run_dir={tmp_path / 'a'}", *train], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and "standard output is closed; going on without it" in proc.stderr, proc.stderr
     assert (tmp_path / "a" / "ckpt" / "checkpoint").exists()
+    # PATH without this installation's bin/ (a .venv not activated): the command it names runs as printed.
+    bin_dir = os.path.dirname(sys.executable)
+    path = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if os.path.abspath(p) != bin_dir)
     proc = subprocess.run(["sh", "-c", 'exec "$@" 2>&-', "sh", sys.executable, "-m", "charrnn.cli.train",
-                           f"--run_dir={tmp_path / 'b'}", *train], capture_output=True, text=True, timeout=300)
+                           f"--run_dir={tmp_path / 'b'}", *train], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PATH": path}, cwd=tmp_path)
     assert proc.returncode == 0 and "Done at step 2" in proc.stdout, proc.stdout
+    sample = shlex.split(proc.stdout.split("Sample with: ")[1])
+    assert sample[0] == os.path.relpath(os.path.join(bin_dir, "charrnn-sample"), tmp_path) or \
+        sample[0] == os.path.join(bin_dir, "charrnn-sample"), sample
+    assert sample[1:] == [f"--run_dir={tmp_path / 'b'}"] and os.access(tmp_path / sample[0], os.X_OK)
     refused = subprocess.run(["sh", "-c", 'exec "$@" 2>&-', "sh", sys.executable, "-m", "charrnn.cli.train",
                               "--learning_rate=inf"], capture_output=True, text=True, timeout=300)
     assert refused.returncode == 2

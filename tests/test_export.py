@@ -24,6 +24,7 @@ from conftest import (
     draws_deviation,
     run_cli,
     sampling_probs,
+    snapshot,
     write_model_run,
 )
 
@@ -229,3 +230,30 @@ def test_an_export_into_an_existing_empty_directory_keeps_its_permissions_and_gr
     inside = list(shared.rglob("*"))
     assert inside and all(p.stat().st_gid == group for p in inside)
     assert all(p.stat().st_mode & stat.S_ISGID for p in inside if p.is_dir())
+
+
+def test_overwrite_replaces_an_export_and_nothing_else(trained_run, tmp_path):
+    """--overwrite: a directory holding a SavedModel gets the new one (keeping its own
+    permissions); one holding anything else is refused, unchanged; without it, the refusal
+    names the option."""
+    target = tmp_path / "model"
+    charrnn.export(str(trained_run), str(target), which="latest")
+    target.chmod(0o700)
+    old = (target / "saved_model.pb").stat().st_ino
+    with pytest.raises(CharRNNError, match="is not empty; pass a new --export_dir, or --overwrite to replace"):
+        charrnn.export(str(trained_run), str(target))
+    proc = run_cli("export", f"--run_dir={trained_run}", f"--export_dir={target}", "--overwrite")
+    assert proc.returncode == 0, proc.stderr
+    assert (target / "saved_model.pb").stat().st_ino != old and (target.stat().st_mode & 0o777) == 0o700
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # nothing left beside it
+    loaded = tf.saved_model.load(str(target))
+    expected = Sampler.from_checkpoint(str(trained_run)).generate("The ", 20, 0.5, seed=3)
+    got = loaded.generate(prompt=tf.constant(["The "]), num_chars=tf.constant(20), temperature=tf.constant(0.5),
+                          seed=tf.constant(3, tf.int64))["text"]
+    assert got.numpy()[0].decode() == expected
+    (target / "notes.txt").write_text("mine")
+    before = snapshot(target)
+    with pytest.raises(CharRNNError, match=r"holds files that are not an export \(notes.txt\); --overwrite replaces "
+                                           r"only an export"):
+        charrnn.export(str(trained_run), str(target), overwrite=True)
+    assert snapshot(target) == before

@@ -162,3 +162,23 @@ def test_a_tflite_export_to_a_new_file_name_refuses_to_replace_a_file_beside_it(
     proc = run_cli("export", f"--run_dir={trained_run}", f"--export_dir={phone / 'new.tflite'}", "--format=tflite")
     assert_one_line_error(proc, f"{phone / taken} exists")
     assert {p.name: p.read_text() for p in phone.iterdir()} == {taken: "the user's"}
+
+
+@pytest.mark.parametrize("named", [False, True])
+def test_overwrite_replaces_a_tflite_export(trained_run, tmp_path, named):
+    """Into a directory, or to a named .tflite: its model.tflite and vocab.json are replaced
+    with --overwrite (refused without it, and in a directory holding other files)."""
+    target = tmp_path / ("phone.tflite" if named else "phone")
+    export_tflite(str(trained_run), str(target), quantize="dynamic")
+    model = target if named else target / "model.tflite"
+    quantized = model.read_bytes()
+    with pytest.raises(CharRNNError, match="--overwrite"):
+        export_tflite(str(trained_run), str(target))
+    export_tflite(str(trained_run), str(target), overwrite=True)
+    assert model.read_bytes() != quantized  # float32 weights now, not int8
+    assert tuple(json.loads((model.parent / "vocab.json").read_text())["chars"]) == Sampler.from_checkpoint(
+        str(trained_run)).vocab.chars
+    if not named:
+        (target / "notes.txt").write_text("mine")
+        with pytest.raises(CharRNNError, match=r"holds files that are not an export \(notes.txt\)"):
+            export_tflite(str(trained_run), str(target), overwrite=True)

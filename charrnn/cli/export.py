@@ -14,6 +14,8 @@ flags.DEFINE_string("export_dir", None, "Directory to write to (new or empty); w
                     "in .tflite names the model file.")
 flags.DEFINE_enum("format", "savedmodel", ["savedmodel", "tflite"], "savedmodel: generate and step signatures "
                   "for TensorFlow and TF Serving; tflite: model.tflite (one step, TFLite builtin ops) and vocab.json.")
+flags.DEFINE_boolean("overwrite", False, "Replace the export --export_dir holds (a SavedModel, or a TFLite model "
+                     "and its vocab.json); a directory holding anything else is still refused.")
 flags.DEFINE_enum("quantize", "none", ["none", "dynamic"], "With --format=tflite: dynamic stores the weights as "
                   "int8 (dynamic range quantization).")
 FLAGS = flags.FLAGS
@@ -25,9 +27,10 @@ def check() -> None:
     if FLAGS.format != "tflite" and FLAGS.quantize != "none":
         raise CharRNNError("--quantize applies to --format=tflite; a SavedModel keeps float weights")
     if FLAGS.format == "tflite":
-        exportfiles.tflite_paths(FLAGS.export_dir)
+        exportfiles.tflite_paths(FLAGS.export_dir, FLAGS.overwrite)
     else:
-        exportfiles.check_export_dir(FLAGS.export_dir)
+        exportfiles.check_export_dir(FLAGS.export_dir,
+                                     overwrite=exportfiles.SAVEDMODEL_FILES if FLAGS.overwrite else frozenset())
     tool.local_run()
 
 
@@ -35,12 +38,12 @@ def main() -> None:
     from charrnn.exporter import export, export_tflite  # TensorFlow: after the flags are parsed
 
     if FLAGS.format == "tflite":
-        model_path, vocab_path = exportfiles.tflite_paths(FLAGS.export_dir)
-        path = export_tflite(FLAGS.run_dir, FLAGS.export_dir, FLAGS.which, FLAGS.quantize)
+        model_path, vocab_path = exportfiles.tflite_paths(FLAGS.export_dir, FLAGS.overwrite)
+        path = export_tflite(FLAGS.run_dir, FLAGS.export_dir, FLAGS.which, FLAGS.quantize, FLAGS.overwrite)
         print(f"Exported {path} to {model_path} and {vocab_path} "
               f"({'int8 weights' if FLAGS.quantize == 'dynamic' else 'float32'}; signature: step)")
         return
-    path = export(FLAGS.run_dir, FLAGS.export_dir, FLAGS.which)
+    path = export(FLAGS.run_dir, FLAGS.export_dir, FLAGS.which, FLAGS.overwrite)
     print(f"Exported {path} to {FLAGS.export_dir} (signatures: serving_default, generate, generate_with_options, step)")
 
 

@@ -17,6 +17,7 @@ import functools
 import os
 import resource
 import shlex
+import shutil
 import sys
 import textwrap
 import types
@@ -157,6 +158,17 @@ def local_run() -> RunFiles | None:
     files = preflight.check_run(rundir)
     which.resolve_which(rundir, FLAGS.which)
     return files
+
+
+def command(name: str) -> str:
+    """How to run this installation's tool `name` from here: its name where PATH finds it,
+    else its path (after `./run.sh demo`, .venv/bin is not on PATH until activated)."""
+    beside = os.path.join(os.path.dirname(sys.executable), name)
+    found = shutil.which(name)
+    if not os.path.exists(beside) or (found is not None and os.path.samefile(found, beside)):
+        return name
+    relative = os.path.relpath(beside)
+    return shlex.quote(relative if not relative.startswith("..") else beside)
 
 
 def dataclass_from_flags(cls: type) -> Any:

@@ -6,6 +6,8 @@ laptop's CPU, --preset=seed the case study's settings; --flagfile reads flags fr
 
 from __future__ import annotations
 
+import shlex
+
 from charrnn import preflight
 from charrnn.cli import tool
 from charrnn.config import TrainConfig
@@ -25,7 +27,8 @@ def main() -> None:
     trainer = Trainer(config)
     origin = f" (fine-tuned from {trainer.origin['checkpoint']})" if trainer.origin is not None else ""
     trainer.fit()
-    print(f"Done at step {int(trainer.step.numpy())}{origin}. Sample with: charrnn-sample --run_dir={config.run_dir}")
+    print(f"Done at step {int(trainer.step.numpy())}{origin}. Sample with: {tool.command('charrnn-sample')} "
+          f"--run_dir={shlex.quote(config.run_dir)}")
 
 
 def run() -> None:

@@ -1,7 +1,7 @@
 """Generates text with a charrnn TFLite export and its vocabulary only (no charrnn needed).
 
-    charrnn-export --run_dir=runs/shakespeare --export_dir=export/phone --format=tflite
-    python docs/examples/tflite_generate.py export/phone "ROMEO: " 200
+    charrnn-export --run_dir=runs/shakespeare --export_dir=exports/phone --format=tflite
+    python docs/examples/tflite_generate.py exports/phone "ROMEO: " 200
 On a phone the same loop runs with the platform's TFLite runtime; here LiteRT's interpreter
 (pip install ai-edge-litert), else TensorFlow's deprecated tf.lite.Interpreter."""
 
