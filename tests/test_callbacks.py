@@ -264,7 +264,7 @@ def test_under_a_time_budget_the_progress_line_shows_the_budgets_totals(monkeypa
                                f"{100 * trained / 50:.0f}% loss 2.0000 "), line
         assert line.endswith(f" ETA 0:00:{int(50 - trained):02d}"), line
     progress.on_epoch_end(4, {"loss": 2.0, "steps_per_sec": 2.0})
-    assert capsys.readouterr().out.startswith(f"epoch 4/~{math.ceil(end / 30)} step 100 ")
+    assert capsys.readouterr().out.startswith(f"epoch 4/~{math.ceil(end / 30)} (ended early: 10 of its 30 steps) step 100 ")
 
 
 def test_keras_callbacks_run_as_keras_fit_calls_them_and_may_stop_the_run(small_text, tmp_path, capsys):
@@ -295,7 +295,7 @@ def test_keras_callbacks_run_as_keras_fit_calls_them_and_may_stop_the_run(small_
     assert f"Stopped at step {2 * spe} (a Keras callback set model.stop_training); checkpoint saved" in \
         capsys.readouterr().out
     assert tf.train.latest_checkpoint(str(tmp_path / "run" / "ckpt")).endswith(f"ckpt-{2 * spe}")
-    keys = "['loss', 'steps_per_sec', 'val_bpc', 'val_loss']"
+    keys = "['epoch_fraction', 'loss', 'steps_per_sec', 'val_bpc', 'val_loss']"
     chunks = math.ceil(spe / 2)
     assert calls == ["train_begin", "epoch_begin 0", *["batch"] * chunks, f"epoch_end 0 {keys}", "epoch_begin 1",
                      *["batch"] * chunks, f"epoch_end 1 {keys}", "train_end"]
