@@ -12,6 +12,7 @@ import math
 from typing import Any
 
 from charrnn.errors import CharRNNError
+from charrnn.sampling import MAX_TEMPERATURE, MIN_TEMPERATURE
 from charrnn.validate import MAX_INT, check_types
 
 LSTM_IMPLS = ("auto", "fused", "keras")
@@ -184,8 +185,9 @@ class TrainConfig:
                                f"or None for no samples)")
         if not 0 <= self.sample_chars <= 100_000:
             raise CharRNNError(f"--sample_chars must be between 0 and 100000, got {self.sample_chars}")
-        if not 1e-6 <= self.sample_temperature <= 1e6:
-            raise CharRNNError(f"--sample_temperature must be between 1e-06 and 1e+06, got {self.sample_temperature}")
+        if not MIN_TEMPERATURE <= self.sample_temperature <= MAX_TEMPERATURE:
+            raise CharRNNError(f"--sample_temperature must be between {MIN_TEMPERATURE:g} and {MAX_TEMPERATURE:g}, "
+                               f"got {self.sample_temperature}")
         for name in ("eval_every", "patience"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise CharRNNError(f"--{name} must be at least 1, got {getattr(self, name)} (--{name}=off or None "
@@ -233,10 +235,15 @@ class TrainConfig:
     @classmethod
     def preset(cls, name: str, **changes: Any) -> TrainConfig:
         """The training settings of preset `name` (PRESETS), with `changes` on top: what
-        `charrnn-train --preset=<name>` and flags give."""
+        `charrnn-train --preset=<name>` and flags give. Its sampling settings (SAMPLE_SETTINGS:
+        charrnn-sample's) are not training's; any other key is refused."""
         if name not in PRESETS:
             raise CharRNNError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
         known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(PRESETS[name]) - known - SAMPLE_SETTINGS
+        if unknown:
+            raise CharRNNError(f"preset {name!r} sets {', '.join(sorted(unknown))}, which is neither a training nor a "
+                               "sampling setting")
         return cls(**{**{k: v for k, v in PRESETS[name].items() if k in known}, **changes})
 
     def to_json(self) -> str:
@@ -244,9 +251,13 @@ class TrainConfig:
 
     @classmethod
     def from_json(cls, payload: str) -> TrainConfig:
-        values = json.loads(payload)
+        """The settings a run's config.json holds (a CharRNNError for anything else)."""
+        try:
+            values = json.loads(payload)
+        except ValueError as e:
+            raise CharRNNError(f"not JSON ({e})") from None
         if not isinstance(values, dict):
-            raise ValueError(f"expected a JSON object of settings, got {type(values).__name__}")
+            raise CharRNNError(f"expected a JSON object of settings, got {type(values).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         # A saved run has sizes: any left unset (a hand-written file) are the defaults.
         return cls(**{k: v for k, v in values.items() if k in known}).with_model_sizes(None)
@@ -280,6 +291,8 @@ class TrainConfig:
 # sizes already: a resumed run keeps its own, a fine-tuned one takes its --init_from run's.
 MODEL_DEFAULTS: dict[str, Any] = {"embedding_dim": 256, "rnn_units": 1024, "num_layers": 1, "cell": "lstm"}
 
+# What a preset may set for charrnn-sample beside the training settings.
+SAMPLE_SETTINGS = frozenset({"num_chars", "temperature"})
 # Named sets of flag values; flags given explicitly on the command line override them.
 PRESETS: dict[str, dict[str, Any]] = {
     # The case study exactly: its corpus, 20 epochs, Embedding(256) -> LSTM(1024), seq 100,

@@ -26,8 +26,7 @@ class Evaluator:
     def __init__(self, model: CharRNN, layout: Layout, device: str = "/CPU:0"):
         self.model, self.layout, self.device = model, layout, device
         ids = tf.TensorSpec([None, None], tf.int32)
-        layer = tuple(tf.TensorSpec([None, model.rnn_units], model.state_dtype) for _ in range(model.state_size))
-        self._step = tf.function(self._step_fn, input_signature=[ids, ids, (layer,) * model.num_layers])
+        self._step = tf.function(self._step_fn, input_signature=[ids, ids, model.state_spec()])
 
     def _step_fn(self, inputs: tf.Tensor, targets: tf.Tensor, state: tuple) -> tuple[tf.Tensor, tf.Tensor, tuple]:
         with tf.device(self.device):

@@ -108,14 +108,12 @@ class _Generator(tf.Module):
 def _step_function(model: CharRNN, batch: int | None) -> tf.types.experimental.GenericFunction:
     """step(ids [batch], state [layers * state_size, batch, units]) -> {logits, state}: one
     character through `model`, the state stacked into one tensor."""
-    shape = [model.num_layers * model.state_size, batch, model.rnn_units]
+    tensors = len(tf.nest.flatten(model.state_spec()))
 
     @tf.function(input_signature=[tf.TensorSpec([batch], tf.int32, name="ids"),
-                                  tf.TensorSpec(shape, model.state_dtype, name="state")])
+                                  tf.TensorSpec([tensors, batch, model.rnn_units], model.state_dtype, name="state")])
     def step(ids, state):
-        nested = tuple(tuple(state[i * model.state_size + j] for j in range(model.state_size))
-                       for i in range(model.num_layers))
-        logits, new_state = model.step(ids, nested)
+        logits, new_state = model.step(ids, model.nest_state(tf.unstack(state, num=tensors)))
         return {"logits": logits, "state": tf.stack(tf.nest.flatten(new_state))}
 
     return step

@@ -53,14 +53,15 @@ from charrnn.vocab import Vocabulary
 class Session(Trainable, Protocol):
     """What fit() needs of the trainer it runs (charrnn.trainer.Trainer is one): the loop's
     entry points (Trainable), and what a run directory's files and checkpoints are made of.
-    fit() reads these and sets none of them."""
+    fit() reads these and sets none of them; `catch_up` is the one call that changes the
+    trainer, once fit() holds the run's lock."""
 
     config: TrainConfig
     vocab: Vocabulary
     model: keras.Model
     optimizer: Any
     step: Any  # a tf.Variable
-    checkpoint: Any  # the tf.train.Checkpoint fit() saves
+    checkpoint: Any  # the tf.train.Checkpoint the Checkpointer saves
     distribution: Distribution
     rundir: RunDir
 

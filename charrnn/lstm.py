@@ -29,7 +29,6 @@ small ops each time step runs one after the other (benchmarks/RESULTS.md, issues
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -39,7 +38,9 @@ from charrnn.devices import cpu_flags
 
 # Independent recurrences the batch is split into (rows are independent: only the weight
 # gradients add up across them), measured on 2 cores: more than the cores would contend.
-_CHAINS = min(2, os.cpu_count() or 1)
+# Fixed, not the machine's core count: the compiled graph, and so the rounding of the
+# weight gradients, is then the same wherever a run is resumed (one core runs them in turn).
+_CHAINS = 2
 # The largest layer whose batch is split into chains, and the rows a chain needs at least.
 _CHAINED_UP_TO = 512
 _MIN_CHAIN_ROWS = 8

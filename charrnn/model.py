@@ -8,6 +8,7 @@ state), sampling (one character at a time, state as loop variables) and any batc
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 import keras
 import tensorflow as tf
@@ -145,6 +146,17 @@ class CharRNN(keras.Model):
     def state_size(self) -> int:
         """Tensors of shape [batch, rnn_units] per layer in a state: 2 for an LSTM, 1 for a GRU."""
         return 2 if self.cell == "lstm" else 1
+
+    def state_spec(self, batch: int | None = None) -> State:
+        """The state of `batch` sequences (None: any number) as TensorSpecs, nested as `call`
+        takes and returns it: per layer, `state_size` tensors [batch, rnn_units]. What a
+        compiled function's signature, a variable per tensor or a stacked export is made of."""
+        layer = tuple(tf.TensorSpec([batch, self.rnn_units], self.state_dtype) for _ in range(self.state_size))
+        return (layer,) * self.num_layers
+
+    def nest_state(self, flat: Sequence[tf.Tensor]) -> State:
+        """A state's tensors in tf.nest.flatten's order, nested as `call` takes them."""
+        return tf.nest.pack_sequence_as(self.state_spec(), list(flat))
 
     def initial_state(self, batch_size: int | tf.Tensor) -> State:
         """The zero state for `batch_size` sequences."""

@@ -149,10 +149,8 @@ class Sampler:
             filtering, stopping = key
             option_specs = [tf.TensorSpec([], tf.float32), tf.TensorSpec([2], tf.int64), tf.TensorSpec([], tf.int32),
                             tf.TensorSpec([], tf.float32), tf.TensorSpec([], tf.bool)]
-            layer = tuple(tf.TensorSpec([None, self.model.rnn_units], self.model.state_dtype)
-                          for _ in range(self.model.state_size))
             ids, stop_ids = tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.int32)
-            carried = [ids, (layer,) * self.model.num_layers, tf.TensorSpec([None, None], tf.int32),
+            carried = [ids, self.model.state_spec(), tf.TensorSpec([None, None], tf.int32),
                        tf.TensorSpec([None], tf.bool)]
 
             def first(prime_ids, stop_ids, *option_args):

@@ -39,8 +39,7 @@ class TrainStep:
 
     def carried(self) -> tuple:
         """The carried state as the model takes it: a tuple of each layer's state tensors."""
-        size = self.model.state_size
-        return tuple(tuple(self.carried_state[i * size:(i + 1) * size]) for i in range(self.model.num_layers))
+        return self.model.nest_state(self.carried_state)
 
     def _one_fn(self, inputs: tf.Tensor, targets: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         with self.distribution.placement():

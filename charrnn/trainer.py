@@ -65,7 +65,8 @@ class Trainer:
             patience=run.patience, time_budget=run.time_budget, sample_every=run.sample_interval)
         with self.strategy.scope(), self.distribution.placement():
             state = self._build_state()
-        # What fit() saves: the state and the fingerprints of its vocabulary and text. They are
+        # What a checkpoint holds (the Controller saves it through charrnn.checkpoint's
+        # Checkpointer): the state and the fingerprints of its vocabulary and text. They are
         # restored apart (see _restore) so that checkpoints of versions without them restore.
         fingerprints = records.Fingerprints(self.vocab.fingerprint, self.data.fingerprint)
         self.checkpoint = tf.train.Checkpoint(**state, fingerprints=fingerprints)
@@ -114,9 +115,8 @@ class Trainer:
         # With carry_state, the state the last step ended with, flattened: the initial
         # state of the next step. Zero at each epoch's start.
         self.carried_state = [
-            tf.Variable(tf.zeros([run.batch_size, self.model.rnn_units], self.model.state_dtype),
-                        trainable=False, name=f"carried_state_{i}")
-            for i in range(self.model.num_layers * self.model.state_size if run.carry_state else 0)]
+            tf.Variable(tf.zeros(spec.shape, spec.dtype), trainable=False, name=f"carried_state_{i}")
+            for i, spec in enumerate(tf.nest.flatten(self.model.state_spec(run.batch_size)) if run.carry_state else [])]
         return dict(model=self.model, optimizer=self.optimizer, step=self.step, epoch=self.epoch,
                      epoch_loss_sum=self.epoch_loss_sum, finalized_step=self.finalized_step, rng=self.rng,
                      validation=self._evaluations, carried_state=self.carried_state)
@@ -224,8 +224,8 @@ class Trainer:
         return self._evaluator.metrics(self.data.val_ids, should_stop)
 
     def record_evaluation(self, step: int, val_loss: float) -> bool:
-        """Records the evaluation at `step`; returns whether it is the best so far (fit()
-        then saves the best checkpoint)."""
+        """Records the evaluation at `step`; returns whether it is the best so far (the
+        Controller then saves the best checkpoint)."""
         return self._evaluations.record(step, val_loss)
 
     @property
@@ -270,7 +270,7 @@ class Trainer:
                  seed: int | None = None, **options) -> str | list[str]:
         """Samples from the model as it is now; see `Sampler.generate` (and its options)."""
         if self._sampler is None:
-            self._sampler = Sampler(self.model, self.vocab, self.config.device)
+            self._sampler = Sampler(self.model, self.vocab, self.device)  # where training runs, as evaluation
         return self._sampler.generate(prime, num_chars, temperature, num_samples, seed, **options)
 
     def fit(self, callbacks: Sequence[Callback | keras.callbacks.Callback] = (),

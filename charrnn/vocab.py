@@ -69,9 +69,13 @@ class Vocabulary:
 
     @classmethod
     def from_json(cls, payload: str) -> Vocabulary:
-        record = json.loads(payload)
+        """The vocabulary a run's vocab.json holds (a CharRNNError for anything else)."""
+        try:
+            record = json.loads(payload)
+        except ValueError as e:
+            raise CharRNNError(f"not JSON ({e})") from None
         if not isinstance(record, dict) or not isinstance(record.get("chars"), str):
-            raise ValueError('expected {"chars": "<the characters>"}')
+            raise CharRNNError('expected {"chars": "<the characters>"}')
         return cls(list(record["chars"]))
 
 

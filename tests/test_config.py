@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from charrnn import PRESETS, CharRNNError, TrainConfig
+from charrnn import PRESETS, CharRNNError, TrainConfig, Vocabulary
 from charrnn.validate import check_tf_config
 from conftest import tiny_config
 
@@ -70,8 +70,20 @@ def test_json_round_trip_ignores_what_it_does_not_know():
     assert TrainConfig.from_json(TrainConfig(rnn_units=128).to_json()).num_layers == 1
     record = json.loads(config.to_json()) | {"origin": {"run": "elsewhere"}, "from_a_later_version": 1}
     assert TrainConfig.from_json(json.dumps(record)) == config
-    with pytest.raises(ValueError, match="expected a JSON object"):
-        TrainConfig.from_json("[1, 2]")
+    for payload, message in (("[1, 2]", "expected a JSON object"), ("{", "not JSON")):
+        with pytest.raises(CharRNNError, match=message):  # charrnn's own error, as every bad input
+            TrainConfig.from_json(payload)
+    with pytest.raises(CharRNNError, match="expected"):
+        Vocabulary.from_json('{"letters": "ab"}')
+
+
+def test_a_preset_sets_only_training_and_sampling_settings(monkeypatch):
+    from charrnn import config
+
+    assert TrainConfig.preset("seed").rnn_units == 1024  # its sampling keys are charrnn-sample's
+    monkeypatch.setitem(config.PRESETS, "typo", {"rnn_unit": 64})
+    with pytest.raises(CharRNNError, match="preset 'typo' sets rnn_unit, which is neither a training nor a sampling"):
+        TrainConfig.preset("typo")
 
 
 def test_a_resume_must_share_the_model_and_the_data_order_only():

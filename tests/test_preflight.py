@@ -87,7 +87,8 @@ def test_sampling_evaluation_and_export_refusals(run_copy, tmp_path):
         ("sample", ["--length=300"], "unknown flag --length; charrnn's is --num_chars"),  # char-rnn's name
         ("train", ["--rnn_size=512"], "unknown flag --rnn_size; charrnn's is --rnn_units"),
         ("train", ["--max_new_tokens=5"], "Unknown command line flag 'max_new_tokens'"),  # a sampling flag: no hint
-        ("sample", [f"--run_dir={run_copy}", "--which=newest"], "--which=newest: must be best, latest, list, a step number"),
+        ("sample", [f"--run_dir={run_copy}", "--which=newest"],
+         "--which=newest: must be best, latest, list, a step number"),
         ("sample", [f"--run_dir={run_copy}", f"--prime_file={tmp_path / 'no.txt'}"], "no.txt does not exist"),
         ("sample", [f"--run_dir={run_copy}", f"--prime_file={tmp_path}"], "is not a regular file; pass a text file"),
         ("sample", [f"--run_dir={run_copy}", f"--prime_file={tmp_path / 'full' / 'file'}", "--prime=a"],
