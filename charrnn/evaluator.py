@@ -18,6 +18,11 @@ from charrnn.model import CharRNN, token_losses
 from charrnn.stopping import Stopped
 
 
+def bits_per_char(nats: float) -> float:
+    """A loss in nats per character, in bits per character."""
+    return nats / math.log(2)
+
+
 class Evaluator:
     """Mean cross-entropy of `model`'s next-character predictions over a text read as `layout`
     reads it for evaluation: every window from a zero state, or with carry_state every
@@ -39,7 +44,7 @@ class Evaluator:
         logs as `val_<k>`, metrics.jsonl and TensorBoard's validation run as written. A new
         validation metric is a new key here (and its computation in this class), nothing else."""
         loss = self.loss(ids, should_stop)
-        return {"loss": loss, "bpc": loss / math.log(2)}
+        return {"loss": loss, "bpc": bits_per_char(loss)}
 
     def loss(self, ids: np.ndarray, should_stop: Callable[[], bool] = lambda: False,
              progress: Callable[[int], None] | None = None) -> float:

@@ -32,19 +32,25 @@ class EpochStats:
     callbacks' does (the trainer's epochs count from 0): `train_loss` is the mean over all its
     steps, across resumes; `steps_per_sec` covers the part run in this process; `fraction`
     is the share of the epoch's steps (as the run plans them, max_steps included) it had
-    trained: 1 unless a time budget or patience ended it early."""
+    trained: 1 unless a time budget or patience ended it early; `val_metrics` every metric
+    of its evaluation (the trainer's `validate`: `loss`, `bpc`, ...; empty without a
+    validation split), as the epoch's logs carry them (`val_<name>`)."""
 
     epoch: int
     step: int
     train_loss: float
-    val_loss: float | None
     steps_per_sec: float
     fraction: float = 1.0
+    val_metrics: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    @property
+    def val_loss(self) -> float | None:
+        return self.val_metrics.get("loss")
 
     @property
     def val_bpc(self) -> float | None:
         """The validation loss in bits per character."""
-        return None if self.val_loss is None else self.val_loss / math.log(2)
+        return self.val_metrics.get("bpc")
 
 
 class Trainable(TrainerView, Protocol):
@@ -107,6 +113,7 @@ class Controller:
         # Seconds spent training (tracing excluded) and evaluating in this run() call.
         self.train_seconds = self.eval_seconds = 0.0
         self._traced = False
+        self._evaluated: tuple[int, dict[str, float]] = (-1, {})  # the last evaluation's step and metrics
 
     def run(self) -> list[EpochStats]:
         """Trains to the end of the run, a time budget, exhausted patience or a stop request;
@@ -169,11 +176,10 @@ class Controller:
             step = self._train_chunk(step, cadence.chunk(step, epoch_end))
         steps_per_sec = (step - start_step) / max(self.clock() - start, 1e-9)
 
-        # Evaluated already at this step (mid-epoch, then stopped early): not again.
-        val_loss = t.evaluations.last_loss if t.evaluations.last_step == step else self._evaluate(step)
         epoch_start = epoch * cadence.steps_per_epoch
-        stats = EpochStats(epoch=epoch + 1, step=step, train_loss=t.epoch_train_loss(), val_loss=val_loss,
-                           steps_per_sec=steps_per_sec, fraction=(step - epoch_start) / (epoch_end - epoch_start))
+        stats = EpochStats(epoch=epoch + 1, step=step, train_loss=t.epoch_train_loss(), steps_per_sec=steps_per_sec,
+                           fraction=(step - epoch_start) / (epoch_end - epoch_start),
+                           val_metrics=self._metrics_at(step) or {})
         self.callbacks.on_epoch_end(epoch + 1, _epoch_logs(stats))
         t.finalize_epoch(step)
         self.checkpoints.save("latest", step)
@@ -193,23 +199,35 @@ class Controller:
         self.callbacks.on_chunk_end(step, logs)
         return step
 
-    def _evaluate(self, step: int) -> float | None:
+    def _metrics_at(self, step: int) -> dict[str, float] | None:
+        """The validation metrics at `step`, where an epoch ends: evaluated (and reported) now,
+        unless an evaluation at this step was recorded already (mid-epoch, then stopped
+        early), whose metrics are reused: this process's, or measured again unreported where
+        an earlier process made it (the record keeps its loss only)."""
+        t = self.trainer
+        if t.evaluations.last_step != step:
+            return self._evaluate(step)
+        if self._evaluated[0] == step:
+            return self._evaluated[1]
+        return t.validate(lambda: t.stop_training)
+
+    def _evaluate(self, step: int) -> dict[str, float] | None:
         """Evaluates at `step`, records it and tells the callbacks every metric (as `val_<name>`);
-        returns the validation loss, None without a validation split."""
+        returns the metrics, None without a validation split."""
         start = self.clock()
         metrics = self.trainer.validate(lambda: self.trainer.stop_training)
         self.eval_seconds += self.clock() - start
         if metrics is None:
             return None
+        self._evaluated = (step, metrics)
         if self.trainer.record_evaluation(step, metrics["loss"]):
             self.checkpoints.save("best", step)
         logs = {f"val_{name}": value for name, value in metrics.items()}
         self.callbacks.on_evaluate(step, {**logs, "best_val_loss": self.trainer.evaluations.best_loss})
-        return metrics["loss"]
+        return metrics
 
 
 def _epoch_logs(stats: EpochStats) -> dict[str, float]:
-    logs = {"loss": stats.train_loss, "steps_per_sec": stats.steps_per_sec, "epoch_fraction": stats.fraction}
-    if stats.val_loss is not None and stats.val_bpc is not None:
-        logs.update(val_loss=stats.val_loss, val_bpc=stats.val_bpc)
-    return logs
+    """An epoch's logs: its train loss, speed and fraction, and every metric of its evaluation."""
+    return {"loss": stats.train_loss, "steps_per_sec": stats.steps_per_sec, "epoch_fraction": stats.fraction,
+            **{f"val_{name}": value for name, value in stats.val_metrics.items()}}

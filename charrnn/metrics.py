@@ -18,8 +18,9 @@ class MetricsLog(Callback):
     """Keeps the metrics file at `path`: one JSON object per line, flushed at once:
     `{step, loss}` every `log_every` steps (that step's loss), `{step, val_loss, val_bpc,
     best_val_loss, ...}` at each evaluation (every key of its logs), `{step, epoch, train_loss,
-    val_loss, val_bpc, epoch_fraction}` at each epoch's end (`epoch_fraction` below 1: a time
-    budget or patience ended it early; a resumed run finalises it again at its end).
+    val_loss, val_bpc, ..., epoch_fraction}` at each epoch's end (every `val_` metric of its
+    logs; `epoch_fraction` below 1: a time budget or patience ended it early; a resumed run
+    finalises it again at its end).
 
     Opening it for a run resumed at `resumed_step` first drops the lines of later steps:
     those steps are trained again, and a step must appear once, with the value of the run
@@ -84,8 +85,9 @@ class MetricsLog(Callback):
         self._write(step=step, **logs)  # every metric of the evaluation, whatever the evaluator measures
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
+        evaluation = {name: value for name, value in logs.items() if name.startswith("val_")}
         self._write(step=self._trainer.position()[0], epoch=epoch, train_loss=logs["loss"],
-                    val_loss=logs.get("val_loss"), val_bpc=logs.get("val_bpc"), epoch_fraction=logs["epoch_fraction"])
+                    **{"val_loss": None, "val_bpc": None, **evaluation}, epoch_fraction=logs["epoch_fraction"])
         self._rewrite()
 
     def on_train_end(self, logs: dict[str, float]) -> None:

@@ -18,7 +18,6 @@ steps trained since the resume.
 
 from __future__ import annotations
 
-import math
 import struct
 import time
 from typing import Any
@@ -28,6 +27,7 @@ from google.protobuf import struct_pb2
 from tensorflow.core.framework import summary_pb2
 
 from charrnn.callbacks import Callback
+from charrnn.evaluator import bits_per_char
 from charrnn.storage import storage_error, storage_errors
 
 
@@ -113,7 +113,7 @@ class TensorBoard(Callback):
         if self._cadence.log_due(step):
             values = {key: total / self._steps for key, total in self._sums.items()}
             if "loss" in values:
-                values["bpc"] = values["loss"] / math.log(2)
+                values["bpc"] = bits_per_char(values["loss"])
             values["learning_rate"] = logs["learning_rate"]
             if self._timed_steps:
                 values["steps_per_sec"] = self._timed_steps / self._seconds

@@ -128,6 +128,23 @@ def test_every_event_of_a_run_happens_at_its_steps_once(tmp_path, capsys):
     assert [e[0] for e in again.events] == ["begin", "end"]  # the run was complete: nothing repeated
 
 
+def test_a_new_validation_metric_reaches_the_epoch_logs_history_and_metrics_jsonl(small_text, tmp_path,
+                                                                                   monkeypatch):
+    """A metric the Evaluator returns is a new key there and nothing else: it reaches each
+    evaluation's and each epoch's logs, Keras' History and metrics.jsonl as `val_<name>`."""
+    from charrnn.evaluator import Evaluator
+
+    measured = Evaluator.metrics
+    monkeypatch.setattr(Evaluator, "metrics", lambda self, ids, should_stop=lambda: False: {
+        **measured(self, ids, should_stop), "half_loss": measured(self, ids, should_stop)["loss"] / 2})
+    history = Trainer(tiny_config(small_text, tmp_path / "run", epochs=2, eval_every=2)).fit(verbose=0)
+    assert history.history["val_half_loss"] == pytest.approx([v / 2 for v in history.history["val_loss"]])
+    lines = read_metrics(tmp_path / "run")
+    assert [m["val_half_loss"] for m in lines if "epoch" in m] == history.history["val_half_loss"]
+    evaluations = [m for m in lines if "best_val_loss" in m]
+    assert evaluations and all(m["val_half_loss"] == pytest.approx(m["val_loss"] / 2) for m in evaluations)
+
+
 def test_the_corpus_line_and_the_model_table_count_what_they_describe(tmp_path):
     """The numbers the console shows as a run starts, against counts made here: the text's
     distinct characters, its windows per batch, the run's steps, and each layer's weights."""
