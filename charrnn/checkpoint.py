@@ -104,14 +104,16 @@ class Checkpointer:
 
     Never saves weights that are not finite (`finite`: the variables to check), and turns a
     storage fault into a CharRNNError after removing the half-written files of that
-    checkpoint: the previous checkpoints and the state file stay as they were.
+    checkpoint: the previous checkpoints and the state file stay as they were. Those checks
+    are the `managers`' own, so a writer handed one (TensorFlow's preemption handler) saves
+    as `save` does.
     """
 
     def __init__(self, checkpoint: tf.train.Checkpoint, rundir: RunDir, max_to_keep: int,
                  finite: Iterable[tf.Variable]):
-        self._finite = list(finite)
+        finite = list(finite)
         self.managers = {which: _manager(checkpoint, rundir.checkpoint_dir(which), max_to_keep if which == "latest"
-                                         else 1) for which in WHICH}
+                                         else 1, finite) for which in WHICH}
 
     def path(self, which: str = "latest") -> str | None:
         """The checkpoint of `which` kind saved last (None before any)."""
@@ -119,22 +121,36 @@ class Checkpointer:
 
     def save(self, which: str, step: int) -> str:
         """Saves the state as checkpoint `step` of `which` kind; returns its path."""
-        manager = self.managers[which]
+        return self.managers[which].save(checkpoint_number=step)
+
+
+class _CheckedManager(tf.train.CheckpointManager):
+    """A CheckpointManager whose every save is Checkpointer's: finite weights only, and a
+    storage fault cleaned up and reported in one line."""
+
+    def __init__(self, checkpoint: tf.train.Checkpoint, directory: str, max_to_keep: int,
+                 finite: list[tf.Variable]):
+        super().__init__(checkpoint, directory, max_to_keep=max_to_keep, checkpoint_name="ckpt")
+        self._finite = finite
+
+    def save(self, checkpoint_number: int | None = None, check_interval: bool = True, options: object = None) -> str:
+        step = int(checkpoint_number) if checkpoint_number is not None else None
         if not all_finite(self._finite):
             raise CharRNNError(
                 f"the weights are not finite at step {step} (training diverged); nothing was saved and the last "
-                f"checkpoint ({manager.latest_checkpoint or 'none'}) is kept; lower --learning_rate or set "
+                f"checkpoint ({self.latest_checkpoint or 'none'}) is kept; lower --learning_rate or set "
                 "--grad_clip, then run again")
-        prefix = f"{manager.directory}/ckpt-{step}"
+        prefix = f"{self.directory}/ckpt-{step}"
         try:
-            return manager.save(checkpoint_number=step)
+            return super().save(checkpoint_number=checkpoint_number, check_interval=check_interval, options=options)
         except storage.storage_errors() as e:
             for path in [prefix + "_temp", *storage.glob(prefix + ".*")]:
                 storage.remove(path)
             raise storage.storage_error("write checkpoint", prefix, e) from None
 
 
-def _manager(checkpoint: tf.train.Checkpoint, directory: str, max_to_keep: int) -> tf.train.CheckpointManager:
+def _manager(checkpoint: tf.train.Checkpoint, directory: str, max_to_keep: int,
+             finite: list[tf.Variable]) -> tf.train.CheckpointManager:
     """The CheckpointManager of `directory`, which first takes on the checkpoints its state file
     does not name (a save killed after its files were written, before it was recorded), so
     that max_to_keep counts them and deletes them in their turn."""
@@ -149,4 +165,4 @@ def _manager(checkpoint: tf.train.Checkpoint, directory: str, max_to_keep: int) 
         tf.compat.v1.train.update_checkpoint_state(directory, on_disk[-1], on_disk,
                                                    all_model_checkpoint_timestamps=[now] * len(on_disk),
                                                    last_preserved_timestamp=now - 1)
-    return tf.train.CheckpointManager(checkpoint, directory, max_to_keep=max_to_keep, checkpoint_name="ckpt")
+    return _CheckedManager(checkpoint, directory, max_to_keep, finite)

@@ -122,3 +122,21 @@ def test_which_list_and_a_step_not_kept_are_answered_before_tensorflow_loads(tra
         proc = run_cli(tool, f"--run_dir={trained_run}", "--which=100", *more, env=env)
         assert_one_line_error(proc, f"keeps no checkpoint of step 100; it keeps steps {kept}")
     assert not (tmp_path / "out").exists()
+
+
+def test_the_manager_handed_to_the_preemption_handler_saves_as_the_checkpointer_does(tmp_path):
+    """TensorFlow's preemption handler saves through `managers["latest"]` itself: that save
+    refuses weights that are not finite as Checkpointer.save does, and writes nothing."""
+    from charrnn import CharRNNError
+    from charrnn.checkpoint import Checkpointer
+    from charrnn.rundir import RunDir
+
+    weight = tf.Variable([1.0, 2.0])
+    checkpoints = Checkpointer(tf.train.Checkpoint(weight=weight), RunDir(str(tmp_path)), 2, finite=[weight])
+    assert checkpoints.managers["latest"].save(checkpoint_number=3).endswith("ckpt-3")
+    weight.assign([1.0, float("nan")])
+    handed = checkpoints.managers["latest"]
+    for save in (lambda: checkpoints.save("latest", 4), lambda: handed.save(checkpoint_number=4)):
+        with pytest.raises(CharRNNError, match="the weights are not finite at step 4"):
+            save()
+    assert checkpoint_paths(str(tmp_path / "ckpt")) == [str(tmp_path / "ckpt" / "ckpt-3")]
