@@ -12,6 +12,7 @@ import logging
 import os
 import time
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 import tensorflow as tf
 
@@ -32,6 +33,19 @@ def all_finite(variables: Iterable[tf.Variable]) -> bool:
 class ModelMismatch(CharRNNError):
     """A checkpoint of a model of other sizes than the one it is restored into: config.json
     was edited, or the checkpoint is another run's. Not damage: no other checkpoint helps."""
+
+
+# A run's checkpoint holds the training state (restored on resume) and, under this name,
+# the fingerprints of its vocabulary and text (charrnn.records.Fingerprints), read apart
+# (records.read_fingerprints) so that checkpoints of versions without them still restore.
+FINGERPRINTS = "fingerprints"
+
+
+def run_checkpoint(state: dict[str, Any], fingerprints: tf.Module) -> tuple[tf.train.Checkpoint,
+                                                                          tf.train.Checkpoint]:
+    """(what a run's checkpoint saves, what a resume restores of it), for the training
+    `state` (each object under its name: a new object in the checkpoint is a new key there)."""
+    return tf.train.Checkpoint(**state, **{FINGERPRINTS: fingerprints}), tf.train.Checkpoint(**state)
 
 
 def restore_newest_readable(checkpoint: tf.train.Checkpoint, directory: str, *,

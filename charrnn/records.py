@@ -12,12 +12,13 @@ import math
 import tensorflow as tf
 
 from charrnn.cadence import EvalRecord
+from charrnn.checkpoint import FINGERPRINTS
 from charrnn.errors import CharRNNError
 from charrnn.rundir import RunDir
 from charrnn.vocab import Vocabulary
 
-# Where a checkpoint holds each fingerprint (Fingerprints as the trainer's checkpoint names it).
-_FINGERPRINT_KEY = "fingerprints/{}/.ATTRIBUTES/VARIABLE_VALUE"
+# Where a checkpoint holds each fingerprint (Fingerprints, under checkpoint.FINGERPRINTS).
+_FINGERPRINT_KEY = f"{FINGERPRINTS}/{{}}/.ATTRIBUTES/VARIABLE_VALUE"
 
 
 class Fingerprints(tf.Module):

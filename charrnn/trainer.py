@@ -19,6 +19,7 @@ import tensorflow as tf
 from charrnn import records
 from charrnn.cadence import Cadence, EvalRecord
 from charrnn.callbacks import Callback
+from charrnn.checkpoint import run_checkpoint
 from charrnn.config import TrainConfig
 from charrnn.data import mix_seed
 from charrnn.distribute import Distribution
@@ -65,12 +66,10 @@ class Trainer:
             patience=run.patience, time_budget=run.time_budget, sample_every=run.sample_interval)
         with self.strategy.scope(), self.distribution.placement():
             state = self._build_state()
-        # What a checkpoint holds (the Controller saves it through charrnn.checkpoint's
-        # Checkpointer): the state and the fingerprints of its vocabulary and text. They are
-        # restored apart (see _restore) so that checkpoints of versions without them restore.
+        # What a checkpoint holds (charrnn.checkpoint.run_checkpoint; the Controller saves it
+        # through its Checkpointer), and the part a resume restores.
         fingerprints = records.Fingerprints(self.vocab.fingerprint, self.data.fingerprint)
-        self.checkpoint = tf.train.Checkpoint(**state, fingerprints=fingerprints)
-        self._restorable = tf.train.Checkpoint(**state)
+        self.checkpoint, self._restorable = run_checkpoint(state, fingerprints)
         self._restore()
         if self.restored_from is None:
             self.start.transfer(self.model)  # a new fine-tuned run: its first weights
