@@ -31,6 +31,7 @@ case "${1:-}" in
     .venv/bin/charrnn-sample --run_dir=runs/demo --prime="ROMEO: " --num_chars=500 --temperature=0.5 --seed=0
     ;;
   test)
+    tests/web_setup.sh  # Chromium, playwright-core and the web page's runtime packages, for tests/test_web.py
     .venv/bin/ruff check charrnn benchmarks tests  # the lint gate (pyproject.toml's [tool.ruff])
     .venv/bin/mypy                                   # the type gate ([tool.mypy])
     .venv/bin/python -m pytest -q -n auto --dist worksteal tests  # long tests do not pile up on one worker

@@ -17,6 +17,7 @@ VOCAB_FILE = "vocab.json"  # beside the TFLite model: its characters in id order
 # replaces a directory holding nothing else, and never one holding anything else.
 SAVEDMODEL_FILES = frozenset({"saved_model.pb", "variables", "assets", "fingerprint.pb"})
 TFLITE_FILES = frozenset({TFLITE_FILE, VOCAB_FILE})
+WEB_FILES = frozenset({*TFLITE_FILES, "model.json", "index.html", "generator.js", "runtime"})
 
 
 def check_export_dir(export_dir: str, may_exist: bool = False, overwrite: frozenset[str] = frozenset()) -> None:

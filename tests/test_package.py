@@ -17,6 +17,7 @@ def test_the_wheel_holds_the_package_and_nothing_else(tmp_path):
     (wheel,) = tmp_path.glob("charrnn-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "charrnn/__init__.py" in names and "charrnn/py.typed" in names and "charrnn/trainer.py" in names
+    assert "charrnn/web/index.html" in names and "charrnn/web/generator.js" in names  # the web export's page
     assert not [n for n in names if n.startswith(("tests/", "benchmarks/", "docs/"))]
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
     metadata = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
