@@ -27,9 +27,11 @@ TINY = ["--rnn_units=16", "--embedding_dim=8"]
                           "--preset=cpu_medium"]),
     ("bench_data.py", ["--sizes_mb=1", "--steps=2", "--pipeline_steps=20", "--repeats=1"]),
     ("bench_lstm_ab.py", [*TINY, "--batch_size=4", "--seq_length=12", "--rounds=2", "--warmup=1", "--baseline=HEAD"]),
+    ("bench_web.py", ["--sizes=16", "--num_chars=20"]),
 ])
 def test_benchmark_smoke(script, args, small_text, tmp_path):
-    data = [f"--data={small_text}"] if script in ("bench_train.py", "bench_quality.py", "bench_lstm_ab.py") else []
+    data = [f"--data={small_text}"] if script in ("bench_train.py", "bench_quality.py", "bench_lstm_ab.py",
+                                                  "bench_web.py") else []
     if script == "bench_quality.py":  # its default run directory is a kept temporary one
         data.append(f"--run_dir={tmp_path / 'run'}")
     proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), *args, *data],
@@ -57,6 +59,10 @@ def test_benchmark_smoke(script, args, small_text, tmp_path):
     elif script == "bench_lstm_ab.py":
         assert result["baseline"] == "HEAD" and result["rnn_units"] == 16 and result["ratio"] > 0
         assert result["current_step_s"] > 0 and result["baseline_step_s"] > 0
+    elif script == "bench_web.py":
+        (row,) = result["rows"]
+        assert row["units"] == 16 and row["browser_chars_per_sec"] > 0 and row["sampler_chars_per_sec"] > 0
+        assert row["outside_requests"] == 0 and row["folder_bytes"] > row["model_bytes"] > 0
     elif script == "bench_sample.py":
         rows = [(r["trained_in"], r["num_samples"], r["generates_in"]) for r in result["charrnn"]]
         assert rows == [(p, n, "float32") for p in ("float32", "mixed_bfloat16") for n in (1, 64)]

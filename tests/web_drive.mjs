@@ -1,10 +1,10 @@
 // Drives a web export in headless Chromium, as a reader would: types a prime, presses
 // Generate, reads the text. One browser for everything; prints one JSON object of what it
 // typed, what it read, and every request that left the page's own origin.
-//   node web_drive.mjs <playwright-core dir> <chromium> <url> <prime> <num_chars>
+//   node web_drive.mjs <node_modules dir> <chromium> <url> <prime> <num_chars> [<timed chars>]
 import {createRequire} from 'node:module';
 
-const [pwDir, chromium, url, prime, numChars] = process.argv.slice(2);
+const [pwDir, chromium, url, prime, numChars, timedChars = '500'] = process.argv.slice(2);
 const {chromium: launcher} = createRequire(`${pwDir}/`)('playwright-core');
 
 const browser = await launcher.launch({executablePath: chromium, args: ['--no-sandbox'], headless: true});
@@ -47,15 +47,15 @@ try {
   result.unknown = (await run('unknown character', {text: prime + '\u00a7', greedy: true, seed: null,
                                                      length: 5})).message;
   // The API beside the page: per-step logits, and characters per second of a greedy text.
-  Object.assign(result, await page.evaluate(async ([prime]) => {
+  Object.assign(result, await page.evaluate(async ([prime, timed]) => {
     const {load} = await import('./generator.js');
     const model = await load('.');
     const logits = await model.logits(prime);
     const start = performance.now();
-    const text = await model.generate({prime, numChars: 500, greedy: true});
+    const text = await model.generate({prime, numChars: timed, greedy: true});
     const seconds = (performance.now() - start) / 1000;
-    return {logits, charsPerSec: 500 / seconds, long: text};
-  }, [prime]));
+    return {logits, charsPerSec: timed / seconds, long: text};
+  }, [prime, Number(timedChars)]));
 } finally {
   await browser.close();
 }
