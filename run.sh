@@ -29,6 +29,8 @@ case "${1:-}" in
     .venv/bin/charrnn-train --run_dir=runs/demo --embedding_dim=64 --rnn_units=256 \
       --learning_rate=0.003 --max_steps=400 --checkpoint_every=100
     .venv/bin/charrnn-sample --run_dir=runs/demo --prime="ROMEO: " --num_chars=500 --temperature=0.5 --seed=0
+    echo "As a web page: .venv/bin/charrnn-export --run_dir=runs/demo --export_dir=exports/demo --format=web" \
+      "&& python3 -m http.server --directory exports/demo 8000 (then open http://localhost:8000/)"
     ;;
   test)
     tests/web_setup.sh  # Chromium, playwright-core and the web page's runtime packages, for tests/test_web.py
