@@ -20,7 +20,8 @@ def resolve_device(device: str) -> str:
     if device == "auto":
         gpus = [d for d in logical if d.device_type == "GPU"]
         return (gpus or [d for d in logical if d.device_type == "CPU"])[0].name
-    wanted = device.strip().lstrip("/").upper().replace("DEVICE:", "")
+    # This process's own job prefix (a strategy's device names carry it) names a local device.
+    wanted = device.strip().upper().replace("/JOB:LOCALHOST/REPLICA:0/TASK:0", "").lstrip("/").replace("DEVICE:", "")
     for d in logical:
         short = d.name.upper().split("DEVICE:")[-1]
         if wanted in (short, d.name.upper().lstrip("/").replace("DEVICE:", "")):

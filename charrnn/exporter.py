@@ -23,14 +23,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import stat
 import tempfile
 
 import keras
 import tensorflow as tf
 
 from charrnn import storage
-from charrnn.exportfiles import SAVEDMODEL_FILES, check_export_dir, tflite_paths
+from charrnn.exportfiles import SAVEDMODEL_FILES, check_export_dir, take_place, tflite_paths
 from charrnn.model import CharRNN
 from charrnn.sampler import GENERATION_PRECISION, Sampler
 from charrnn.sampling import MAX_NUM_CHARS, MAX_TEMPERATURE, MIN_TEMPERATURE, SampleOptions
@@ -161,7 +160,7 @@ def export(run_dir: str, export_dir: str, which: str | None = None, overwrite: b
         try:
             archive.write_out(target, verbose=False)
             if local:
-                _take_place(target, export_dir)
+                take_place(target, export_dir)
         except BaseException as e:  # Ctrl-C included
             # Half a SavedModel is worse than none. The directory was new or empty (checked
             # above): leave it as it was.
@@ -176,36 +175,6 @@ def export(run_dir: str, export_dir: str, which: str | None = None, overwrite: b
     return path
 
 
-
-
-def _take_place(part: str, export_dir: str) -> None:
-    """Renames the complete export `part` to `export_dir` (a real path): over the directory
-    there, if there is one (empty, or an export --overwrite replaces), which keeps that
-    directory's permissions and, when it is setgid (a group's shared directory), its group
-    on everything inside."""
-    try:
-        before = os.stat(export_dir)
-    except FileNotFoundError:
-        before = None
-    if before is not None and os.listdir(export_dir):  # the export it replaces: out of the way, then gone
-        old = storage.part_name(f"{export_dir}.replaced")  # a dead process's is removed as any part
-        os.rename(export_dir, old)
-        os.rename(part, export_dir)
-        shutil.rmtree(old)
-    else:
-        os.replace(part, export_dir)
-    if before is None:
-        return
-    os.chmod(export_dir, stat.S_IMODE(before.st_mode))
-    if before.st_mode & stat.S_ISGID:
-        for root, dirs, files in os.walk(export_dir):
-            for path in [root, *(os.path.join(root, name) for name in dirs + files)]:
-                try:
-                    os.chown(path, -1, before.st_gid)
-                except PermissionError:  # not a member of that group: the files stay the user's
-                    return
-                if path != export_dir and os.path.isdir(path):
-                    os.chmod(path, os.stat(path).st_mode | stat.S_ISGID)
 
 
 def export_tflite(run_dir: str, export_dir: str, which: str | None = None, quantize: str = "none",

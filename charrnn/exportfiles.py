@@ -1,11 +1,14 @@
 """Where an export goes: the SavedModel's directory, or the TFLite model and its vocabulary
-(`tflite_paths`), checked before anything is loaded or written. charrnn-export runs these
+(`tflite_paths`), checked before anything is loaded or written; and a complete export put
+in its place (`take_place`). charrnn-export runs these
 checks before TensorFlow loads, and charrnn.exporter again before it writes. No TensorFlow here.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import stat
 
 from charrnn import storage
 from charrnn.errors import CharRNNError
@@ -68,3 +71,33 @@ def tflite_paths(export_dir: str, overwrite: bool = False) -> tuple[str, str]:
         directory = export_dir.rstrip("/")
         model_path, vocab_path = f"{directory}/{TFLITE_FILE}", f"{directory}/{VOCAB_FILE}"
     return model_path, vocab_path
+
+
+def take_place(part: str, export_dir: str) -> None:
+    """Renames the complete export `part` to `export_dir` (a real path): over the directory
+    there, if there is one (empty, or an export --overwrite replaces), which keeps that
+    directory's permissions and, when it is setgid (a group's shared directory), its group
+    on everything inside."""
+    try:
+        before = os.stat(export_dir)
+    except FileNotFoundError:
+        before = None
+    if before is not None and os.listdir(export_dir):  # the export it replaces: out of the way, then gone
+        old = storage.part_name(f"{export_dir}.replaced")  # a dead process's is removed as any part
+        os.rename(export_dir, old)
+        os.rename(part, export_dir)
+        shutil.rmtree(old)
+    else:
+        os.replace(part, export_dir)
+    if before is None:
+        return
+    os.chmod(export_dir, stat.S_IMODE(before.st_mode))
+    if before.st_mode & stat.S_ISGID:
+        for root, dirs, files in os.walk(export_dir):
+            for path in [root, *(os.path.join(root, name) for name in dirs + files)]:
+                try:
+                    os.chown(path, -1, before.st_gid)
+                except PermissionError:  # not a member of that group: the files stay the user's
+                    return
+                if path != export_dir and os.path.isdir(path):
+                    os.chmod(path, os.stat(path).st_mode | stat.S_ISGID)

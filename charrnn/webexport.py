@@ -16,12 +16,11 @@ import json
 import os
 import shutil
 import tarfile
-import tempfile
 from importlib import resources
 
 from charrnn import download, storage
 from charrnn.errors import CharRNNError
-from charrnn.exportfiles import WEB_FILES, check_export_dir
+from charrnn.exportfiles import WEB_FILES, check_export_dir, take_place
 
 REGISTRY_ENV = "CHARRNN_NPM_REGISTRY"
 _REGISTRY = "https://registry.npmjs.org"
@@ -48,7 +47,8 @@ PAGE_FILES = ("index.html", "generator.js")  # from charrnn/web/
 def export_web(run_dir: str, export_dir: str, which: str | None = None, overwrite: bool = False) -> str:
     """Writes run_dir's `which` checkpoint as a web page folder at `export_dir` (new or
     empty; with `overwrite`, one holding an earlier web export); returns the checkpoint used.
-    The folder is written beside `export_dir` and renamed into place once complete."""
+    The folder is written beside `export_dir` and renamed into place once complete (what a
+    killed export left there is removed by the next one)."""
     from charrnn.exporter import export_tflite  # TensorFlow: once the folder is known to be writable
 
     check_export_dir(export_dir, overwrite=WEB_FILES if overwrite else frozenset())
@@ -59,7 +59,9 @@ def export_web(run_dir: str, export_dir: str, which: str | None = None, overwrit
     export_dir = os.path.realpath(export_dir)
     parent = os.path.dirname(export_dir)
     os.makedirs(parent, exist_ok=True)
-    part = tempfile.mkdtemp(prefix=".charrnn-web-", dir=parent)
+    storage.remove_dead_parts(parent)  # what a killed export left
+    part = storage.part_name(export_dir)
+    os.mkdir(part)
     try:
         path = export_tflite(run_dir, part)
         with open(os.path.join(part, "vocab.json"), encoding="utf-8") as f:
@@ -76,8 +78,7 @@ def export_web(run_dir: str, export_dir: str, which: str | None = None, overwrit
                 f.write((web / name).read_bytes())
         for name, tarball in tarballs.items():
             _extract(tarball, RUNTIME[name][2], part)
-        os.chmod(part, 0o777 & ~_umask())
-        _replace(part, export_dir)
+        take_place(part, export_dir)
     except BaseException:
         shutil.rmtree(part, ignore_errors=True)
         raise
@@ -111,23 +112,3 @@ def _extract(tarball: str, files: dict[str, str], into: str) -> None:
             os.makedirs(os.path.dirname(destination), exist_ok=True)
             with source, open(destination, "wb") as f:
                 shutil.copyfileobj(source, f)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _replace(part: str, export_dir: str) -> None:
-    """Puts the complete folder `part` at `export_dir`, over an empty directory or an earlier
-    export (kept whole until then), keeping the existing directory's permissions."""
-    if not os.path.exists(export_dir):
-        os.rename(part, export_dir)
-        return
-    mode = os.stat(export_dir).st_mode & 0o7777
-    old = f"{part}.replaced"
-    os.rename(export_dir, old)
-    os.rename(part, export_dir)
-    os.chmod(export_dir, mode)
-    shutil.rmtree(old)

@@ -111,3 +111,14 @@ def test_token_losses_and_their_gradient_against_numpy_with_extreme_logits():
         total = tf.reduce_sum(got)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
     np.testing.assert_allclose(tape.gradient(total, logits_t), want_grad, atol=1e-5)
+
+
+def test_a_device_is_named_short_full_or_as_a_strategy_names_it():
+    from charrnn import CharRNNError
+    from charrnn.devices import resolve_device
+
+    cpu = resolve_device("/CPU:0")
+    for name in ("cpu:0", "/device:CPU:0", "/job:localhost/replica:0/task:0/device:CPU:0"):
+        assert resolve_device(name) == cpu
+    with pytest.raises(CharRNNError, match="is not a device of this machine"):
+        resolve_device("/job:worker/replica:0/task:1/device:CPU:0")
