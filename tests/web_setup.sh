@@ -8,9 +8,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 web=.cache/web
 PLAYWRIGHT=playwright-core@1.65.2
+apt_install() {  # the package lists may be missing or stale on a fresh machine: refreshed once if so
+  "$@" apt-get install -y -qq chromium >/dev/null 2>&1 ||
+    { "$@" apt-get update -qq >/dev/null && "$@" apt-get install -y -qq chromium >/dev/null; }
+}
 if ! command -v chromium >/dev/null; then
-  if [ "$(id -u)" = 0 ]; then apt-get install -y -qq chromium >/dev/null
-  elif sudo -n true 2>/dev/null; then sudo apt-get install -y -qq chromium >/dev/null
+  if [ "$(id -u)" = 0 ]; then apt_install env
+  elif sudo -n true 2>/dev/null; then apt_install sudo
   else echo "web_setup.sh: Chromium is missing and cannot be installed here (apt-get install chromium)" >&2
   fi
 fi
