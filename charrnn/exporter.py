@@ -31,7 +31,7 @@ import tensorflow as tf
 from charrnn import storage
 from charrnn.exportfiles import SAVEDMODEL_FILES, check_export_dir, take_place, tflite_paths
 from charrnn.model import CharRNN
-from charrnn.sampler import GENERATION_PRECISION, Sampler
+from charrnn.sampler import GENERATION_PRECISION, Draw, Sampler
 from charrnn.sampling import MAX_NUM_CHARS, MAX_TEMPERATURE, MIN_TEMPERATURE, SampleOptions
 from charrnn.trained import load_model
 from charrnn.vocab import Vocabulary
@@ -60,10 +60,10 @@ class _Generator(tf.Module):
         def generate_with_options(prompt, num_chars, temperature, seed, top_k=tf.constant(defaults.top_k),
                      top_p=tf.constant(defaults.top_p), greedy=tf.constant(defaults.greedy)):
             prime_ids = self._prime_ids(prompt, num_chars, temperature, top_k, top_p)
-            options = (temperature, tf.stack([seed, 0]), top_k, top_p, greedy)
+            draw = Draw(temperature, tf.stack([seed, 0]), top_k, top_p, greedy)
             # The Sampler's loop, with filtering compiled in (top_k=0 and top_p=1 keep every
             # character, as the Sampler's unfiltered loop does); it draws at least one character.
-            sampled = self._sampler.sample_ids(prime_ids, tf.maximum(num_chars, 1), options, filtering=True)
+            sampled = self._sampler.sample_ids(prime_ids, tf.maximum(num_chars, 1), draw, filtering=True)
             # sampled is time-major [num_chars, batch]: join down the time axis.
             return {"text": prompt + tf.strings.reduce_join(tf.gather(self.chars, sampled[:num_chars]), axis=0)}
 

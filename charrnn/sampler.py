@@ -1,4 +1,6 @@
-"""`Sampler`: text generation in compiled calls (how it draws: charrnn.sampling).
+"""`Sampler`: text generation in compiled calls. What may be asked of it (the options and
+their ranges) is charrnn.sampling's `SampleOptions`; how it draws is `_draw` below, with the
+options as one structure of tensors (`Draw`).
 
 The prime runs through the model once to build the recurrent state and draw the first
 character; then a `tf.range` loop inside a `tf.function` samples each next character from
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable, Iterator
+from typing import NamedTuple
 
 import numpy as np
 import tensorflow as tf
@@ -28,6 +31,28 @@ from charrnn.vocab import Vocabulary
 # measured (AVX2; AVX-512 with bfloat16; AMX): a mixed bfloat16 policy casts every weight
 # again at every character, 3x slower at 1024 units (benchmarks/RESULTS.md, issue 29).
 GENERATION_PRECISION = "float32"
+
+
+class Draw(NamedTuple):
+    """SampleOptions (and a seed) as the compiled loop takes them: one argument, whatever
+    options it holds (the SavedModel export builds one from its signature's inputs)."""
+
+    temperature: tf.Tensor  # float32 []
+    seed: tf.Tensor  # int64 [2]: the seed, and 0
+    top_k: tf.Tensor  # int32 []
+    top_p: tf.Tensor  # float32 []
+    greedy: tf.Tensor  # bool []
+
+    @classmethod
+    def of(cls, options: SampleOptions, seed: int) -> Draw:
+        return cls(tf.constant(options.temperature, tf.float32), tf.constant([seed, 0], tf.int64),
+                   tf.constant(options.top_k, tf.int32), tf.constant(options.top_p, tf.float32),
+                   tf.constant(options.greedy))
+
+    @classmethod
+    def spec(cls) -> Draw:
+        return cls(tf.TensorSpec([], tf.float32), tf.TensorSpec([2], tf.int64), tf.TensorSpec([], tf.int32),
+                   tf.TensorSpec([], tf.float32), tf.TensorSpec([], tf.bool))
 
 
 class Sampler:
@@ -126,13 +151,13 @@ class Sampler:
         samples the next `count` ids of each (time-major), the state carried from call to call."""
         self._refresh()
         first, chunk = self._functions(options)
-        args = _tensors(options, secrets.randbits(63) if seed is None else seed)
+        draw = Draw.of(options, secrets.randbits(63) if seed is None else seed)
         stop_ids = tf.constant(self.vocab.encode(options.stop_at) if options.stop_at else np.zeros([0], np.int32))
-        ids, *carried = first(tf.tile(tf.constant(self.vocab.encode(prime)[None, :]), [rows, 1]), stop_ids, *args)
+        ids, *carried = first(tf.tile(tf.constant(self.vocab.encode(prime)[None, :]), [rows, 1]), stop_ids, draw)
         carried = [ids, *carried]  # the last ids, the state, the recent ids, which samples are done
 
         def more(produced: int, count: int) -> np.ndarray:
-            new_ids, *carried[:] = chunk(*carried, tf.constant(produced), tf.constant(count), stop_ids, *args)
+            new_ids, *carried[:] = chunk(*carried, tf.constant(produced), tf.constant(count), stop_ids, draw)
             return new_ids.numpy()
 
         return ids.numpy(), more
@@ -147,41 +172,38 @@ class Sampler:
         key = (options.filtering, options.stop_at is not None)
         if key not in self._compiled:
             filtering, stopping = key
-            option_specs = [tf.TensorSpec([], tf.float32), tf.TensorSpec([2], tf.int64), tf.TensorSpec([], tf.int32),
-                            tf.TensorSpec([], tf.float32), tf.TensorSpec([], tf.bool)]
             ids, stop_ids = tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.int32)
             carried = [ids, self.model.state_spec(), tf.TensorSpec([None, None], tf.int32),
                        tf.TensorSpec([None], tf.bool)]
 
-            def first(prime_ids, stop_ids, *option_args):
+            def first(prime_ids, stop_ids, draw):
                 with tf.device(self.device):
-                    return self._first(prime_ids, stop_ids, *option_args, filtering=filtering, stopping=stopping)
+                    return self._first(prime_ids, stop_ids, draw, filtering=filtering, stopping=stopping)
 
             def chunk(*args):
                 with tf.device(self.device):
                     return self._chunk(*args, filtering=filtering, stopping=stopping)
 
             self._compiled[key] = (
-                tf.function(first, input_signature=[tf.TensorSpec([None, None], tf.int32), stop_ids, *option_specs],
+                tf.function(first, input_signature=[tf.TensorSpec([None, None], tf.int32), stop_ids, Draw.spec()],
                             autograph=False),
                 tf.function(chunk, input_signature=[*carried, tf.TensorSpec([], tf.int32), tf.TensorSpec([], tf.int32),
-                                                    stop_ids, *option_specs], autograph=False))
+                                                    stop_ids, Draw.spec()], autograph=False))
         return self._compiled[key]
 
-    def _first(self, prime_ids: tf.Tensor, stop_ids: tf.Tensor, temperature: tf.Tensor, seed: tf.Tensor,
-               top_k: tf.Tensor, top_p: tf.Tensor, greedy: tf.Tensor, *, filtering: bool, stopping: bool) -> tuple:
+    def _first(self, prime_ids: tf.Tensor, stop_ids: tf.Tensor, draw: Draw, *, filtering: bool,
+               stopping: bool) -> tuple:
         """The prime's pass: the first ids drawn [batch], the state after them, and the
         stop_at bookkeeping (the last len(stop_at) ids of each sample; whether it ended)."""
         logits, state = self.model(prime_ids, last_only=True)
-        ids = _draw(logits[:, -1, :], 0, temperature, seed, top_k, top_p, greedy, filtering)
+        ids = _draw(logits[:, -1, :], 0, draw, filtering)
         batch = tf.shape(prime_ids)[0]
         recent = tf.fill([batch, tf.shape(stop_ids)[0]], -1)
         recent, done = _advance(ids, recent, tf.zeros([batch], tf.bool), stop_ids, stopping)
         return ids, state, recent, done
 
     def _chunk(self, ids: tf.Tensor, state: tuple, recent: tf.Tensor, done: tf.Tensor, start: tf.Tensor,
-               count: tf.Tensor, stop_ids: tf.Tensor, temperature: tf.Tensor, seed: tf.Tensor, top_k: tf.Tensor,
-               top_p: tf.Tensor, greedy: tf.Tensor, *, filtering: bool, stopping: bool) -> tuple:
+               count: tf.Tensor, stop_ids: tf.Tensor, draw: Draw, *, filtering: bool, stopping: bool) -> tuple:
         """The sampling loop: `count` more characters after `ids`, the `start`-th onwards (the
         index seeds each draw). Returns them time-major [count, batch] (fewer once every
         sample has produced stop_at) and the carried (ids, state, recent, done). Time-major
@@ -194,7 +216,7 @@ class Sampler:
         def step(i: tf.Tensor, ids: tf.Tensor, state: tuple, recent: tf.Tensor, done: tf.Tensor,
                  out: tf.TensorArray) -> tuple:
             logits, state = self.model.step(ids, state)
-            ids = _draw(logits, start + i, temperature, seed, top_k, top_p, greedy, filtering)
+            ids = _draw(logits, start + i, draw, filtering)
             recent, done = _advance(ids, recent, done, stop_ids, stopping)
             return i + 1, ids, state, recent, done, out.write(i, ids)
 
@@ -207,16 +229,16 @@ class Sampler:
         stacked = tf.cond(out.size() > 0, out.stack, lambda: tf.zeros([0, tf.shape(ids)[0]], tf.int32))
         return stacked, ids, state, recent, done
 
-    def sample_ids(self, prime_ids: tf.Tensor, num_chars: tf.Tensor, options: tuple[tf.Tensor, ...],
+    def sample_ids(self, prime_ids: tf.Tensor, num_chars: tf.Tensor, draw: Draw,
                    stop_ids: tf.Tensor | None = None, *, filtering: bool = False, stopping: bool = False) -> tf.Tensor:
         """`generate`'s two steps in one graph, for callers that compile them into their own
         function (the SavedModel export): ids [num_chars, batch] (time-major) generated after
-        `prime_ids` [batch, length] (>= 1 id each); `options` as `_tensors` makes them.
+        `prime_ids` [batch, length] (>= 1 id each), drawn as `draw` says.
         The same seed gives `generate`'s ids."""
         if stop_ids is None:
             stop_ids = tf.zeros([0], tf.int32)
-        ids, state, recent, done = self._first(prime_ids, stop_ids, *options, filtering=filtering, stopping=stopping)
-        rest, *_ = self._chunk(ids, state, recent, done, tf.constant(1), num_chars - 1, stop_ids, *options,
+        ids, state, recent, done = self._first(prime_ids, stop_ids, draw, filtering=filtering, stopping=stopping)
+        rest, *_ = self._chunk(ids, state, recent, done, tf.constant(1), num_chars - 1, stop_ids, draw,
                                filtering=filtering, stopping=stopping)
         return tf.concat([ids[None, :], rest], 0)
 
@@ -230,16 +252,16 @@ def _advance(ids: tf.Tensor, recent: tf.Tensor, done: tf.Tensor, stop_ids: tf.Te
     return recent, done | tf.reduce_all(tf.equal(recent, stop_ids), axis=1)
 
 
-def _draw(logits: tf.Tensor, i: tf.Tensor, temperature: tf.Tensor, seed: tf.Tensor, top_k: tf.Tensor,
-          top_p: tf.Tensor, greedy: tf.Tensor, filtering: bool) -> tf.Tensor:
+def _draw(logits: tf.Tensor, i: tf.Tensor, draw: Draw, filtering: bool) -> tf.Tensor:
     """The ids drawn from `logits` [batch, vocab] as the `i`-th generated characters."""
-    logits = logits / temperature
+    logits = logits / draw.temperature
     if filtering:
-        logits = filter_logits(logits, top_k, top_p)
-    drawn = tf.random.stateless_categorical(logits, 1, seed=tf.random.experimental.stateless_fold_in(seed, i))[:, 0]
+        logits = filter_logits(logits, draw.top_k, draw.top_p)
+    seed = tf.random.experimental.stateless_fold_in(draw.seed, i)
+    drawn = tf.random.stateless_categorical(logits, 1, seed=seed)[:, 0]
     # Non-finite logits (a diverged model) make the draw return vocab_size: keep it an id.
     drawn = tf.minimum(drawn, tf.cast(tf.shape(logits)[-1] - 1, drawn.dtype))
-    return tf.cast(tf.where(greedy, tf.argmax(logits, -1), drawn), tf.int32)
+    return tf.cast(tf.where(draw.greedy, tf.argmax(logits, -1), drawn), tf.int32)
 
 
 def filter_logits(logits: tf.Tensor, top_k: tf.Tensor, top_p: tf.Tensor) -> tf.Tensor:
@@ -256,9 +278,3 @@ def filter_logits(logits: tf.Tensor, top_k: tf.Tensor, top_p: tf.Tensor) -> tf.T
                     k)
     threshold = tf.gather(sorted_logits, tf.maximum(keep, 1) - 1, batch_dims=1)
     return tf.where(logits < threshold, tf.constant(-float("inf"), logits.dtype), logits)
-
-
-def _tensors(options: SampleOptions, seed: int) -> tuple[tf.Tensor, ...]:
-    """(temperature, seed, top_k, top_p, greedy): the arguments of the compiled loop."""
-    return (tf.constant(options.temperature, tf.float32), tf.constant([seed, 0], tf.int64),
-            tf.constant(options.top_k, tf.int32), tf.constant(options.top_p, tf.float32), tf.constant(options.greedy))
