@@ -48,7 +48,10 @@ def test_fused_lstm_matches_keras_outputs_and_gradients(use_final_state, batch, 
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     sources = [x, h0, c0, *weights]
     for g, w in zip(tape.gradient(got_loss, sources), tape.gradient(want_loss, sources)):
-        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
+        # On the gradient's own scale: a sum over 53 steps of terms up to ~70 rounds in float32
+        # by more than 1e-5 where its order changes (oneDNN's threads, under load), and a
+        # small entry beside large ones shows it (1.6e-5 seen on a busy machine).
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=max(1e-5, 1e-6 * float(np.abs(w).max())))
 
 
 @pytest.mark.parametrize("variant", lstm.VARIANTS)
