@@ -3,9 +3,10 @@
 // typed, what it read, and every request that left the page's own origin.
 //   node web_drive.mjs <node_modules dir> <chromium> <url> <prime> <num_chars> [<timed chars>]
 import {createRequire} from 'node:module';
+import {resolve} from 'node:path';
 
 const [pwDir, chromium, url, prime, numChars, timedChars = '500'] = process.argv.slice(2);
-const {chromium: launcher} = createRequire(`${pwDir}/`)('playwright-core');
+const {chromium: launcher} = createRequire(`${resolve(pwDir)}/`)('playwright-core');
 
 const browser = await launcher.launch({executablePath: chromium, args: ['--no-sandbox'], headless: true});
 const result = {transcript: [], outside: [], errors: []};
