@@ -5,8 +5,8 @@ on --data: speed does not depend on training), exported with `--format=web`, ser
 localhost and driven in Chromium by tests/web_drive.mjs (which also checks the page as the
 tests do); it reports the page API's characters per second over a greedy --num_chars text
 (LiteRT.js, WebAssembly on the CPU), the Sampler's on the same machine (greedy, batch 1,
-float32, after a warm-up call), the folder's size and the model file's. Needs what
-tests/web_setup.sh installs. Prints the CPU, a table, then one JSON line.
+float32, after a warm-up call), both after the same one-character prime; the folder's size
+and the model file's. Needs what tests/web_setup.sh installs. Prints the CPU, a table, then one JSON line.
 
     python benchmarks/bench_web.py --data=../shared/data/tinyshakespeare.txt          # 256 and 1024 units
     python benchmarks/bench_web.py --data=text.txt --sizes=16 --num_chars=20               # smoke
@@ -54,11 +54,12 @@ def main() -> None:
             Trainer(TrainConfig(data=args.data, run_dir=run, rnn_units=units, embedding_dim=256, batch_size=4,
                                 seq_length=20, max_steps=1, val_fraction=0.1)).fit(verbose=0)
             export_web(run, folder)
-            page = _drive(folder, args.num_chars)
             sampler = Sampler.from_checkpoint(run)
-            sampler.generate("T", args.num_chars, greedy=True)  # traces the loop
+            prime = sampler.vocab.default_prime  # a character of the text, whatever it is
+            page = _drive(folder, prime, args.num_chars)
+            sampler.generate(prime, args.num_chars, greedy=True)  # traces the loop
             start = time.perf_counter()
-            sampler.generate("T", args.num_chars, greedy=True)
+            sampler.generate(prime, args.num_chars, greedy=True)
             sample_rate = args.num_chars / (time.perf_counter() - start)
             size = sum(p.stat().st_size for p in pathlib.Path(folder).rglob("*") if p.is_file())
             rows.append({"units": units, "browser_chars_per_sec": page["charsPerSec"],
@@ -74,7 +75,7 @@ def main() -> None:
     print(json.dumps({"benchmark": "web", "cpu": machine, "rows": rows}))
 
 
-def _drive(folder: str, num_chars: int) -> dict:
+def _drive(folder: str, prime: str, num_chars: int) -> dict:
     """What tests/web_drive.mjs measured and read of the page served from `folder`."""
     class Quiet(http.server.SimpleHTTPRequestHandler):
         def log_message(self, *args: object) -> None:
@@ -85,7 +86,7 @@ def _drive(folder: str, num_chars: int) -> dict:
     try:
         proc = subprocess.run(["node", str(REPO / "tests" / "web_drive.mjs"), str(WEB / "node_modules"),
                                shutil.which("chromium") or "chromium", f"http://127.0.0.1:{server.server_address[1]}/",
-                               "T", str(min(num_chars, 40)), str(num_chars)],
+                               prime, str(min(num_chars, 40)), str(num_chars)],
                               capture_output=True, text=True, timeout=900)
     finally:
         server.shutdown()
