@@ -63,7 +63,7 @@ def export_web(run_dir: str, export_dir: str, which: str | None = None, overwrit
     part = storage.part_name(export_dir)
     os.mkdir(part)
     try:
-        path = export_tflite(run_dir, part)
+        path = export_tflite(run_dir, part, which)
         with open(os.path.join(part, "vocab.json"), encoding="utf-8") as f:
             chars = json.load(f)["chars"]
         from charrnn.trained import load_model  # the state's shape, as the TFLite step takes it

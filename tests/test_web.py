@@ -113,3 +113,14 @@ def test_a_web_export_refuses_what_it_cannot_write_and_replaces_only_an_export(t
     assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
     with pytest.raises(CharRNNError, match="is not empty; pass a new --export_dir, or --overwrite"):
         export_web(str(trained_run), str(folder))
+
+
+def test_the_checkpoint_which_names_is_the_one_exported(trained_run, browsed, tmp_path):
+    """--which reaches the page's model: model.json names the checkpoint the TFLite file holds."""
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv(REGISTRY_ENV, (WEB / "registry").as_uri())
+        env.setenv("CHARRNN_DATA_DIR", str(tmp_path / "cache"))
+        for which, kind in (("latest", "ckpt"), ("best", "best")):
+            path = export_web(str(trained_run), str(tmp_path / which), which=which)
+            assert f"/{kind}/ckpt-" in path and json.loads((tmp_path / which / "model.json").read_text())[
+                "checkpoint"] == path

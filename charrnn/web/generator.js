@@ -85,6 +85,9 @@ export class Generator {
   async generate({prime, numChars = 500, temperature = 0.5, topK = 0, topP = 1, greedy = false,
                   seed = null, onChar = null}) {
     if (!prime) throw new Error('the prime is empty; type at least one character to start from');
+    if (!(Number.isInteger(numChars) && numChars >= 0 && numChars <= 1000000)) {
+      throw new Error('the length must be a whole number of characters, between 0 and 1000000');
+    }
     if (!(temperature >= 1e-6 && temperature <= 1e6)) throw new Error('temperature must be between 1e-06 and 1e+06');
     if (!(topP > 0 && topP <= 1)) throw new Error('top_p must be in (0, 1]');
     if (!(topK >= 0)) throw new Error('top_k must be at least 0 (0 keeps every character)');
