@@ -69,7 +69,7 @@ def export_web(run_dir: str, export_dir: str, which: str | None = None, overwrit
         from charrnn.trained import load_model  # the state's shape, as the TFLite step takes it
 
         model = load_model(run_dir, which).model
-        shape = [len(_flat(model.state_spec())), 1, model.rnn_units]
+        shape = [sum(len(layer) for layer in model.state_spec()), 1, model.rnn_units]
         with open(os.path.join(part, "model.json"), "w", encoding="utf-8") as f:
             json.dump({"chars": chars, "state_shape": shape, "checkpoint": path}, f)
         web = resources.files("charrnn") / "web"
@@ -83,12 +83,6 @@ def export_web(run_dir: str, export_dir: str, which: str | None = None, overwrit
         shutil.rmtree(part, ignore_errors=True)
         raise
     return path
-
-
-def _flat(spec: object) -> list:
-    import tensorflow as tf
-
-    return tf.nest.flatten(spec)
 
 
 def _runtime_tarball(name: str) -> str:
@@ -105,9 +99,13 @@ def _extract(tarball: str, files: dict[str, str], into: str) -> None:
     """Copies `files` (tarball path -> folder path) out of `tarball`, nothing else."""
     with tarfile.open(tarball, "r:gz") as archive:
         for member, target in files.items():
-            source = archive.extractfile(member)
+            try:
+                source = archive.extractfile(member)
+            except KeyError:
+                source = None
             if source is None:
-                raise CharRNNError(f"{tarball} lacks {member}; remove it so that it is downloaded again")
+                raise CharRNNError(f"{tarball} lacks {member}: it is not the runtime's package; remove it so that it "
+                                   "is downloaded again")
             destination = os.path.join(into, target)
             os.makedirs(os.path.dirname(destination), exist_ok=True)
             with source, open(destination, "wb") as f:
