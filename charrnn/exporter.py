@@ -191,6 +191,13 @@ def export_tflite(run_dir: str, export_dir: str, which: str | None = None, quant
     quantization: about a quarter of the size). With `overwrite`, the files of an earlier
     TFLite export there are replaced (each written whole, then renamed over the old).
     """
+    return write_tflite(run_dir, export_dir, which, quantize, overwrite)[0]
+
+
+def write_tflite(run_dir: str, export_dir: str, which: str | None = None, quantize: str = "none",
+                 overwrite: bool = False) -> tuple[str, CharRNN]:
+    """`export_tflite`, returning the model it exported beside the checkpoint used (the web
+    export reads its state's shape)."""
     model_path, vocab_path = tflite_paths(export_dir, overwrite)
     with tf.device("/CPU:0"):
         model, _, vocab, path = load_model(run_dir, which, "/CPU:0", lstm_impl="keras",
@@ -214,4 +221,4 @@ def export_tflite(run_dir: str, export_dir: str, which: str | None = None, quant
         storage.write_atomic(vocab_path, vocab.to_json())
     except storage.storage_errors() as e:
         raise storage.storage_error("write the TFLite model to", export_dir, e) from None
-    return path
+    return path, model

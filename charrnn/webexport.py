@@ -1,7 +1,7 @@
 """A trained model as a web page: `export_web` writes a static folder that generates text in
 the browser, offline, from any static server (`python -m http.server`).
 
-The folder holds the TFLite export (charrnn.exporter.export_tflite: one step, the state
+The folder holds the TFLite export (charrnn.exporter.write_tflite: one step, the state
 carried explicitly), the page (index.html) and its small JavaScript API (generator.js, see
 charrnn/web/), and the runtime that runs the model: LiteRT.js (`@litertjs/core` and
 `@litertjs/wasm-utils`, pinned below). Those npm packages are downloaded once into the
@@ -49,7 +49,7 @@ def export_web(run_dir: str, export_dir: str, which: str | None = None, overwrit
     empty; with `overwrite`, one holding an earlier web export); returns the checkpoint used.
     The folder is written beside `export_dir` and renamed into place once complete (what a
     killed export left there is removed by the next one)."""
-    from charrnn.exporter import export_tflite  # TensorFlow: once the folder is known to be writable
+    from charrnn.exporter import write_tflite  # TensorFlow: once the folder is known to be writable
 
     check_export_dir(export_dir, overwrite=WEB_FILES if overwrite else frozenset())
     if not storage.is_local(export_dir):
@@ -63,13 +63,10 @@ def export_web(run_dir: str, export_dir: str, which: str | None = None, overwrit
     part = storage.part_name(export_dir)
     os.mkdir(part)
     try:
-        path = export_tflite(run_dir, part, which)
+        path, model = write_tflite(run_dir, part, which)
         with open(os.path.join(part, "vocab.json"), encoding="utf-8") as f:
             chars = json.load(f)["chars"]
-        from charrnn.trained import load_model  # the state's shape, as the TFLite step takes it
-
-        model = load_model(run_dir, which).model
-        shape = [sum(len(layer) for layer in model.state_spec()), 1, model.rnn_units]
+        shape = [sum(len(layer) for layer in model.state_spec()), 1, model.rnn_units]  # as the TFLite step takes it
         with open(os.path.join(part, "model.json"), "w", encoding="utf-8") as f:
             json.dump({"chars": chars, "state_shape": shape, "checkpoint": path}, f)
         web = resources.files("charrnn") / "web"
