@@ -148,7 +148,9 @@ class _CheckedManager(tf.train.CheckpointManager):
         self._finite = finite
 
     def save(self, checkpoint_number: int | None = None, check_interval: bool = True, options: object = None) -> str:
-        step = int(checkpoint_number) if checkpoint_number is not None else None
+        if checkpoint_number is None:  # charrnn's checkpoints are numbered by their step
+            raise ValueError("a run's checkpoint is saved with its step as checkpoint_number")
+        step = int(checkpoint_number)
         if not all_finite(self._finite):
             raise CharRNNError(
                 f"the weights are not finite at step {step} (training diverged); nothing was saved and the last "

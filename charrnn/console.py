@@ -101,6 +101,8 @@ class ProgressLogger(Callback):
             else:  # a terminal too narrow for a live line: lines of their own from now on
                 sys.stdout.write(_clear_line())
                 self.live = False
+                # Their means start with this chunk (a live line keeps no interval).
+                self._interval_sum, self._interval_steps = logs["loss"] * (step - previous), step - previous
         if not self.live and self._cadence.log_due(step):
             loss = self._interval_sum / self._interval_steps
             self._interval_sum = self._interval_steps = 0.0

@@ -153,8 +153,9 @@ def fetch(url: str, path: str, sha256: str | None, failure: str, hint: str, head
                                f"kept; {hint}")
         record = {"url": url, "sha256": digest.hexdigest(), "size": size, **validators,
                   "downloaded": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
-        was = previous.get("content_type") if previous is not None else None
-        if previous is not None and record["content_type"] == "text/html" and was != "text/html":
+        was = previous.get("content_type", "text/html") if previous is not None else None  # older records: unknown
+        if previous is not None and record["content_type"] == "text/html" and was != "text/html" and \
+                record["sha256"] != previous.get("sha256"):
             raise CharRNNError(f"{failure} (the answer, from {record['final_url']}, is an HTML page where the text "
                                f"was {was or 'not one'}: a network's sign-in page or an error "
                                f"page?); {hint}")

@@ -62,7 +62,9 @@ def tflite_paths(export_dir: str, overwrite: bool = False) -> tuple[str, str]:
         model_path = export_dir
         vocab_path = f"{os.path.dirname(export_dir) or '.'}/{VOCAB_FILE}"
         taken = [p for p in (model_path, vocab_path) if storage.exists(p)]
-        if taken and (not overwrite or storage.isdir(taken[0])):
+        # --overwrite replaces this export (its model and vocab.json), never another's vocab.json.
+        replaces = overwrite and storage.exists(model_path) and not any(storage.isdir(p) for p in taken)
+        if taken and not replaces:
             raise CharRNNError(f"{taken[0]} exists; pass a new --export_dir (a directory, or a .tflite path whose "
                                "directory has no vocab.json yet), or --overwrite to replace that export")
         check_export_dir(os.path.dirname(export_dir) or ".", may_exist=True)
@@ -85,7 +87,11 @@ def take_place(part: str, export_dir: str) -> None:
     if before is not None and os.listdir(export_dir):  # the export it replaces: out of the way, then gone
         old = storage.part_name(f"{export_dir}.replaced")  # a dead process's is removed as any part
         os.rename(export_dir, old)
-        os.rename(part, export_dir)
+        try:
+            os.rename(part, export_dir)
+        except BaseException:  # Ctrl-C included: the export it replaces goes back
+            os.rename(old, export_dir)
+            raise
         shutil.rmtree(old)
     else:
         os.replace(part, export_dir)

@@ -173,7 +173,7 @@ def _record(line: bytes | None) -> dict | None:
     try:
         record = json.loads(line.decode("utf-8"))
         int(record["step"])
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, OverflowError):  # 1e400 is a float JSON reads as inf
         return None
     return record
 

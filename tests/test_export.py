@@ -257,3 +257,24 @@ def test_overwrite_replaces_an_export_and_nothing_else(trained_run, tmp_path):
                                            r"only an export"):
         charrnn.export(str(trained_run), str(target), overwrite=True)
     assert snapshot(target) == before
+
+
+def test_an_export_that_cannot_take_its_place_leaves_the_one_it_replaces(trained_run, tmp_path, monkeypatch):
+    """--overwrite moves the old export aside, then the new one in: when the second rename
+    fails (Ctrl-C, a full disk), the old export goes back where it was."""
+    target = tmp_path / "model"
+    charrnn.export(str(trained_run), str(target))
+    before = snapshot(target)
+    real, renames = os.rename, []
+
+    def failing_second(src, dst):
+        renames.append((src, dst))
+        if len(renames) == 2:
+            raise KeyboardInterrupt
+        real(src, dst)
+
+    monkeypatch.setattr(os, "rename", failing_second)
+    with pytest.raises(KeyboardInterrupt):
+        charrnn.export(str(trained_run), str(target), overwrite=True)
+    monkeypatch.undo()
+    assert snapshot(target) == before and sorted(p.name for p in tmp_path.iterdir()) == ["model"]

@@ -4,6 +4,8 @@ on a local disk (appended to) and on a filesystem that cannot append (ram://, as
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from charrnn import Trainer
@@ -29,3 +31,13 @@ def test_a_crash_between_two_checkpoints_logs_each_step_once(small_text, tmp_pat
     resumed.fit(verbose=0)
     assert read_metrics(run) == read_metrics(reference.run_dir)
     assert sorted(logged(run, "loss")) == list(range(1, 12))
+
+
+def test_a_step_no_integer_can_hold_is_a_damaged_line(tmp_path):
+    """{"step": 1e400} reads as infinity: dropped as damage, not a crash of the resume."""
+    from charrnn.metrics import MetricsLog
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1, "loss": 2.0}\n{"step": 1e400, "loss": 1.0}\n{"step": 2, "loss": 1.5}\n')
+    MetricsLog(str(path), 2).on_train_end({})
+    assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 2]

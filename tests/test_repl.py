@@ -259,3 +259,14 @@ def test_lines_pasted_at_once_are_each_answered_in_order_on_a_dumb_terminal(trai
     assert answers[2].startswith(":seed 7\n") and "seed 7 (answer 1 next)" in answers[2]
     assert answers[3] == sampler.generate("dog", 300, seed=mix_seed(7, 0))
     assert b"\x1b" not in term.seen and "\x1b" not in shown
+
+
+def test_a_line_typed_ahead_is_edited_as_the_terminal_would_have():
+    """Out of canonical mode the terminal applies no Backspace: the line is edited here, and
+    cursor keys and other control characters are left out of it."""
+    from charrnn.cli.repl import _Keys
+
+    keys = _Keys()
+    keys.typed = b"helxy\x7f\x7flo\r\x1b[Ax\x08\x15ab\x01\n\xffq"
+    assert keys.next_line() == "hello" and keys.next_line() == "ab" and keys.next_line() is None
+    assert keys.typed == b"\xffq"  # unfinished: it waits at the next prompt

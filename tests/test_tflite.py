@@ -182,3 +182,13 @@ def test_overwrite_replaces_a_tflite_export(trained_run, tmp_path, named):
         (target / "notes.txt").write_text("mine")
         with pytest.raises(CharRNNError, match=r"holds files that are not an export \(notes.txt\)"):
             export_tflite(str(trained_run), str(target), overwrite=True)
+
+
+def test_overwrite_never_replaces_another_exports_vocabulary(trained_run, tmp_path):
+    """A .tflite path beside another export's vocab.json: --overwrite replaces this export's
+    files only, so a new name there is still refused."""
+    export_tflite(str(trained_run), str(tmp_path / "a.tflite"))
+    before = (tmp_path / "vocab.json").read_bytes()
+    with pytest.raises(CharRNNError, match=r"vocab.json exists"):
+        export_tflite(str(trained_run), str(tmp_path / "b.tflite"), overwrite=True)
+    assert (tmp_path / "vocab.json").read_bytes() == before and not (tmp_path / "b.tflite").exists()

@@ -80,8 +80,8 @@ class Session:
         """Handles one line; `echoed`: the terminal shows it on the line above (typed at the
         prompt). False when the session should end."""
         if line.startswith(":") and not line.startswith("::"):
-            if self.terminal and not echoed:
-                self.out.write(f"{_PROMPT}{line}\n")
+            if self.terminal and not echoed:  # undecodable bytes shown escaped
+                self.out.write(f"{_PROMPT}{line.encode('utf-8', 'backslashreplace').decode()}\n")
             return self._command(line[1:].split())
         prime = line[1:] if line.startswith("::") else line
         if prime:
@@ -191,16 +191,18 @@ class _Keys:
         return self.eof
 
     def next_line(self) -> str | None:
-        """The oldest complete line typed ahead (Enter arrives as CR or LF), or None."""
+        """The oldest complete line typed ahead (Enter arrives as CR or LF), or None; edited
+        as the terminal would have (Backspace, Ctrl-U), cursor keys and other control
+        characters left out (out of canonical mode, the terminal applied none of them)."""
         parts = re.split(rb"\r\n|\r|\n", self.typed, maxsplit=1)
         if len(parts) == 1:
             return None
         self.typed = parts[1]
-        return parts[0].decode("utf-8", "surrogateescape")
+        return _edited(parts[0].decode("utf-8", "surrogateescape"))
 
     def offer_rest(self) -> None:
         """Puts the unfinished line typed ahead, if any, at the next prompt (readline's line)."""
-        ahead, self.typed = self.typed.decode("utf-8", "ignore"), b""
+        ahead, self.typed = _edited(self.typed.decode("utf-8", "ignore")), b""
         if ahead.isprintable() and ahead:
             import readline
 
@@ -210,6 +212,20 @@ class _Keys:
                 readline.set_pre_input_hook(None)
 
             readline.set_pre_input_hook(insert)
+
+
+def _edited(typed: str) -> str:
+    """`typed` as the line it makes: each Backspace (DEL or ^H) takes back a character, ^U the
+    line; escape sequences (cursor keys) and other control characters are left out."""
+    line: list[str] = []
+    for c in re.sub(r"\x1b(\[[0-9;?]*[ -/]*[@-~]|O.|.)?", "", typed):
+        if c in "\x7f\b":
+            line = line[:-1]
+        elif c == "\x15":
+            line = []
+        elif c.isprintable() or c == "\t" or "\udc80" <= c <= "\udcff":  # undecodable bytes: refused by name
+            line.append(c)
+    return "".join(line)
 
 
 @contextlib.contextmanager
@@ -268,7 +284,7 @@ def run(sampler: Sampler, settings: dict[str, Any], source: str) -> None:
             sys.stdout.write("\n")
             return
         # A paste readline took at once (bracketed paste) holds several lines: each a prime.
-        lines = typed.splitlines() or [""]
+        lines = re.split(r"\r\n|\r|\n", typed)  # newlines only: a form feed may be in a prime
         for line in lines:
             if not session.handle(line, echoed=len(lines) == 1):
                 return

@@ -90,7 +90,7 @@ export class Generator {
     }
     if (!(temperature >= 1e-6 && temperature <= 1e6)) throw new Error('temperature must be between 1e-06 and 1e+06');
     if (!(topP > 0 && topP <= 1)) throw new Error('top_p must be in (0, 1]');
-    if (!(topK >= 0)) throw new Error('top_k must be at least 0 (0 keeps every character)');
+    if (!(Number.isInteger(topK) && topK >= 0)) throw new Error('top_k must be a whole number, 0 or more (0 keeps every character)');
     const ids = this.encode(prime);
     const draw = random(seed === null || seed === '' ? Math.floor(Math.random() * 2 ** 32) : seed);
     let state = new Float32Array(this.stateShape.reduce((a, b) => a * b, 1));
@@ -113,8 +113,9 @@ function argmax(values) {
   return best;
 }
 
-// A draw from softmax(logits / temperature), restricted as the Sampler restricts it: to the
-// topK largest (0: all) and to the smallest set of largest whose probability reaches topP.
+// A draw from softmax(logits / temperature), restricted as the Sampler's filter_logits
+// restricts it: to the topK largest (0: all) and to the smallest set of largest whose
+// probability reaches topP, every character tied with the last one kept kept too.
 function sample(logits, temperature, topK, topP, draw) {
   const order = Array.from(logits.keys()).sort((a, b) => logits[b] - logits[a]);
   const scaled = order.map((i) => logits[i] / temperature);
@@ -132,6 +133,7 @@ function sample(logits, temperature, topK, topP, draw) {
     }
     keep = Math.min(keep, Math.max(count, 1));
   }
+  while (keep < order.length && scaled[keep] === scaled[keep - 1]) keep++; // ties at the threshold stay
   const kept = weights.slice(0, keep);
   let u = draw() * kept.reduce((a, b) => a + b, 0);
   for (let i = 0; i < keep; i++) {
