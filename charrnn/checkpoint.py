@@ -21,7 +21,7 @@ from charrnn.config import WHICH
 from charrnn.errors import CharRNNError
 from charrnn.log import logger
 from charrnn.rundir import RunDir
-from charrnn.which import checkpoint_paths, checkpoint_step
+from charrnn.which import checkpoint_paths, checkpoint_step, state_file
 
 
 def all_finite(variables: Iterable[tf.Variable]) -> bool:
@@ -171,12 +171,7 @@ def _manager(checkpoint: tf.train.Checkpoint, directory: str, max_to_keep: int,
     does not name (a save killed after its files were written, before it was recorded), so
     that max_to_keep counts them and deletes them in their turn."""
     on_disk = [p for p in checkpoint_paths(directory) if storage.exists(p + ".index")][::-1]  # oldest first
-    try:
-        state = tf.train.get_checkpoint_state(directory) if on_disk else None
-    except (tf.errors.OpError, ValueError):
-        state = None
-    named = {os.path.basename(p) for p in state.all_model_checkpoint_paths} if state is not None else set()
-    if {os.path.basename(p) for p in on_disk} - named:
+    if {os.path.basename(p) for p in on_disk} - set(state_file(directory)[1]):
         now = time.time()
         tf.compat.v1.train.update_checkpoint_state(directory, on_disk[-1], on_disk,
                                                    all_model_checkpoint_timestamps=[now] * len(on_disk),

@@ -38,7 +38,7 @@ def check_which(which: str) -> None:
                            f"got {which!r}")
 
 
-def _state(directory: str) -> tuple[str | None, list[str]]:
+def state_file(directory: str) -> tuple[str | None, list[str]]:
     """The names the `checkpoint` state file of `directory` gives: the newest checkpoint's
     and every one's (basenames); nothing where it is missing or damaged."""
     try:
@@ -57,7 +57,7 @@ def checkpoint_paths(directory: str) -> list[str]:
     checkpoint whose index is missing, or one the state file does not name (a save killed
     before it was recorded), still shows up here.
     """
-    paths = {f"{directory}/{name}" for name in _state(directory)[1]}
+    paths = {f"{directory}/{name}" for name in state_file(directory)[1]}
     for name in storage.glob(f"{directory}/ckpt-*.index") + storage.glob(f"{directory}/ckpt-*.data-*"):
         paths.add(checkpoint_prefix(name))
     return sorted((p for p in paths if checkpoint_step(p) >= 0), key=checkpoint_step, reverse=True)
@@ -68,7 +68,7 @@ def newest(directory: str) -> str | None:
     state file, the complete one (its index written) of the highest step; None if none.
     Not simply the highest step: a resume that passed over a damaged newer checkpoint saves
     lower steps after it."""
-    latest = _state(directory)[0]
+    latest = state_file(directory)[0]
     if latest is not None and checkpoint_step(latest) >= 0 and storage.exists(f"{directory}/{latest}.index"):
         return f"{directory}/{latest}"
     return next((p for p in checkpoint_paths(directory) if storage.exists(p + ".index")), None)

@@ -35,6 +35,7 @@ class Behaviour:
     trickle: float = 0.02
     cut: set[str] = field(default_factory=set)
     portal: str | None = None  # None, "redirect" or "in place"
+    html: set[str] = field(default_factory=set)  # paths served as text/html
     requests: list[dict] = field(default_factory=list)
 
 
@@ -82,8 +83,8 @@ def server():
                     return
             seen["status"] = 200
             behaviour.requests.append(seen)
-            self._answer(body, "text/plain; charset=utf-8", {"ETag": etag, "Last-Modified": modified}
-                         if behaviour.validators else {})
+            self._answer(body, "text/html" if self.path in behaviour.html else "text/plain; charset=utf-8",
+                         {"ETag": etag, "Last-Modified": modified} if behaviour.validators else {})
 
         def _answer(self, body: bytes, content_type: str, headers: dict | None = None) -> None:
             self.send_response(200)
@@ -288,3 +289,15 @@ def test_a_sign_in_page_answering_the_revalidation_never_replaces_the_text(serve
                                  f"downloaded {json.loads(open(download._record_path(path)).read())['downloaded']}"]
     behaviour.portal = None  # the network's sign-in done: the text is checked as before
     assert corpus.read_text(f"{base}/t.txt") == TEXT.decode() and behaviour.requests[-1]["status"] == 304
+
+
+def test_the_same_text_answered_as_html_is_no_sign_in_page(server, corpus_cache, caplog):
+    """A server that starts calling the same text text/html (no validators: a full answer):
+    the bytes are the copy's, so it is used without a warning, and its record renewed."""
+    behaviour, base = server
+    behaviour.files["/t.txt"] = TEXT
+    corpus.read_text(f"{base}/t.txt")
+    behaviour.validators, behaviour.html = False, {"/t.txt"}
+    with caplog.at_level(logging.INFO, logger="charrnn"):
+        assert corpus.read_text(f"{base}/t.txt") == TEXT.decode()
+    assert _warnings(caplog) == [] and behaviour.requests[-1]["status"] == 200

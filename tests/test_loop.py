@@ -288,3 +288,20 @@ def test_a_stop_during_an_evaluation_saves_without_it_and_the_resume_evaluates_f
     resumed, recorder = trainer.restore(5), Recorder()
     Controller(resumed, cadence, [recorder], checkpoints=resumed).run()
     assert recorder.events[1] == ("evaluate", 5, 0.2)
+
+
+def test_an_epoch_finalised_after_a_resume_at_its_evaluation_logs_every_metric_without_reporting_it_again():
+    """A run stopped right after evaluating at step 15 (patience then exhausted), resumed in
+    a new process: the epoch it finalises at 15 carries the evaluation's every metric (loss
+    and bpc, measured again since the record keeps the loss only), and no evaluation is
+    reported twice."""
+    cadence = Cadence(steps_per_epoch=100, total_steps=100, checkpoint_every=5, eval_every=5, patience=2)
+    trainer = FakeTrainer(cadence, val=lambda step: float(step))
+    Controller(trainer, cadence, checkpoints=trainer).run()
+    resumed = trainer.restore(15)
+    resumed.finalized = -1  # as if stopped before the epoch was finalised
+    recorder = Recorder()
+    history = Controller(resumed, cadence, [recorder], checkpoints=resumed).run()
+    assert [(s.step, s.val_metrics) for s in history] == [(15, {"loss": 15.0, "bpc": 15.0 / math.log(2)})]
+    assert [e for e in recorder.events if e[0] in ("evaluate", "epoch")] == [("epoch", 1, round(
+        sum(1 / s for s in range(1, 16)) / 15, 12), 15.0)]
