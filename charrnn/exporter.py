@@ -8,9 +8,10 @@ two compiled functions:
         -> {"text": string [batch]}: each prompt followed by its sample; the same loop as
         `Sampler.generate`, so the same seed gives the same text. Also `serving_default`.
     generate_with_options(the same, then top_k: int32, top_p: float32, greedy: bool)
-        -> the same, with the Sampler's options. Called from Python
-        (`loaded.generate_with_options(...)`) the last three may be left out (0, 1.0, False);
-        its signature takes all seven (TF Serving fills no defaults).
+        -> the same, with the Sampler's options: after generate's four inputs, each option
+        charrnn.sampling declares with a dtype, in its order. Called from Python
+        (`loaded.generate_with_options(...)`) those may be left out (their defaults: 0, 1.0,
+        False); its signature takes them all (TF Serving fills no defaults).
     step(ids: int32 [batch], state: float32 [layers * state_size, batch, units])
         -> {"logits": float32 [batch, vocab], "state": same as the input state}: one
         character, for clients that stream; the zero state starts a sequence.
@@ -21,6 +22,7 @@ Every function computes in float32 whatever precision the run trained in
 
 from __future__ import annotations
 
+import inspect
 import os
 import shutil
 import tempfile
@@ -31,10 +33,16 @@ import tensorflow as tf
 from charrnn import storage
 from charrnn.exportfiles import SAVEDMODEL_FILES, check_export_dir, take_place, tflite_paths
 from charrnn.model import CharRNN
-from charrnn.sampler import GENERATION_PRECISION, Draw, Sampler
-from charrnn.sampling import MAX_NUM_CHARS, MAX_TEMPERATURE, MIN_TEMPERATURE, SampleOptions
+from charrnn.sampler import GENERATION_PRECISION, Sampler
+from charrnn.sampling import MAX_NUM_CHARS, OPTIONS, TENSOR_OPTIONS, SampleOptions
 from charrnn.trained import load_model
 from charrnn.vocab import Vocabulary
+
+# generate's inputs, in order (the first exports' signature).
+_GENERATE_INPUTS = {"prompt": tf.string, "num_chars": tf.int32, "temperature": tf.float32, "seed": tf.int64}
+# The range of each option the compiled loop takes, and the note its refusal adds.
+_RANGES = {field.name: (field.metadata["valid"], field.metadata["note"]) for field in OPTIONS
+           if field.name in TENSOR_OPTIONS and field.metadata["valid"] is not None}
 
 
 class _Generator(tf.Module):
@@ -48,29 +56,33 @@ class _Generator(tf.Module):
         self.table = tf.lookup.StaticHashTable(
             tf.lookup.KeyValueTensorInitializer(codepoints, tf.range(len(chars), dtype=tf.int32)), default_value=-1)
 
+        # generate_with_options' inputs: generate's, then every other option the compiled
+        # loop takes, in charrnn.sampling's order; from Python, those may be left out.
+        extra = [name for name in TENSOR_OPTIONS if name != "temperature"]
         defaults = SampleOptions()
 
-        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="prompt"),
-                                      tf.TensorSpec([], tf.int32, name="num_chars"),
-                                      tf.TensorSpec([], tf.float32, name="temperature"),
-                                      tf.TensorSpec([], tf.int64, name="seed"),
-                                      tf.TensorSpec([], tf.int32, name="top_k"),
-                                      tf.TensorSpec([], tf.float32, name="top_p"),
-                                      tf.TensorSpec([], tf.bool, name="greedy")])
-        def generate_with_options(prompt, num_chars, temperature, seed, top_k=tf.constant(defaults.top_k),
-                     top_p=tf.constant(defaults.top_p), greedy=tf.constant(defaults.greedy)):
-            prime_ids = self._prime_ids(prompt, num_chars, temperature, top_k, top_p)
-            draw = Draw(temperature, tf.stack([seed, 0]), top_k, top_p, greedy)
-            # The Sampler's loop, with filtering compiled in (top_k=0 and top_p=1 keep every
+        def generate_with_options(prompt, num_chars, temperature, seed, *options):
+            values = {"temperature": temperature, **dict(zip(extra, options))}
+            prime_ids = self._prime_ids(prompt, num_chars, values)
+            draw = {"seed": tf.stack([seed, 0]), **values}
+            # The Sampler's loop, with filtering compiled in (the options' defaults keep every
             # character, as the Sampler's unfiltered loop does); it draws at least one character.
             sampled = self._sampler.sample_ids(prime_ids, tf.maximum(num_chars, 1), draw, filtering=True)
             # sampled is time-major [num_chars, batch]: join down the time axis.
             return {"text": prompt + tf.strings.reduce_join(tf.gather(self.chars, sampled[:num_chars]), axis=0)}
 
-        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="prompt"),
-                                      tf.TensorSpec([], tf.int32, name="num_chars"),
-                                      tf.TensorSpec([], tf.float32, name="temperature"),
-                                      tf.TensorSpec([], tf.int64, name="seed")])
+        parameter = inspect.Parameter
+        generate_with_options.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+            [parameter(name, parameter.POSITIONAL_OR_KEYWORD) for name in _GENERATE_INPUTS] +
+            [parameter(name, parameter.POSITIONAL_OR_KEYWORD, default=tf.constant(getattr(defaults, name)))
+             for name in extra])
+        generate_with_options = tf.function(generate_with_options, input_signature=[
+            *(tf.TensorSpec([None] if name == "prompt" else [], dtype, name=name)
+              for name, dtype in _GENERATE_INPUTS.items()),
+            *(tf.TensorSpec([], TENSOR_OPTIONS[name], name=name) for name in extra)])
+
+        @tf.function(input_signature=[tf.TensorSpec([None] if name == "prompt" else [], dtype, name=name)
+                                      for name, dtype in _GENERATE_INPUTS.items()])
         def generate(prompt, num_chars, temperature, seed):  # the signature of the first exports
             return generate_with_options(prompt, num_chars, temperature, seed)
 
@@ -79,8 +91,7 @@ class _Generator(tf.Module):
         self.step = _step_function(model, batch=None)
 
 
-    def _prime_ids(self, prompt: tf.Tensor, num_chars: tf.Tensor, temperature: tf.Tensor, top_k: tf.Tensor,
-                   top_p: tf.Tensor) -> tf.Tensor:
+    def _prime_ids(self, prompt: tf.Tensor, num_chars: tf.Tensor, options: dict[str, tf.Tensor]) -> tf.Tensor:
         """The prompts as ids [batch, length], once every input is checked (an op error
         naming what is wrong, for a serving client)."""
         codepoints = tf.strings.unicode_decode(prompt, "UTF-8")
@@ -95,14 +106,13 @@ class _Generator(tf.Module):
                                 ["the prompts of one call must have the same length; lengths:", lengths]),
             tf.debugging.Assert((num_chars >= 0) & (num_chars <= MAX_NUM_CHARS),
                                 [f"num_chars must be between 0 and {MAX_NUM_CHARS}, got", num_chars]),
-            tf.debugging.Assert((temperature >= MIN_TEMPERATURE) & (temperature <= MAX_TEMPERATURE),
-                                [f"temperature must be between {MIN_TEMPERATURE:g} and {MAX_TEMPERATURE:g}, got",
-                                 temperature]),
-            tf.debugging.Assert(top_k >= 0, ["top_k must be >= 0 (0 keeps every character), got", top_k]),
-            tf.debugging.Assert((top_p > 0) & (top_p <= 1), ["top_p must be in (0, 1], got", top_p]),
+            *(tf.debugging.Assert(valid.holds(options[name]), [
+                f"{name} must be {valid.describe(options[name].dtype.max)}{note}, got", options[name]])
+              for name, (valid, note) in _RANGES.items()),
         ]
         with tf.control_dependencies(checks):
             return ids.to_tensor()
+
 
 def _step_function(model: CharRNN, batch: int | None) -> tf.types.experimental.GenericFunction:
     """step(ids [batch], state [layers * state_size, batch, units]) -> {logits, state}: one

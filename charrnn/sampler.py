@@ -3,7 +3,7 @@ their ranges) is charrnn.sampling's `SampleOptions`; how it draws is `_draw` bel
 options as one structure of tensors (`Draw`).
 
 The prime runs through the model once to build the recurrent state and draw the first
-character; then a `tf.range` loop inside a `tf.function` samples each next character from
+character; then a `tf.while_loop` compiled in a `tf.function` samples each next character from
 logits / temperature with stateless ops and feeds it back, the state carried as loop
 variables. `num_samples` sequences are generated in parallel as one batch, and a seed
 reproduces the output exactly.
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable, Iterator
-from typing import NamedTuple
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -21,7 +21,7 @@ import tensorflow as tf
 from charrnn.devices import resolve_device
 from charrnn.errors import CharRNNError
 from charrnn.model import CharRNN
-from charrnn.sampling import SampleOptions, check_request
+from charrnn.sampling import TENSOR_OPTIONS, SampleOptions, check_request
 from charrnn.trained import load_model
 from charrnn.vocab import Vocabulary
 
@@ -33,26 +33,20 @@ from charrnn.vocab import Vocabulary
 GENERATION_PRECISION = "float32"
 
 
-class Draw(NamedTuple):
-    """SampleOptions (and a seed) as the compiled loop takes them: one argument, whatever
-    options it holds (the SavedModel export builds one from its signature's inputs)."""
+# SampleOptions (and a seed) as the compiled loop takes them: one argument, a dict of the
+# options charrnn.sampling declares with a dtype, and "seed" (int64 [2]: the seed, and 0).
+# The SavedModel export builds one from its signature's inputs.
+Draw = dict[str, tf.Tensor]
 
-    temperature: tf.Tensor  # float32 []
-    seed: tf.Tensor  # int64 [2]: the seed, and 0
-    top_k: tf.Tensor  # int32 []
-    top_p: tf.Tensor  # float32 []
-    greedy: tf.Tensor  # bool []
 
-    @classmethod
-    def of(cls, options: SampleOptions, seed: int) -> Draw:
-        return cls(tf.constant(options.temperature, tf.float32), tf.constant([seed, 0], tf.int64),
-                   tf.constant(options.top_k, tf.int32), tf.constant(options.top_p, tf.float32),
-                   tf.constant(options.greedy))
+def draw_of(options: SampleOptions, seed: int) -> Draw:
+    return {"seed": tf.constant([seed, 0], tf.int64),
+            **{name: tf.constant(getattr(options, name), dtype) for name, dtype in TENSOR_OPTIONS.items()}}
 
-    @classmethod
-    def spec(cls) -> Draw:
-        return cls(tf.TensorSpec([], tf.float32), tf.TensorSpec([2], tf.int64), tf.TensorSpec([], tf.int32),
-                   tf.TensorSpec([], tf.float32), tf.TensorSpec([], tf.bool))
+
+def draw_spec() -> dict[str, tf.TensorSpec]:
+    return {"seed": tf.TensorSpec([2], tf.int64), **{name: tf.TensorSpec([], dtype) for name, dtype in
+                                                      TENSOR_OPTIONS.items()}}
 
 
 class Sampler:
@@ -91,44 +85,43 @@ class Sampler:
         return cls(model, vocab, device)
 
     def generate(self, prime: str, num_chars: int = 500, temperature: float = 0.5, num_samples: int = 1,
-                 seed: int | None = None, *, top_k: int = 0, top_p: float = 1.0, greedy: bool = False,
-                 stop_at: str | None = None) -> str | list[str]:
+                 seed: int | None = None, **options: Any) -> str | list[str]:
         """Returns `prime` followed by up to `num_chars` sampled characters (a list if num_samples > 1).
 
-        The options are those of `SampleOptions`; generation stops once every sample has
-        reached `stop_at`. The same `seed` and arguments give the same text; without one a
-        random seed is drawn.
+        `options` are the other fields of `SampleOptions` (top_k, top_p, greedy, stop_at, ...),
+        by name; generation stops once every sample has reached `stop_at`. The same `seed`
+        and arguments give the same text; without one a random seed is drawn.
         """
-        options = SampleOptions(temperature, top_k, top_p, greedy, stop_at)
+        asked = SampleOptions.of(temperature=temperature, **options)
         check_request(prime, num_chars, num_samples, seed)
         if num_chars == 0:
             self.vocab.encode(prime)  # its characters checked (_begin does it otherwise)
             texts = [prime] * num_samples
         else:
-            ids, more = self._begin(prime, num_samples, options, seed)
+            ids, more = self._begin(prime, num_samples, asked, seed)
             columns = np.concatenate([ids[None, :], more(1, num_chars - 1)])  # time-major: a column per sample
             texts = [self.vocab.decode(row) for row in columns.T]
-            if stop_at:
-                texts = [text.split(stop_at, 1)[0] for text in texts]
+            if asked.stop_at:
+                texts = [text.split(asked.stop_at, 1)[0] for text in texts]
             texts = [prime + text for text in texts]
         return texts if num_samples > 1 else texts[0]
 
     def stream(self, prime: str, num_chars: int = 500, temperature: float = 0.5, seed: int | None = None, *,
-               top_k: int = 0, top_p: float = 1.0, greedy: bool = False, stop_at: str | None = None,
-               chunk: int = 32) -> Iterator[str]:
+               chunk: int = 32, **options: Any) -> Iterator[str]:
         """Yields the text that `generate(prime, ...)` returns after the prime, piece by piece
         as it is produced: compiled chunks of `chunk` steps, the state carried between them.
         The same seed and options give exactly `generate`'s text (one sample)."""
-        options = SampleOptions(temperature, top_k, top_p, greedy, stop_at)
+        asked = SampleOptions.of(temperature=temperature, **options)
         check_request(prime, num_chars, 1, seed)
         if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1:
             raise CharRNNError(f"chunk must be an integer of at least 1, got {chunk!r}")
         if num_chars == 0:
             self.vocab.encode(prime)  # its characters checked (_begin does it otherwise)
             return
-        ids, more = self._begin(prime, 1, options, seed)
+        ids, more = self._begin(prime, 1, asked, seed)
         text, emitted, produced = self.vocab.decode(ids), 0, 1
         # Held back: the end of the text that could be the start of stop_at.
+        stop_at = asked.stop_at
         hold = len(stop_at) - 1 if stop_at else 0
         while True:
             if stop_at and stop_at in text:
@@ -151,7 +144,7 @@ class Sampler:
         samples the next `count` ids of each (time-major), the state carried from call to call."""
         self._refresh()
         first, chunk = self._functions(options)
-        draw = Draw.of(options, secrets.randbits(63) if seed is None else seed)
+        draw = draw_of(options, secrets.randbits(63) if seed is None else seed)
         stop_ids = tf.constant(self.vocab.encode(options.stop_at) if options.stop_at else np.zeros([0], np.int32))
         ids, *carried = first(tf.tile(tf.constant(self.vocab.encode(prime)[None, :]), [rows, 1]), stop_ids, draw)
         carried = [ids, *carried]  # the last ids, the state, the recent ids, which samples are done
@@ -185,10 +178,10 @@ class Sampler:
                     return self._chunk(*args, filtering=filtering, stopping=stopping)
 
             self._compiled[key] = (
-                tf.function(first, input_signature=[tf.TensorSpec([None, None], tf.int32), stop_ids, Draw.spec()],
+                tf.function(first, input_signature=[tf.TensorSpec([None, None], tf.int32), stop_ids, draw_spec()],
                             autograph=False),
                 tf.function(chunk, input_signature=[*carried, tf.TensorSpec([], tf.int32), tf.TensorSpec([], tf.int32),
-                                                    stop_ids, Draw.spec()], autograph=False))
+                                                    stop_ids, draw_spec()], autograph=False))
         return self._compiled[key]
 
     def _first(self, prime_ids: tf.Tensor, stop_ids: tf.Tensor, draw: Draw, *, filtering: bool,
@@ -254,14 +247,14 @@ def _advance(ids: tf.Tensor, recent: tf.Tensor, done: tf.Tensor, stop_ids: tf.Te
 
 def _draw(logits: tf.Tensor, i: tf.Tensor, draw: Draw, filtering: bool) -> tf.Tensor:
     """The ids drawn from `logits` [batch, vocab] as the `i`-th generated characters."""
-    logits = logits / draw.temperature
+    logits = logits / draw["temperature"]
     if filtering:
-        logits = filter_logits(logits, draw.top_k, draw.top_p)
-    seed = tf.random.experimental.stateless_fold_in(draw.seed, i)
+        logits = filter_logits(logits, draw["top_k"], draw["top_p"])
+    seed = tf.random.experimental.stateless_fold_in(draw["seed"], i)
     drawn = tf.random.stateless_categorical(logits, 1, seed=seed)[:, 0]
     # Non-finite logits (a diverged model) make the draw return vocab_size: keep it an id.
     drawn = tf.minimum(drawn, tf.cast(tf.shape(logits)[-1] - 1, drawn.dtype))
-    return tf.cast(tf.where(draw.greedy, tf.argmax(logits, -1), drawn), tf.int32)
+    return tf.cast(tf.where(draw["greedy"], tf.argmax(logits, -1), drawn), tf.int32)
 
 
 def filter_logits(logits: tf.Tensor, top_k: tf.Tensor, top_p: tf.Tensor) -> tf.Tensor:

@@ -1,6 +1,14 @@
-"""What a sample may ask for: `SampleOptions` (how each next character is drawn) and the
-limits of a request, checked without TensorFlow, so that the tools refuse a bad option
-before it loads. charrnn.sampler draws; the SavedModel export checks the same limits."""
+"""What a sample may ask for, declared once: `SampleOptions` (how each next character is
+drawn) and the limits of a request, checked without TensorFlow, so that the tools refuse a
+bad option before it loads.
+
+Each option is a field whose metadata says everything its users need: its help text (the
+`charrnn-sample` flag and the REPL's `:help` read it), an example value (the REPL's
+command), its range (checked here, and asserted by the SavedModel export), the dtype the
+compiled loop takes it as (charrnn.sampler's `Draw`; the export's signature inputs), and
+whether it filters the logits (the value it has by default keeps every character). A new
+way of drawing is a field here and its arithmetic in charrnn.sampler's `_draw`.
+"""
 
 from __future__ import annotations
 
@@ -23,33 +31,90 @@ MAX_TOP_K = 2**31 - 1  # an int32 in the compiled loop
 
 
 @dataclasses.dataclass(frozen=True)
+class Range:
+    """The values an option may take: from `low` (excluded where `low_open`) to `high`."""
+
+    low: float
+    high: float
+    low_open: bool = False
+
+    def holds(self, value: Any) -> Any:
+        """Whether `value` is in the range: a bool, or a bool tensor for a tensor."""
+        return ((value > self.low) if self.low_open else (value >= self.low)) & (value <= self.high)
+
+    def __str__(self) -> str:
+        return self.describe()
+
+    def describe(self, most: float | None = None) -> str:
+        """The range in words; the upper bound left out where it is `most` or more (the
+        largest value of the type that holds it: no value can pass it)."""
+        low, high = (f"{x:g}" if isinstance(x, float) else str(x) for x in (self.low, self.high))
+        if most is not None and self.high >= most:
+            return f"{'>' if self.low_open else '>='} {low}"
+        return f"in ({low}, {high}]" if self.low_open else f"between {low} and {high}"
+
+
+def _option(default: Any, help: str, *, example: str | None = None, valid: Range | None = None,  # noqa: A002
+            note: str = "", dtype: str | None = None, filters: bool = False) -> Any:
+    """A sampling option: its default and `help`; the REPL's `example` of a value (None: no
+    REPL command); the range `valid` and the `note` its refusal adds; the `dtype` the
+    compiled loop takes it as (None: used outside the loop); whether it `filters` the logits."""
+    return dataclasses.field(default=default, metadata={
+        "help": help, "example": example, "valid": valid, "note": note, "dtype": dtype, "filters": filters})
+
+
+@dataclasses.dataclass(frozen=True)
 class SampleOptions:
     """How each next character is drawn: from softmax(logits / temperature), restricted to
     the `top_k` most likely characters (0: all) and to the smallest set whose probability
     reaches `top_p` (1: all); `greedy` takes the most likely one instead. A sample ends just
     before the first occurrence of `stop_at` in its generated text. Checked when built."""
 
-    temperature: float = 0.5
-    top_k: int = 0
-    top_p: float = 1.0
-    greedy: bool = False
-    stop_at: str | None = None
+    temperature: float = _option(
+        0.5, f"Sampling temperature, in [{MIN_TEMPERATURE:g}, {MAX_TEMPERATURE:g}]: lower is more conservative.",
+        example="0.8",
+        valid=Range(MIN_TEMPERATURE, MAX_TEMPERATURE), note=" (for the most likely character every time, use greedy)",
+        dtype="float32")
+    top_k: int = _option(0, "Sample only from the k most likely characters (0: all).", example="10",
+                         valid=Range(0, MAX_TOP_K), note=" (0 keeps every character)", dtype="int32", filters=True)
+    top_p: float = _option(1.0, "Sample only from the smallest set of characters whose probability reaches p (1: all).",
+                           example="0.9", valid=Range(0.0, 1.0, low_open=True), note=" (1 keeps every character)",
+                           dtype="float32", filters=True)
+    greedy: bool = _option(False, "Always take the most likely character (no sampling).", example="on", dtype="bool")
+    stop_at: str | None = _option(None, "End a sample just before this text first appears in what it generated.")
 
     def __post_init__(self) -> None:
         check_types(self, lambda name: name)
-        if not MIN_TEMPERATURE <= self.temperature <= MAX_TEMPERATURE:
-            raise CharRNNError(f"temperature must be between {MIN_TEMPERATURE:g} and {MAX_TEMPERATURE:g}, got "
-                               f"{self.temperature} (for the most likely character every time, use greedy)")
-        if not 0 <= self.top_k <= MAX_TOP_K:
-            raise CharRNNError(f"top_k must be between 0 and {MAX_TOP_K} (0 keeps every character), got {self.top_k}")
-        if not 0 < self.top_p <= 1:
-            raise CharRNNError(f"top_p must be in (0, 1] (1 keeps every character), got {self.top_p}")
+        for field in dataclasses.fields(self):
+            valid, value = field.metadata["valid"], getattr(self, field.name)
+            if valid is not None and not valid.holds(value):  # NaN holds nowhere
+                raise CharRNNError(f"{field.name} must be {valid}, got {value}{field.metadata['note']}")
         if self.stop_at == "":
             raise CharRNNError("stop_at is empty; pass the text that should end a sample, or leave it unset")
 
+    @classmethod
+    def of(cls, **options: Any) -> SampleOptions:
+        """The options named (the rest at their defaults); a name that is no option is a TypeError."""
+        unknown = sorted(set(options) - set(NAMES))
+        if unknown:
+            raise TypeError(f"unknown sampling option(s) {', '.join(unknown)}; the options are {', '.join(NAMES)}")
+        return cls(**options)
+
     @property
     def filtering(self) -> bool:
-        return self.top_k > 0 or self.top_p < 1
+        """Whether an option that filters the logits is set to anything but its default (which keeps all)."""
+        return any(field.metadata["filters"] and getattr(self, field.name) != field.default for field in OPTIONS)
+
+    def values(self) -> dict[str, Any]:
+        return {field.name: getattr(self, field.name) for field in OPTIONS}
+
+
+OPTIONS = dataclasses.fields(SampleOptions)
+NAMES = tuple(field.name for field in OPTIONS)
+# The options the compiled loop takes as tensors (name -> dtype), in declaration order.
+TENSOR_OPTIONS = {field.name: field.metadata["dtype"] for field in OPTIONS if field.metadata["dtype"]}
+# What a request sets: its length, its seed and the options (the tools' settings).
+SETTINGS = ("num_chars", "seed", *NAMES)
 
 
 def check_settings(settings: dict[str, Any], prime: str = "x", num_samples: int = 1) -> None:

@@ -22,26 +22,15 @@ import re
 import shutil
 import sys
 import termios
+import typing
 from collections.abc import Callable, Iterator
-from typing import Any, TextIO
+from typing import Any, NamedTuple, TextIO
 
 from charrnn.data import mix_seed
 from charrnn.errors import CharRNNError
 from charrnn.sampler import Sampler
-from charrnn.sampling import check_settings
+from charrnn.sampling import NAMES, OPTIONS, SampleOptions, check_settings
 
-HELP = """Type a prime and press Enter: the model continues it. Commands:
-  :temperature T    how adventurous each draw is (lower: more conservative)
-  :length N         characters per answer
-  :seed N|random    replay from seed N (each answer then has its own seed derived from N), or
-                    a random seed per answer
-  :top_k K          draw only from the K most likely characters (0: all)
-  :top_p P          draw only from the most likely characters that make up probability P (1: all)
-  :greedy on|off    always take the most likely character
-  :settings         show the settings
-  :help             this text
-  :quit             end the session (also Ctrl-D; Ctrl-C stops an answer, or ends at the prompt)
-A prime that starts with ':' is written with two (::)."""
 
 def _number(kind: type) -> Callable[[str], Any]:
     def parse(text: str) -> Any:
@@ -58,12 +47,38 @@ def _switch(text: str) -> bool:
     return text.lower() == "on"
 
 
-# Command -> (the setting it changes, how its argument is read, an example of one).
-_SETTINGS: dict[str, tuple[str, Callable[[str], Any], str]] = {
-    "temperature": ("temperature", _number(float), "0.8"), "length": ("num_chars", _number(int), "300"),
-    "top_k": ("top_k", _number(int), "10"), "top_p": ("top_p", _number(float), "0.9"),
-    "greedy": ("greedy", _switch, "on"),
+class _Setting(NamedTuple):
+    key: str  # the setting the command changes
+    parse: Callable[[str], Any]  # how its argument is read
+    argument: str  # the argument, as :help shows it
+    example: str  # an example of one
+    help: str  # noqa: A003 - what it does
+
+
+_READ = {int: (_number(int), "N"), float: (_number(float), "X"), bool: (_switch, "on|off")}
+_KINDS = typing.get_type_hints(SampleOptions)
+# Command -> what it sets: the length, and each sampling option that declares an example
+# (charrnn.sampling, in its order).
+_SETTINGS: dict[str, _Setting] = {
+    "length": _Setting("num_chars", _number(int), "N", "300", "Characters per answer."),
+    **{field.name: _Setting(field.name, *_READ[_KINDS[field.name]], field.metadata["example"], field.metadata["help"])
+       for field in OPTIONS if field.metadata["example"] is not None},
 }
+
+
+def _listed(command: str, text: str) -> str:
+    return f"  {command:<17} {text}"
+
+
+HELP = "\n".join([
+    "Type a prime and press Enter: the model continues it. Commands:",
+    *(_listed(f":{name} {setting.argument}", setting.help) for name, setting in _SETTINGS.items()),
+    _listed(":seed N|random", "Replay from seed N (each answer then has its own seed derived from N), or a random "
+            "seed per answer."),
+    _listed(":settings", "Show the settings."),
+    _listed(":help", "This text."),
+    _listed(":quit", "End the session (also Ctrl-D; Ctrl-C stops an answer, or ends at the prompt)."),
+    "A prime that starts with ':' is written with two (::)."])
 
 
 class Session:
@@ -106,11 +121,11 @@ class Session:
             self.seed, self.answers = seed, 0
             _say(self._settings_line())
         elif name in _SETTINGS and len(args) != 1:
-            _say(f"error: :{name} takes one value, as in :{name} {_SETTINGS[name][2]}")
+            _say(f"error: :{name} takes one value, as in :{name} {_SETTINGS[name].example}")
         elif name in _SETTINGS:
-            key, parse, _ = _SETTINGS[name]
+            setting = _SETTINGS[name]
             try:
-                changed = {**self.settings, key: parse(args[0])}
+                changed = {**self.settings, setting.key: setting.parse(args[0])}
                 check_settings(changed)
             except (ValueError, KeyError, CharRNNError) as e:
                 _say(f"error: :{name} {args[0]}: {e}")
@@ -122,10 +137,12 @@ class Session:
         return True
 
     def _settings_line(self) -> str:
-        s = self.settings
+        """The settings as their commands set them: the first option (the temperature), the
+        length and the seed, then the other options."""
         seed = "random per answer" if self.seed is None else f"{self.seed} (answer {self.answers + 1} next)"
-        return (f"temperature {s['temperature']:g}, length {s['num_chars']}, seed {seed}, top_k {s['top_k']}, "
-                f"top_p {s['top_p']:g}, greedy {'on' if s['greedy'] else 'off'}")
+        first, *others = [f"{name} {_shown(self.settings[name])}" for name in _SETTINGS
+                          if name in NAMES and name in self.settings]
+        return ", ".join([first, f"length {self.settings['num_chars']}", f"seed {seed}", *others])
 
     def _answer(self, prime: str, echoed: bool) -> bool:
         """Streams the answer to `prime`; False when Ctrl-D was typed during it (the session ends)."""
@@ -163,6 +180,11 @@ class Session:
 
 
 _PROMPT = "> "
+
+
+def _shown(value: Any) -> str:
+    return ("on" if value else "off") if isinstance(value, bool) else f"{value:g}" if isinstance(value, float) \
+        else str(value)
 
 
 def _moves_cursor() -> bool:

@@ -12,7 +12,7 @@ from absl import flags
 from charrnn import storage
 from charrnn.cli import tool
 from charrnn.errors import CharRNNError
-from charrnn.sampling import MAX_PRIME_CHARS, check_settings
+from charrnn.sampling import MAX_PRIME_CHARS, SETTINGS, SampleOptions, check_settings
 from charrnn.vocab import Vocabulary
 
 FLAGS = flags.FLAGS
@@ -23,13 +23,8 @@ flags.DEFINE_string("prime", None, "Text to start from (default: a newline if th
 flags.DEFINE_string("prime_file", None, "Read the text to start from from this UTF-8 file, as it is (nanoGPT's "
                     "--start=FILE:...); instead of --prime.")
 flags.DEFINE_integer("num_chars", 500, "Characters to generate after the prime.")
-flags.DEFINE_float("temperature", 0.5, "Sampling temperature, in [1e-6, 1e6]: lower is more conservative.")
 flags.DEFINE_integer("num_samples", 1, "Samples to generate in parallel.")
-flags.DEFINE_integer("top_k", 0, "Sample only from the k most likely characters (0: all).")
-flags.DEFINE_float("top_p", 1.0, "Sample only from the smallest set of characters whose probability reaches "
-                                 "p (1: all).")
-flags.DEFINE_boolean("greedy", False, "Always take the most likely character (no sampling).")
-flags.DEFINE_string("stop_at", None, "End a sample just before this text first appears in what it generated.")
+tool.define_dataclass_flags(SampleOptions)
 flags.DEFINE_integer("seed", None, "Seed; the same seed and settings reproduce the same text (default: random).")
 flags.DEFINE_boolean("stream", False, "Print characters as they are produced (compiled chunks of 32 steps); "
                      "the same text as without it.")
@@ -41,8 +36,7 @@ tool.define_preset_flag()
 
 def _settings() -> dict:
     """The sampling settings the flags give (with --preset)."""
-    return {name: FLAGS[name].value for name in ("num_chars", "temperature", "seed", "top_k", "top_p", "greedy",
-                                                     "stop_at")}
+    return {name: FLAGS[name].value for name in SETTINGS}
 
 
 # A prime file larger than this holds more characters than a prime may (UTF-8: at most 4 bytes

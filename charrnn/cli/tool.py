@@ -60,7 +60,7 @@ class _OrOff(flags.ArgumentParser):
 
 def define_dataclass_flags(cls: type) -> None:
     """Defines one absl flag per field of `cls`, with the field's default, `help` and `group`
-    metadata; a number that may be None also takes `off`."""
+    metadata (none: the tool's own group); a number that may be None also takes `off`."""
     hints = typing.get_type_hints(cls)
     for field in dataclasses.fields(cls):
         kind = hints[field.name]
@@ -78,7 +78,8 @@ def define_dataclass_flags(cls: type) -> None:
             defines: dict[Any, Callable[..., Any]] = {int: flags.DEFINE_integer, float: flags.DEFINE_float,
                                                       str: flags.DEFINE_string, bool: flags.DEFINE_boolean}
             defines[kind](field.name, default, field.metadata["help"])
-        _GROUPS[field.name] = field.metadata["group"]
+        if "group" in field.metadata:
+            _GROUPS[field.name] = field.metadata["group"]
 
 
 def _valid_which(value: str) -> bool:
