@@ -44,9 +44,6 @@ class TrainerView(Protocol):
     def sample(self, step: int) -> str:
         """The sample of the model shown at `step` (the same after a resume)."""
 
-    def describe(self) -> str:
-        """The run's corpus, plan and model, as the console shows them at its start."""
-
 
 class Callback:
     """Base class of training callbacks: override the methods you need (all do nothing).

@@ -1,5 +1,6 @@
-"""The console's observers of a training run: `ProgressLogger` (the run's plan, progress,
-evaluations and how it ended) and `SamplePrinter` (samples while training), on stdout.
+"""The console's side of a training run, on stdout: `describe` (what a run shows as it
+starts: its corpus, plan and model), and the observers `ProgressLogger` (that description,
+progress, evaluations and how the run ended) and `SamplePrinter` (samples while training).
 No TensorFlow here."""
 
 from __future__ import annotations
@@ -8,13 +9,52 @@ import math
 import shutil
 import sys
 import time
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from charrnn.callbacks import Callback, TrainerView
+from charrnn.config import TrainConfig
 from charrnn.errors import one_line
 
 
+class RunPlan(Protocol):
+    """What `describe` reads of a run (charrnn.Trainer is one)."""
+
+    config: TrainConfig
+    data: Any  # charrnn.traindata.TrainData: num_chars, num_files, distinct
+    vocab: Any  # charrnn.vocab.Vocabulary
+    steps_per_epoch: int
+    total_steps: int
+    distribution: Any  # charrnn.distribute.Distribution: where() it computes
+    precision_reason: str
+    model: Any  # charrnn.model.CharRNN: its summary_table(batch_size)
+
+    @property
+    def origin(self) -> dict | None:
+        """Where a fine-tuned run's first weights came from (None for other runs)."""
+
+
+def describe(run: RunPlan) -> str:
+    """What the console shows as a run starts: the corpus and plan, a fine-tuned run's
+    origin, the model's table."""
+    c, o, data = run.config, run.origin, run.data
+    name = one_line(c.data)  # a name the user gave, shown as one line
+    files = f"{data.num_files} files" if data.num_files != 1 else "1 file"
+    budget = f" unless the --time_budget of {c.time_budget:g} s ends it first" if c.time_budget else ""
+    distinct = f"{data.distinct} distinct" + (
+        f" ({len(run.vocab)} with the run's vocabulary)" if data.distinct != len(run.vocab) else "")
+    lines = [f"Corpus {name}: {data.num_chars:,} characters ({files}), {distinct}; "
+             f"{run.steps_per_epoch} steps per epoch, "
+             f"{run.total_steps} steps in all{budget}; {run.distribution.where()}; "
+             f"precision {c.mixed_precision} ({run.precision_reason})"]
+    if o is not None:
+        lines.append(f"Fine-tuning from {one_line(o['checkpoint'])}: its {o['vocab_size_before']} characters keep "
+                     f"their weights, {o['vocab_size'] - o['vocab_size_before']} new one(s) from {name}")
+    return "\n".join([*lines, run.model.summary_table(c.batch_size)])
+
+
 class ProgressLogger(Callback):
-    """The console: the run's corpus, plan and model as it starts; `verbose=1` a live line on
+    """The console: `header` as the run starts (its `describe`); `verbose=1` a live line on
     a terminal (redrawn in place, its least useful parts left out so that it never wraps;
     where even its step count does not fit, one line per `log_every` steps instead),
     `verbose=2` one line per `log_every` steps (the interval's mean loss); evaluations, epoch
@@ -30,8 +70,8 @@ class ProgressLogger(Callback):
 
     _trainer: TrainerView  # from on_train_begin
 
-    def __init__(self, verbose: int = 1):
-        self.live = verbose == 1
+    def __init__(self, verbose: int = 1, header: str = ""):
+        self.live, self.header = verbose == 1, header
 
     def on_train_begin(self, trainer: TrainerView) -> None:
         self._trainer, self._cadence = trainer, trainer.cadence
@@ -39,7 +79,8 @@ class ProgressLogger(Callback):
         self._start_step, self._step = trainer.position()[0], trainer.position()[0]
         self._start, self._last_draw, self._train_seconds, self._timed_steps = time.monotonic(), 0.0, 0.0, 0
         self._interval_sum = self._interval_steps = 0.0
-        print(trainer.describe(), flush=True)
+        if self.header:
+            print(self.header, flush=True)
         if trainer.restored_from is not None:
             step, epoch = trainer.position()
             print(f"Resumed from {one_line(str(trainer.restored_from))} at step {step}, epoch {epoch + 1}", flush=True)
@@ -140,12 +181,12 @@ class ProgressLogger(Callback):
 
 
 class SamplePrinter(Callback):
-    """Prints `trainer.sample(step)` every `--sample_every` steps."""
+    """Prints `sample(step)` (charrnn.sampler.TrainingSamples.at) every `--sample_every` steps."""
 
     _trainer: TrainerView  # from on_train_begin
 
-    def __init__(self, live: bool = False):
-        self.live = live
+    def __init__(self, sample: Callable[[int], str], live: bool = False):
+        self.sample, self.live = sample, live
 
     def on_train_begin(self, trainer: TrainerView) -> None:
         self._trainer = trainer
@@ -153,7 +194,7 @@ class SamplePrinter(Callback):
     def on_chunk_end(self, step: int, logs: dict[str, float]) -> None:
         if self._trainer.cadence.sample_due(step):
             prefix = _clear_line() if self.live else ""
-            print(f"{prefix}--- sample at step {step} ---\n{self._trainer.sample(step)}\n---", flush=True)
+            print(f"{prefix}--- sample at step {step} ---\n{self.sample(step)}\n---", flush=True)
 
 
 def _clear_line() -> str:

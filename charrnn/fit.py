@@ -37,12 +37,11 @@ import keras
 from charrnn import keras_callbacks, storage
 from charrnn.callbacks import Callback
 from charrnn.checkpoint import Checkpointer
-from charrnn.config import TrainConfig
-from charrnn.console import ProgressLogger, SamplePrinter
-from charrnn.distribute import Distribution, first_line
+from charrnn.console import ProgressLogger, RunPlan, SamplePrinter, describe
+from charrnn.distribute import first_line
 from charrnn.errors import CharRNNError
 from charrnn.log import logger
-from charrnn.loop import Controller, Trainable
+from charrnn.loop import Controller, LoopState, Trainable
 from charrnn.metrics import MetricsLog
 from charrnn.rundir import RunDir, RunFiles
 from charrnn.stopping import Preempted, SignalStop
@@ -50,24 +49,22 @@ from charrnn.tensorboard import TensorBoard
 from charrnn.vocab import Vocabulary
 
 
-class Session(Trainable, Protocol):
+class Session(Trainable, RunPlan, Protocol):
     """What fit() needs of the trainer it runs (charrnn.trainer.Trainer is one): the loop's
-    entry points (Trainable), and what a run directory's files and checkpoints are made of.
-    fit() reads these and sets none of them; `catch_up` is the one call that changes the
-    trainer, once fit() holds the run's lock."""
+    entry points (Trainable), the loop's bookkeeping (`state`), what the console describes
+    (RunPlan), the samples shown while it trains, and what a run directory's files and
+    checkpoints are made of. `catch_up` is the one call that changes the trainer, once fit()
+    holds the run's lock."""
 
-    config: TrainConfig
     vocab: Vocabulary
-    model: keras.Model
     optimizer: Any
-    step: Any  # a tf.Variable
+    samples: Any  # charrnn.sampler.TrainingSamples
     checkpoint: Any  # the tf.train.Checkpoint the Checkpointer saves
-    distribution: Distribution
     rundir: RunDir
 
     @property
-    def origin(self) -> dict | None:
-        """Where a fine-tuned run's first weights came from."""
+    def state(self) -> LoopState:
+        """The loop's bookkeeping, which the Controller reads and writes."""
 
     def catch_up(self) -> None:
         """Continues from a checkpoint another trainer saved since this one restored."""
@@ -102,11 +99,12 @@ def fit(trainer: Session, callbacks: Sequence[Callback | keras.callbacks.Callbac
         rundir.write(RunFiles(config, trainer.vocab, trainer.origin))
         checkpoints = Checkpointer(trainer.checkpoint, rundir, config.max_to_keep,
                                    finite=trainer.model.variables + trainer.optimizer.variables)
-        own: list[Callback] = [MetricsLog(rundir.metrics_path, int(trainer.step.numpy())), TensorBoard(rundir.log_dirs)]
+        own: list[Callback] = [MetricsLog(rundir.metrics_path, trainer.state.position()[0]),
+                               TensorBoard(rundir.log_dirs, trainer.samples.at)]
         if verbose:
-            own.append(ProgressLogger(verbose))
+            own.append(ProgressLogger(verbose, describe(trainer)))
             if config.sample_interval is not None:
-                own.append(SamplePrinter(live=verbose == 1))
+                own.append(SamplePrinter(trainer.samples.at, live=verbose == 1))
         observers = [*own, *callbacks]
         signals = SignalStop(trainer.distribution.stop_signals()) if handle_signals else None
         if signals is not None:
@@ -114,7 +112,7 @@ def fit(trainer: Session, callbacks: Sequence[Callback | keras.callbacks.Callbac
                                                                   lambda: _preempted(trainer, checkpoints))
             # Last: a preemption saves once every other observer has seen the chunk.
             observers += [signals] + ([preemption] if preemption is not None else [])
-        controller = Controller(trainer, trainer.cadence, observers, checkpoints=checkpoints)
+        controller = Controller(trainer, trainer.cadence, observers, state=trainer.state, checkpoints=checkpoints)
         try:
             controller.run()
         except Exception as e:
@@ -126,7 +124,7 @@ def fit(trainer: Session, callbacks: Sequence[Callback | keras.callbacks.Callbac
                 timings.train_seconds, timings.eval_seconds = controller.train_seconds, controller.eval_seconds
     if signals is not None and signals.requested is not None:
         path = _saved(trainer, checkpoints)
-        raise Preempted(f"stopped by {signals.requested} at step {int(trainer.step.numpy())}; checkpoint saved to "
+        raise Preempted(f"stopped by {signals.requested} at step {trainer.state.position()[0]}; checkpoint saved to "
                         f"{path}; run the same command again to continue", path)
     return history
 
@@ -165,7 +163,7 @@ def _lost_worker(trainer: Session, checkpoints: Checkpointer, error: Exception) 
     """The stop a lost worker of the cluster makes: a relaunch resumes from the chief's
     newest checkpoint."""
     resume = _saved(trainer, checkpoints) or "the start"
-    return Preempted(f"lost a worker of the cluster at step {int(trainer.step.numpy())} ({first_line(error)}); a "
+    return Preempted(f"lost a worker of the cluster at step {trainer.state.position()[0]} ({first_line(error)}); a "
                      f"relaunch resumes from {resume}: run the same command again on every worker", resume)
 
 
@@ -173,5 +171,5 @@ def _preempted(trainer: Session, checkpoints: Checkpointer) -> None:
     """Called by TensorFlow's preemption handler once every worker has saved: ends the run
     as a signal would (the controller's observers close their files on the way out)."""
     path = _saved(trainer, checkpoints)
-    raise Preempted(f"stopped by the preemption of a worker at step {int(trainer.step.numpy())}; checkpoint saved to "
+    raise Preempted(f"stopped by the preemption of a worker at step {trainer.state.position()[0]}; checkpoint saved to "
                     f"{path}; run the same command again on every worker to continue", path)

@@ -2,7 +2,8 @@
 
 Plain Python, no TensorFlow (as Orbit's Controller): `Controller.run()` drives a trainer
 through the protocol `Trainable` epoch by epoch, in compiled chunks that never cross an
-evaluation or checkpoint point, and tells the callbacks (charrnn.callbacks) what happened.
+evaluation or checkpoint point, keeps the loop's bookkeeping in a `LoopState`, saves
+through `Checkpoints` and tells the callbacks (charrnn.callbacks) what happened.
 Its schedule is charrnn.cadence's arithmetic. Both are tested without a model.
 
 Order at each chunk boundary: evaluate, then checkpoint, then honour a stop request. A
@@ -21,7 +22,7 @@ import time
 from collections.abc import Callable, Collection, Sequence
 from typing import Protocol
 
-from charrnn.cadence import Cadence
+from charrnn.cadence import Cadence, EvalRecord
 from charrnn.callbacks import Callback, CallbackList, TrainerView
 from charrnn.stopping import Stopped
 
@@ -54,12 +55,9 @@ class EpochStats:
 
 
 class Trainable(TrainerView, Protocol):
-    """What `Controller` needs of a trainer (charrnn.Trainer is one): what its callbacks may
-    read (TrainerView), and the entry points below.
-
-    The trainer keeps, in its checkpoint, the run's position and the records below, so that
-    a resumed run continues the schedule exactly.
-    """
+    """What `Controller` needs of a trainer (charrnn.Trainer is one): to train and validate,
+    as Orbit's trainer does, and the stop flags a callback or signal sets (`stop_training`,
+    and `stop_reason`, of TrainerView, which is also what the callbacks are handed)."""
 
     def begin_epoch(self, epoch: int) -> None:
         """Prepares to train `epoch` (from 0) from the current step (its start resets its records)."""
@@ -74,8 +72,14 @@ class Trainable(TrainerView, Protocol):
         """The validation metrics, `loss` among them (None without a validation split);
         raises Stopped if asked."""
 
-    def record_evaluation(self, step: int, val_loss: float) -> bool:
-        """Records an evaluation; returns whether it is the best so far."""
+
+class LoopState(Protocol):
+    """The loop's bookkeeping, which `Controller` reads and writes and the checkpoint keeps,
+    so that a resumed run continues the schedule exactly (charrnn.records.LoopState is one;
+    the trainer's steps advance its step and loss sum)."""
+
+    def position(self) -> tuple[int, int]:
+        """(step, epoch) of the next step to train."""
 
     def epoch_train_loss(self) -> float:
         """The mean train loss of the current epoch's steps so far, resumes included."""
@@ -86,6 +90,13 @@ class Trainable(TrainerView, Protocol):
     def finalize_epoch(self, step: int) -> None:
         """Marks the epoch finalised at `step` (the checkpoint saved next holds the mark)."""
 
+    def record_evaluation(self, step: int, val_loss: float) -> bool:
+        """Records an evaluation; returns whether it is the best so far."""
+
+    @property
+    def evaluations(self) -> EvalRecord:
+        """The last and the best evaluation so far."""
+
 
 class Checkpoints(Protocol):
     """Where `Controller` saves the trainer's state (charrnn.checkpoint.Checkpointer is one)."""
@@ -95,17 +106,17 @@ class Checkpoints(Protocol):
 
 
 class Controller:
-    """Runs a `Trainable` as `cadence` says, saving its state to `checkpoints` (the latest at
-    each checkpoint point, finalised epoch and stop; the best at each new best) and telling
-    `callbacks` what happens.
+    """Runs a `Trainable` as `cadence` says, keeping the loop's bookkeeping in `state`,
+    saving the run to `checkpoints` (the latest at each checkpoint point, finalised epoch and
+    stop; the best at each new best) and telling `callbacks` what happens.
 
     `clock` measures training time (for steps/s and the time budget); the first chunk of
     the process traces the compiled step and is not counted.
     """
 
     def __init__(self, trainer: Trainable, cadence: Cadence, callbacks: Sequence[Callback] = (), *,
-                 checkpoints: Checkpoints, clock: Callable[[], float] | None = None):
-        self.trainer = trainer
+                 state: LoopState, checkpoints: Checkpoints, clock: Callable[[], float] | None = None):
+        self.trainer, self.state = trainer, state
         self.cadence = cadence
         self.checkpoints = checkpoints
         self.callbacks = CallbackList(callbacks)
@@ -132,7 +143,7 @@ class Controller:
                 history.append(stats)
                 logs = _epoch_logs(stats)
         except Stopped:
-            self.checkpoints.save("latest", t.position()[0])
+            self.checkpoints.save("latest", self.state.position()[0])
             t.stop_reason = t.stop_reason or "stop_requested"
         else:
             if self._patience_exhausted():
@@ -140,32 +151,32 @@ class Controller:
             elif self._out_of_time():
                 t.stop_reason = "time_budget"
         finally:
-            if math.isfinite(t.evaluations.best_loss):
-                logs["best_val_loss"] = t.evaluations.best_loss
+            if math.isfinite(self.state.evaluations.best_loss):
+                logs["best_val_loss"] = self.state.evaluations.best_loss
             self.callbacks.on_train_end(logs)
         return history
 
     def _finished(self) -> bool:
         """Whether every step is trained (or patience ran out) and the last epoch is finalised."""
-        step, _ = self.trainer.position()
+        step, _ = self.state.position()
         done = step >= self.cadence.total_steps or self._patience_exhausted()
-        return done and self.trainer.last_finalized() == step
+        return done and self.state.last_finalized() == step
 
     def _patience_exhausted(self) -> bool:
-        return self.cadence.patience_exhausted(self.trainer.evaluations.since_best)
+        return self.cadence.patience_exhausted(self.state.evaluations.since_best)
 
     def _out_of_time(self) -> bool:
         return self.cadence.out_of_time(self.train_seconds)
 
     def _run_epoch(self) -> EpochStats:
         """Trains from the current step to the end of its epoch (or of the run), then finalises it."""
-        t, cadence = self.trainer, self.cadence
-        step, epoch = t.position()
+        t, state, cadence = self.trainer, self.state, self.cadence
+        step, epoch = state.position()
         t.begin_epoch(epoch)
         epoch_end = cadence.epoch_end(epoch)
         start, start_step = self.clock(), step
         while True:
-            if cadence.evaluation_due(step, epoch_end) and t.evaluations.last_step != step:
+            if cadence.evaluation_due(step, epoch_end) and state.evaluations.last_step != step:
                 self._evaluate(step)
             if step != start_step and cadence.checkpoint_due(step, epoch_end):
                 self.checkpoints.save("latest", step)
@@ -177,11 +188,11 @@ class Controller:
         steps_per_sec = (step - start_step) / max(self.clock() - start, 1e-9)
 
         epoch_start = epoch * cadence.steps_per_epoch
-        stats = EpochStats(epoch=epoch + 1, step=step, train_loss=t.epoch_train_loss(), steps_per_sec=steps_per_sec,
+        stats = EpochStats(epoch=epoch + 1, step=step, train_loss=state.epoch_train_loss(), steps_per_sec=steps_per_sec,
                            fraction=(step - epoch_start) / (epoch_end - epoch_start),
                            val_metrics=self._metrics_at(step) or {})
         self.callbacks.on_epoch_end(epoch + 1, _epoch_logs(stats))
-        t.finalize_epoch(step)
+        state.finalize_epoch(step)
         self.checkpoints.save("latest", step)
         return stats
 
@@ -205,7 +216,7 @@ class Controller:
         early), whose metrics are reused: this process's, or measured again unreported where
         an earlier process made it (the record keeps its loss only)."""
         t = self.trainer
-        if t.evaluations.last_step != step:
+        if self.state.evaluations.last_step != step:
             return self._evaluate(step)
         if self._evaluated[0] == step:
             return self._evaluated[1]
@@ -220,10 +231,10 @@ class Controller:
         if metrics is None:
             return None
         self._evaluated = (step, metrics)
-        if self.trainer.record_evaluation(step, metrics["loss"]):
+        if self.state.record_evaluation(step, metrics["loss"]):
             self.checkpoints.save("best", step)
         logs = {f"val_{name}": value for name, value in metrics.items()}
-        self.callbacks.on_evaluate(step, {**logs, "best_val_loss": self.trainer.evaluations.best_loss})
+        self.callbacks.on_evaluate(step, {**logs, "best_val_loss": self.state.evaluations.best_loss})
         return metrics
 
 

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from charrnn.data import mix_seed
 from charrnn.devices import resolve_device
 from charrnn.errors import CharRNNError
 from charrnn.model import CharRNN
@@ -234,6 +235,27 @@ class Sampler:
         rest, *_ = self._chunk(ids, state, recent, done, tf.constant(1), num_chars - 1, stop_ids, draw,
                                filtering=filtering, stopping=stopping)
         return tf.concat([ids[None, :], rest], 0)
+
+
+class TrainingSamples:
+    """The samples shown while a model trains: `at(step)` is `prime` continued for
+    `num_chars` characters at `temperature` by `generate` (Sampler.generate's arguments),
+    seeded by the run's `seed` and the step, so that a resumed run shows the samples an
+    uninterrupted one does, and the training RNG is not touched. The last one is kept: the
+    console and TensorBoard show the same sample for one generation."""
+
+    def __init__(self, generate: Callable[..., str | list[str]], prime: str, num_chars: int, temperature: float,
+                 seed: int):
+        self._generate, self.prime, self.num_chars, self.temperature, self.seed = (
+            generate, prime, num_chars, temperature, seed)
+        self._last: tuple[int, str] | None = None
+
+    def at(self, step: int) -> str:
+        if self._last is None or self._last[0] != step:
+            text = self._generate(self.prime, self.num_chars, self.temperature, seed=mix_seed(self.seed, step))
+            assert isinstance(text, str)  # one sample
+            self._last = (step, text)
+        return self._last[1]
 
 
 def _advance(ids: tf.Tensor, recent: tf.Tensor, done: tf.Tensor, stop_ids: tf.Tensor,

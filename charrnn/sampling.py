@@ -88,7 +88,7 @@ class SampleOptions:
         for field in dataclasses.fields(self):
             valid, value = field.metadata["valid"], getattr(self, field.name)
             if valid is not None and not valid.holds(value):  # NaN holds nowhere
-                raise CharRNNError(f"{field.name} must be {valid}, got {value}{field.metadata['note']}")
+                raise CharRNNError(f"{field.name} must be {valid}{field.metadata['note']}, got {value}")
         if self.stop_at == "":
             raise CharRNNError("stop_at is empty; pass the text that should end a sample, or leave it unset")
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import struct
 import time
+from collections.abc import Callable
 from typing import Any
 
 import tensorflow as tf
@@ -57,8 +58,8 @@ class TensorBoard(Callback):
     """Writes the run's TensorBoard logs to `log_dirs` (`run`, `train` and `validation`:
     charrnn.rundir.RunDir.log_dirs; see the module docstring)."""
 
-    def __init__(self, log_dirs: dict[str, str]):
-        self.log_dirs = log_dirs
+    def __init__(self, log_dirs: dict[str, str], sample: Callable[[int], str] | None = None):
+        self.log_dirs, self.sample = log_dirs, sample
         self._trainer: Any = None
         self._writers: dict[str, tf.summary.SummaryWriter] = {}
 
@@ -90,9 +91,10 @@ class TensorBoard(Callback):
 
     def _sample(self, step: int) -> None:
         # An evaluation and a --sample_every point on the same step share one sample.
-        if step != self._sampled_at and self._trainer.config.sample_chars:
+        if step != self._sampled_at and self.sample is not None and self._trainer.config.sample_chars:
             self._sampled_at = step
-            self._guard(lambda: self._text("sample", step, self._trainer.sample(step)))
+            sample = self.sample
+            self._guard(lambda: self._text("sample", step, sample(step)))
 
     def _text(self, tag: str, step: int, text: str) -> None:
         # Markdown: indented four spaces, the sample shows as written (line breaks kept).

@@ -21,15 +21,15 @@ from charrnn.cadence import Cadence, EvalRecord
 from charrnn.callbacks import Callback
 from charrnn.checkpoint import run_checkpoint
 from charrnn.config import TrainConfig
-from charrnn.data import mix_seed
+from charrnn.console import describe
 from charrnn.distribute import Distribution
-from charrnn.errors import CharRNNError, one_line
+from charrnn.errors import CharRNNError
 from charrnn.evaluator import Evaluator
 from charrnn.fit import Timings, fit
 from charrnn.model import CharRNN
 from charrnn.optimizer import LearningRate, make_optimizer
 from charrnn.resume import Start
-from charrnn.sampler import Sampler
+from charrnn.sampler import Sampler, TrainingSamples
 from charrnn.step import TrainStep
 from charrnn.which import checkpoint_paths, newest
 
@@ -75,15 +75,17 @@ class Trainer:
             self.start.transfer(self.model)  # a new fine-tuned run: its first weights
 
         self._steps = TrainStep(
-            self.model, self.optimizer, self.distribution, rng=self.rng, step=self.step,
-            epoch_loss_sum=self.epoch_loss_sum, carried_state=self.carried_state, batch_size=run.batch_size,
+            self.model, self.optimizer, self.distribution, rng=self.rng, step=self.state.step,
+            epoch_loss_sum=self.state.epoch_loss_sum, carried_state=self.carried_state, batch_size=run.batch_size,
             grad_clip=run.grad_clip, loss_scaling=self._loss_scaling, jit_compile=run.jit_compile)
         # train_step(inputs, targets) -> (loss, applied, grad_norm): one step on a batch
         # (default strategy); _train_loop: train()'s compiled chunks of steps.
         self.train_step, self._train_loop = self._steps.one, self._steps.loop
         self._evaluator = Evaluator(self.model, self.data.layout, device=self.device)
         self._sampler: Sampler | None = None
-        self._samples: dict[int, str] = {}
+        # The samples the console and TensorBoard show while it trains.
+        self.samples = TrainingSamples(self.generate, self.start.sample_prime, run.sample_chars,
+                                       run.sample_temperature, run.seed)
         self.last_losses: list[float] = []  # the per-step losses of the last train() call
         self._grad_norm = math.nan  # its last step's gradient norm
         self.stop_training = False  # set to end fit() at the next chunk boundary, with a checkpoint
@@ -101,24 +103,16 @@ class Trainer:
             steps_per_epoch=self.steps_per_epoch, total_steps=self.total_steps)
         self.optimizer = make_optimizer(self._schedule, self.model.trainable_variables,
                                         weight_decay=run.weight_decay, loss_scaling=self._loss_scaling)
-        self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
-        self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
-        # Sum of this epoch's step losses, checkpointed so that an epoch's mean train
-        # loss is the same whether or not the epoch was interrupted.
-        self.epoch_loss_sum = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="epoch_loss_sum")
-        # The step at which an epoch (or the run's last, partial one) was last evaluated
-        # and logged; a step equal to it needs no finalising again after a resume.
-        self.finalized_step = tf.Variable(-1, dtype=tf.int64, trainable=False, name="finalized_step")
+        self.state = records.LoopState(self.steps_per_epoch)  # the loop's bookkeeping
+        self.step, self.epoch = self.state.step, self.state.epoch  # for inspection
         self.rng = tf.random.Generator.from_seed(run.seed)
-        self._evaluations = records.Evaluations()
         # With carry_state, the state the last step ended with, flattened: the initial
         # state of the next step. Zero at each epoch's start.
         self.carried_state = [
             tf.Variable(tf.zeros(spec.shape, spec.dtype), trainable=False, name=f"carried_state_{i}")
             for i, spec in enumerate(tf.nest.flatten(self.model.state_spec(run.batch_size)) if run.carry_state else [])]
-        return dict(model=self.model, optimizer=self.optimizer, step=self.step, epoch=self.epoch,
-                     epoch_loss_sum=self.epoch_loss_sum, finalized_step=self.finalized_step, rng=self.rng,
-                     validation=self._evaluations, carried_state=self.carried_state)
+        return dict(model=self.model, optimizer=self.optimizer, rng=self.rng, carried_state=self.carried_state,
+                    **self.state.checkpointed())
 
     @property
     def origin(self) -> dict | None:
@@ -126,22 +120,8 @@ class Trainer:
         return self.start.origin
 
     def describe(self) -> str:
-        """What the console shows as a run starts: the corpus and plan, a fine-tuned run's
-        origin, the model's table."""
-        c, o = self.config, self.origin
-        data = one_line(c.data)  # a name the user gave, shown as one line
-        files = f"{self.data.num_files} files" if self.data.num_files != 1 else "1 file"
-        budget = f" unless the --time_budget of {c.time_budget:g} s ends it first" if c.time_budget else ""
-        distinct = f"{self.data.distinct} distinct" + (
-            f" ({len(self.vocab)} with the run's vocabulary)" if self.data.distinct != len(self.vocab) else "")
-        lines = [f"Corpus {data}: {self.data.num_chars:,} characters ({files}), {distinct}; "
-                 f"{self.steps_per_epoch} steps per epoch, "
-                 f"{self.total_steps} steps in all{budget}; {self.distribution.where()}; "
-                 f"precision {c.mixed_precision} ({self.precision_reason})"]
-        if o is not None:
-            lines.append(f"Fine-tuning from {one_line(o['checkpoint'])}: its {o['vocab_size_before']} characters keep "
-                         f"their weights, {o['vocab_size'] - o['vocab_size_before']} new one(s) from {data}")
-        return "\n".join([*lines, self.model.summary_table(c.batch_size)])
+        """What the console shows as a run starts (charrnn.console.describe)."""
+        return describe(self)
 
     def _restore(self) -> None:
         """Restores the newest usable checkpoint of the run (charrnn.resume checks it); sets
@@ -162,23 +142,17 @@ class Trainer:
     # -- the entry points of the loop (charrnn.loop.Trainable) ---------------------------
 
     def position(self) -> tuple[int, int]:
-        """(step, epoch): the epoch the next step belongs to (the next one once the current
-        epoch is trained to its end and finalised)."""
-        step, epoch = int(self.step.numpy()), int(self.epoch.numpy())
-        if step == (epoch + 1) * self.steps_per_epoch and int(self.finalized_step.numpy()) == step:
-            epoch += 1
-        return step, epoch
+        """(step, epoch): the epoch the next step belongs to (charrnn.records.LoopState.position)."""
+        return self.state.position()
 
     def begin_epoch(self, epoch: int) -> None:
         """Positions the training data at the current step of `epoch` (0-based); at the
         epoch's start, resets its loss sum and the carried state."""
-        step = int(self.step.numpy())
-        self.epoch.assign(epoch)
-        offset = step - epoch * self.steps_per_epoch  # in [0, steps_per_epoch]: checked at restore
+        offset = self.state.begin_epoch(epoch)  # in [0, steps_per_epoch]: checked at restore
         if offset == 0:
-            self.epoch_loss_sum.assign(0.0)
             for variable in self.carried_state:
                 variable.assign(tf.zeros_like(variable))
+        step = int(self.step.numpy())
         end = self.cadence.epoch_end(epoch)
         batches = self.data.dataset(epoch, start=offset).take(max(end - step, 0))
         self._batches = iter(self.distribution.distribute(batches))
@@ -222,15 +196,10 @@ class Trainer:
             return None
         return self._evaluator.metrics(self.data.val_ids, should_stop)
 
-    def record_evaluation(self, step: int, val_loss: float) -> bool:
-        """Records the evaluation at `step`; returns whether it is the best so far (the
-        Controller then saves the best checkpoint)."""
-        return self._evaluations.record(step, val_loss)
-
     @property
     def evaluations(self) -> EvalRecord:
         """The last and the best evaluation so far, and how many came since the best."""
-        return self._evaluations.read()
+        return self.state.evaluations
 
     @property
     def best_val_loss(self) -> float | None:
@@ -238,32 +207,14 @@ class Trainer:
         best = self.evaluations.best_loss
         return best if math.isfinite(best) else None
 
-    def epoch_train_loss(self) -> float:
-        step, epoch = int(self.step.numpy()), int(self.epoch.numpy())
-        return float(self.epoch_loss_sum.numpy()) / max(step - epoch * self.steps_per_epoch, 1)
-
-    def last_finalized(self) -> int:
-        return int(self.finalized_step.numpy())
-
-    def finalize_epoch(self, step: int) -> None:
-        self.finalized_step.assign(step)
-
     def checkpoint_path(self, which: str = "latest") -> str | None:
         """The checkpoint of `which` kind (latest or best) the run directory saved last, if any
         (charrnn.which.newest)."""
         return newest(self.rundir.checkpoint_dir(which))
 
     def sample(self, step: int) -> str:
-        """The sample shown at `step` while training (--sample_chars, --sample_prime,
-        --sample_temperature), seeded by the run's seed and the step: a resumed run shows
-        the same samples as an uninterrupted one, and the training RNG is not touched."""
-        if step not in self._samples:
-            c = self.config
-            text = self.generate(self.start.sample_prime, c.sample_chars, c.sample_temperature,
-                                 seed=mix_seed(c.seed, step))
-            assert isinstance(text, str)  # one sample
-            self._samples = {step: text}
-        return self._samples[step]
+        """The sample shown at `step` while training (charrnn.sampler.TrainingSamples)."""
+        return self.samples.at(step)
 
     def generate(self, prime: str, num_chars: int = 500, temperature: float = 0.5, num_samples: int = 1,
                  seed: int | None = None, **options) -> str | list[str]:

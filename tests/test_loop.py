@@ -160,7 +160,7 @@ def test_the_run_evaluates_saves_and_reports_on_schedule():
     cadence = Cadence(steps_per_epoch=10, total_steps=25, steps_per_loop=4, checkpoint_every=6, eval_every=5,
                       log_every=100)
     trainer, recorder = FakeTrainer(cadence), Recorder()
-    history = Controller(trainer, cadence, [recorder], checkpoints=trainer).run()
+    history = Controller(trainer, cadence, [recorder], state=trainer, checkpoints=trainer).run()
     assert [(s.epoch, s.step) for s in history] == [(1, 10), (2, 20), (3, 25)]
     assert history[0].train_loss == pytest.approx(sum(1 / s for s in range(1, 11)) / 10)
     assert history[2].train_loss == pytest.approx(sum(1 / s for s in range(21, 26)) / 5)
@@ -181,7 +181,7 @@ def test_the_run_evaluates_saves_and_reports_on_schedule():
     assert trainer.finalized == 25 and trainer.saved[25]["finalized"] == 25
     for finished in (trainer, trainer.restore(25)):
         again = Recorder()
-        assert Controller(finished, cadence, [again], checkpoints=finished).run() == []
+        assert Controller(finished, cadence, [again], state=finished, checkpoints=finished).run() == []
         assert [e[0] for e in again.events] == ["begin", "end"]
 
 
@@ -203,14 +203,14 @@ def test_a_stop_at_an_epochs_last_step_loses_none_of_its_reports(stop_at):
                 self.trainer.stop_training, self.trainer.stop_reason = True, "asked"
 
     reference, everything = FakeTrainer(cadence), Recorder()
-    Controller(reference, cadence, [everything], checkpoints=reference).run()
+    Controller(reference, cadence, [everything], state=reference, checkpoints=reference).run()
     trainer, before = FakeTrainer(cadence), Recorder()
-    history = Controller(trainer, cadence, [Stop(), before], checkpoints=trainer).run()
+    history = Controller(trainer, cadence, [Stop(), before], state=trainer, checkpoints=trainer).run()
     assert trainer.step == stop_at and sorted(trainer.saved) == {9: [9], 10: [10], 11: [10, 11], 20: [10, 20]}[stop_at]
     assert [s.epoch for s in history] == ([1] if stop_at > 10 else [])
     assert trainer.saved[stop_at]["finalized"] == (10 if stop_at > 10 else -1)
     resumed, after = trainer.restore(stop_at), Recorder()
-    Controller(resumed, cadence, [after], checkpoints=resumed).run()
+    Controller(resumed, cadence, [after], state=resumed, checkpoints=resumed).run()
     # Every event once, across the two parts: the reference run's, in order.
     assert before.events[1:-1] + after.events[1:-1] == everything.events[1:-1]
     assert [e[1] for e in before.events + after.events if e[0] == "epoch"] == [1, 2]
@@ -223,7 +223,7 @@ def test_a_resume_from_any_checkpoint_repeats_nothing_and_misses_nothing(eval_ev
     cadence = Cadence(steps_per_epoch=10, total_steps=25, steps_per_loop=4, checkpoint_every=6, eval_every=eval_every,
                       log_every=2)
     reference, recorder = FakeTrainer(cadence), Recorder()
-    Controller(reference, cadence, [recorder], checkpoints=reference).run()
+    Controller(reference, cadence, [recorder], state=reference, checkpoints=reference).run()
     # The events after the checkpoint (the crash loses what came later; the resumed run redoes it).
     cut = next(i for i, e in enumerate(recorder.events) if e[0] == "chunk" and e[1] == crash_at) + 1
     while recorder.events[cut][0] == "evaluate" and recorder.events[cut][1] == crash_at and crash_at % 10:
@@ -232,7 +232,7 @@ def test_a_resume_from_any_checkpoint_repeats_nothing_and_misses_nothing(eval_ev
         cut = next(i for i, e in enumerate(recorder.events) if e[0] == "epoch" and e[3] is not None
                    and e[1] == crash_at // 10) + 1
     resumed, rest = reference.restore(crash_at), Recorder()
-    Controller(resumed, cadence, [rest], checkpoints=resumed).run()
+    Controller(resumed, cadence, [rest], state=resumed, checkpoints=resumed).run()
     assert rest.events[1:] == recorder.events[cut:]
     assert resumed._state() == reference._state()
 
@@ -240,18 +240,18 @@ def test_a_resume_from_any_checkpoint_repeats_nothing_and_misses_nothing(eval_ev
 def test_patience_stops_the_run_and_a_rerun_stays_stopped():
     cadence = Cadence(steps_per_epoch=100, total_steps=100, checkpoint_every=50, eval_every=5, patience=2)
     trainer = FakeTrainer(cadence, val=lambda step: float(step))  # worse every time after the first
-    history = Controller(trainer, cadence, checkpoints=trainer).run()
+    history = Controller(trainer, cadence, state=trainer, checkpoints=trainer).run()
     assert trainer.step == 15 and trainer.stop_reason == "patience" and history[-1].val_loss == 15.0
     assert history[-1].fraction == 0.15  # the epoch it ended is said to be partial
     assert trainer.evaluations.best_step == 5 and trainer.best_saves == [5]  # the best kept, not the worse ones
-    assert Controller(trainer, cadence, checkpoints=trainer).run() == [] and trainer.step == 15
+    assert Controller(trainer, cadence, state=trainer, checkpoints=trainer).run() == [] and trainer.step == 15
 
 
 def test_the_time_budget_counts_training_only_and_not_the_first_chunk():
     ticks = iter(range(10**6))
     cadence = Cadence(steps_per_epoch=100, total_steps=100, checkpoint_every=1000, time_budget=3)
     trainer = FakeTrainer(cadence, val=lambda step: None)
-    controller = Controller(trainer, cadence, checkpoints=trainer, clock=lambda: float(next(ticks)))
+    controller = Controller(trainer, cadence, state=trainer, checkpoints=trainer, clock=lambda: float(next(ticks)))
     history = controller.run()
     # One tick per chunk: the first (tracing) is free, then three chunks of one second.
     assert trainer.step == 4 and controller.train_seconds == 3 and trainer.stop_reason == "time_budget"
@@ -270,11 +270,11 @@ def test_a_callback_stops_the_run_with_a_checkpoint_and_a_rerun_continues():
                 self.trainer.stop_training, self.trainer.stop_reason = True, "enough"
 
     trainer = FakeTrainer(cadence)
-    history = Controller(trainer, cadence, [StopAt7()], checkpoints=trainer).run()
+    history = Controller(trainer, cadence, [StopAt7()], state=trainer, checkpoints=trainer).run()
     assert history == []  # stopped before the first epoch's end
     assert trainer.step == 7 and sorted(trainer.saved) == [7] and trainer.stop_reason == "enough"
     resumed = trainer.restore(7)
-    assert [s.step for s in Controller(resumed, cadence, checkpoints=resumed).run()] == [10, 20]
+    assert [s.step for s in Controller(resumed, cadence, state=resumed, checkpoints=resumed).run()] == [10, 20]
     assert resumed.stop_reason is None
 
 
@@ -282,11 +282,11 @@ def test_a_stop_during_an_evaluation_saves_without_it_and_the_resume_evaluates_f
     cadence = Cadence(steps_per_epoch=20, total_steps=20, checkpoint_every=100, eval_every=5)
     trainer = FakeTrainer(cadence)
     trainer.stop_in_evaluation = True
-    Controller(trainer, cadence, checkpoints=trainer).run()
+    Controller(trainer, cadence, state=trainer, checkpoints=trainer).run()
     assert trainer.step == 5 and sorted(trainer.saved) == [5] and trainer.saved[5]["record"][0] == -1
     assert trainer.stop_reason == "stop_requested"
     resumed, recorder = trainer.restore(5), Recorder()
-    Controller(resumed, cadence, [recorder], checkpoints=resumed).run()
+    Controller(resumed, cadence, [recorder], state=resumed, checkpoints=resumed).run()
     assert recorder.events[1] == ("evaluate", 5, 0.2)
 
 
@@ -297,11 +297,11 @@ def test_an_epoch_finalised_after_a_resume_at_its_evaluation_logs_every_metric_w
     reported twice."""
     cadence = Cadence(steps_per_epoch=100, total_steps=100, checkpoint_every=5, eval_every=5, patience=2)
     trainer = FakeTrainer(cadence, val=lambda step: float(step))
-    Controller(trainer, cadence, checkpoints=trainer).run()
+    Controller(trainer, cadence, state=trainer, checkpoints=trainer).run()
     resumed = trainer.restore(15)
     resumed.finalized = -1  # as if stopped before the epoch was finalised
     recorder = Recorder()
-    history = Controller(resumed, cadence, [recorder], checkpoints=resumed).run()
+    history = Controller(resumed, cadence, [recorder], state=resumed, checkpoints=resumed).run()
     assert [(s.step, s.val_metrics) for s in history] == [(15, {"loss": 15.0, "bpc": 15.0 / math.log(2)})]
     assert [e for e in recorder.events if e[0] in ("evaluate", "epoch")] == [("epoch", 1, round(
         sum(1 / s for s in range(1, 16)) / 15, 12), 15.0)]

@@ -45,7 +45,7 @@ def test_fit_returns_a_keras_history_of_the_epochs_it_ran(small_text, tmp_path):
     assert history.history["val_loss"] == [m["val_loss"] for m in epochs]
     assert all(s > 0 for s in history.history["steps_per_sec"])
     assert history.history["val_bpc"] == pytest.approx([v / math.log(2) for v in history.history["val_loss"]])
-    assert int(trainer.finalized_step.numpy()) == 2 * trainer.steps_per_epoch
+    assert int(trainer.state.finalized_step.numpy()) == 2 * trainer.steps_per_epoch
     assert Trainer(tiny_config(small_text, tmp_path / "run", epochs=2)).fit().epoch == []  # already complete
 
 
