@@ -6,7 +6,7 @@ from $CHARRNN_DATA_DIR or the cache, repeated; never committed) in --work_dir, t
   first start   `charrnn-train` on it with an empty id cache, a tiny model, --steps steps:
                 wall time and peak resident memory (VmHWM) of the process;
   cached start  the same command again (the ids come from the cache);
-  encode        MB/s of charrnn.idcache.encode with an empty cache, in a process of its own.
+  encode        MB/s of charrnn.text.idcache.encode with an empty cache, in a process of its own.
 
 Then, for the first size, steps/s of a small model whose batches come from the id file
 (the pipeline charrnn uses) against the same batches from an in-memory tf.data dataset
@@ -51,7 +51,7 @@ def _source_text() -> bytes:
         if directory and os.path.exists(os.path.join(directory, "tinyshakespeare.txt")):
             with open(os.path.join(directory, "tinyshakespeare.txt"), "rb") as f:
                 return f.read()
-    from charrnn.corpus import resolve_sources  # downloads it once
+    from charrnn.text.corpus import resolve_sources  # downloads it once
     with open(resolve_sources("tinyshakespeare")[0], "rb") as f:
         return f.read()
 
@@ -82,7 +82,7 @@ def _pipeline_ratio(corpus: str, run_dir: str) -> dict:
     import tensorflow as tf
 
     import charrnn
-    from charrnn.data import num_windows
+    from charrnn.text.data import num_windows
 
     config = charrnn.TrainConfig(data=corpus, run_dir=run_dir, embedding_dim=16, rnn_units=32,
                                  batch_size=16, seq_length=50, val_fraction=0.001, device="/CPU:0", steps_per_loop=10)
@@ -113,7 +113,7 @@ def main(argv: list[str]) -> None:
     del argv
     install_console()  # the library's progress lines and warnings, as the tools show them
     if FLAGS.encode_only:
-        from charrnn.idcache import encode
+        from charrnn.text.idcache import encode
         start = time.perf_counter()
         encode(FLAGS.encode_only)
         print(f"encode_s={time.perf_counter() - start:.3f}")

@@ -2,7 +2,7 @@
 variant, in one process.
 
 Two Trainers of the same settings on the same batches: one whose model runs
-`charrnn/lstm.py` of the working tree (in --variant), one whose model runs that file as it
+`charrnn/nn/lstm.py` of the working tree (in --variant), one whose model runs that file as it
 was at --baseline (read with `git show`, loaded as a module of its own) or, with
 --baseline_variant, the working tree's in that variant. After a warm-up their
 steps alternate --rounds times, and the median of the per-round ratios (current over
@@ -29,15 +29,16 @@ import tensorflow as tf
 from absl import app, flags
 
 import charrnn
-import charrnn.model
+import charrnn.nn.model
 from charrnn.log import install_console
-from charrnn.lstm import VARIANTS, fused_lstm
+from charrnn.nn.lstm import VARIANTS, fused_lstm
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from cpuinfo import cpu  # noqa: E402 - a sibling module of the benchmarks
 
-flags.DEFINE_string("baseline", "HEAD", "Git revision whose charrnn/lstm.py is the baseline.")
-flags.DEFINE_enum("variant", "auto", ["auto", *VARIANTS], "Variant of the working tree's LSTM (charrnn.lstm.VARIANTS).")
+flags.DEFINE_string("baseline", "HEAD", "Git revision whose charrnn/nn/lstm.py is the baseline.")
+flags.DEFINE_enum("variant", "auto", ["auto", *VARIANTS],
+                  "Variant of the working tree's LSTM (charrnn.nn.lstm.VARIANTS).")
 flags.DEFINE_enum("baseline_variant", None, ["auto", *VARIANTS], "Compare against the working tree's LSTM in "
                   "this variant instead of --baseline's.")
 flags.DEFINE_string("data", "tinyshakespeare", "Corpus path or registered name.")
@@ -57,12 +58,17 @@ def _in_variant(variant: str) -> object:
 
 
 def _baseline_lstm() -> object:
-    """The `fused_lstm` of charrnn/lstm.py at --baseline, or in --baseline_variant."""
+    """The `fused_lstm` of charrnn/nn/lstm.py at --baseline (charrnn/lstm.py before the
+    subpackages), or in --baseline_variant."""
     if FLAGS.baseline_variant:
         return _in_variant(FLAGS.baseline_variant)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    source = subprocess.run(["git", "show", f"{FLAGS.baseline}:charrnn/lstm.py"], cwd=root, capture_output=True,
-                            text=True, check=True).stdout
+    for path in ("charrnn/nn/lstm.py", "charrnn/lstm.py"):
+        shown = subprocess.run(["git", "show", f"{FLAGS.baseline}:{path}"], cwd=root, capture_output=True, text=True)
+        if shown.returncode == 0:
+            break
+    shown.check_returncode()
+    source = shown.stdout
     path = os.path.join(tempfile.mkdtemp(), "baseline_lstm.py")
     with open(path, "w") as f:
         f.write(source)
@@ -74,7 +80,7 @@ def _baseline_lstm() -> object:
 
 def _trainer(lstm: object, run_dir: str) -> tuple[charrnn.Trainer, object]:
     """A Trainer whose model runs `lstm`, its step traced, and its batches."""
-    charrnn.model.fused_lstm = lstm  # read when the step is traced, below
+    charrnn.nn.model.fused_lstm = lstm  # read when the step is traced, below
     config = charrnn.TrainConfig(data=FLAGS.data, run_dir=run_dir, rnn_units=FLAGS.rnn_units,
                                  embedding_dim=FLAGS.embedding_dim, batch_size=FLAGS.batch_size,
                                  seq_length=FLAGS.seq_length, val_fraction=0.0, lstm_impl="fused",
@@ -91,7 +97,7 @@ def main(argv: list[str]) -> None:
     install_console()  # the library's progress lines and warnings, as the tools show them
     with tempfile.TemporaryDirectory() as a, tempfile.TemporaryDirectory() as b:
         variants = {"current": _trainer(_in_variant(FLAGS.variant), a), "baseline": _trainer(_baseline_lstm(), b)}
-        charrnn.model.fused_lstm = fused_lstm
+        charrnn.nn.model.fused_lstm = fused_lstm
         times: dict[str, list[float]] = {name: [] for name in variants}
         for _ in range(FLAGS.rounds):
             for name, (trainer, batches) in variants.items():

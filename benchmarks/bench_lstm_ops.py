@@ -27,7 +27,7 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
-from charrnn.lstm import VARIANTS, fused_lstm
+from charrnn.nn.lstm import VARIANTS, fused_lstm
 
 flags.DEFINE_list("sizes", ["64:64", "64:256", "256:1024"], "embedding:units pairs.")
 flags.DEFINE_enum("precision", "bfloat16", ["bfloat16", "float32"], "The matmuls' dtype.")

@@ -1,7 +1,7 @@
 """The TFLite export of a run: model sizes, the interpreter's chars/s at batch 1 against the
 compiled Sampler, and the validation loss of the float and the int8 (dynamic range) models.
 
-Both TFLite models are written to a temporary directory by `charrnn.exporter.export_tflite`.
+Both TFLite models are written to a temporary directory by `charrnn.generation.exporter.export_tflite`.
 Speed: --chars characters generated one interpreter call per character (numpy sampling at
 temperature 0.5), against `Sampler.generate` of as many characters (after a warm-up call
 that traces it). Loss: the run's validation split (its --val_fraction of its --data),
@@ -38,11 +38,11 @@ def main(argv: list[str]) -> None:
     import tensorflow as tf
 
     from charrnn import Sampler
-    from charrnn.data import split_ids
-    from charrnn.exporter import export_tflite
-    from charrnn.exportfiles import TFLITE_FILE
-    from charrnn.idcache import ids_in
-    from charrnn.rundir import RunDir
+    from charrnn.generation.exporter import export_tflite
+    from charrnn.generation.exportfiles import TFLITE_FILE
+    from charrnn.run.rundir import RunDir
+    from charrnn.text.data import split_ids
+    from charrnn.text.idcache import ids_in
     try:  # LiteRT, what the TFLite example uses; else TensorFlow's deprecated one
         from ai_edge_litert.interpreter import Interpreter
     except ImportError:

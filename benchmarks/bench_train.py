@@ -50,7 +50,7 @@ from absl import app, flags
 
 import charrnn
 from charrnn.log import install_console
-from charrnn.lstm import chains_for, variant_for
+from charrnn.nn.lstm import chains_for, variant_for
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from cpuinfo import cpu  # noqa: E402 - a sibling module of the benchmarks
@@ -173,7 +173,7 @@ def _uses_cudnn(trainer: charrnn.Trainer) -> bool:
 
 def _matmul_inventory(b: int, t: int, e: int, h: int, v: int) -> list[tuple[str, int, tuple]]:
     """(name, FLOPs per step, matmul shape) of the matmuls in one fused-LSTM train step
-    (charrnn.lstm): the recurrent ones per time step and chain, the others over all rows."""
+    (charrnn.nn.lstm): the recurrent ones per time step and chain, the others over all rows."""
     bt, rows = b * t, b // chains_for(b, h)
     return [
         ("input projection [TB,E]x[E,4H]", 2 * bt * e * 4 * h, (bt, e, 4 * h)),

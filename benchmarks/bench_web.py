@@ -42,7 +42,7 @@ def main() -> None:
     from cpuinfo import cpu
 
     from charrnn import Sampler, TrainConfig, Trainer
-    from charrnn.webexport import export_web
+    from charrnn.generation.webexport import export_web
 
     machine = cpu()
     print(json.dumps(machine))

@@ -47,8 +47,8 @@ class _CharLSTM(torch.nn.Module):
 
 
 def train(settings: dict) -> dict:
-    from charrnn.corpus import read_text
-    from charrnn.vocab import Vocabulary
+    from charrnn.text.corpus import read_text
+    from charrnn.text.vocab import Vocabulary
 
     text = read_text(settings["data"])
     vocab = Vocabulary.from_text(text)

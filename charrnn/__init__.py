@@ -4,6 +4,18 @@
     trainer.fit()
     print(charrnn.Sampler.from_checkpoint("runs/x").generate("ROMEO: "))
 
+The package, by concern; a subpackage imports only from those listed before it:
+    charrnn/*.py       what every part shares: the settings (config: training; sampling: a
+                       sample's options), errors, logging, checks of input, storage
+    charrnn.text       the text and its ids: corpora, downloads, the vocabulary, batches
+    charrnn.nn         the model: CharRNN, its LSTM kernels, optimizer, devices and precision
+    charrnn.run        a run directory: its files, lock, checkpoints and their records
+    charrnn.generation sampling from a trained model, and exports (SavedModel, TFLite, web)
+    charrnn.training   a training session: the trainer, its step, the loop and its observers
+    charrnn.cli        the command-line tools
+Modules moved into the subpackages keep their old paths too (`charrnn.sampler` is
+`charrnn.generation.sampler`).
+
 Names are imported on first use, so `import charrnn` (and a command-line tool's --help)
 does not wait for TensorFlow; the first name that needs it starts TensorFlow without its
 C++ start-up lines (CHARRNN_TF_LOGS=1 shows them; see charrnn/quiet.py). A program that
@@ -14,47 +26,87 @@ quiet too.
 from __future__ import annotations
 
 import importlib
+import importlib.abc
+import importlib.machinery
+import importlib.util
+import sys
+import types
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from charrnn import quiet
 
 # Public name -> the module that defines it.
 _EXPORTS = {
-    "Callback": "callbacks",
+    "Callback": "training.callbacks",
     "PRESETS": "config", "TrainConfig": "config",
-    "CORPORA": "corpus", "read_text": "corpus", "resolve_sources": "corpus",
-    "Vocabulary": "vocab",
+    "CORPORA": "text.corpus", "read_text": "text.corpus", "resolve_sources": "text.corpus",
+    "Vocabulary": "text.vocab",
     "CharRNNError": "errors", "TryAgain": "errors",
-    "export": "exporter", "export_tflite": "exporter",
-    "EpochStats": "loop",
-    "CharRNN": "model",
-    "EXIT_PREEMPTED": "stopping", "Preempted": "stopping",
-    "MAX_NUM_CHARS": "sampling", "SampleOptions": "sampling", "Sampler": "sampler",
-    "Trainer": "trainer",
+    "export": "generation.exporter", "export_tflite": "generation.exporter",
+    "EpochStats": "training.loop",
+    "CharRNN": "nn.model",
+    "EXIT_PREEMPTED": "training.stopping", "Preempted": "training.stopping",
+    "MAX_NUM_CHARS": "sampling", "SampleOptions": "sampling", "Sampler": "generation.sampler",
+    "Trainer": "training.trainer",
     "start_tensorflow": "quiet",
 }
 __all__ = sorted(_EXPORTS)
 # Modules that do not import TensorFlow (tests/test_quiet.py checks each).
-_WITHOUT_TENSORFLOW = {"callbacks", "config", "corpus", "errors", "loop", "quiet", "sampling", "vocab"}
+_WITHOUT_TENSORFLOW = {"training.callbacks", "config", "text.corpus", "errors", "training.loop", "quiet", "sampling",
+                       "text.vocab"}
+# The subpackage of each module that was once charrnn.<name>: the old path imports the same module.
+_MOVED = {
+    **dict.fromkeys(["corpus", "download", "idcache", "data", "traindata", "vocab"], "text"),
+    **dict.fromkeys(["model", "lstm", "optimizer", "devices"], "nn"),
+    **dict.fromkeys(["rundir", "checkpoint", "records", "lock", "which", "trained", "preflight"], "run"),
+    **dict.fromkeys(["sampler", "exporter", "exportfiles", "webexport"], "generation"),
+    **dict.fromkeys(["trainer", "step", "loop", "fit", "resume", "cadence", "stopping", "callbacks", "console",
+                     "metrics", "tensorboard", "keras_callbacks", "evaluator", "distribute", "watchdog"], "training"),
+}
+
+
+class _OldPaths(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Imports `charrnn.<name>` of a moved module as the module at its new path (one module
+    object under both names, so that what is patched through one is seen through the other)."""
+
+    def find_spec(self, fullname: str, path: Sequence[str] | None,
+                  target: types.ModuleType | None = None) -> importlib.machinery.ModuleSpec | None:
+        package, _, name = fullname.partition(".")
+        if package != __name__ or name not in _MOVED:
+            return None
+        return importlib.util.spec_from_loader(fullname, self)
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> types.ModuleType:
+        name = spec.name.partition(".")[2]
+        return importlib.import_module(f"{__name__}.{_MOVED[name]}.{name}")
+
+    def exec_module(self, module: types.ModuleType) -> None:
+        pass  # imported at its new path already
+
+
+sys.meta_path.append(_OldPaths())
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:  # what type checkers and IDEs see
-    from charrnn.callbacks import Callback
     from charrnn.config import PRESETS, TrainConfig
-    from charrnn.corpus import CORPORA, read_text, resolve_sources
     from charrnn.errors import CharRNNError, TryAgain
-    from charrnn.exporter import export, export_tflite
-    from charrnn.loop import EpochStats
-    from charrnn.model import CharRNN
+    from charrnn.generation.exporter import export, export_tflite
+    from charrnn.generation.sampler import Sampler
+    from charrnn.nn.model import CharRNN
     from charrnn.quiet import start_tensorflow
-    from charrnn.sampler import Sampler
     from charrnn.sampling import MAX_NUM_CHARS, SampleOptions
-    from charrnn.stopping import EXIT_PREEMPTED, Preempted
-    from charrnn.trainer import Trainer
-    from charrnn.vocab import Vocabulary
+    from charrnn.text.corpus import CORPORA, read_text, resolve_sources
+    from charrnn.text.vocab import Vocabulary
+    from charrnn.training.callbacks import Callback
+    from charrnn.training.loop import EpochStats
+    from charrnn.training.stopping import EXIT_PREEMPTED, Preempted
+    from charrnn.training.trainer import Trainer
 
 
 def __getattr__(name: str) -> Any:
+    if name in _MOVED:  # charrnn.sampler, say: the module at its new path
+        return importlib.import_module(f"charrnn.{name}")
     if name not in _EXPORTS:
         raise AttributeError(f"module 'charrnn' has no attribute {name!r}")
     if _EXPORTS[name] not in _WITHOUT_TENSORFLOW:

@@ -18,7 +18,7 @@ from charrnn.validate import MAX_INT, check_types
 LSTM_IMPLS = ("auto", "fused", "keras")
 # Which checkpoint of a run to read: the best by validation loss, or the newest.
 WHICH = ("best", "latest")
-# The tf.distribute strategies of --strategy (charrnn.distribute builds them).
+# The tf.distribute strategies of --strategy (charrnn.training.distribute builds them).
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker", "tpu")
 CELLS = ("lstm", "gru")
 LR_SCHEDULES = ("constant", "cosine", "exponential")
@@ -92,7 +92,7 @@ class TrainConfig:
                                   PRECISIONS)
     lstm_impl: str = _field("auto", "LSTM implementation: auto (keras/cuDNN on a GPU, fused on a CPU), "
                                     "fused, keras. The fused LSTM arranges its loops by size, precision and CPU "
-                                    "(charrnn.lstm.variant_for).", "Speed",
+                                    "(charrnn.nn.lstm.variant_for).", "Speed",
                             LSTM_IMPLS)
     deterministic: bool = _field(False, "Enable TensorFlow op determinism: a run, interrupted or not, is "
                                         "reproducible bit for bit.", "Speed")

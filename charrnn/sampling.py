@@ -5,9 +5,9 @@ bad option before it loads.
 Each option is a field whose metadata says everything its users need: its help text (the
 `charrnn-sample` flag and the REPL's `:help` read it), an example value (the REPL's
 command), its range (checked here, and asserted by the SavedModel export), the dtype the
-compiled loop takes it as (charrnn.sampler's `Draw`; the export's signature inputs), and
+compiled loop takes it as (charrnn.generation.sampler's `Draw`; the export's signature inputs), and
 whether it filters the logits (the value it has by default keeps every character). A new
-way of drawing is a field here and its arithmetic in charrnn.sampler's `_draw`.
+way of drawing is a field here and its arithmetic in charrnn.generation.sampler's `_draw`.
 """
 
 from __future__ import annotations

@@ -219,7 +219,7 @@ class CrashAt(Callback):
 
 def logged(run: Path | str, key: str) -> dict[int, float]:
     """{step: value} of the metrics.jsonl lines of `run` that hold `key` (the last one per step)."""
-    from charrnn.metrics import read_metrics
+    from charrnn.training.metrics import read_metrics
 
     return {m["step"]: m[key] for m in read_metrics(str(run)) if m.get(key) is not None}
 

@@ -10,12 +10,12 @@ ROWS_JSON: a list of TrainConfig settings, each on top of a tiny model's.
 import json
 import sys
 
-from charrnn.distribute import configure_cpu_devices
+from charrnn.training.distribute import configure_cpu_devices
 
 configure_cpu_devices(2)
 
 from charrnn import TrainConfig, Trainer  # noqa: E402 - after the devices are split
-from charrnn.metrics import read_metrics  # noqa: E402
+from charrnn.training.metrics import read_metrics  # noqa: E402
 
 TINY = dict(embedding_dim=8, rnn_units=16, batch_size=8, seq_length=20, max_steps=3, log_every=1,
             checkpoint_every=1000, val_fraction=0.1, epochs=1)

@@ -13,7 +13,7 @@ from tensorflow.core.util import event_pb2
 
 import charrnn
 from charrnn import Trainer
-from charrnn.metrics import read_metrics
+from charrnn.training.metrics import read_metrics
 from conftest import Recorder, StopAt, tiny_config
 
 
@@ -85,7 +85,7 @@ def test_tensorboard_logs_as_keras_lays_them_out(small_text, tmp_path, capsys):
     from tensorboard.plugins.hparams import plugin_data_pb2
     from tensorboard.util import tensor_util
 
-    from charrnn.tensorboard import HPARAMS
+    from charrnn.training.tensorboard import HPARAMS
 
     run = tmp_path / "run"
     recorder = Recorder()
@@ -182,7 +182,7 @@ def test_sample_options_are_checked_before_anything_is_written(small_text, tmp_p
 
 
 class _Clock:
-    """A clock the test sets: what time.monotonic() returns in charrnn.console."""
+    """A clock the test sets: what time.monotonic() returns in charrnn.training.console."""
 
     def __init__(self, now: float):
         self.now = now
@@ -198,11 +198,11 @@ def test_the_progress_line_reports_rate_eta_and_epoch_computed_from_the_clock(mo
     is the steps left at that rate; the epoch is the one the last step trained belongs to."""
     from types import SimpleNamespace
 
-    from charrnn.cadence import Cadence
-    from charrnn.console import ProgressLogger
+    from charrnn.training.cadence import Cadence
+    from charrnn.training.console import ProgressLogger
 
     clock = _Clock(1000.0)
-    monkeypatch.setattr(charrnn.console.time, "monotonic", clock)
+    monkeypatch.setattr(charrnn.training.console.time, "monotonic", clock)
     cadence = Cadence(steps_per_epoch=30, total_steps=100, log_every=10)
     progress = ProgressLogger(verbose=2)
     progress.on_train_begin(SimpleNamespace(cadence=cadence, position=lambda: (start_step, start_step // 30),
@@ -227,7 +227,7 @@ def test_the_progress_line_reports_rate_eta_and_epoch_computed_from_the_clock(mo
 def test_each_sample_while_training_is_drawn_with_a_seed_of_its_own(small_text, tmp_path):
     """The same weights, three steps: three texts, each what generate() draws with the seed of
     its step (mix_seed of the run's seed and the step), so a resumed run shows the same ones."""
-    from charrnn.data import mix_seed
+    from charrnn.text.data import mix_seed
 
     trainer = Trainer(tiny_config(small_text, tmp_path / "run", sample_chars=60, sample_prime="The ", seed=5))
     samples = {step: trainer.sample(step) for step in (7, 14, 21)}
@@ -242,11 +242,11 @@ def test_under_a_time_budget_the_progress_line_shows_the_budgets_totals(monkeypa
     left), its percentage is the budget's, and the epoch-end line says the same total."""
     from types import SimpleNamespace
 
-    from charrnn.cadence import Cadence
-    from charrnn.console import ProgressLogger
+    from charrnn.training.cadence import Cadence
+    from charrnn.training.console import ProgressLogger
 
     clock = _Clock(1000.0)
-    monkeypatch.setattr(charrnn.console.time, "monotonic", clock)
+    monkeypatch.setattr(charrnn.training.console.time, "monotonic", clock)
     cadence = Cadence(steps_per_epoch=30, total_steps=100_000, log_every=10, time_budget=50.0)
     progress = ProgressLogger(verbose=2)
     progress.on_train_begin(SimpleNamespace(cadence=cadence, position=lambda: (0, 0), restored_from=None,
@@ -277,7 +277,7 @@ def test_keras_callbacks_run_as_keras_fit_calls_them_and_may_stop_the_run(small_
 
     import keras
 
-    from charrnn.metrics import read_metrics
+    from charrnn.training.metrics import read_metrics
 
     calls, batches = [], []
     hooks = keras.callbacks.LambdaCallback(
@@ -340,7 +340,7 @@ def test_a_new_validation_metric_needs_only_the_evaluator(small_text, tmp_path, 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from tensorboard.util import tensor_util
 
-    from charrnn.evaluator import Evaluator
+    from charrnn.training.evaluator import Evaluator
 
     measured = Evaluator.metrics
     monkeypatch.setattr(Evaluator, "metrics", lambda self, ids, should_stop=lambda: False: {

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from charrnn import Sampler, Trainer, checkpoint
-from charrnn.trained import load_model
-from charrnn.which import checkpoint_paths
+from charrnn import Sampler, Trainer
+from charrnn.run import checkpoint
+from charrnn.run.trained import load_model
+from charrnn.run.which import checkpoint_paths
 from conftest import Crash, Recorder, assert_one_line_error, run_cli, tiny_config
 
 
@@ -89,8 +90,8 @@ def test_which_names_a_checkpoint_by_ascii_digits_or_by_a_path_relative_to_here(
     """'²' and '٣' are digits to str.isdigit() but no step: refused in one line (int() would
     raise, or take another script's digit); a bare ckpt-N from inside ckpt/ is that file."""
     from charrnn import CharRNNError
-    from charrnn.rundir import RunDir
-    from charrnn.which import check_which, resolve_which
+    from charrnn.run.rundir import RunDir
+    from charrnn.run.which import check_which, resolve_which
 
     for which in ("²", "٣", "1²"):
         with pytest.raises(CharRNNError, match="--which must be best, latest, list, a step number"):
@@ -128,8 +129,8 @@ def test_the_manager_handed_to_the_preemption_handler_saves_as_the_checkpointer_
     """TensorFlow's preemption handler saves through `managers["latest"]` itself: that save
     refuses weights that are not finite as Checkpointer.save does, and writes nothing."""
     from charrnn import CharRNNError
-    from charrnn.checkpoint import Checkpointer
-    from charrnn.rundir import RunDir
+    from charrnn.run.checkpoint import Checkpointer
+    from charrnn.run.rundir import RunDir
 
     weight = tf.Variable([1.0, 2.0])
     checkpoints = Checkpointer(tf.train.Checkpoint(weight=weight), RunDir(str(tmp_path)), 2, finite=[weight])

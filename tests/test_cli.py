@@ -112,8 +112,8 @@ def test_tensorflows_own_lines_show_only_when_asked(trained_run):
 def test_the_progress_line_fits_its_width_and_counts_the_run():
     from types import SimpleNamespace
 
-    from charrnn.cadence import Cadence
-    from charrnn.console import ProgressLogger
+    from charrnn.training.cadence import Cadence
+    from charrnn.training.console import ProgressLogger
 
     def _Progress(total_steps, steps_per_epoch, log_every, start_step):  # noqa: N802 - reads as the class it was
         progress = ProgressLogger(verbose=2)
@@ -141,8 +141,8 @@ def test_the_live_console_has_no_escape_sequence_and_no_cut_number(columns, monk
     cut short; an epoch a time budget ended early says so."""
     from types import SimpleNamespace
 
-    from charrnn.cadence import Cadence
-    from charrnn.console import ProgressLogger
+    from charrnn.training.cadence import Cadence
+    from charrnn.training.console import ProgressLogger
 
     monkeypatch.setenv("COLUMNS", str(columns))
     cadence = Cadence(steps_per_epoch=30, total_steps=40, log_every=10, time_budget=60)
@@ -171,8 +171,8 @@ def test_the_live_console_has_no_escape_sequence_and_no_cut_number(columns, monk
 def test_an_epoch_a_time_budget_ended_says_so(capsys):
     from types import SimpleNamespace
 
-    from charrnn.cadence import Cadence
-    from charrnn.console import ProgressLogger
+    from charrnn.training.cadence import Cadence
+    from charrnn.training.console import ProgressLogger
 
     progress = ProgressLogger(verbose=2)
     progress.on_train_begin(SimpleNamespace(cadence=Cadence(steps_per_epoch=660, total_steps=6600, time_budget=60),

@@ -13,8 +13,9 @@ import time
 import numpy as np
 import pytest
 
-from charrnn import CharRNNError, TryAgain, corpus, download, idcache
-from charrnn.vocab import fingerprint
+from charrnn import CharRNNError, TryAgain
+from charrnn.text import corpus, download, idcache
+from charrnn.text.vocab import fingerprint
 
 
 @pytest.fixture

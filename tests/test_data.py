@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from charrnn import CharRNNError, Vocabulary, data
+from charrnn import CharRNNError, Vocabulary
+from charrnn.text import data
 
 
 def test_windows_are_consecutive_and_target_is_input_shifted_by_one():

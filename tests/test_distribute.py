@@ -24,8 +24,8 @@ import pytest
 import tensorflow as tf
 
 from charrnn import CharRNNError, Sampler, TrainConfig, Trainer
-from charrnn.distribute import configure_cpu_devices
-from charrnn.stopping import EXIT_PREEMPTED
+from charrnn.training.distribute import configure_cpu_devices
+from charrnn.training.stopping import EXIT_PREEMPTED
 from conftest import logged, run_cli, tiny_config
 
 FLAGS = ["--embedding_dim=8", "--rnn_units=32", "--batch_size=8", "--seq_length=20", "--log_every=1",

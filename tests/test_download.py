@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from charrnn import CharRNNError, TryAgain, corpus, download
+from charrnn import CharRNNError, TryAgain
+from charrnn.text import corpus, download
 
 
 @dataclass

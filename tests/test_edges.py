@@ -18,11 +18,11 @@ import pytest
 import tensorflow as tf
 
 from charrnn import CharRNNError, Sampler, TrainConfig, Trainer, export, storage
-from charrnn.metrics import read_metrics
-from charrnn.records import read_fingerprints
-from charrnn.rundir import RunDir
-from charrnn.vocab import fingerprint
-from charrnn.which import checkpoint_paths
+from charrnn.run.records import read_fingerprints
+from charrnn.run.rundir import RunDir
+from charrnn.run.which import checkpoint_paths
+from charrnn.text.vocab import fingerprint
+from charrnn.training.metrics import read_metrics
 from conftest import TINY_FLAGS, half_written, leftovers, run_cli, snapshot, tiny_config
 
 

@@ -9,8 +9,8 @@ import pytest
 import tensorflow as tf
 
 from charrnn import CharRNN, Trainer, Vocabulary
-from charrnn.data import Layout
-from charrnn.evaluator import Evaluator
+from charrnn.text.data import Layout
+from charrnn.training.evaluator import Evaluator
 from conftest import shakespeare, tiny_config
 
 

@@ -15,7 +15,7 @@ import tensorflow as tf
 
 import charrnn
 from charrnn import CharRNNError, Sampler, Vocabulary
-from charrnn.data import mix_seed
+from charrnn.text.data import mix_seed
 from conftest import (
     CONSTANT_CHARS,
     CONSTANT_LOGITS,

@@ -21,10 +21,10 @@ import pytest
 import tensorflow as tf
 
 from charrnn import Callback, CharRNNError, Sampler, TrainConfig, Trainer
-from charrnn.metrics import read_metrics
-from charrnn.rundir import RunDir
-from charrnn.stopping import EXIT_PREEMPTED, Preempted, SignalStop
-from charrnn.which import checkpoint_paths
+from charrnn.run.rundir import RunDir
+from charrnn.run.which import checkpoint_paths
+from charrnn.training.metrics import read_metrics
+from charrnn.training.stopping import EXIT_PREEMPTED, Preempted, SignalStop
 from conftest import (
     TINY_FLAGS,
     assert_one_line_error,

@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 
 from charrnn import Sampler, Trainer, export
-from charrnn.metrics import read_metrics
+from charrnn.training.metrics import read_metrics
 from conftest import tiny_config
 
 

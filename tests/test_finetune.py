@@ -10,8 +10,8 @@ import pytest
 import tensorflow as tf
 
 from charrnn import CharRNNError, Trainer
-from charrnn.metrics import read_metrics
-from charrnn.trained import load_model
+from charrnn.run.trained import load_model
+from charrnn.training.metrics import read_metrics
 from conftest import SHARED_CORPUS, run_cli, tiny_config
 
 SIZES = dict(embedding_dim=16, rnn_units=48, batch_size=8, seq_length=40, learning_rate=0.01, device="/CPU:0")

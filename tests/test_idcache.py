@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from charrnn import CharRNNError, TryAgain, Vocabulary, idcache, storage
-from charrnn.corpus import local_cache_dir
+from charrnn import CharRNNError, TryAgain, Vocabulary, storage
+from charrnn.text import idcache
+from charrnn.text.corpus import local_cache_dir
 
 TEXT = "To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n" * 30
 
@@ -201,9 +202,9 @@ def test_long_phases_show_progress_on_standard_error(tmp_path, monkeypatch, caps
     reporter's interval passes (set to 0 here: every chunk, every batch), with what is being
     done and how far; with the usual interval, short work shows none."""
     from charrnn import progress
-    from charrnn.data import Layout
-    from charrnn.evaluator import Evaluator
-    from charrnn.model import CharRNN
+    from charrnn.nn.model import CharRNN
+    from charrnn.text.data import Layout
+    from charrnn.training.evaluator import Evaluator
 
     monkeypatch.setenv("CHARRNN_DATA_DIR", str(tmp_path / "cache"))
     path = tmp_path / "t.txt"

@@ -1,4 +1,4 @@
-"""The run directory's lock (charrnn.lock), observed from another process for the whole extent
+"""The run directory's lock (charrnn.run.lock), observed from another process for the whole extent
 of a run: at its start, between chunks, during an evaluation and a checkpoint, at each
 epoch's end and as it ends; free once it has ended."""
 
@@ -11,7 +11,7 @@ import sys
 import tensorflow as tf
 
 from charrnn import Callback, Trainer
-from charrnn.rundir import RunDir
+from charrnn.run.rundir import RunDir
 from conftest import tiny_config
 
 # Another process asks for the lock as a second trainer would (flock, without waiting): exit
@@ -90,7 +90,7 @@ def test_an_acquire_that_races_a_release_takes_the_file_now_at_the_path(tmp_path
     import pytest
 
     from charrnn import CharRNNError
-    from charrnn.lock import RunLock
+    from charrnn.run.lock import RunLock
 
     path = str(tmp_path / "train.lock")
     a, b, c = RunLock(path), RunLock(path), RunLock(path)

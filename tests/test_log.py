@@ -8,7 +8,7 @@ import os
 import subprocess
 import sys
 
-from charrnn.metrics import MetricsLog
+from charrnn.training.metrics import MetricsLog
 
 
 def _damaged_metrics(tmp_path):

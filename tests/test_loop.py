@@ -1,4 +1,4 @@
-"""The training loop's cadence (charrnn.loop), tested without TensorFlow or a model: a fake
+"""The training loop's cadence (charrnn.training.loop), tested without TensorFlow or a model: a fake
 trainer with plain numbers stands in for charrnn.Trainer."""
 
 from __future__ import annotations
@@ -10,10 +10,11 @@ import sys
 
 import pytest
 
-from charrnn.cadence import Cadence, EvalRecord
-from charrnn.callbacks import Callback
-from charrnn.loop import Controller
-from charrnn.stopping import Stopped
+from charrnn.run.records import EvalRecord
+from charrnn.training.cadence import Cadence
+from charrnn.training.callbacks import Callback
+from charrnn.training.loop import Controller
+from charrnn.training.stopping import Stopped
 
 
 class FakeTrainer:
@@ -126,7 +127,8 @@ class Recorder(Callback):
 
 
 def test_the_loop_module_needs_no_tensorflow():
-    code = "import sys, charrnn.loop, charrnn.callbacks, charrnn.console; print('tensorflow' in sys.modules)"
+    code = ("import sys, charrnn.training.loop, charrnn.training.callbacks, charrnn.training.console; "
+            "print('tensorflow' in sys.modules)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.stdout.strip() == "False", proc.stderr
 

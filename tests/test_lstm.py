@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from charrnn import lstm
-from charrnn.lstm import fused_lstm
+from charrnn.nn import lstm
+from charrnn.nn.lstm import fused_lstm
 
 
 def _reference_and_inputs(batch=3, steps=7, features=5, units=6, seed=0):

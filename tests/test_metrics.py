@@ -9,7 +9,7 @@ import json
 import pytest
 
 from charrnn import Trainer
-from charrnn.metrics import read_metrics
+from charrnn.training.metrics import read_metrics
 from conftest import Crash, CrashAt, logged, tiny_config
 
 
@@ -35,7 +35,7 @@ def test_a_crash_between_two_checkpoints_logs_each_step_once(small_text, tmp_pat
 
 def test_a_step_no_integer_can_hold_is_a_damaged_line(tmp_path):
     """{"step": 1e400} reads as infinity: dropped as damage, not a crash of the resume."""
-    from charrnn.metrics import MetricsLog
+    from charrnn.training.metrics import MetricsLog
 
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"step": 1, "loss": 2.0}\n{"step": 1e400, "loss": 1.0}\n{"step": 2, "loss": 1.5}\n')

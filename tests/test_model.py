@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 from charrnn import CharRNN
-from charrnn.model import sequence_loss, token_losses
+from charrnn.nn.model import sequence_loss, token_losses
 
 
 def test_case_study_model_has_5326398_parameters_for_62_characters():
@@ -115,7 +115,7 @@ def test_token_losses_and_their_gradient_against_numpy_with_extreme_logits():
 
 def test_a_device_is_named_short_full_or_as_a_strategy_names_it():
     from charrnn import CharRNNError
-    from charrnn.devices import resolve_device
+    from charrnn.nn.devices import resolve_device
 
     cpu = resolve_device("/CPU:0")
     for name in ("cpu:0", "/device:CPU:0", "/job:localhost/replica:0/task:0/device:CPU:0"):

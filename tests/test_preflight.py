@@ -1,4 +1,4 @@
-"""What the tools refuse before TensorFlow loads (charrnn.preflight): each case runs a tool in
+"""What the tools refuse before TensorFlow loads (charrnn.run.preflight): each case runs a tool in
 a process where importing TensorFlow fails, so a refusal that waited for it would show."""
 
 from __future__ import annotations

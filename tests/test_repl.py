@@ -17,7 +17,7 @@ import pytest
 
 from charrnn import Sampler
 from charrnn.cli.repl import Session
-from charrnn.data import mix_seed
+from charrnn.text.data import mix_seed
 from conftest import sigint_as_usual
 
 SETTINGS = dict(num_chars=12, temperature=1.0, seed=None, top_k=0, top_p=1.0, greedy=False, stop_at=None)

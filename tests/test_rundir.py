@@ -13,8 +13,8 @@ import sys
 import pytest
 
 from charrnn import CharRNNError, Trainer, storage
-from charrnn.rundir import RunDir
-from charrnn.trained import load_model
+from charrnn.run.rundir import RunDir
+from charrnn.run.trained import load_model
 from conftest import TINY_FLAGS, TRAINED_TEXT, Recorder, assert_one_line_error, copy_run, run_cli, snapshot, tiny_config
 
 
@@ -135,7 +135,8 @@ def test_a_huge_metrics_file_is_cut_back_in_constant_memory(tmp_path, damage):
             f.write(b'{"step": 9999, "lo')  # torn by a crash
         else:
             f.truncate(200_000_000)
-    code = ("import re, sys; from charrnn.metrics import MetricsLog; MetricsLog(sys.argv[1], 5); "  # the peak of
+    code = ("import re, sys; from charrnn.training.metrics import MetricsLog; "
+            "MetricsLog(sys.argv[1], 5); "  # the peak of
             "print(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1))")  # this process alone
     proc = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr

@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 
 from charrnn import MAX_NUM_CHARS, CharRNN, CharRNNError, Sampler, Trainer, Vocabulary, export
-from charrnn.sampler import filter_logits
+from charrnn.generation.sampler import filter_logits
 from charrnn.sampling import SampleOptions
 from conftest import (
     CONSTANT_CHARS,
@@ -264,7 +264,7 @@ def test_sample_from_a_chosen_checkpoint_with_a_prime_read_from_a_file(small_tex
     """--which=N or a checkpoint's path picks that checkpoint (not the newest, not the best);
     --prime_file starts from a file's text as it is; the tool prints what a Sampler of that
     checkpoint generates."""
-    from charrnn.trained import load_model
+    from charrnn.run.trained import load_model
 
     run = tmp_path / "run"
     Trainer(tiny_config(small_text, run, max_steps=4, checkpoint_every=2, learning_rate=0.05)).fit(verbose=0)

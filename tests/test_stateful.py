@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 from charrnn import Trainer
-from charrnn.model import sequence_loss
+from charrnn.nn.model import sequence_loss
 from conftest import tiny_config
 
 
@@ -32,9 +32,9 @@ def test_each_step_starts_from_the_state_the_previous_one_ended_with(small_text,
 def test_each_stream_starts_over_from_zeros_once_every_carry_restart_steps(small_text, tmp_path, monkeypatch):
     """Stream j starts step s from a zero state when (s + j) % CARRY_RESTART_EVERY == 0 (3
     here): the loss and the state carried on are those of the model run from that state."""
-    import charrnn.data
+    import charrnn.text.data
 
-    monkeypatch.setattr(charrnn.data, "CARRY_RESTART_EVERY", 3)
+    monkeypatch.setattr(charrnn.text.data, "CARRY_RESTART_EVERY", 3)
     trainer = Trainer(tiny_config(small_text, tmp_path / "run", carry_state=True, max_steps=6))
     for step, (inputs, targets) in enumerate(trainer.data.dataset(0).take(6)):
         keep = np.array([(step + j) % 3 != 0 for j in range(4)], np.float32)[:, None]

@@ -14,7 +14,7 @@ import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
 
 from charrnn import CharRNNError, Sampler, Vocabulary
-from charrnn.exporter import export_tflite
+from charrnn.generation.exporter import export_tflite
 from conftest import (
     CONSTANT_CHARS,
     CONSTANT_LOGITS,
@@ -134,7 +134,7 @@ def test_tflite_export_refuses_what_it_cannot_write(trained_run, tmp_path):
 
 def test_a_mixed_precision_run_exports_in_float32_to_a_named_file(small_text, tmp_path):
     from charrnn import Trainer
-    from charrnn.trained import load_model
+    from charrnn.run.trained import load_model
     from conftest import tiny_config
 
     run = tmp_path / "run"

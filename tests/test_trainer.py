@@ -14,10 +14,10 @@ import pytest
 import tensorflow as tf
 
 import charrnn
-import charrnn.lstm
+import charrnn.nn.lstm
 from charrnn import CharRNNError, Sampler, TrainConfig, Trainer, Vocabulary
-from charrnn.metrics import read_metrics
-from charrnn.model import sequence_loss
+from charrnn.nn.model import sequence_loss
+from charrnn.training.metrics import read_metrics
 from conftest import Recorder, read_scalars, shakespeare, tiny_config
 
 
@@ -62,8 +62,8 @@ def test_resume_restores_every_variable_and_continues_the_run(small_text, tmp_pa
     """Bit for bit, whichever variant of the fused LSTM runs: with a CPU named, the tiny layer
     counts as large, so its steps are XLA clusters (unit-major on an AMX CPU)."""
     if cpu:
-        monkeypatch.setattr(charrnn.lstm, "_LARGE", 1)
-        monkeypatch.setattr(charrnn.lstm, "cpu_flags", lambda: frozenset({cpu}))
+        monkeypatch.setattr(charrnn.nn.lstm, "_LARGE", 1)
+        monkeypatch.setattr(charrnn.nn.lstm, "cpu_flags", lambda: frozenset({cpu}))
     first = Trainer(tiny_config(small_text, tmp_path / "run", max_steps=5, dropout=0.2, mixed_precision=precision))
     first.fit()
     saved = _all_state(first)
@@ -132,7 +132,7 @@ def test_a_new_validation_metric_reaches_the_epoch_logs_history_and_metrics_json
                                                                                    monkeypatch):
     """A metric the Evaluator returns is a new key there and nothing else: it reaches each
     evaluation's and each epoch's logs, Keras' History and metrics.jsonl as `val_<name>`."""
-    from charrnn.evaluator import Evaluator
+    from charrnn.training.evaluator import Evaluator
 
     measured = Evaluator.metrics
     monkeypatch.setattr(Evaluator, "metrics", lambda self, ids, should_stop=lambda: False: {
@@ -248,7 +248,7 @@ def test_jit_compiled_step_matches_the_plain_one(small_text, tmp_path):
 
 
 def test_learning_rate_schedules():
-    from charrnn.optimizer import LearningRate
+    from charrnn.nn.optimizer import LearningRate
 
     def lr(step, **kw):
         return float(LearningRate(base=0.01, steps_per_epoch=10, total_steps=110, **kw)(step))
@@ -311,12 +311,12 @@ def test_a_fit_that_fails_still_reports_its_training_time(small_text, tmp_path):
 
 
 def test_time_budget_stops_after_a_partial_epoch_and_the_run_continues(small_text, tmp_path, monkeypatch):
-    import charrnn.loop
+    import charrnn.training.loop
 
     # A clock that advances 0.1 s at each reading: the budget is met after the same steps
     # however fast this machine is (the first chunk traces, and is not counted).
     clock = iter(np.arange(0.0, 1e6, 0.1))
-    monkeypatch.setattr(charrnn.loop.time, "perf_counter", lambda: float(next(clock)))
+    monkeypatch.setattr(charrnn.training.loop.time, "perf_counter", lambda: float(next(clock)))
     config = tiny_config(small_text, tmp_path / "run", time_budget=0.5, epochs=3)
     trainer = Trainer(config)
     history = trainer.fit()
@@ -364,11 +364,11 @@ def test_grad_clip_scales_every_gradient_by_one_global_factor(small_text, tmp_pa
                                                 ("auto", 128, True)])
 def test_lstm_impl_picks_the_implementation_that_runs(small_text, tmp_path, monkeypatch, impl, units, fused):
     """On a CPU, auto runs the fused LSTM at every size; keras runs Keras' own."""
-    import charrnn.model
+    import charrnn.nn.model
 
     calls = []
-    real = charrnn.model.fused_lstm
-    monkeypatch.setattr(charrnn.model, "fused_lstm", lambda *args: calls.append(1) or real(*args))
+    real = charrnn.nn.model.fused_lstm
+    monkeypatch.setattr(charrnn.nn.model, "fused_lstm", lambda *args: calls.append(1) or real(*args))
     trainer = Trainer(tiny_config(small_text, tmp_path / "run", max_steps=2, lstm_impl=impl, rnn_units=units))
     calls.clear()  # building the model may run it once
     trainer.fit(verbose=0)
@@ -376,7 +376,7 @@ def test_lstm_impl_picks_the_implementation_that_runs(small_text, tmp_path, monk
 
 
 def test_auto_precision_follows_the_hardware_and_a_run_keeps_its_own(small_text, tmp_path, monkeypatch):
-    import charrnn.devices as devices
+    import charrnn.nn.devices as devices
 
     monkeypatch.setattr(devices, "cpu_flags", lambda: frozenset({"avx512f", "avx512_bf16"}))
     assert devices.choose_precision("/job:localhost/replica:0/task:0/device:CPU:0")[0] == "mixed_bfloat16"
@@ -497,7 +497,7 @@ def test_a_step_with_a_finite_loss_but_non_finite_gradients_changes_no_weight(sm
     every gradient NaN. In float32 and bfloat16 the step is refused, naming it; under
     float16's loss scaling a step that overflowed is skipped and the scale lowered (routine
     there), so training goes on: in every case no weight moves."""
-    import charrnn.step
+    import charrnn.training.step
 
     @tf.custom_gradient
     def nan_gradient(x):
@@ -507,7 +507,7 @@ def test_a_step_with_a_finite_loss_but_non_finite_gradients_changes_no_weight(sm
         return sequence_loss(targets, nan_gradient(logits))
 
     trainer = Trainer(tiny_config(small_text, tmp_path / "run", mixed_precision=precision))
-    monkeypatch.setattr(charrnn.step, "sequence_loss", poisoned)  # read when the step is traced, below
+    monkeypatch.setattr(charrnn.training.step, "sequence_loss", poisoned)  # read when the step is traced, below
     before = [v.numpy().copy() for v in trainer.model.trainable_variables]
     if precision == "mixed_float16":
         scale = float(trainer.optimizer.dynamic_scale)

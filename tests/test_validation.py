@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from charrnn import CharRNNError, Sampler, TrainConfig, Trainer
-from charrnn.metrics import read_metrics
-from charrnn.trained import load_model
+from charrnn.run.trained import load_model
+from charrnn.training.metrics import read_metrics
 from conftest import assert_one_line_error, run_cli, tiny_config
 
 

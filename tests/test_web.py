@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from charrnn import CharRNNError, Sampler
-from charrnn.webexport import REGISTRY_ENV, RUNTIME, export_web
+from charrnn.generation.webexport import REGISTRY_ENV, RUNTIME, export_web
 from conftest import REPO
 
 WEB = REPO / ".cache" / "web"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # What tests/test_web.py needs beside Python, installed once into .cache/web (ignored by git):
 # Debian's Chromium (apt-get, as root or through sudo), playwright-core (pinned) to drive it,
-# and the npm tarballs of the web page's runtime (the versions charrnn.webexport pins), laid
+# and the npm tarballs of the web page's runtime (the versions charrnn.generation.webexport pins), laid
 # out as the npm registry is, so that the test exports through the library's own download
 # code from a file:// mirror instead of the network.
 set -euo pipefail
@@ -22,7 +22,7 @@ mkdir -p "$web"
 if [ ! -f "$web/node_modules/playwright-core/package.json" ]; then
   npm install --silent --no-audit --no-fund --prefix "$web" "$PLAYWRIGHT" >/dev/null
 fi
-.venv/bin/python -c 'from charrnn.webexport import RUNTIME
+.venv/bin/python -c 'from charrnn.generation.webexport import RUNTIME
 for name, (version, _, _) in RUNTIME.items(): print(name, version)' | while read -r name version; do
   target="$web/registry/$name/-/${name##*/}-$version.tgz"
   if [ ! -f "$target" ]; then

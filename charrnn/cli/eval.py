@@ -8,10 +8,10 @@ from absl import flags
 
 from charrnn import storage
 from charrnn.cli import tool
-from charrnn.corpus import resolve_sources
 from charrnn.errors import CharRNNError
-from charrnn.idcache import TextIds, UnknownCharacters, ids_in
 from charrnn.progress import Progress
+from charrnn.text.corpus import resolve_sources
+from charrnn.text.idcache import TextIds, UnknownCharacters, ids_in
 from charrnn.validate import MAX_INT
 
 tool.define_checkpoint_flags()
@@ -42,11 +42,11 @@ def check() -> None:
 
 def main() -> None:
     # TensorFlow: after the flags are parsed.
-    from charrnn.data import Layout, split_ids
-    from charrnn.devices import resolve_device
-    from charrnn.evaluator import Evaluator
-    from charrnn.records import read_fingerprints
-    from charrnn.trained import load_model
+    from charrnn.nn.devices import resolve_device
+    from charrnn.run.records import read_fingerprints
+    from charrnn.run.trained import load_model
+    from charrnn.text.data import Layout, split_ids
+    from charrnn.training.evaluator import Evaluator
 
     device = resolve_device(FLAGS.device)
     model, config, vocab, path = load_model(FLAGS.run_dir, FLAGS.which, device)

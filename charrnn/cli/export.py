@@ -1,14 +1,14 @@
 """charrnn-export: write a training run's checkpoint as a SavedModel, as a TFLite model of
-one step for phones (see charrnn.exporter), or as a web page that generates in the browser
-(see charrnn.webexport)."""
+one step for phones (see charrnn.generation.exporter), or as a web page that generates in the browser
+(see charrnn.generation.webexport)."""
 
 from __future__ import annotations
 
 from absl import flags
 
-from charrnn import exportfiles
 from charrnn.cli import tool
 from charrnn.errors import CharRNNError
+from charrnn.generation import exportfiles
 
 tool.define_checkpoint_flags(device=False)
 flags.DEFINE_string("export_dir", None, "Directory to write to (new or empty); with --format=tflite, a path ending "
@@ -41,10 +41,10 @@ def check() -> None:
 
 
 def main() -> None:
-    from charrnn.exporter import export, export_tflite  # TensorFlow: after the flags are parsed
+    from charrnn.generation.exporter import export, export_tflite  # TensorFlow: after the flags are parsed
 
     if FLAGS.format == "web":
-        from charrnn.webexport import export_web
+        from charrnn.generation.webexport import export_web
 
         path = export_web(FLAGS.run_dir, FLAGS.export_dir, FLAGS.which, FLAGS.overwrite)
         print(f"Exported {path} to {FLAGS.export_dir} as a web page; serve it with: python -m http.server "

@@ -26,10 +26,10 @@ import typing
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple, TextIO
 
-from charrnn.data import mix_seed
 from charrnn.errors import CharRNNError
-from charrnn.sampler import Sampler
+from charrnn.generation.sampler import Sampler
 from charrnn.sampling import NAMES, OPTIONS, SampleOptions, check_settings
+from charrnn.text.data import mix_seed
 
 
 def _number(kind: type) -> Callable[[str], Any]:

@@ -13,7 +13,7 @@ from charrnn import storage
 from charrnn.cli import tool
 from charrnn.errors import CharRNNError
 from charrnn.sampling import MAX_PRIME_CHARS, SETTINGS, SampleOptions, check_settings
-from charrnn.vocab import Vocabulary
+from charrnn.text.vocab import Vocabulary
 
 FLAGS = flags.FLAGS
 
@@ -91,7 +91,7 @@ def check() -> None:
 
 def main() -> None:
     from charrnn.cli import repl
-    from charrnn.sampler import Sampler  # TensorFlow: after the flags are parsed
+    from charrnn.generation.sampler import Sampler  # TensorFlow: after the flags are parsed
 
     run_dir = FLAGS.run_dir
     sampler = Sampler.from_checkpoint(run_dir, device=FLAGS.device, which=FLAGS.which)

@@ -27,13 +27,14 @@ from typing import Any, NoReturn
 
 from absl import app, flags, logging
 
-from charrnn import __version__, preflight, storage, which
+from charrnn import __version__, storage
 from charrnn.config import PRESETS
 from charrnn.errors import CharRNNError, one_line, print_causes
 from charrnn.log import install_console
 from charrnn.quiet import start_tensorflow
-from charrnn.rundir import RunDir, RunFiles
-from charrnn.stopping import Preempted
+from charrnn.run import preflight, which
+from charrnn.run.rundir import RunDir, RunFiles
+from charrnn.training.stopping import Preempted
 
 FLAGS = flags.FLAGS
 # Flag name -> the heading --help lists it under (flags a tool defines itself go under the
@@ -240,7 +241,7 @@ class _Console:
 
 def run(main: Callable[[], None], doc: str, check: Callable[[], None] | None = None,
         keep_going: bool = False) -> None:
-    """Runs `check` (what can be refused without TensorFlow, see charrnn.preflight), then
+    """Runs `check` (what can be refused without TensorFlow, see charrnn.run.preflight), then
     starts TensorFlow and runs `main`, under absl; a CharRNNError becomes a one-line message
     and its exit status (2, or 75 for a TryAgain). --version prints the version.
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import shlex
 
-from charrnn import preflight
 from charrnn.cli import tool
 from charrnn.config import TrainConfig
+from charrnn.run import preflight
 
 tool.define_dataclass_flags(TrainConfig)
 tool.define_preset_flag()
@@ -21,7 +21,7 @@ def check() -> None:
 
 
 def main() -> None:
-    from charrnn.trainer import Trainer  # TensorFlow: after the flags are parsed
+    from charrnn.training.trainer import Trainer  # TensorFlow: after the flags are parsed
 
     config = tool.dataclass_from_flags(TrainConfig)
     trainer = Trainer(config)
