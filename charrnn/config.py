@@ -13,7 +13,7 @@ from typing import Any
 
 from charrnn.errors import CharRNNError
 from charrnn.sampling import MAX_TEMPERATURE, MIN_TEMPERATURE
-from charrnn.validate import MAX_INT, check_types
+from charrnn.validate import MAX_INT, check_types, json_object
 
 LSTM_IMPLS = ("auto", "fused", "keras")
 # Which checkpoint of a run to read: the best by validation loss, or the newest.
@@ -252,12 +252,7 @@ class TrainConfig:
     @classmethod
     def from_json(cls, payload: str) -> TrainConfig:
         """The settings a run's config.json holds (a CharRNNError for anything else)."""
-        try:
-            values = json.loads(payload)
-        except ValueError as e:
-            raise CharRNNError(f"not JSON ({e})") from None
-        if not isinstance(values, dict):
-            raise CharRNNError(f"expected a JSON object of settings, got {type(values).__name__}")
+        values = json_object(payload, "a JSON object of settings")
         known = {f.name for f in dataclasses.fields(cls)}
         # A saved run has sizes: any left unset (a hand-written file) are the defaults.
         return cls(**{k: v for k, v in values.items() if k in known}).with_model_sizes(None)

@@ -44,6 +44,18 @@ def check_types(instance: Any, flag_of: Callable[[str], str]) -> None:
             check_utf8(flag_of(name), value)
 
 
+def json_object(payload: str, expected: str) -> dict:
+    """`payload` read as a JSON object; for anything else, a CharRNNError that says what was
+    `expected` (a run's config.json and vocab.json)."""
+    try:
+        value = json.loads(payload)
+    except ValueError as e:
+        raise CharRNNError(f"not JSON ({e})") from None
+    if not isinstance(value, dict):
+        raise CharRNNError(f"expected {expected}, got {type(value).__name__}")
+    return value
+
+
 def check_utf8(what: str, text: str) -> str:
     """`text`, refused in one line if it cannot be written as UTF-8: a lone surrogate, or a
     command-line argument or file name with bytes that are not UTF-8 (Python keeps those as

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from charrnn.errors import CharRNNError
+from charrnn.validate import json_object
 
 
 class Vocabulary:
@@ -70,12 +71,10 @@ class Vocabulary:
     @classmethod
     def from_json(cls, payload: str) -> Vocabulary:
         """The vocabulary a run's vocab.json holds (a CharRNNError for anything else)."""
-        try:
-            record = json.loads(payload)
-        except ValueError as e:
-            raise CharRNNError(f"not JSON ({e})") from None
-        if not isinstance(record, dict) or not isinstance(record.get("chars"), str):
-            raise CharRNNError('expected {"chars": "<the characters>"}')
+        expected = '{"chars": "<the characters>"}'
+        record = json_object(payload, expected)
+        if not isinstance(record.get("chars"), str):
+            raise CharRNNError(f"expected {expected}")
         return cls(list(record["chars"]))
 
 
