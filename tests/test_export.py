@@ -278,3 +278,29 @@ def test_an_export_that_cannot_take_its_place_leaves_the_one_it_replaces(trained
         charrnn.export(str(trained_run), str(target), overwrite=True)
     monkeypatch.undo()
     assert snapshot(target) == before and sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+def test_every_sampling_option_reaches_each_face_from_its_declaration(loaded):
+    """charrnn.sampling declares each option once; the SavedModel takes each one the compiled
+    loop does (after generate's inputs, with its dtype; from Python in that order, defaults
+    kept), charrnn-sample has a flag with its default and help, and the REPL a command for
+    each that declares an example, listed in :help."""
+    import inspect
+
+    from absl import flags
+
+    import charrnn.cli.sample  # noqa: F401 - defines the flags
+    from charrnn.cli import repl
+    from charrnn.sampling import OPTIONS, TENSOR_OPTIONS
+
+    specs = loaded.signatures["generate_with_options"].structured_input_signature[1]
+    assert {name: spec.dtype.name for name, spec in specs.items()} == {
+        "prompt": "string", "num_chars": "int32", "seed": "int64", **TENSOR_OPTIONS}
+    parameters = list(inspect.signature(loaded.generate_with_options).parameters)
+    others = [name for name in TENSOR_OPTIONS if name != "temperature"]
+    assert parameters == ["prompt", "num_chars", "temperature", "seed", *others]
+    for field in OPTIONS:
+        flag = flags.FLAGS[field.name]
+        assert (flag.default, flag.help) == (field.default, field.metadata["help"]), field.name
+        assert (field.name in repl._SETTINGS) == (field.metadata["example"] is not None), field.name
+        assert field.name not in repl._SETTINGS or f":{field.name} " in repl.HELP, field.name
