@@ -13,8 +13,8 @@ The package, by concern; a subpackage imports only from those listed before it:
     charrnn.generation sampling from a trained model, and exports (SavedModel, TFLite, web)
     charrnn.training   a training session: the trainer, its step, the loop and its observers
     charrnn.cli        the command-line tools
-Modules moved into the subpackages keep their old paths too (`charrnn.sampler` is
-`charrnn.generation.sampler`).
+Modules moved into the subpackages keep their old paths too: charrnn's sampler module, say,
+imports as charrnn.generation's and under its old name, as the same module.
 
 Names are imported on first use, so `import charrnn` (and a command-line tool's --help)
 does not wait for TensorFlow; the first name that needs it starts TensorFlow without its
@@ -79,13 +79,17 @@ class _OldPaths(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> types.ModuleType:
         name = spec.name.partition(".")[2]
-        return importlib.import_module(f"{__name__}.{_MOVED[name]}.{name}")
+        module = importlib.import_module(f"{__name__}.{_MOVED[name]}.{name}")
+        self._own_spec = module.__spec__  # which the import system replaces next
+        return module
 
     def exec_module(self, module: types.ModuleType) -> None:
-        pass  # imported at its new path already
+        # Imported at its new path already; its own spec goes back (importlib.reload reads it).
+        module.__spec__ = self._own_spec
 
 
-sys.meta_path.append(_OldPaths())
+# First: a copy of an old module left on the path (a stale build) must not answer its name.
+sys.meta_path.insert(0, _OldPaths())
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:  # what type checkers and IDEs see
@@ -105,7 +109,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
 
 
 def __getattr__(name: str) -> Any:
-    if name in _MOVED:  # charrnn.sampler, say: the module at its new path
+    if name in _MOVED:  # a module by its old name: the one at its new path
         return importlib.import_module(f"charrnn.{name}")
     if name not in _EXPORTS:
         raise AttributeError(f"module 'charrnn' has no attribute {name!r}")

@@ -54,7 +54,12 @@ class Range:
         return f"in ({low}, {high}]" if self.low_open else f"between {low} and {high}"
 
 
-def _option(default: Any, help: str, *, example: str | None = None, valid: Range | None = None,  # noqa: A002
+def _short(number: float) -> str:
+    """1e-06 written as 1e-6, 1e+06 as 1e6 (as the docs write them)."""
+    return f"{number:g}".replace("e-0", "e-").replace("e+0", "e").replace("e+", "e")
+
+
+def _option(default: Any, help: str, *, example: str | None = None, valid: Range | None = None,
             note: str = "", dtype: str | None = None, filters: bool = False) -> Any:
     """A sampling option: its default and `help`; the REPL's `example` of a value (None: no
     REPL command); the range `valid` and the `note` its refusal adds; the `dtype` the
@@ -71,7 +76,8 @@ class SampleOptions:
     before the first occurrence of `stop_at` in its generated text. Checked when built."""
 
     temperature: float = _option(
-        0.5, f"Sampling temperature, in [{MIN_TEMPERATURE:g}, {MAX_TEMPERATURE:g}]: lower is more conservative.",
+        0.5, f"Sampling temperature, in [{_short(MIN_TEMPERATURE)}, {_short(MAX_TEMPERATURE)}]: lower is more "
+        "conservative.",
         example="0.8",
         valid=Range(MIN_TEMPERATURE, MAX_TEMPERATURE), note=" (for the most likely character every time, use greedy)",
         dtype="float32")
@@ -104,9 +110,6 @@ class SampleOptions:
     def filtering(self) -> bool:
         """Whether an option that filters the logits is set to anything but its default (which keeps all)."""
         return any(field.metadata["filters"] and getattr(self, field.name) != field.default for field in OPTIONS)
-
-    def values(self) -> dict[str, Any]:
-        return {field.name: getattr(self, field.name) for field in OPTIONS}
 
 
 OPTIONS = dataclasses.fields(SampleOptions)

@@ -13,7 +13,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import charrnn
 from charrnn import TrainConfig
 from conftest import REPO, shakespeare, tensorflow_lines
 
@@ -200,8 +199,6 @@ def test_every_name_the_docs_and_docstrings_give_exists():
     for page in [*modules.values(), REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
         for dotted in re.findall(r"\bcharrnn(?:\.[A-Za-z_]\w*)+", page.read_text()):
             parts = dotted.split(".")
-            if len(parts) > 1 and parts[1] in charrnn._MOVED:  # a module's old path
-                parts[1:2] = [charrnn._MOVED[parts[1]], parts[1]]
             module = next(".".join(parts[:i]) for i in range(len(parts), 0, -1) if ".".join(parts[:i]) in modules)
             rest = parts[len(module.split(".")):]
             if module == "charrnn" and rest and rest[0] in exported:

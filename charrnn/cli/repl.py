@@ -22,6 +22,7 @@ import re
 import shutil
 import sys
 import termios
+import textwrap
 import typing
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple, TextIO
@@ -52,7 +53,7 @@ class _Setting(NamedTuple):
     parse: Callable[[str], Any]  # how its argument is read
     argument: str  # the argument, as :help shows it
     example: str  # an example of one
-    help: str  # noqa: A003 - what it does
+    help: str  # what it does
 
 
 _READ = {int: (_number(int), "N"), float: (_number(float), "X"), bool: (_switch, "on|off")}
@@ -66,18 +67,22 @@ _SETTINGS: dict[str, _Setting] = {
 }
 
 
-def _listed(command: str, text: str) -> str:
-    return f"  {command:<17} {text}"
+def _listed(command: str, text: str) -> list[str]:
+    return textwrap.wrap(text, width=88, initial_indent=f"  {command:<17} ", subsequent_indent=" " * 20)
 
 
+_OPTION_LINES = [_listed(f":{name} {setting.argument}", setting.help) for name, setting in _SETTINGS.items()
+                 if name != "length"]
+# In the settings line's order: the first option (the temperature), the length, the seed, the rest.
 HELP = "\n".join([
     "Type a prime and press Enter: the model continues it. Commands:",
-    *(_listed(f":{name} {setting.argument}", setting.help) for name, setting in _SETTINGS.items()),
-    _listed(":seed N|random", "Replay from seed N (each answer then has its own seed derived from N), or a random "
-            "seed per answer."),
-    _listed(":settings", "Show the settings."),
-    _listed(":help", "This text."),
-    _listed(":quit", "End the session (also Ctrl-D; Ctrl-C stops an answer, or ends at the prompt)."),
+    *_OPTION_LINES[0], *_listed(":length N", _SETTINGS["length"].help),
+    *_listed(":seed N|random", "Replay from seed N (each answer then has its own seed derived from N), or a random "
+             "seed per answer."),
+    *(line for lines in _OPTION_LINES[1:] for line in lines),
+    *_listed(":settings", "Show the settings."),
+    *_listed(":help", "This text."),
+    *_listed(":quit", "End the session (also Ctrl-D; Ctrl-C stops an answer, or ends at the prompt)."),
     "A prime that starts with ':' is written with two (::)."])
 
 

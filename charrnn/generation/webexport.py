@@ -3,7 +3,7 @@ the browser, offline, from any static server (`python -m http.server`).
 
 The folder holds the TFLite export (charrnn.generation.exporter.write_tflite: one step, the state
 carried explicitly), the page (index.html) and its small JavaScript API (generator.js, see
-charrnn/web/), and the runtime that runs the model: LiteRT.js (`@litertjs/core` and
+charrnn/generation/web/), and the runtime that runs the model: LiteRT.js (`@litertjs/core` and
 `@litertjs/wasm-utils`, pinned below). Those npm packages are downloaded once into the
 corpus cache (charrnn.text.download, each checked against its sha256) from the npm registry, or
 from a mirror named by $CHARRNN_NPM_REGISTRY (an https:// or file:// URL laid out as the
@@ -42,7 +42,7 @@ RUNTIME = {
         "package/package.json": "runtime/wasm-utils/package.json",
     }),
 }
-PAGE_FILES = ("index.html", "generator.js")  # from charrnn/web/
+PAGE_FILES = ("index.html", "generator.js")  # from charrnn/generation/web/
 
 
 def export_web(run_dir: str, export_dir: str, which: str | None = None, overwrite: bool = False) -> str:
