@@ -78,8 +78,9 @@ class Trainable(TrainerView, Protocol):
 
 class LoopState(Protocol):
     """The loop's bookkeeping, which `Controller` reads and writes and the checkpoint keeps,
-    so that a resumed run continues the schedule exactly (charrnn.run.records.LoopState is one;
-    the trainer's steps advance its step and loss sum)."""
+    so that a resumed run continues the schedule exactly (charrnn.run.records.LoopState is
+    one). It is the trainer's too: the trainer's `begin_epoch` moves it to the epoch, its
+    steps advance its step and the epoch's loss sum."""
 
     def position(self) -> tuple[int, int]:
         """(step, epoch) of the next step to train."""
