@@ -77,10 +77,8 @@ class SampleOptions:
 
     temperature: float = _option(
         0.5, f"Sampling temperature, in [{_short(MIN_TEMPERATURE)}, {_short(MAX_TEMPERATURE)}]: lower is more "
-        "conservative.",
-        example="0.8",
-        valid=Range(MIN_TEMPERATURE, MAX_TEMPERATURE), note=" (for the most likely character every time, use greedy)",
-        dtype="float32")
+        "conservative.", example="0.8", valid=Range(MIN_TEMPERATURE, MAX_TEMPERATURE),
+        note=" (for the most likely character every time, use greedy)", dtype="float32")
     top_k: int = _option(0, "Sample only from the k most likely characters (0: all).", example="10",
                          valid=Range(0, MAX_TOP_K), note=" (0 keeps every character)", dtype="int32", filters=True)
     top_p: float = _option(1.0, "Sample only from the smallest set of characters whose probability reaches p (1: all).",

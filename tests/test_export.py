@@ -294,8 +294,11 @@ def test_every_sampling_option_reaches_each_face_from_its_declaration(loaded):
     from charrnn.sampling import OPTIONS, TENSOR_OPTIONS
 
     specs = loaded.signatures["generate_with_options"].structured_input_signature[1]
-    assert {name: spec.dtype.name for name, spec in specs.items()} == {
-        "prompt": "string", "num_chars": "int32", "seed": "int64", **TENSOR_OPTIONS}
+    inputs = {name: spec.dtype.name for name, spec in specs.items()}
+    assert inputs == {"prompt": "string", "num_chars": "int32", "seed": "int64", **TENSOR_OPTIONS}
+    # The serving contract, written out: a client of the first exports sends exactly these.
+    assert inputs == {"prompt": "string", "num_chars": "int32", "temperature": "float32", "seed": "int64",
+                      "top_k": "int32", "top_p": "float32", "greedy": "bool"}
     parameters = list(inspect.signature(loaded.generate_with_options).parameters)
     others = [name for name in TENSOR_OPTIONS if name != "temperature"]
     assert parameters == ["prompt", "num_chars", "temperature", "seed", *others]

@@ -76,13 +76,12 @@ class _Generator(tf.Module):
             [parameter(name, parameter.POSITIONAL_OR_KEYWORD) for name in _GENERATE_INPUTS] +
             [parameter(name, parameter.POSITIONAL_OR_KEYWORD, default=tf.constant(getattr(defaults, name)))
              for name in extra])
+        inputs = [tf.TensorSpec([None] if name == "prompt" else [], dtype, name=name)
+                  for name, dtype in _GENERATE_INPUTS.items()]
         generate_with_options = tf.function(generate_with_options, input_signature=[
-            *(tf.TensorSpec([None] if name == "prompt" else [], dtype, name=name)
-              for name, dtype in _GENERATE_INPUTS.items()),
-            *(tf.TensorSpec([], TENSOR_OPTIONS[name], name=name) for name in extra)])
+            *inputs, *(tf.TensorSpec([], TENSOR_OPTIONS[name], name=name) for name in extra)])
 
-        @tf.function(input_signature=[tf.TensorSpec([None] if name == "prompt" else [], dtype, name=name)
-                                      for name, dtype in _GENERATE_INPUTS.items()])
+        @tf.function(input_signature=inputs)
         def generate(prompt, num_chars, temperature, seed):  # the signature of the first exports
             return generate_with_options(prompt, num_chars, temperature, seed)
 

@@ -42,30 +42,39 @@ from charrnn.run.rundir import RunDir, RunFiles
 from charrnn.text.vocab import Vocabulary
 from charrnn.training import keras_callbacks
 from charrnn.training.callbacks import Callback
-from charrnn.training.console import ProgressLogger, RunPlan, SamplePrinter, describe
-from charrnn.training.distribute import first_line
+from charrnn.training.console import ProgressLogger, SamplePrinter
+from charrnn.training.distribute import Distribution, first_line
 from charrnn.training.loop import Controller, LoopState, Trainable
 from charrnn.training.metrics import MetricsLog
 from charrnn.training.stopping import Preempted, SignalStop
 from charrnn.training.tensorboard import TensorBoard
 
 
-class Session(Trainable, RunPlan, Protocol):
-    """What fit() needs of the trainer it runs (charrnn.training.trainer.Trainer is one): the loop's
-    entry points (Trainable), the loop's bookkeeping (`state`), what the console describes
-    (RunPlan), the samples shown while it trains, and what a run directory's files and
-    checkpoints are made of. `catch_up` is the one call that changes the trainer, once fit()
-    holds the run's lock."""
+class Session(Trainable, Protocol):
+    """What fit() needs of the trainer it runs (charrnn.training.trainer.Trainer is one): the
+    loop's entry points (Trainable), the loop's bookkeeping (`state`), the run's description
+    (the console's `describe` of it) and the samples shown while it trains, and what a run
+    directory's files and checkpoints are made of. `catch_up` is the one call that changes
+    the trainer, once fit() holds the run's lock."""
 
     vocab: Vocabulary
+    model: keras.Model
     optimizer: Any
+    distribution: Distribution
     samples: Any  # charrnn.generation.sampler.TrainingSamples
     checkpoint: Any  # the tf.train.Checkpoint the Checkpointer saves
     rundir: RunDir
 
     @property
+    def origin(self) -> dict | None:
+        """Where a fine-tuned run's first weights came from."""
+
+    @property
     def state(self) -> LoopState:
         """The loop's bookkeeping, which the Controller reads and writes."""
+
+    def describe(self) -> str:
+        """The run's corpus, plan and model, as the console shows them first."""
 
     def catch_up(self) -> None:
         """Continues from a checkpoint another trainer saved since this one restored."""
@@ -103,7 +112,7 @@ def fit(trainer: Session, callbacks: Sequence[Callback | keras.callbacks.Callbac
         own: list[Callback] = [MetricsLog(rundir.metrics_path, trainer.state.position()[0]),
                                TensorBoard(rundir.log_dirs, trainer.samples.at)]
         if verbose:
-            own.append(ProgressLogger(verbose, describe(trainer)))
+            own.append(ProgressLogger(verbose, trainer.describe()))
             if config.sample_interval is not None:
                 own.append(SamplePrinter(trainer.samples.at, live=verbose == 1))
         observers = [*own, *callbacks]
